@@ -1,0 +1,317 @@
+"""The data model every module shares: marker maps, genotypes and phenotypes.
+
+Shape letters: N individuals, M markers, P ploidy (copies per locus), A real alleles.
+Allele ids are ``1..A``; ``MISSING`` (0) marks a copy that was not called.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+
+MISSING = 0  # allele id of an uncalled copy
+
+
+def natural_key(label: str) -> tuple:
+    """Sort key putting ``chr2`` before ``chr10`` and ``1A`` before ``1B`` before ``2A``."""
+    parts = re.split(r"(\d+)", str(label))
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts if p)
+
+
+def smallest_uint(max_value: int) -> np.dtype:
+    """Smallest unsigned integer dtype that holds ``max_value``."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if max_value <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.uint64)
+
+
+@lru_cache(maxsize=64)
+def allele_decoder(ploidy: int, n_alleles: int) -> np.ndarray:
+    """Table mapping genotype codes to sorted allele multisets, shape ``(codes, P)``.
+
+    Row ``c`` lists the allele ids of code ``c``: every sorted multiset of ``ploidy``
+    ids drawn from ``0..n_alleles`` (0 = missing copy), in lexicographic order, so
+    files written for the original tool read unchanged.
+
+    >>> allele_decoder(2, 2).tolist()
+    [[0, 0], [0, 1], [0, 2], [1, 1], [1, 2], [2, 2]]
+    """
+    if not 1 <= ploidy <= 16:
+        raise ValueError(f"ploidy must be between 1 and 16, got {ploidy}")
+    if not 1 <= n_alleles <= 255:
+        raise ValueError(f"n_alleles must be between 1 and 255, got {n_alleles}")
+    table = np.array(
+        list(itertools.combinations_with_replacement(range(n_alleles + 1), ploidy)),
+        dtype=np.uint8,
+    )
+    table.setflags(write=False)
+    return table
+
+
+def genotype_encoder(ploidy: int, n_alleles: int) -> dict[tuple[int, ...], int]:
+    """Inverse of :func:`allele_decoder`: sorted allele tuple -> code."""
+    return {
+        tuple(row): code
+        for code, row in enumerate(allele_decoder(ploidy, n_alleles).tolist())
+    }
+
+
+def codes_to_alleles(codes: np.ndarray, ploidy: int, n_alleles: int) -> np.ndarray:
+    """Decode genotype codes ``(N, M)`` into allele ids ``(N, M, P)`` (uint8)."""
+    return allele_decoder(ploidy, n_alleles)[codes]
+
+
+def alleles_to_codes(alleles: np.ndarray, n_alleles: int) -> np.ndarray:
+    """Encode allele ids ``(N, M, P)`` as genotype codes ``(N, M)`` in the smallest dtype.
+
+    A locus's code is the rank of its sorted multiset among all multisets
+    (combinatorial number system); for small tables a lookup replaces the arithmetic.
+    """
+    ploidy = alleles.shape[-1]
+    k = n_alleles + 1  # ids 0..n_alleles
+    n_codes = _n_multisets(k, ploidy)
+    dtype = smallest_uint(n_codes - 1)
+    a = np.sort(alleles, axis=-1)
+    if k**ploidy <= 1 << 20:
+        radix = k ** np.arange(ploidy, dtype=np.int64)
+        table = np.zeros(k**ploidy, dtype=dtype)
+        decoded = allele_decoder(ploidy, n_alleles).astype(np.int64)
+        table[decoded @ radix] = np.arange(n_codes)
+        index = np.zeros(a.shape[:-1], dtype=np.int64)
+        for i in range(ploidy):
+            index += a[..., i] * radix[i]
+        return table[index]
+    a = a.astype(np.int64)
+    code = np.zeros(a.shape[:-1], dtype=np.int64)
+    previous = np.zeros(a.shape[:-1], dtype=np.int64)
+    for i in range(ploidy):
+        remaining = ploidy - i  # slots still to fill, including this one
+        for v in range(k - 1):
+            # multisets whose slot i holds v (< a_i) and later slots ids >= v
+            smaller = (v >= previous) & (v < a[..., i])
+            code += smaller * _n_multisets(k - v, remaining - 1)
+        previous = a[..., i]
+    return code.astype(dtype)
+
+
+@lru_cache(maxsize=4096)
+def _n_multisets(n_ids: int, size: int) -> int:
+    from math import comb
+
+    return comb(n_ids + size - 1, size)
+
+
+@dataclass(frozen=True)
+class MarkerMap:
+    """Markers ordered by chromosome (natural order) then position.
+
+    ``chrom`` holds indices into ``chrom_names``; ``pos`` is in the file's unit
+    (bp or cM), ``(M,)`` float64.
+    """
+
+    names: np.ndarray  # (M,) str
+    chrom: np.ndarray  # (M,) int index into chrom_names
+    pos: np.ndarray  # (M,) float64
+    chrom_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @classmethod
+    def from_columns(cls, chrom_labels, names, pos) -> tuple[MarkerMap, np.ndarray]:
+        """Build a sorted map; also returns the permutation applied to the inputs."""
+        chrom_labels = np.asarray(chrom_labels).astype(str)
+        chrom_names = tuple(sorted(set(chrom_labels.tolist()), key=natural_key))
+        chrom_index = {c: i for i, c in enumerate(chrom_names)}
+        chrom = np.array([chrom_index[c] for c in chrom_labels], dtype=np.int64)
+        pos = np.asarray(pos, dtype=np.float64)
+        order = np.lexsort((pos, chrom))
+        return (
+            cls(
+                np.asarray(names).astype(str)[order],
+                chrom[order],
+                pos[order],
+                chrom_names,
+            ),
+            order,
+        )
+
+    def chrom_labels(self) -> np.ndarray:
+        return np.asarray(self.chrom_names, dtype=object)[self.chrom]
+
+    def relative_pos(self) -> np.ndarray:
+        """Positions rescaled to [0, 1] within each chromosome, ``(M,)`` float64.
+
+        Makes position encodings independent of the unit (bp, cM or an ordinal).
+        """
+        out = np.zeros(len(self), dtype=np.float64)
+        for c in range(len(self.chrom_names)):
+            sel = self.chrom == c
+            if sel.any():
+                lo, hi = self.pos[sel].min(), self.pos[sel].max()
+                out[sel] = (self.pos[sel] - lo) / (hi - lo) if hi > lo else 0.0
+        return out
+
+    def fingerprint(self) -> str:
+        """Hash of names, chromosomes and positions: a saved model refuses another map."""
+        h = hashlib.sha256()
+        for part in (self.names.astype(str), self.chrom_labels().astype(str)):
+            h.update("\t".join(part.tolist()).encode())
+        h.update(self.pos.astype(np.float64).tobytes())
+        return h.hexdigest()[:16]
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"chr": self.chrom_labels(), "marker": self.names, "pos": self.pos}
+        )
+
+    def subset(self, index: np.ndarray) -> MarkerMap:
+        return MarkerMap(
+            self.names[index], self.chrom[index], self.pos[index], self.chrom_names
+        )
+
+
+@dataclass
+class Genotypes:
+    """Unphased genotypes as allele ids, ``alleles`` of shape ``(N, M, P)``.
+
+    Each locus holds ``P`` allele ids sorted ascending; ``MISSING`` (0) marks an
+    uncalled copy. ``n_alleles`` counts real alleles (2 for biallelic SNPs).
+    """
+
+    alleles: np.ndarray  # (N, M, P) uint8
+    names: np.ndarray  # (N,) str
+    markers: MarkerMap
+    n_alleles: int
+
+    def __post_init__(self):
+        if self.alleles.ndim != 3:
+            raise ValueError(
+                f"alleles must be (individuals, markers, ploidy), got {self.alleles.shape}"
+            )
+        if self.alleles.shape[0] != len(self.names) or self.alleles.shape[1] != len(
+            self.markers
+        ):
+            raise ValueError("alleles shape does not match names / markers")
+
+    @property
+    def ploidy(self) -> int:
+        return self.alleles.shape[2]
+
+    @property
+    def n_individuals(self) -> int:
+        return self.alleles.shape[0]
+
+    @property
+    def n_markers(self) -> int:
+        return self.alleles.shape[1]
+
+    def codes(self) -> np.ndarray:
+        """Genotype codes ``(N, M)`` in the original tool's allele-set encoding."""
+        return alleles_to_codes(self.alleles, self.n_alleles)
+
+    def subset(self, individuals=None, markers=None) -> Genotypes:
+        ind = slice(None) if individuals is None else np.asarray(individuals)
+        mk = slice(None) if markers is None else np.asarray(markers)
+        return Genotypes(
+            self.alleles[ind][:, mk],
+            self.names[ind],
+            self.markers if markers is None else self.markers.subset(mk),
+            self.n_alleles,
+        )
+
+    def index_of(self, names) -> np.ndarray:
+        """Row index of each name (``-1`` where absent)."""
+        lookup = {n: i for i, n in enumerate(self.names.tolist())}
+        return np.array(
+            [lookup.get(n, -1) for n in np.asarray(names).astype(str)], dtype=np.int64
+        )
+
+    def allele_counts(self, individuals=None, chunk: int = 4096) -> np.ndarray:
+        """Called copies of each allele per marker, ``(M, A + 1)`` int64; column 0 counts missing."""
+        alleles = self.alleles if individuals is None else self.alleles[individuals]
+        m, k = alleles.shape[1], self.n_alleles + 1
+        counts = np.zeros((m, k), dtype=np.int64)
+        offsets = (np.arange(m, dtype=np.int64) * k)[None, :, None]
+        for start in range(0, alleles.shape[0], chunk):
+            block = alleles[start : start + chunk].astype(np.int64) + offsets
+            counts += np.bincount(block.ravel(), minlength=m * k).reshape(m, k)
+        return counts
+
+    def allele_frequencies(self, individuals=None) -> np.ndarray:
+        """Frequency of each real allele among called copies, ``(M, A)`` float64.
+
+        Markers with no called copy get equal frequencies.
+        """
+        counts = self.allele_counts(individuals)[:, 1:].astype(np.float64)
+        total = counts.sum(1, keepdims=True)
+        return np.where(total > 0, counts / np.maximum(total, 1), 1.0 / self.n_alleles)
+
+    def dosages(
+        self, frequencies: np.ndarray | None = None, individuals=None
+    ) -> np.ndarray:
+        """Copy counts per allele, missing copies filled with their expectation.
+
+        Returns ``(N, M, A)`` float32: entry ``[i, m, a]`` is the number of copies of
+        allele ``a + 1``; an uncalled copy adds ``frequencies[m, a]`` (mean imputation).
+        """
+        if frequencies is None:
+            frequencies = self.allele_frequencies(individuals)
+        alleles = self.alleles if individuals is None else self.alleles[individuals]
+        n, m, _ = alleles.shape
+        out = np.empty((n, m, self.n_alleles), dtype=np.float32)
+        n_missing = (alleles == MISSING).sum(-1)
+        for a in range(self.n_alleles):
+            out[:, :, a] = (alleles == a + 1).sum(-1) + n_missing * frequencies[
+                None, :, a
+            ]
+        return out
+
+    def missing_rate(self) -> float:
+        return float((self.alleles == MISSING).mean())
+
+
+@dataclass
+class Phenotypes:
+    """Long table of observations: ``name``, ``response``, ``block`` (+ ``cv``, extras).
+
+    ``block`` is a non-negative integer environment index; ``cv`` (optional) a fold
+    label. Extra columns are carried through to outputs untouched.
+    """
+
+    table: pd.DataFrame
+    source: str = "phenotypes"
+    extra_columns: list[str] = field(default_factory=list)
+
+    @property
+    def has_cv(self) -> bool:
+        return "cv" in self.table.columns
+
+    @property
+    def blocks(self) -> np.ndarray:
+        return np.sort(self.table["block"].unique())
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of block slots a model needs (``max(block) + 1``)."""
+        return int(self.table["block"].max()) + 1
+
+    def folds(self) -> list[str]:
+        """The distinct values of the ``cv`` column, in natural order."""
+        if not self.has_cv:
+            raise ValueError(
+                f"{self.source}: no 'cv' column; add one to run cross-validation"
+            )
+        return sorted(self.table["cv"].astype(str).unique().tolist(), key=natural_key)
+
+    def split(self, fold: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Rows for training (``cv != fold``) and validation (``cv == fold``)."""
+        is_val = self.table["cv"].astype(str) == str(fold)
+        return self.table[~is_val], self.table[is_val]

@@ -1,0 +1,32 @@
+"""Readers and writers: the only place that knows file formats."""
+
+from .atomic import atomic_path
+from .errors import InputError, InputWarning
+from .tables import (
+    match_phenotypes,
+    read_chroms,
+    read_dosages,
+    read_markers,
+    read_phenotypes,
+    write_chroms,
+    write_dosages,
+    write_markers,
+    write_phenotypes,
+    write_table,
+)
+
+__all__ = [
+    "InputError",
+    "InputWarning",
+    "atomic_path",
+    "match_phenotypes",
+    "read_chroms",
+    "read_dosages",
+    "read_markers",
+    "read_phenotypes",
+    "write_chroms",
+    "write_dosages",
+    "write_markers",
+    "write_phenotypes",
+    "write_table",
+]
