@@ -1,0 +1,111 @@
+"""Saved models and training checkpoints: safetensors + JSON, never pickle.
+
+A model directory holds ``config.json`` (with ``format_version``), ``model.safetensors``
+and ``markers.tsv`` (the marker map the model was trained on). Every file is written
+atomically, so a kill never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .data import MarkerMap
+from .io import InputError, atomic_path, read_chroms, write_chroms
+
+FORMAT_VERSION = 1
+
+
+def write_json(obj, path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+
+
+def load_tensors(path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def save_model(directory, model: torch.nn.Module, config: dict, markers: MarkerMap) -> None:
+    """Write ``config.json``, ``model.safetensors`` and ``markers.tsv`` to ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_chroms(markers, directory / "markers.tsv")
+    save_tensors(model.state_dict(), directory / "model.safetensors")
+    write_json(
+        {**config, "format_version": FORMAT_VERSION, "markers": markers.fingerprint()},
+        directory / "config.json",
+    )
+
+
+def load_model_config(directory) -> tuple[dict, MarkerMap]:
+    """Read a model directory's config and marker map, checking the format version."""
+    directory = Path(directory)
+    path = directory / "config.json"
+    if not path.exists():
+        raise InputError(directory, None, "no config.json", "pass a directory written by gperceiver")
+    config = read_json(path)
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise InputError(
+            path, "format_version",
+            f"model format {version} is not supported (this gperceiver reads {FORMAT_VERSION})",
+            "retrain the model with this version",
+        )
+    return config, read_chroms(directory / "markers.tsv")
+
+
+def load_weights(directory, model: torch.nn.Module) -> torch.nn.Module:
+    model.load_state_dict(load_tensors(Path(directory) / "model.safetensors"))
+    return model
+
+
+def check_markers(model_markers: MarkerMap, data_markers: MarkerMap, model_dir, data_path) -> None:
+    """Refuse input whose marker map differs from the one the model was trained on."""
+    if model_markers.fingerprint() == data_markers.fingerprint():
+        return
+    ours, theirs = set(model_markers.names), set(data_markers.names)
+    if ours != theirs:
+        diff = sorted(ours ^ theirs)
+        detail = f"{len(diff)} marker(s) differ, e.g. {diff[0]!r}"
+    else:
+        detail = "the same markers have other chromosomes or positions"
+    raise InputError(
+        data_path, None,
+        f"marker map differs from the model's ({Path(model_dir) / 'markers.tsv'}): {detail}",
+        "use the model's markers.tsv as the chroms file and the same marker columns",
+    )
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Split an optimizer state into tensors (for safetensors) and JSON scalars."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {"param_groups": state["param_groups"], "state": {}}
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value
+            else:
+                scalars["state"].setdefault(str(index), {})[key] = value
+    return tensors, scalars
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, scalars: dict) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    for index, entries in scalars["state"].items():
+        state.setdefault(int(index), {}).update(entries)
+    optimizer.load_state_dict({"state": state, "param_groups": scalars["param_groups"]})

@@ -1,0 +1,308 @@
+"""The ``gperceiver`` command: parses options, reads inputs, calls one library function.
+
+Exit codes: 0 success, 1 bad input (a one-line message names file, place and fix),
+2 bad command-line usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import io
+from .io import InputError, InputWarning
+
+EXIT_INPUT, EXIT_INTERRUPTED = 1, 130
+
+
+# -- shared option groups --------------------------------------------------------------
+def add_genotype_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("genotypes")
+    group.add_argument("--ploidy", type=int, default=2, help="copies per locus (default 2)")
+    group.add_argument(
+        "--n-alleles", type=int, default=2,
+        help="real alleles per marker in the code table (default 2 = biallelic)",
+    )
+    group.add_argument(
+        "--dosage", action="store_true",
+        help="MARKERS holds dosages 0..ploidy (copies of allele 2; NA = missing) "
+        "instead of allele-set codes",
+    )
+
+
+def read_genotypes(args):
+    markers = io.read_chroms(args.chroms)
+    if args.dosage:
+        return io.read_dosages(args.markers, markers, ploidy=args.ploidy)
+    return io.read_markers(args.markers, markers, ploidy=args.ploidy, n_alleles=args.n_alleles)
+
+
+def read_phenotypes_for(args, genotypes):
+    return io.match_phenotypes(io.read_phenotypes(args.phenos), genotypes)
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """Options that override ``--params`` only when typed (argparse.SUPPRESS)."""
+    s = argparse.SUPPRESS
+    group = parser.add_argument_group("training (override --params only when given)")
+    group.add_argument("--params", help="JSON object of hyper-parameters (see README)")
+    group.add_argument("--lr", type=float, default=s, help="peak learning rate")
+    group.add_argument("--warmup-steps", type=int, default=s)
+    group.add_argument("--schedule", choices=["cosine", "cyclic", "constant"], default=s)
+    group.add_argument("--batch-size", type=int, default=s)
+    group.add_argument("--epochs", "--nepochs", dest="epochs", type=int, default=s)
+    group.add_argument("--max-steps", type=int, default=s)
+    group.add_argument(
+        "--patience", "--early-stopping-patience", dest="patience", type=int, default=s,
+        help="evaluations without improvement before stopping",
+    )
+    group.add_argument("--seed", type=int, default=s)
+    group.add_argument("--width", type=int, default=s, help="model width D")
+    group.add_argument("--latents", dest="n_latents", type=int, default=s)
+    group.add_argument("--encode-iters", type=int, default=s)
+    group.add_argument("--chunk-size", type=int, default=s, help="markers per attention chunk")
+    group.add_argument("--no-progress", dest="progress", action="store_false", default=s)
+
+
+def add_masked_options(parser: argparse.ArgumentParser) -> None:
+    s = argparse.SUPPRESS
+    group = parser.add_argument_group("masked-marker task")
+    group.add_argument("--prop-x", dest="input_fraction", type=float, default=s,
+                       help="share of loci fed to the encoder per batch (default 1)")
+    group.add_argument("--prop-y", dest="target_fraction", type=float, default=s,
+                       help="share of input loci hidden and predicted (default 0.1)")
+    group.add_argument("--frequency-scaler", type=float, default=s,
+                       help="exponent s of the (1 - p)^s target weights (default 0.5)")
+    group.add_argument("--val-fraction", type=float, default=s,
+                       help="individuals held out for early stopping (default 0.1)")
+
+
+TRAINING_KEYS = {
+    "lr", "warmup_steps", "schedule", "batch_size", "epochs", "max_steps", "patience",
+    "seed", "width", "n_latents", "encode_iters", "chunk_size", "progress",
+    "input_fraction", "target_fraction", "frequency_scaler", "val_fraction",
+}
+
+
+def typed_options(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k in TRAINING_KEYS}
+
+
+def file_params(args) -> dict:
+    from .params import read_params
+
+    return read_params(args.params) if getattr(args, "params", None) else {}
+
+
+# -- commands --------------------------------------------------------------------------
+def cmd_simulate(args) -> None:
+    from .simulate import SimulationConfig, simulate
+
+    config = SimulationConfig(
+        n_individuals=args.individuals, n_chromosomes=args.chromosomes,
+        n_markers=args.markers, ploidy=args.ploidy, n_alleles=args.n_alleles,
+        missing_rate=args.missing_rate, heritability=args.heritability,
+        n_environments=args.environments, n_qtl=args.qtl,
+        dominance_variance=args.dominance, epistasis_variance=args.epistasis,
+        gxe_correlation=args.gxe_correlation, n_folds=args.folds, seed=args.seed,
+    )
+    data = simulate(config)
+    out = Path(args.out)
+    io.write_chroms(data.genotypes.markers, out / "chroms.tsv")
+    io.write_markers(data.genotypes, out / "markers.tsv")
+    io.write_phenotypes(data.phenotypes, out / "phenotypes.tsv")
+    io.write_table(data.truth, out / "truth.tsv")
+    g = data.genotypes
+    print(
+        f"simulated {g.n_individuals} individuals x {g.n_markers} markers "
+        f"(ploidy {g.ploidy}, {g.n_alleles} alleles, {g.missing_rate():.1%} missing copies), "
+        f"{len(data.phenotypes.table)} phenotype records in {config.n_environments} "
+        f"environments -> {out}/{{chroms,markers,phenotypes,truth}}.tsv"
+    )
+
+
+def cmd_evaluate(args) -> None:
+    from .evaluate import cross_validate, format_accuracy
+    from .report import plot_accuracy, plot_observed_vs_predicted
+
+    genotypes = read_genotypes(args)
+    phenotypes = read_phenotypes_for(args, genotypes)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    predictions, accuracy = cross_validate(phenotypes, genotypes, methods, progress=not args.quiet)
+    out = Path(args.out)
+    io.write_table(predictions, out / "predictions.tsv")
+    io.write_table(accuracy, out / "accuracy.tsv", float_format="%.4f")
+    plot_observed_vs_predicted(predictions, out / "observed_vs_predicted.png")
+    plot_accuracy(accuracy, out / "accuracy.png")
+    print(f"Pearson r per block, pooled over {accuracy['fold'].nunique() - 1} folds:")
+    print(format_accuracy(accuracy))
+    print(f"wrote {out}/predictions.tsv, accuracy.tsv, observed_vs_predicted.png, accuracy.png")
+
+
+def cmd_gblup(args) -> None:
+    from .evaluate import format_accuracy, single_split
+
+    genotypes = read_genotypes(args)
+    phenotypes = read_phenotypes_for(args, genotypes)
+    predictions, accuracy = single_split(phenotypes, genotypes, args.method, args.cv)
+    io.write_table(predictions, args.predictions)
+    print(format_accuracy(accuracy))
+
+
+def cmd_pretrain(args) -> None:
+    from .pretraining import pretrain
+
+    genotypes = read_genotypes(args)
+    pretrain(genotypes, args.out, file_params(args), typed_options(args), resume=not args.restart)
+    print(f"wrote the pretrained model to {args.out}")
+
+
+def cmd_impute(args) -> None:
+    from .pretraining import impute, load_masked_model, pretrain
+
+    genotypes = read_genotypes(args)
+    if args.model:
+        model, _ = load_masked_model(args.model, genotypes, args.markers)
+    else:
+        model_dir = Path(args.out).with_name(Path(args.out).name + ".model")
+        print(f"no --model: pretraining on {args.markers} first (model in {model_dir})",
+              file=sys.stderr)
+        model = pretrain(genotypes, model_dir, file_params(args), typed_options(args)).eval()
+    result = impute(model, genotypes, progress=getattr(args, "progress", True))
+    write_imputation(result, args)
+    print(f"imputed {len(result.rows)} genotypes of {genotypes.n_individuals} individuals "
+          f"-> {args.out}")
+
+
+def write_imputation(result, args) -> None:
+    g = result.genotypes
+    if args.output_format == "codes":
+        io.write_markers(g, args.out)
+    elif args.output_format == "dosage":
+        io.write_dosages(g, args.out)
+    else:  # probabilities of each complete genotype, long format, imputed loci only
+        labels = ["/".join(map(str, np.repeat(np.arange(1, len(c) + 1), c))) for c in result.complete]
+        frame = pd.DataFrame(result.probabilities, columns=labels)
+        frame.insert(0, "marker", g.markers.names[result.loci])
+        frame.insert(0, "name", g.names[result.rows])
+        io.write_table(frame, args.out, float_format="%.4f")
+
+
+# -- parser ----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gperceiver",
+        description="Genomic prediction with Perceiver transformers, side by side with GBLUP.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("simulate", help="simulate genotypes (msprime) and traits with known truth")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--individuals", type=int, default=500)
+    p.add_argument("--markers", type=int, default=3000, help="total markers")
+    p.add_argument("--chromosomes", type=int, default=3)
+    p.add_argument("--ploidy", type=int, default=2)
+    p.add_argument("--n-alleles", type=int, default=2, help=">2 gives multi-allelic sites")
+    p.add_argument("--missing-rate", type=float, default=0.01)
+    p.add_argument("--heritability", type=float, default=0.5)
+    p.add_argument("--environments", type=int, default=4)
+    p.add_argument("--qtl", type=int, default=200)
+    p.add_argument("--dominance", type=float, default=0.1, help="share of genetic variance")
+    p.add_argument("--epistasis", type=float, default=0.1, help="share of genetic variance")
+    p.add_argument("--gxe-correlation", type=float, default=0.7)
+    p.add_argument("--folds", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_simulate)
+
+    def inputs(p, phenos=True):
+        if phenos:
+            p.add_argument("phenos", help="phenotypes TSV: name, response, block[, cv]")
+        p.add_argument("chroms", help="chroms TSV: chr, marker, pos")
+        p.add_argument("markers", help="markers TSV: name + one column per marker")
+        add_genotype_options(p)
+
+    p = sub.add_parser("evaluate", help="cross-validate methods over the cv folds")
+    inputs(p)
+    p.add_argument("--methods", default="gblup,rkhs", help="comma-separated (default gblup,rkhs)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("gblup", help="fit GBLUP (or RKHS) on one train/validation split")
+    inputs(p)
+    p.add_argument("--cv", required=True, help="rows with this cv value are validation")
+    p.add_argument("--predictions", required=True, help="output TSV")
+    p.add_argument("--method", default="gblup", choices=["gblup", "rkhs"])
+    p.set_defaults(func=cmd_gblup)
+
+    p = sub.add_parser("pretrain", help="masked-marker pretraining on genotypes")
+    inputs(p, phenos=False)
+    p.add_argument("--out", required=True, help="model directory")
+    p.add_argument("--restart", action="store_true", help="ignore checkpoints in --out")
+    add_training_options(p)
+    add_masked_options(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("impute", help="fill missing genotypes with a masked-marker model")
+    inputs(p, phenos=False)
+    p.add_argument("--out", required=True, help="output TSV")
+    p.add_argument("--model", help="pretrained model directory (default: pretrain first)")
+    p.add_argument("--output-format", choices=["codes", "dosage", "probabilities"],
+                   default="codes", help="codes / dosage tables, or genotype probabilities "
+                   "of the imputed loci (long format)")
+    add_training_options(p)
+    add_masked_options(p)
+    p.set_defaults(func=cmd_impute, restart=False)
+    return parser
+
+
+def run(parser: argparse.ArgumentParser, argv) -> int:
+    args = parser.parse_args(argv)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, InputWarning):
+            print(f"{parser.prog}: warning: {message}", file=sys.stderr)
+        else:
+            print(warnings.formatwarning(message, category, filename, lineno, line),
+                  file=sys.stderr, end="")
+
+    warnings.showwarning = show
+    try:
+        args.func(args)
+    except InputError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def main(argv=None) -> int:
+    return run(build_parser(), argv)
+
+
+def seed_pretrain(argv=None) -> int:
+    """``gperceiver_pretrain CHROMS MARKERS --model DIR``: the original tool's entry point."""
+    parser = argparse.ArgumentParser(
+        prog="gperceiver_pretrain",
+        description="Masked-marker pretraining (option names of the original tool).",
+    )
+    parser.add_argument("chroms")
+    parser.add_argument("markers")
+    parser.add_argument("--model", dest="out", required=True, help="model directory")
+    parser.add_argument("--restart", action="store_true")
+    add_genotype_options(parser)
+    add_training_options(parser)
+    add_masked_options(parser)
+    parser.set_defaults(func=cmd_pretrain)
+    return run(parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

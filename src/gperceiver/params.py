@@ -1,0 +1,58 @@
+"""Hyper-parameters: flat JSON files mapped 1:1 onto config dataclasses.
+
+Precedence: dataclass defaults < ``--params`` JSON < options typed on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from .io import InputError
+
+
+def field_names(*classes) -> dict[str, type]:
+    """Field name -> the config class that owns it (names are unique across classes)."""
+    owners: dict[str, type] = {}
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            owners[f.name] = cls
+    return owners
+
+
+def read_params(path) -> dict:
+    """Read a flat JSON object of hyper-parameters."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(path, None, "file not found", "check the --params path") from None
+    except json.JSONDecodeError as err:
+        raise InputError(path, f"line {err.lineno}", f"invalid JSON ({err.msg})", "fix the syntax") from None
+    if not isinstance(values, dict):
+        raise InputError(path, None, "expected a JSON object of name: value", "wrap the values in {}")
+    return values
+
+
+def resolve(classes, defaults: dict, file_values: dict, typed: dict, source="--params"):
+    """Instantiate each class in ``classes`` from the merged values.
+
+    ``defaults`` are job-specific defaults, ``file_values`` the JSON, ``typed`` the
+    options given on the command line. Unknown names raise :class:`InputError`.
+    """
+    owners = field_names(*classes)
+    for name in file_values:
+        if name not in owners:
+            raise InputError(
+                source, f"key {name!r}", "unknown hyper-parameter",
+                f"use one of: {', '.join(sorted(owners))}",
+            )
+    merged = {**defaults, **file_values, **typed}
+    out = []
+    for cls in classes:
+        kwargs = {k: v for k, v in merged.items() if owners.get(k) is cls}
+        try:
+            out.append(cls(**kwargs))
+        except (TypeError, ValueError) as err:
+            raise InputError(source, None, str(err), "fix the value") from None
+    return out

@@ -1,0 +1,157 @@
+"""Masked-marker pretraining and imputation jobs: data objects in, model directory out.
+
+Pretraining uses genotypes only (no phenotypes), so it may see every individual,
+test lines included; the held-out individuals only steer early stopping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import check_markers, load_model_config, load_weights, save_model
+from .data import MISSING, Genotypes
+from .nn.embeddings import count_targets
+from .nn.perceiver import MaskedMarkerModel, PerceiverConfig
+from .params import resolve
+from .tasks.masked import MaskedConfig, MaskedMarkerTask, complete_genotypes, genotype_log_probs
+from .train import Trainer, TrainConfig
+
+TASK_NAME = "masked"
+
+
+def split_individuals(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random training / held-out individual indices (at least one of each when n >= 2)."""
+    order = np.random.default_rng([seed, 7]).permutation(n)
+    n_val = min(max(1, round(val_fraction * n)), n - 1) if val_fraction > 0 and n > 1 else 0
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def data_sizes(genotypes: Genotypes) -> dict:
+    return {
+        "n_alleles": genotypes.n_alleles,
+        "ploidy": genotypes.ploidy,
+        "n_markers": genotypes.n_markers,
+        "n_chroms": len(genotypes.markers.chrom_names),
+    }
+
+
+def build_model(config: PerceiverConfig, genotypes: Genotypes) -> MaskedMarkerModel:
+    markers = genotypes.markers
+    return MaskedMarkerModel(config, markers.relative_pos(), markers.chrom)
+
+
+@dataclass
+class PretrainSettings:
+    val_fraction: float = 0.1  # individuals held out for the validation loss / early stopping
+
+
+def pretrain(
+    genotypes: Genotypes, out, params: dict | None = None, typed: dict | None = None,
+    resume: bool = True,
+) -> MaskedMarkerModel:
+    """Train a :class:`MaskedMarkerModel` and save it to ``out``.
+
+    ``params`` (e.g. a ``--params`` JSON) and ``typed`` (command-line options) are
+    flat dictionaries of :class:`PerceiverConfig`, :class:`TrainConfig`,
+    :class:`MaskedConfig` and :class:`PretrainSettings` fields.
+    """
+    classes = (PerceiverConfig, TrainConfig, MaskedConfig, PretrainSettings)
+    model_cfg, train_cfg, masked_cfg, settings = resolve(
+        classes, {}, params or {}, {**(typed or {}), **data_sizes(genotypes)}
+    )
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(model_cfg, genotypes)
+    train_rows, val_rows = split_individuals(
+        genotypes.n_individuals, settings.val_fraction, train_cfg.seed
+    )
+    frequencies = genotypes.allele_frequencies(train_rows)
+    task = MaskedMarkerTask(genotypes, frequencies, masked_cfg)
+    result = Trainer(model, task, train_cfg, out, resume=resume).fit(train_rows, val_rows)
+    config = {
+        "task": TASK_NAME,
+        "model": model_cfg.to_dict(),
+        "train": asdict(train_cfg),
+        "masked": asdict(masked_cfg),
+        "pretrain": asdict(settings),
+        "result": {"best_step": result.best_step, "best_val_loss": result.best_loss,
+                   "stopped_early": result.stopped_early,
+                   "n_train": len(train_rows), "n_val": len(val_rows)},
+    }
+    save_model(out, model, config, genotypes.markers)
+    return model
+
+
+def load_masked_model(directory, genotypes: Genotypes | None = None, data_path=None):
+    """Load a pretrained model; with ``genotypes``, check their marker map matches."""
+    config, markers = load_model_config(directory)
+    if genotypes is not None:
+        check_markers(markers, genotypes.markers, directory, data_path or "genotypes")
+    model_cfg = PerceiverConfig.from_dict(config["model"])
+    model = MaskedMarkerModel(model_cfg, markers.relative_pos(), markers.chrom)
+    return load_weights(directory, model).eval(), config
+
+
+@dataclass
+class Imputation:
+    """Filled genotypes and, for each imputed locus, the genotype probabilities."""
+
+    genotypes: Genotypes
+    rows: np.ndarray  # (K,) individual index of each imputed locus
+    loci: np.ndarray  # (K,) marker index
+    probabilities: np.ndarray  # (K, G) over the complete genotypes, see ``complete``
+    complete: np.ndarray  # (G, A) copy counts of each complete genotype
+
+
+@torch.no_grad()
+def impute(
+    model: MaskedMarkerModel, genotypes: Genotypes, batch_size: int = 16,
+    max_targets: int = 4096, progress: bool = True,
+) -> Imputation:
+    """Fill every locus with a missing copy by its most probable genotype.
+
+    Loci with a missing copy are fed as masked and decoded; the chosen genotype is
+    the most probable one that contains the copies that were observed.
+    """
+    a, p = genotypes.n_alleles, genotypes.ploidy
+    complete = complete_genotypes(p, a)  # (G, A)
+    filled = genotypes.alleles.copy()
+    out_rows, out_loci, out_probs = [], [], []
+    marker_idx = torch.arange(genotypes.n_markers)
+    incomplete = (genotypes.alleles == MISSING).any(-1)  # (N, M)
+    todo = np.flatnonzero(incomplete.any(1))
+    for start in tqdm(range(0, len(todo), batch_size), disable=not progress, unit="batch", leave=False):
+        rows = todo[start : start + batch_size]
+        alleles = torch.from_numpy(genotypes.alleles[rows].astype(np.int64))
+        hidden = torch.from_numpy(incomplete[rows])
+        observed = count_targets(alleles, a)  # (B, M, A)
+        masked = alleles.masked_fill(hidden[..., None], a + 1)
+        latents = model.encode(masked, marker_idx)
+        for b, row in enumerate(rows):
+            loci = torch.nonzero(hidden[b]).squeeze(1)
+            for chunk in loci.split(max_targets):
+                logits = model.decode(latents[b : b + 1], chunk)[0]  # (T, A, P + 1)
+                log_p = genotype_log_probs(logits, complete)  # (T, G)
+                # genotypes must contain every observed copy
+                fits = (complete[None] >= observed[b, chunk][:, None]).all(-1)  # (T, G)
+                log_p = log_p.masked_fill(~fits, -torch.inf).log_softmax(-1)
+                best = log_p.argmax(-1)
+                counts = complete[best]  # (T, A)
+                ids = torch.repeat_interleave(
+                    torch.arange(1, a + 1).expand(len(chunk), -1).flatten(), counts.flatten()
+                ).view(len(chunk), p)
+                filled[row, chunk.numpy()] = ids.numpy().astype(filled.dtype)
+                out_rows.append(np.full(len(chunk), row))
+                out_loci.append(chunk.numpy())
+                out_probs.append(log_p.exp().numpy())
+    cat = (lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype))
+    return Imputation(
+        Genotypes(filled, genotypes.names, genotypes.markers, a),
+        cat(out_rows, np.int64),
+        cat(out_loci, np.int64),
+        np.concatenate(out_probs) if out_probs else np.zeros((0, len(complete))),
+        complete.numpy(),
+    )

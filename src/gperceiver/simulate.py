@@ -1,0 +1,375 @@
+"""Simulated genotypes and phenotypes with a known truth, for tests and benchmarks.
+
+Genotypes come from the coalescent with recombination (msprime), so markers show
+realistic linkage disequilibrium and allele frequencies. Phenotypes add additive,
+dominance and epistatic genetic values, genotype-by-environment interaction and
+noise at a chosen heritability.
+
+Shape letters: N individuals, M markers, P ploidy, A alleles, E environments
+(blocks), Q causal markers (QTL).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import msprime
+import numpy as np
+import pandas as pd
+import tskit
+
+from .data import MISSING, Genotypes, MarkerMap, Phenotypes
+
+# Share of missing copies that belong to wholly uncalled genotypes; genotype callers
+# mostly fail a whole locus of a sample, rarely a single copy of a polyploid.
+WHOLE_GENOTYPE_SHARE = 0.9
+# Mean mutations per candidate site when multi-allelic sites are wanted: high enough
+# that recurrent mutation often leaves three or more alleles at a site.
+MUTATIONS_PER_SITE = 1.5
+# Sites decoded from a tree sequence at once; bounds memory to batch x haplotypes.
+DECODE_BATCH = 2048
+
+
+@dataclass
+class SimulationConfig:
+    """Parameters of :func:`simulate`; the defaults mimic a small breeding panel.
+
+    Lengths are in bp, rates per bp per generation, variances as shares of the
+    genetic variance within an environment.
+    """
+
+    # Enough for stable prediction accuracies, still fast to simulate and fit.
+    n_individuals: int = 500
+    # Independent linkage groups; three show between-chromosome structure cheaply.
+    n_chromosomes: int = 3
+    # Total markers, split evenly across chromosomes: a small SNP panel.
+    n_markers: int = 3000
+    # Copies per locus: 1 for haploids or inbred lines, 2 diploids, 4 tetraploids.
+    ploidy: int = 2
+    # Most alleles per site; above 2, recurrent mutation makes multi-allelic sites.
+    n_alleles: int = 2
+    # 100 Mb, about 1 Morgan at the default recombination rate, like a crop chromosome.
+    chromosome_length_bp: int = 100_000_000
+    # 1 cM per Mb, a common genome-wide average.
+    recombination_rate: float = 1e-8
+    # A typical per-bp rate; gives several times the segregating sites needed.
+    mutation_rate: float = 1e-8
+    # Small like breeding populations: LD extends over cM and msprime runs fast.
+    population_size: int = 500
+    # Bp between candidate sites; None: 1 for SNPs, and for n_alleles > 2 wide
+    # enough that each site (then a short haplotype block) mutates about
+    # MUTATIONS_PER_SITE times in the genealogy.
+    site_spacing_bp: int | None = None
+    # Share of allele copies left uncalled: a 99 % call rate, as on SNP arrays.
+    missing_rate: float = 0.01
+    # Usual marker QC: the second most common allele must reach this frequency.
+    min_maf: float = 0.05
+    # Blocks, i.e. trial sites or years, each with its own phenotype.
+    n_environments: int = 4
+    # var(g) / var(y) within every environment, exact in the simulated sample.
+    heritability: float = 0.5
+    # Causal markers: a polygenic trait.
+    n_qtl: int = 200
+    # Share of genetic variance from heterozygote effects; ignored for haploids.
+    dominance_variance: float = 0.1
+    # Share from pairwise additive-by-additive epistasis between random QTL.
+    epistasis_variance: float = 0.1
+    # Correlation of additive values between environments: moderate GxE.
+    gxe_correlation: float = 0.7
+    # Cross-validation folds, drawn per individual so its records share one fold.
+    n_folds: int = 10
+    # Seeds every random draw, msprime's included.
+    seed: int = 0
+
+    def __post_init__(self):
+        checks = {
+            "n_individuals must be at least 2": self.n_individuals >= 2,
+            "n_chromosomes must be at least 1": self.n_chromosomes >= 1,
+            "n_markers must be at least n_chromosomes": (
+                self.n_markers >= self.n_chromosomes
+            ),
+            "ploidy must be between 1 and 16": 1 <= self.ploidy <= 16,
+            "n_alleles must be between 2 and 255": 2 <= self.n_alleles <= 255,
+            "site_spacing_bp must be at least 1": (
+                self.site_spacing_bp is None or self.site_spacing_bp >= 1
+            ),
+            "missing_rate must be in [0, 1)": 0 <= self.missing_rate < 1,
+            "min_maf must be in [0, 0.5)": 0 <= self.min_maf < 0.5,
+            "n_environments must be at least 1": self.n_environments >= 1,
+            "heritability must be in (0, 1]": 0 < self.heritability <= 1,
+            "n_qtl must be between 2 and n_markers": 2 <= self.n_qtl <= self.n_markers,
+            "dominance_variance and epistasis_variance must be >= 0, sum <= 1": (
+                min(self.dominance_variance, self.epistasis_variance) >= 0
+                and self.dominance_variance + self.epistasis_variance <= 1
+            ),
+            "gxe_correlation must be in [0, 1]": 0 <= self.gxe_correlation <= 1,
+            "n_folds must be between 1 and n_individuals": (
+                1 <= self.n_folds <= self.n_individuals
+            ),
+        }
+        failed = [message for message, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError("invalid SimulationConfig: " + "; ".join(failed))
+
+
+@dataclass
+class SimulatedData:
+    """Output of :func:`simulate`.
+
+    ``phenotypes.table`` has one row per individual and environment (columns
+    name, response, block, cv); ``truth`` has the same rows with columns name,
+    block, additive, dominance, epistasis and genetic (their sum), so that
+    ``response = genetic + noise``. ``qtl`` holds the marker indices ``(Q,)`` of
+    the causal markers.
+    """
+
+    genotypes: Genotypes
+    phenotypes: Phenotypes
+    truth: pd.DataFrame
+    config: SimulationConfig
+    qtl: np.ndarray
+
+
+def simulate(config: SimulationConfig) -> SimulatedData:
+    """Simulate genotypes, phenotypes and their true genetic values.
+
+    Deterministic for a given ``config`` (seed included). Raises ``ValueError``
+    when a chromosome has too few segregating sites for its share of markers.
+    """
+    rng = np.random.default_rng(config.seed)
+    spacing = _site_spacing(config)
+    c = config.n_chromosomes
+    per_chrom = np.full(c, config.n_markers // c)
+    per_chrom[: config.n_markers % c] += 1
+    chrom_names = [f"chr{i + 1}" for i in range(c)]
+    pieces = [
+        _simulate_chromosome(config, name, int(n), spacing, rng)
+        for name, n in zip(chrom_names, per_chrom, strict=True)
+    ]
+    alleles = np.concatenate([a for a, _ in pieces], axis=1)
+    pos = np.concatenate([p for _, p in pieces])
+    labels = np.repeat(chrom_names, per_chrom)
+    marker_names = [f"{ch}_{p}" for ch, p in zip(labels, pos, strict=True)]
+    markers, order = MarkerMap.from_columns(labels, marker_names, pos)
+    alleles = alleles[:, order]
+
+    qtl = np.sort(rng.choice(config.n_markers, config.n_qtl, replace=False))
+    additive, dominance, epistasis = _genetic_values(alleles[:, qtl], config, rng)
+    genetic = additive + dominance[:, None] + epistasis[:, None]
+    response = genetic + _noise(genetic, config.heritability, rng)
+    folds = rng.permutation(np.arange(config.n_individuals) % config.n_folds)
+
+    width = max(4, len(str(config.n_individuals)))
+    names = np.array([f"ind{i + 1:0{width}d}" for i in range(config.n_individuals)])
+    e = config.n_environments
+    long_names = np.tile(names, e)
+    blocks = np.repeat(np.arange(e), config.n_individuals)
+    truth = pd.DataFrame(
+        {
+            "name": long_names,
+            "block": blocks,
+            "additive": additive.T.ravel(),
+            "dominance": np.tile(dominance, e),
+            "epistasis": np.tile(epistasis, e),
+            "genetic": genetic.T.ravel(),
+        }
+    )
+    table = pd.DataFrame(
+        {
+            "name": long_names,
+            "response": response.T.ravel(),
+            "block": blocks,
+            "cv": np.tile(folds, e),
+        }
+    )
+    observed = _mask_missing(alleles, config.missing_rate, rng)
+    return SimulatedData(
+        genotypes=Genotypes(observed, names, markers, config.n_alleles),
+        phenotypes=Phenotypes(table, source="simulation"),
+        truth=truth,
+        config=config,
+        qtl=qtl,
+    )
+
+
+def _site_spacing(config: SimulationConfig) -> int:
+    """Bp between candidate sites (see ``SimulationConfig.site_spacing_bp``)."""
+    if config.site_spacing_bp is not None:
+        return config.site_spacing_bp
+    if config.n_alleles == 2:
+        return 1
+    # Expected total branch length of the sample's genealogy, in generations:
+    # 2 * H(n - 1) coalescent units of ploidy * population_size generations.
+    n = config.n_individuals * config.ploidy
+    harmonic = float(np.sum(1.0 / np.arange(1, n)))
+    tree_length = 2 * harmonic * config.ploidy * config.population_size
+    return max(1, round(MUTATIONS_PER_SITE / (config.mutation_rate * tree_length)))
+
+
+def _k_allele_model(k: int) -> msprime.MatrixMutationModel:
+    """Finite-sites model with ``k`` states; a mutation picks another at random."""
+    transition = (np.ones((k, k)) - np.eye(k)) / (k - 1)
+    return msprime.MatrixMutationModel(
+        alleles=[str(i) for i in range(k)],
+        root_distribution=np.full(k, 1.0 / k),
+        transition_matrix=transition,
+    )
+
+
+def _simulate_chromosome(
+    config: SimulationConfig,
+    name: str,
+    n_sites: int,
+    spacing: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Markers of one chromosome: allele ids ``(N, n_sites, P)`` and bp ``(n_sites,)``.
+
+    Ids ``1..k`` rank a site's alleles by decreasing frequency; copies are sorted
+    ascending. Sites with the most common alleles are preferred, so multi-allelic
+    sites come first when ``n_alleles > 2``.
+    """
+    ancestry_seed, mutation_seed = rng.integers(1, 2**31 - 1, size=2)
+    ts = msprime.sim_ancestry(
+        samples=config.n_individuals,
+        ploidy=config.ploidy,
+        population_size=config.population_size,
+        sequence_length=math.ceil(config.chromosome_length_bp / spacing),
+        recombination_rate=config.recombination_rate * spacing,
+        discrete_genome=True,
+        random_seed=int(ancestry_seed),
+    )
+    ts = msprime.sim_mutations(
+        ts,
+        rate=config.mutation_rate * spacing,
+        model=_k_allele_model(config.n_alleles),
+        discrete_genome=True,
+        random_seed=int(mutation_seed),
+    )
+    k = config.n_alleles
+    batches = np.array_split(
+        np.arange(ts.num_sites), max(1, math.ceil(ts.num_sites / DECODE_BATCH))
+    )
+    counts = np.concatenate([_state_counts(_decode(ts, ids), k) for ids in batches])
+    freq = counts / (config.n_individuals * config.ploidy)
+    n_common = ((counts > 0) & (freq >= config.min_maf)).sum(1)
+    n_eligible = int((n_common >= 2).sum())
+    if n_eligible < n_sites:
+        raise ValueError(
+            f"{name}: only {n_eligible} sites segregate with minor allele frequency"
+            f" >= {config.min_maf} but {n_sites} markers are needed; increase"
+            " mutation_rate, chromosome_length_bp or population_size (or lower"
+            " n_markers, min_maf or site_spacing_bp)"
+        )
+    priority = np.lexsort((rng.random(ts.num_sites), -n_common))
+    chosen = np.sort(priority[:n_sites])
+
+    states = _decode(ts, chosen).astype(np.intp)  # (n_sites, haplotypes)
+    by_frequency = np.argsort(-counts[chosen], axis=1, kind="stable")
+    ids = np.empty_like(by_frequency)
+    np.put_along_axis(ids, by_frequency, np.arange(1, k + 1)[None, :], axis=1)
+    allele_ids = np.take_along_axis(ids, states, axis=1)
+    # haplotypes grouped by individual: ploidy consecutive columns each
+    owner = ts.nodes_individual[ts.samples()]
+    allele_ids = allele_ids[:, np.argsort(owner, kind="stable")]
+    alleles = allele_ids.reshape(n_sites, config.n_individuals, config.ploidy)
+    alleles = np.sort(alleles.transpose(1, 0, 2), axis=-1).astype(np.uint8)
+    pos = ts.sites_position[chosen].astype(np.int64) * spacing + 1
+    return alleles, pos
+
+
+def _decode(ts: tskit.TreeSequence, site_ids: np.ndarray) -> np.ndarray:
+    """State indices of the given sites, ``(sites, haplotypes)`` uint8."""
+    drop = np.ones(ts.num_sites, dtype=bool)
+    drop[site_ids] = False
+    subset = ts.delete_sites(np.flatnonzero(drop), record_provenance=False)
+    return subset.genotype_matrix().astype(np.uint8)
+
+
+def _state_counts(states: np.ndarray, k: int) -> np.ndarray:
+    """Haplotypes carrying each of ``k`` states per site, ``(sites, k)`` int64."""
+    return np.stack([(states == s).sum(1) for s in range(k)], axis=1)
+
+
+def _standardise(x: np.ndarray) -> np.ndarray:
+    """Centre and scale columns to unit sample variance (constant columns to 0)."""
+    centred = x - x.mean(0)
+    sd = centred.std(0)
+    return np.divide(centred, sd, out=np.zeros_like(centred), where=sd > 0)
+
+
+def _genetic_values(
+    qtl_alleles: np.ndarray, config: SimulationConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True values from complete QTL genotypes ``(N, Q, P)``.
+
+    Returns additive ``(N, E)``, dominance ``(N,)`` and epistasis ``(N,)``, each
+    with sample variance equal to its share of the genetic variance.
+    """
+    n_qtl = qtl_alleles.shape[1]
+    e, k = config.n_environments, config.n_alleles
+    dosage = np.stack(
+        [(qtl_alleles == a).sum(-1) for a in range(1, k + 1)], axis=-1
+    ).astype(np.float64)  # (N, Q, A)
+    dominance_share = config.dominance_variance if config.ploidy > 1 else 0.0
+    additive_share = 1.0 - dominance_share - config.epistasis_variance
+
+    # environment effects = shared effects + independent deviations, mixed so that
+    # additive values correlate by gxe_correlation across environments
+    shared = _standardise(
+        dosage.reshape(len(dosage), -1) @ rng.standard_normal(n_qtl * k)
+    )
+    deviations = _standardise(
+        np.einsum("nqa,eqa->ne", dosage, rng.standard_normal((e, n_qtl, k)))
+    )
+    rho = config.gxe_correlation
+    mixed = math.sqrt(rho) * shared[:, None] + math.sqrt(1 - rho) * deviations
+    additive = _standardise(mixed) * math.sqrt(additive_share)
+
+    heterozygous = (qtl_alleles.min(-1) != qtl_alleles.max(-1)).astype(np.float64)
+    dominance = _standardise(heterozygous @ rng.standard_normal(n_qtl))
+    dominance *= math.sqrt(dominance_share)
+
+    # one random pair of distinct QTL per QTL; product of centred allele-1 dosages
+    first = rng.integers(n_qtl, size=n_qtl)
+    second = (first + rng.integers(1, n_qtl, size=n_qtl)) % n_qtl
+    centred = dosage[..., 0] - dosage[..., 0].mean(0)
+    pairs = centred[:, first] * centred[:, second]
+    epistasis = _standardise(pairs @ rng.standard_normal(n_qtl))
+    epistasis *= math.sqrt(config.epistasis_variance)
+    return additive, dominance, epistasis
+
+
+def _noise(genetic: np.ndarray, h2: float, rng: np.random.Generator) -> np.ndarray:
+    """Residuals ``(N, E)`` making var(g) / (var(g) + var(e)) = ``h2`` exactly.
+
+    Gaussian draws are centred, made orthogonal to each environment's genetic
+    values and rescaled, so the sample heritability equals the requested one.
+    """
+    noise = rng.standard_normal(genetic.shape)
+    noise -= noise.mean(0)
+    g = genetic - genetic.mean(0)
+    noise -= g * (g * noise).sum(0) / (g * g).sum(0)
+    target = genetic.var(0) * (1 - h2) / h2
+    return noise * np.sqrt(target / noise.var(0))
+
+
+def _mask_missing(
+    alleles: np.ndarray, rate: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Copy of ``alleles`` ``(N, M, P)`` with a share ``rate`` of copies uncalled.
+
+    Most missing copies come from wholly uncalled genotypes, the rest (ploidy > 1)
+    from single uncalled copies; each locus is re-sorted so ``MISSING`` comes first.
+    """
+    n, m, p = alleles.shape
+    whole = rate if p == 1 else WHOLE_GENOTYPE_SHARE * rate
+    single = (rate - whole) / (1 - whole)
+    mask = (rng.random((n, m, 1), dtype=np.float32) < whole) | (
+        rng.random((n, m, p), dtype=np.float32) < single
+    )
+    out = alleles.copy()
+    out[mask] = MISSING
+    out.sort(axis=-1)
+    return out

@@ -1,0 +1,143 @@
+"""Masked-marker objective: hide loci, predict each allele's copy count there.
+
+Shape letters: B batch, M markers, M' markers fed to the encoder, P ploidy,
+A real alleles, T targets per individual, G complete genotypes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data import MISSING, Genotypes, allele_decoder
+from ..nn.embeddings import count_targets
+
+
+@dataclass
+class MaskedConfig:
+    target_fraction: float = 0.1  # share of input loci hidden and predicted per genotype (prop_y)
+    input_fraction: float = 1.0  # share of loci fed to the encoder per batch (prop_x)
+    # targets are drawn with probability ∝ Π_copies (1 - p(allele))^s: rare alleles
+    # are drawn more often, so the model cannot win by predicting the common allele
+    frequency_scaler: float = 0.5
+
+    def __post_init__(self):
+        if not 0 < self.target_fraction < 1:
+            raise ValueError(f"target_fraction must be in (0, 1), got {self.target_fraction}")
+        if not 0 < self.input_fraction <= 1:
+            raise ValueError(f"input_fraction must be in (0, 1], got {self.input_fraction}")
+        if self.frequency_scaler < 0:
+            raise ValueError(f"frequency_scaler must be >= 0, got {self.frequency_scaler}")
+
+
+def target_log_weights(frequencies: np.ndarray, scaler: float) -> Tensor:
+    """Per-copy log sampling weight ``s * log(1 - p)``, (M, A + 2) float32.
+
+    Column = allele id; the missing id gets ``-inf`` so loci with a missing copy are
+    never targets. (The last column, the mask id, never occurs in real data.)
+    """
+    m, a = frequencies.shape
+    table = np.full((m, a + 2), -np.inf, dtype=np.float64)
+    table[:, 1 : a + 1] = scaler * np.log(np.clip(1.0 - frequencies, 1e-6, None))
+    return torch.from_numpy(table.astype(np.float32))
+
+
+def sample_targets(
+    alleles: Tensor, log_weights: Tensor, n_targets: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Draw ``n_targets`` loci per row without replacement (Gumbel top-k).
+
+    ``alleles`` (B, M', P) long and ``log_weights`` (M', A + 2) for the same loci.
+    Returns positions (B, T) into M' and a validity mask (B, T): a row with fewer
+    eligible loci than T gets invalid entries instead of missing loci.
+    """
+    loci = torch.arange(alleles.shape[1])[None, :, None]
+    logits = log_weights[loci, alleles].sum(-1)  # (B, M')
+    uniform = torch.rand(logits.shape, generator=generator).clamp_(1e-12, 1 - 1e-7)
+    keys = logits - torch.log(-torch.log(uniform))
+    top = keys.topk(n_targets, dim=1).indices.sort(dim=1).values  # (B, T)
+    valid = torch.isfinite(logits.gather(1, top))
+    return top, valid
+
+
+def complete_genotypes(ploidy: int, n_alleles: int) -> Tensor:
+    """Copy counts (G, A) of every genotype without missing copies."""
+    table = allele_decoder(ploidy, n_alleles)
+    table = torch.from_numpy(table[(table != MISSING).all(1)].astype(np.int64))
+    return count_targets(table, n_alleles)
+
+
+def genotype_log_probs(logits: Tensor, genotypes: Tensor) -> Tensor:
+    """Log-score (…, G) of each complete genotype from copy-count logits (…, A, P+1).
+
+    Alleles are scored independently, then renormalised over the genotypes whose
+    counts sum to P.
+    """
+    log_p = logits.log_softmax(-1)  # (…, A, P + 1)
+    index = genotypes.T.expand(*log_p.shape[:-2], -1, -1)  # (…, A, G)
+    scores = log_p.gather(-1, index).sum(-2)  # (…, G)
+    return scores.log_softmax(-1)
+
+
+class MaskedMarkerTask:
+    """Batches of individuals -> masked inputs, targets and loss.
+
+    ``frequencies`` (M, A) must come from the training individuals only.
+    """
+
+    def __init__(self, genotypes: Genotypes, frequencies: np.ndarray, config: MaskedConfig):
+        self.genotypes, self.config = genotypes, config
+        self.log_weights = target_log_weights(frequencies, config.frequency_scaler)
+        self.n_alleles, self.ploidy = genotypes.n_alleles, genotypes.ploidy
+        self.complete = complete_genotypes(self.ploidy, self.n_alleles)
+        n_inputs = max(1, round(config.input_fraction * genotypes.n_markers))
+        self.n_inputs = n_inputs
+        self.n_targets = max(1, round(config.target_fraction * n_inputs))
+
+    def batch(self, rows: np.ndarray, generator: torch.Generator):
+        """Masked alleles (B, M', P), input loci (M',), targets (B, T), validity, counts."""
+        alleles = torch.from_numpy(self.genotypes.alleles[np.sort(rows)].astype(np.int64))
+        m = alleles.shape[1]
+        if self.n_inputs < m:
+            inputs = torch.randperm(m, generator=generator)[: self.n_inputs].sort().values
+            alleles = alleles[:, inputs]
+        else:
+            inputs = torch.arange(m)
+        targets, valid = sample_targets(alleles, self.log_weights[inputs], self.n_targets, generator)
+        target_alleles = alleles.gather(1, targets[..., None].expand(-1, -1, self.ploidy))
+        counts = count_targets(target_alleles, self.n_alleles)  # (B, T, A)
+        masked = alleles.clone()
+        rows_idx = torch.arange(len(alleles))[:, None]
+        masked[rows_idx, targets] = self.n_alleles + 1  # the mask id, on every copy
+        return masked, inputs, targets, valid, counts
+
+    def _forward(self, model, rows, generator) -> tuple[Tensor, dict]:
+        masked, inputs, targets, valid, counts = self.batch(rows, generator)
+        logits = model(masked, inputs, inputs[targets])  # (B, T, A, P + 1)
+        losses = F.cross_entropy(logits.flatten(0, 2), counts.flatten(), reduction="none")
+        weight = valid[..., None].expand_as(counts).flatten().float()
+        loss = (losses * weight).sum() / weight.sum().clamp(min=1)
+        with torch.no_grad():
+            best = genotype_log_probs(logits, self.complete).argmax(-1)  # (B, T)
+            correct = (self.complete[best] == counts).all(-1)
+            accuracy = (correct & valid).sum() / valid.sum().clamp(min=1)
+        return loss, {"accuracy": float(accuracy)}
+
+    def loss(self, model, rows: np.ndarray, generator: torch.Generator):
+        return self._forward(model, rows, generator)
+
+    def evaluate(self, model, rows: np.ndarray, batch_size: int = 32) -> dict:
+        """Loss and genotype accuracy on ``rows`` with fixed targets (seed 0)."""
+        generator = torch.Generator().manual_seed(0)
+        totals, n = {"loss": 0.0, "accuracy": 0.0}, 0
+        for start in range(0, len(rows), batch_size):
+            part = rows[start : start + batch_size]
+            loss, metrics = self._forward(model, part, generator)
+            totals["loss"] += float(loss) * len(part)
+            totals["accuracy"] += metrics["accuracy"] * len(part)
+            n += len(part)
+        return {k: v / n for k, v in totals.items()}

@@ -1,0 +1,235 @@
+"""One training loop for every task: AdamW, warm-up + cosine/cyclic LR, clipping,
+early stopping on a validation set, checkpoints and exact resume.
+
+Determinism: the batch order of epoch ``e`` comes from ``(seed, e)`` and every step's
+randomness (target sampling, dropout) from ``(seed, step)``, so a run killed and
+resumed from its last checkpoint ends with the same weights as one never stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import (
+    load_tensors,
+    optimizer_tensors,
+    read_json,
+    restore_optimizer,
+    save_tensors,
+    write_json,
+)
+from .io import atomic_path
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3  # peak LR; AdamW at this width is stable up to ~3e-3
+    warmup_steps: int = 50  # linear ramp from 0: avoids early large updates of fresh layers
+    schedule: str = "cosine"  # "cosine" to min_lr_ratio*lr, "cyclic" (cosine restarts), "constant"
+    cycle_steps: int = 500  # period of the cyclic schedule
+    min_lr_ratio: float = 0.05  # LR floor relative to lr
+    weight_decay: float = 0.01  # applied to matrices only, not to norms, biases, embeddings
+    grad_clip: float = 1.0  # global gradient-norm clip
+    batch_size: int = 16  # genotypes per step
+    epochs: int = 30  # upper bound; early stopping usually ends sooner
+    max_steps: int | None = None  # hard cap on optimiser steps (overrides epochs)
+    patience: int = 5  # evaluations without validation improvement before stopping
+    min_delta: float = 1e-4  # improvement smaller than this does not reset patience
+    eval_every: int | None = None  # steps between validations; None = once per epoch
+    checkpoint_every: int | None = None  # steps between checkpoints; None = at each evaluation
+    seed: int = 0
+    progress: bool = True
+
+    def fingerprint(self) -> str:
+        keys = {k: v for k, v in asdict(self).items() if k not in ("progress",)}
+        return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class Task(Protocol):
+    """What the loop needs from an objective."""
+
+    def loss(self, model, rows: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """Loss and metrics of a training batch of individuals ``rows``."""
+
+    def evaluate(self, model, rows: np.ndarray) -> dict:
+        """Metrics (with ``loss``) on held-out individuals, deterministic, no grad."""
+
+
+def lr_at(step: int, total: int, config: TrainConfig) -> float:
+    """Learning rate at optimiser step ``step`` (0-based)."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    floor = config.lr * config.min_lr_ratio
+    if config.schedule == "constant":
+        return config.lr
+    if config.schedule == "cyclic":
+        phase = ((step - config.warmup_steps) % config.cycle_steps) / config.cycle_steps
+    elif config.schedule == "cosine":
+        phase = min(1.0, (step - config.warmup_steps) / max(1, total - config.warmup_steps))
+    else:
+        raise ValueError(f"unknown LR schedule {config.schedule!r}: use cosine, cyclic or constant")
+    return floor + 0.5 * (config.lr - floor) * (1 + math.cos(math.pi * phase))
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2 and not _is_embedding(model, p)]
+    ids = {id(p) for p in decay}
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": [p for p in params if id(p) not in ids], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
+
+
+def _is_embedding(model: torch.nn.Module, param) -> bool:
+    return any(
+        isinstance(m, torch.nn.Embedding) and m.weight is param for m in model.modules()
+    )
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]
+    best_step: int
+    best_loss: float
+    stopped_early: bool
+
+
+class Trainer:
+    """Runs ``task`` on ``model`` and keeps checkpoints in ``directory/checkpoints``."""
+
+    def __init__(self, model, task: Task, config: TrainConfig, directory, resume: bool = True):
+        self.model, self.task, self.config = model, task, config
+        self.directory = Path(directory)
+        self.checkpoints = self.directory / "checkpoints"
+        self.resume = resume
+
+    # -- checkpoints -------------------------------------------------------------------
+    def _save_checkpoint(self, optimizer, state: dict, best_weights: dict) -> None:
+        name = f"step-{state['step']:08d}"
+        target = self.checkpoints / name
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        save_tensors(self.model.state_dict(), target / "model.safetensors")
+        save_tensors(best_weights, target / "best.safetensors")
+        tensors, scalars = optimizer_tensors(optimizer)
+        save_tensors(tensors, target / "optimizer.safetensors")
+        write_json({**state, "optimizer": scalars}, target / "state.json")
+        # the pointer file flips atomically: a kill leaves the previous checkpoint valid
+        write_json({"latest": name, "config": self.config.fingerprint()}, self.checkpoints / "latest.json")
+        for old in self.checkpoints.glob("step-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _load_checkpoint(self, optimizer) -> tuple[dict, dict] | None:
+        pointer = self.checkpoints / "latest.json"
+        if not (self.resume and pointer.exists()):
+            return None
+        latest = read_json(pointer)
+        if latest["config"] != self.config.fingerprint():
+            raise ValueError(
+                f"{self.checkpoints} holds a run with other training settings; "
+                "delete it or use another --out directory to start afresh"
+            )
+        source = self.checkpoints / latest["latest"]
+        state = read_json(source / "state.json")
+        self.model.load_state_dict(load_tensors(source / "model.safetensors"))
+        restore_optimizer(optimizer, load_tensors(source / "optimizer.safetensors"), state.pop("optimizer"))
+        return state, load_tensors(source / "best.safetensors")
+
+    def _write_metrics(self, history: list[dict]) -> None:
+        keys: list[str] = []
+        for row in history:
+            keys += [k for k in row if k not in keys]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=keys, restval="")
+        writer.writeheader()
+        writer.writerows(history)
+        with atomic_path(self.directory / "metrics.csv") as tmp:
+            tmp.write_text(buffer.getvalue())
+
+    # -- the loop ----------------------------------------------------------------------
+    def fit(self, train_rows: np.ndarray, val_rows: np.ndarray | None) -> TrainResult:
+        config, model = self.config, self.model
+        batch = min(config.batch_size, len(train_rows))
+        steps_per_epoch = max(1, len(train_rows) // batch)
+        total = config.max_steps or config.epochs * steps_per_epoch
+        eval_every = config.eval_every or steps_per_epoch
+        checkpoint_every = config.checkpoint_every or eval_every
+        optimizer = make_optimizer(model, config)
+
+        state = {"step": 0, "best_loss": math.inf, "best_step": 0, "bad_evals": 0, "history": []}
+        best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        restored = self._load_checkpoint(optimizer)
+        if restored is not None:
+            state, best_weights = restored
+        history = state["history"]
+
+        bar = tqdm(total=total, initial=state["step"], disable=not config.progress, unit="step", leave=False)
+        started, stopped_early, running = time.perf_counter(), False, []
+        while state["step"] < total and state["bad_evals"] < config.patience:
+            step = state["step"]
+            epoch, offset = divmod(step, steps_per_epoch)
+            order = np.random.default_rng([config.seed, epoch]).permutation(train_rows)
+            rows = order[offset * batch : (offset + 1) * batch]
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+            torch.manual_seed(config.seed * 1_000_003 + step)  # dropout
+
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total, config)
+            model.train()
+            loss, metrics = self.task.loss(model, rows, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            running.append({"loss": loss.item(), **metrics, "grad_norm": grad_norm.item()})
+            state["step"] = step = step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.4f}")
+
+            if step % eval_every == 0 or step == total:
+                row = {"step": step, "epoch": round(step / steps_per_epoch, 3), "lr": lr_at(step - 1, total, config)}
+                row.update({f"train_{k}": float(np.mean([r[k] for r in running])) for k in running[0]})
+                running = []
+                if val_rows is not None and len(val_rows):
+                    model.eval()
+                    with torch.no_grad():
+                        row.update({f"val_{k}": v for k, v in self.task.evaluate(model, val_rows).items()})
+                    monitored = row["val_loss"]
+                else:
+                    monitored = row["train_loss"]
+                row["seconds"] = round(time.perf_counter() - started, 2)
+                history.append(row)
+                if monitored < state["best_loss"] - config.min_delta:
+                    state.update(best_loss=monitored, best_step=step, bad_evals=0)
+                    best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    state["bad_evals"] += 1
+                self._write_metrics(history)
+                if state["bad_evals"] >= config.patience:
+                    stopped_early = True
+                    self._save_checkpoint(optimizer, state, best_weights)
+                    break
+            if step % checkpoint_every == 0 or step == total:
+                self._save_checkpoint(optimizer, state, best_weights)
+        bar.close()
+        stopped_early = stopped_early or state["bad_evals"] >= config.patience
+        model.load_state_dict(best_weights)
+        return TrainResult(history, state["best_step"], state["best_loss"], stopped_early)
