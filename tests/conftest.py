@@ -1,8 +1,18 @@
-"""Shared fixtures: the embedded wheat data set."""
+"""Shared fixtures: the embedded wheat data set; one BLAS/torch thread per worker."""
 
-from importlib import resources
+import os
 
-import pytest
+# pytest-xdist runs one worker per core: nested BLAS / torch threads would only fight
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from importlib import resources  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -129,11 +129,11 @@ def impute(
         hidden = torch.from_numpy(incomplete[rows])
         observed = count_targets(alleles, a)  # (B, M, A)
         masked = alleles.masked_fill(hidden[..., None], a + 1)
-        latents = model.encode(masked, marker_idx)
+        latents, tokens = model.encode(masked, marker_idx, return_tokens=True)
         for b, row in enumerate(rows):
             loci = torch.nonzero(hidden[b]).squeeze(1)
             for chunk in loci.split(max_targets):
-                logits = model.decode(latents[b : b + 1], chunk)[0]  # (T, A, P + 1)
+                logits = model.decode(latents[b : b + 1], tokens[b : b + 1], marker_idx, chunk)[0]
                 log_p = genotype_log_probs(logits, complete)  # (T, G)
                 # genotypes must contain every observed copy
                 fits = (complete[None] >= observed[b, chunk][:, None]).all(-1)  # (T, G)

@@ -202,7 +202,7 @@ class Trainer:
             running.append({"loss": loss.item(), **metrics, "grad_norm": grad_norm.item()})
             state["step"] = step = step + 1
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{running[-1]['loss']:.4f}")
 
             if step % eval_every == 0 or step == total:
                 row = {"step": step, "epoch": round(step / steps_per_epoch, 3), "lr": lr_at(step - 1, total, config)}

@@ -117,7 +117,7 @@ class MaskedMarkerTask:
 
     def _forward(self, model, rows, generator) -> tuple[Tensor, dict]:
         masked, inputs, targets, valid, counts = self.batch(rows, generator)
-        logits = model(masked, inputs, inputs[targets])  # (B, T, A, P + 1)
+        logits = model(masked, inputs, targets)  # (B, T, A, P + 1)
         losses = F.cross_entropy(logits.flatten(0, 2), counts.flatten(), reduction="none")
         weight = valid[..., None].expand_as(counts).flatten().float()
         loss = (losses * weight).sum() / weight.sum().clamp(min=1)

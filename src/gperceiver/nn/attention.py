@@ -1,0 +1,289 @@
+"""Pre-LN residual attention blocks whose heads split the width.
+
+Shape letters: B batch, L queries (latents or targets), M keys (markers or latents),
+C keys in one chunk, H heads, D width (each head sees D / H channels).
+
+Every block computes ``x + f(LN(x))``. Cross-attention can walk its keys in chunks
+and merge them exactly (flash-attention style), so memory grows with ``L * C``
+rather than ``L * M``; with ``checkpoint`` each chunk is recomputed in backward
+instead of keeping its keys, values and scores.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+KeyValues = list[tuple[Tensor, Tensor]]  # per chunk: keys, values (B, H, C, D / H)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Truncated normal (std 0.02) weights and zero biases for linears and tables."""
+    if isinstance(module, nn.Linear | nn.Embedding):
+        nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def _split_heads(x: Tensor, heads: int) -> Tensor:
+    """(B, S, D) -> (B, H, S, D / H)."""
+    b, s, d = x.shape
+    return x.view(b, s, heads, d // heads).transpose(1, 2)
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    """(B, H, S, D / H) -> (B, S, D)."""
+    b, h, s, k = x.shape
+    return x.transpose(1, 2).reshape(b, s, h * k)
+
+
+def _whole(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Attention over all keys at once: (B, H, L, D / H)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _partial(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One chunk's unnormalised attention: numerator, denominator and score shift.
+
+    Returns ``sum_c e_c v_c`` (B, H, L, D / H), ``sum_c e_c`` (B, H, L, 1) and the
+    shift ``s`` (B, H, L, 1) with ``e_c = exp(score_c - s)``; ``s`` is the chunk's
+    largest score, ``-inf`` where every key of the chunk is masked. ``_merge`` then
+    rescales the chunks to a common shift, which gives exact softmax attention.
+    """
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, L, C)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    shift = scores.detach().amax(-1, keepdim=True)  # softmax is shift invariant
+    weights = torch.exp(scores - torch.where(shift.isfinite(), shift, 0.0))
+    return weights @ v, weights.sum(-1, keepdim=True), shift
+
+
+def _merge(parts: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+    """Combine ``_partial`` results of all chunks into softmax attention.
+
+    A query whose keys are all masked gets zeros, as
+    ``scaled_dot_product_attention`` gives.
+    """
+    top = torch.stack([shift for _, _, shift in parts]).amax(0)  # (B, H, L, 1)
+    top = torch.where(top.isfinite(), top, 0.0)
+    num = den = 0.0
+    for chunk_num, chunk_den, shift in parts:
+        scale = torch.exp(shift - top)
+        num = num + chunk_num * scale
+        den = den + chunk_den * scale
+    return num / torch.where(den > 0, den, 1.0)
+
+
+class FeedForward(nn.Module):
+    """``x + W2 GELU(W1 LN(x))`` with hidden width ``mult * D``."""
+
+    def __init__(self, width: int, mult: int = 2, dropout: float = 0.0):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.net = nn.Sequential(
+            nn.Linear(width, mult * width),
+            nn.GELU(),
+            nn.Linear(mult * width, width),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.net(self.norm(x))
+
+
+class SelfAttention(nn.Module):
+    """``x + W_o MHA(LN(x))`` over the sequence of ``x`` (B, S, D)."""
+
+    def __init__(self, width: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.norm = nn.LayerNorm(width)
+        self.to_qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = (
+            _split_heads(t, self.heads)
+            for t in self.to_qkv(self.norm(x)).chunk(3, dim=-1)
+        )
+        attended = _merge_heads(F.scaled_dot_product_attention(q, k, v))
+        return x + self.drop(self.out(attended))
+
+
+class CrossAttention(nn.Module):
+    """Queries (B, L, D) attend to tokens (B, M, D): ``q + W_o MHA(LN(q), LN(x))``.
+
+    ``chunk_size`` (None: all at once) sets how many tokens one chunk holds;
+    ``checkpoint`` recomputes each chunk's LN, K/V projection and scores in
+    backward, so training keeps little more than the tokens themselves.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        dropout: float = 0.0,
+        chunk_size: int | None = None,
+        checkpoint: bool = False,
+    ):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive or None, got {chunk_size}")
+        self.heads = heads
+        self.chunk_size = chunk_size
+        self.checkpoint = checkpoint
+        self.norm_q = nn.LayerNorm(width)
+        self.norm_kv = nn.LayerNorm(width)
+        self.to_q = nn.Linear(width, width)
+        self.to_kv = nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, width)
+        self.drop = nn.Dropout(dropout)
+
+    def project_kv(self, tokens: Tensor) -> KeyValues:
+        """Keys and values of tokens (B, M, D), chunk by chunk, for reuse.
+
+        Pass the result as ``kv`` to every call sharing these weights and tokens.
+        """
+        return [self._run(self._kv, x) for x in self._chunks(tokens, 1)]
+
+    def forward(
+        self,
+        queries: Tensor,
+        tokens: Tensor | None = None,
+        mask: Tensor | None = None,
+        kv: KeyValues | None = None,
+    ) -> Tensor:
+        """Updated queries (B, L, D).
+
+        Give either ``tokens`` (B, M, D) or their ``kv = project_kv(tokens)``.
+        ``mask`` (B, M) bool is True for tokens to attend to; a query row with no
+        valid token gets no update.
+        """
+        if (tokens is None) == (kv is None):
+            raise ValueError("give exactly one of tokens and kv")
+        q = _split_heads(self.to_q(self.norm_q(queries)), self.heads)  # (B, H, L, D/H)
+        items = kv if kv is not None else [(x,) for x in self._chunks(tokens, 1)]
+        if mask is None:
+            masks = [None] * len(items)
+        else:
+            masks = self._chunks(mask[:, None, None, :], -1)  # (B, 1, 1, C) each
+        whole = len(items) == 1
+        attend = _whole if whole else _partial
+        if kv is None:
+            attend = partial(self._projected, attend)
+        parts = [
+            self._run(attend, q, *item, m) for item, m in zip(items, masks, strict=True)
+        ]
+        attended = parts[0] if whole else _merge(parts)
+        return queries + self.drop(self.out(_merge_heads(attended)))
+
+    def _kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Tokens (B, C, D) -> keys, values (B, H, C, D / H)."""
+        k, v = self.to_kv(self.norm_kv(x)).chunk(2, dim=-1)
+        return _split_heads(k, self.heads), _split_heads(v, self.heads)
+
+    def _projected(self, attend, q: Tensor, x: Tensor, mask: Tensor | None):
+        return attend(q, *self._kv(x), mask)
+
+    def _chunks(self, x: Tensor, dim: int) -> list[Tensor]:
+        # split() gives views with a single backward node that concatenates grads
+        return list(x.split(self.chunk_size, dim)) if self.chunk_size else [x]
+
+    def _run(self, fn, *args):
+        if self.checkpoint and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+
+class CrossBlock(nn.Module):
+    """Cross-attention then feed-forward; arguments as :class:`CrossAttention`."""
+
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        ff_mult: int = 2,
+        dropout: float = 0.0,
+        chunk_size: int | None = None,
+        checkpoint: bool = False,
+    ):
+        super().__init__()
+        self.attn = CrossAttention(width, heads, dropout, chunk_size, checkpoint)
+        self.ff = FeedForward(width, ff_mult, dropout)
+
+    def forward(
+        self,
+        queries: Tensor,
+        tokens: Tensor | None = None,
+        mask: Tensor | None = None,
+        kv: KeyValues | None = None,
+    ) -> Tensor:
+        return self.ff(self.attn(queries, tokens, mask, kv))
+
+
+class SelfBlock(nn.Module):
+    """Self-attention then feed-forward."""
+
+    def __init__(self, width: int, heads: int, ff_mult: int = 2, dropout: float = 0.0):
+        super().__init__()
+        self.attn = SelfAttention(width, heads, dropout)
+        self.ff = FeedForward(width, ff_mult, dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ff(self.attn(x))
+
+
+class LocalAttention(nn.Module):
+    """Each query attends to the ``window`` tokens on either side of its own position.
+
+    Queries (B, T, D) sit at ``centers`` (B, T), positions in the token sequence
+    (B, S, D); the centre token itself is skipped. Keys carry a learned embedding of
+    their offset, so the query knows which neighbour is adjacent. Memory is
+    ``B * T * 2 * window * D``: linear in targets, independent of S.
+    """
+
+    def __init__(self, width: int, heads: int, window: int, dropout: float = 0.0):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        self.heads, self.window = heads, window
+        self.norm_q = nn.LayerNorm(width)
+        self.norm_kv = nn.LayerNorm(width)
+        self.to_q = nn.Linear(width, width)
+        self.to_kv = nn.Linear(width, 2 * width)
+        self.offset = nn.Embedding(2 * window, width)
+        self.out = nn.Linear(width, width)
+        self.drop = nn.Dropout(dropout)
+        offsets = torch.cat([torch.arange(-window, 0), torch.arange(1, window + 1)])
+        self.register_buffer("offsets", offsets, persistent=False)  # (W,)
+
+    def forward(self, queries: Tensor, tokens: Tensor, centers: Tensor) -> Tensor:
+        b, t, d = queries.shape
+        s = tokens.shape[1]
+        positions = centers[..., None] + self.offsets  # (B, T, W)
+        inside = (positions >= 0) & (positions < s)
+        index = positions.clamp(0, s - 1)
+        kv = self.to_kv(self.norm_kv(tokens))  # (B, S, 2D)
+        near = kv.gather(1, index.view(b, -1, 1).expand(-1, -1, 2 * d))
+        near = near.view(b, t, len(self.offsets), 2 * d)  # (B, T, W, 2D)
+        k, v = near.chunk(2, dim=-1)
+        k = k + self.offset.weight  # (B, T, W, D)
+        h = self.heads
+        q = self.to_q(self.norm_q(queries)).view(b * t, 1, h, d // h).transpose(1, 2)
+        k = k.reshape(b * t, -1, h, d // h).transpose(1, 2)  # (BT, H, W, D/H)
+        v = v.reshape(b * t, -1, h, d // h).transpose(1, 2)
+        mask = inside.view(b * t, 1, 1, -1)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        attended = torch.nan_to_num(attended)  # a lone token has no neighbour
+        return queries + self.drop(self.out(attended.reshape(b, t, d)))

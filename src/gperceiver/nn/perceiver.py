@@ -1,0 +1,317 @@
+"""Perceiver IO encoder and the masked-marker model built on it.
+
+Shape letters: B batch, M markers in a batch, P ploidy, A real alleles, L latents,
+E extra latents (e.g. one per environment), T target loci, D width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from gperceiver.nn.attention import (
+    CrossBlock,
+    KeyValues,
+    LocalAttention,
+    SelfBlock,
+    init_weights,
+)
+from gperceiver.nn.embeddings import MarkerEmbedding
+
+SHARE_WEIGHTS = ("all", "after_first", "none")
+_POSITIVE = (
+    "n_alleles",
+    "ploidy",
+    "n_markers",
+    "n_chroms",
+    "width",
+    "n_latents",
+    "encode_iters",
+    "n_fourier",
+    "ff_mult",
+    "decoder_layers",
+)
+
+
+@dataclass
+class PerceiverConfig:
+    """Sizes and switches of :class:`PerceiverEncoder` and :class:`MaskedMarkerModel`.
+
+    The first four fields come from the data. Defaults are small enough to train
+    in minutes on two CPU cores.
+    """
+
+    n_alleles: int  # A, real alleles per locus
+    ploidy: int  # P, copies per locus; the decoder predicts counts 0..P
+    n_markers: int  # M of the marker map
+    n_chroms: int  # chromosomes of the marker map (an unplaced group counts as one)
+    # D: a batch of 8 x 10k markers trains in a fraction of a second on 2 CPU
+    # cores; the cost per marker grows with D^2 (the K/V projection).
+    width: int = 64
+    # L: the bottleneck every marker is summarised into; cost is linear in L * M,
+    # and 32 x 64 numbers already exceed what a few hundred phenotyped lines fit.
+    n_latents: int = 32
+    # one cross head reads each marker with all D channels, as in Perceiver.
+    cross_heads: int = 1
+    # heads of 16 channels in the latent self-attention, where L^2 is cheap.
+    self_heads: int = 4
+    # self-attention blocks per iteration; they cost L^2, not M.
+    self_layers: int = 2
+    # reads of the markers: the second is guided by what the first found, and
+    # with shared weights it reuses the K/V, costing only L * M.
+    encode_iters: int = 2
+    # "all": one set of weights for every iteration (fewest parameters; K/V over
+    # the markers computed once per forward); "after_first": the first iteration
+    # has its own; "none": every iteration has its own.
+    share_weights: str = "all"
+    # F: frequencies from 1 to (markers per chromosome) / 2 cycles per chromosome.
+    n_fourier: int = 16
+    # a learned vector per marker lets each locus carry its own allele meaning
+    # (which id is common, how it links); costs M * D parameters.
+    learned_marker_embedding: bool = True
+    # feed-forward hidden width as a multiple of D; 2 keeps CPU cost down.
+    ff_mult: int = 2
+    # decoder cross-attention blocks; one non-linear block reads the latents,
+    # its cost is T * L, tiny next to the encoder.
+    decoder_layers: int = 1
+    # neighbouring input tokens (each side) a decoder query reads besides the
+    # latents: linkage is local, and a bottleneck of L latents cannot carry every
+    # haplotype, so imputation needs this short-range path; 0 switches it off.
+    decoder_window: int = 16
+    # residual dropout; phenotyped sets are small, so a little regularisation.
+    dropout: float = 0.1
+    # markers per cross-attention chunk; scores then take O(L * chunk) memory.
+    # 16384 leaves typical panels (<= 16k markers) in one fused SDPA call.
+    chunk_size: int | None = 16384
+    # recompute each chunk's LN, K/V projection and scores in backward instead of
+    # storing them: activations shrink to ~3 (B, M, D) tensors (tokens + shared
+    # K/V) for little time at these widths; 500k markers x batch 8 fit in ~7 GB.
+    checkpoint_attention: bool = True
+
+    def __post_init__(self):
+        for name in _POSITIVE:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.self_layers < 0:
+            raise ValueError(f"self_layers must be >= 0, got {self.self_layers}")
+        for heads in (self.cross_heads, self.self_heads):
+            if heads < 1 or self.width % heads:
+                raise ValueError(
+                    f"width {self.width} does not split into {heads} heads"
+                )
+        if self.share_weights not in SHARE_WEIGHTS:
+            raise ValueError(
+                f"share_weights must be one of {SHARE_WEIGHTS}, "
+                f"got {self.share_weights!r}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive or None: {self.chunk_size}")
+
+    @property
+    def mask_id(self) -> int:
+        """The allele id of a masked copy, ``A + 1``."""
+        return self.n_alleles + 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> PerceiverConfig:
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown PerceiverConfig fields: {sorted(unknown)}")
+        return cls(**values)
+
+
+class EncoderIteration(nn.Module):
+    """One read of the tokens: cross-attention block, then self-attention blocks."""
+
+    def __init__(self, config: PerceiverConfig):
+        super().__init__()
+        c = config
+        self.cross = CrossBlock(
+            c.width,
+            c.cross_heads,
+            c.ff_mult,
+            c.dropout,
+            c.chunk_size,
+            c.checkpoint_attention,
+        )
+        self.selfs = nn.ModuleList(
+            SelfBlock(c.width, c.self_heads, c.ff_mult, c.dropout)
+            for _ in range(c.self_layers)
+        )
+
+    def forward(
+        self,
+        latents: Tensor,
+        tokens: Tensor | None = None,
+        mask: Tensor | None = None,
+        kv: KeyValues | None = None,
+    ) -> Tensor:
+        """Latents (B, L, D) after reading ``tokens`` or their cached ``kv``."""
+        latents = self.cross(latents, tokens, mask, kv)
+        for block in self.selfs:
+            latents = block(latents)
+        return latents
+
+
+class PerceiverEncoder(nn.Module):
+    """Learned latents (L, D) read tokens (B, M, D) ``encode_iters`` times."""
+
+    def __init__(self, config: PerceiverConfig):
+        super().__init__()
+        n_unique = {
+            "all": 1,
+            "after_first": min(2, config.encode_iters),
+            "none": config.encode_iters,
+        }[config.share_weights]
+        self.iterations = nn.ModuleList(
+            EncoderIteration(config) for _ in range(n_unique)
+        )
+        # iteration i runs self.iterations[schedule[i]]
+        self.schedule = [min(i, n_unique - 1) for i in range(config.encode_iters)]
+        self.norm = nn.LayerNorm(config.width)
+        self.apply(init_weights)
+        self.latents = nn.Parameter(
+            nn.init.trunc_normal_(
+                torch.empty(config.n_latents, config.width), std=0.02, a=-0.04, b=0.04
+            )
+        )
+
+    def forward(
+        self,
+        tokens: Tensor,
+        mask: Tensor | None = None,
+        extra_latents: Tensor | None = None,
+    ) -> Tensor:
+        """Latents (B, L + E, D) of tokens (B, M, D).
+
+        ``mask`` (B, M) bool is True for tokens to read; ``extra_latents``
+        (B or 1, E, D) are appended to the learned latents.
+        """
+        b = tokens.shape[0]
+        x = self.latents.expand(b, -1, -1)  # (B, L, D)
+        if extra_latents is not None:
+            x = torch.cat([x, extra_latents.expand(b, -1, -1)], dim=1)  # (B, L+E, D)
+        # shared cross-attention: project the tokens to K/V once, reuse every time
+        kv = {
+            i: self.iterations[i].cross.attn.project_kv(tokens)
+            for i, uses in Counter(self.schedule).items()
+            if uses > 1
+        }
+        for i in self.schedule:
+            x = self.iterations[i](x, None if i in kv else tokens, mask, kv.get(i))
+        return self.norm(x)
+
+
+class MaskedMarkerModel(nn.Module):
+    """Marker embedding, Perceiver encoder and a decoder predicting allele counts.
+
+    The decoder's queries are the position encodings of the target loci; each
+    reads the latents through ``decoder_layers`` cross-attention blocks. For every
+    real allele the head gives a categorical over its copy count ``0..P``:
+    logits (B, T, A, P + 1).
+
+    ``relative_pos`` and ``marker_chrom`` (M,) describe the marker map, see
+    :class:`MarkerEmbedding`.
+    """
+
+    def __init__(self, config: PerceiverConfig, relative_pos, marker_chrom):
+        super().__init__()
+        c = config
+        self.config = config
+        self.embed = MarkerEmbedding(
+            c.n_alleles,
+            c.width,
+            relative_pos,
+            marker_chrom,
+            n_chroms=c.n_chroms,
+            n_fourier=c.n_fourier,
+            learned_marker_embedding=c.learned_marker_embedding,
+        )
+        if len(self.embed.relative_pos) != c.n_markers:
+            raise ValueError(
+                f"marker map has {len(self.embed.relative_pos)} markers, "
+                f"config says {c.n_markers}"
+            )
+        self.encoder = PerceiverEncoder(config)
+        # each decoder layer reads the target's neighbouring tokens, then the L
+        # latents (no chunking needed: L is small; latent-side heads)
+        self.local = nn.ModuleList(
+            LocalAttention(c.width, c.self_heads, c.decoder_window, c.dropout)
+            for _ in range(c.decoder_layers if c.decoder_window else 0)
+        )
+        self.decoder = nn.ModuleList(
+            CrossBlock(c.width, c.self_heads, c.ff_mult, c.dropout)
+            for _ in range(c.decoder_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(c.width)
+        self.head = nn.Linear(c.width, c.n_alleles * (c.ploidy + 1))
+        for module in (self.local, self.decoder, self.head):
+            module.apply(init_weights)
+
+    def encode(
+        self,
+        alleles: Tensor,
+        marker_idx: Tensor,
+        mask: Tensor | None = None,
+        extra_latents: Tensor | None = None,
+        return_tokens: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Latents (B, L + E, D) of allele ids (B, M, P) at ``marker_idx``.
+
+        ``marker_idx`` (M,) or (B, M) indexes the marker map; ``mask`` and
+        ``extra_latents`` as in :meth:`PerceiverEncoder.forward`. With
+        ``return_tokens`` also the marker tokens (B, M, D) the decoder reads.
+        """
+        if alleles.shape[-1] != self.config.ploidy:
+            raise ValueError(
+                f"alleles have ploidy {alleles.shape[-1]}, "
+                f"the model was built for {self.config.ploidy}"
+            )
+        tokens = self.embed(alleles, marker_idx)
+        latents = self.encoder(tokens, mask, extra_latents)
+        return (latents, tokens) if return_tokens else latents
+
+    def decode(
+        self, latents: Tensor, tokens: Tensor, marker_idx: Tensor, target_pos: Tensor
+    ) -> Tensor:
+        """Copy-count logits (B, T, A, P + 1) at input positions ``target_pos``.
+
+        ``target_pos`` (B, T) or (T,) indexes the input sequence of ``tokens``
+        (B, M, D), whose marker indices are ``marker_idx`` (M,) or (B, M).
+        """
+        b, m = tokens.shape[:2]
+        target_pos = target_pos.expand(b, -1)  # (B, T)
+        target_idx = marker_idx.expand(b, m).gather(1, target_pos)  # (B, T)
+        queries = self.embed.position(target_idx)  # (B, T, D)
+        for i, block in enumerate(self.decoder):
+            if self.local:
+                queries = self._run(self.local[i], queries, tokens, target_pos)
+            queries = block(queries, latents)
+        logits = self.head(self.decoder_norm(queries))  # (B, T, A * (P + 1))
+        return logits.unflatten(-1, (self.config.n_alleles, self.config.ploidy + 1))
+
+    def _run(self, layer, *args):
+        if self.config.checkpoint_attention and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
+    def forward(
+        self,
+        alleles: Tensor,
+        marker_idx: Tensor,
+        target_pos: Tensor,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        """Logits (B, T, A, P + 1) at input positions ``target_pos`` (B, T) or (T,)."""
+        latents, tokens = self.encode(alleles, marker_idx, mask, return_tokens=True)
+        return self.decode(latents, tokens, marker_idx, target_pos)

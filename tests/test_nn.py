@@ -1,0 +1,315 @@
+"""Shapes, equivalences and invariances of the nn modules (tiny configs, CPU)."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from gperceiver.data import MISSING, MarkerMap
+from gperceiver.nn import (
+    CrossAttention,
+    MarkerEmbedding,
+    MaskedMarkerModel,
+    PerceiverConfig,
+    PerceiverEncoder,
+    count_targets,
+)
+
+W = 16  # width of the tiny models
+
+
+def tiny_config(**overrides) -> PerceiverConfig:
+    values = dict(
+        n_alleles=2,
+        ploidy=2,
+        n_markers=60,
+        n_chroms=3,
+        width=W,
+        n_latents=4,
+        cross_heads=2,
+        self_heads=2,
+        self_layers=1,
+        encode_iters=2,
+        n_fourier=4,
+        dropout=0.0,
+        chunk_size=None,
+    )
+    return PerceiverConfig(**(values | overrides))
+
+
+def marker_map(n_markers: int, n_chroms: int) -> tuple[np.ndarray, np.ndarray]:
+    """relative_pos, marker_chrom of markers spread over chromosomes, sorted."""
+    chrom = np.sort(np.arange(n_markers) % n_chroms)
+    return np.random.default_rng(0).random(n_markers), chrom
+
+
+def tiny_model(**overrides) -> MaskedMarkerModel:
+    torch.manual_seed(0)
+    config = tiny_config(**overrides)
+    model = MaskedMarkerModel(config, *marker_map(config.n_markers, config.n_chroms))
+    return model.eval()
+
+
+def random_alleles(
+    shape: tuple[int, int], ploidy: int, n_alleles: int, missing: float = 0.1, seed=0
+) -> torch.Tensor:
+    """Sorted allele ids (B, M, P) in 1..A with a share of missing copies."""
+    gen = torch.Generator().manual_seed(seed)
+    alleles = torch.randint(1, n_alleles + 1, (*shape, ploidy), generator=gen)
+    alleles[torch.rand(alleles.shape, generator=gen) < missing] = MISSING
+    return alleles.sort(-1).values
+
+
+def grads(*tensors) -> list[torch.Tensor]:
+    return [t.grad.clone() for t in tensors]
+
+
+@pytest.mark.parametrize("ploidy, n_alleles", [(1, 2), (2, 2), (2, 3), (4, 4), (6, 2)])
+def test_masked_marker_model__shapes_and_grads(ploidy, n_alleles):
+    model = tiny_model(ploidy=ploidy, n_alleles=n_alleles, dropout=0.1).train()
+    alleles = random_alleles((3, 40), ploidy, n_alleles)
+    marker_idx = torch.randperm(60)[:40]
+    targets = torch.randint(0, 40, (3, 5))  # (B, T) positions in the input
+    logits = model(alleles, marker_idx, targets)
+    assert logits.shape == (3, 5, n_alleles, ploidy + 1)
+    logits.logsumexp(-1).sum().backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.isfinite().all(), name
+    shared_targets = model(alleles, marker_idx, targets[0])  # (T,) for all rows
+    assert shared_targets.shape == (3, 5, n_alleles, ploidy + 1)
+
+
+def cross_attention_case(mask: bool, checkpoint: bool, chunk_size: int | None):
+    """Output and gradients of one cross-attention call over 50 tokens."""
+    torch.manual_seed(0)
+    layer = CrossAttention(W, 2, chunk_size=chunk_size, checkpoint=checkpoint)
+    gen = torch.Generator().manual_seed(1)
+    queries = torch.randn(3, 5, W, generator=gen, requires_grad=True)
+    tokens = torch.randn(3, 50, W, generator=gen, requires_grad=True)
+    valid = None
+    if mask:
+        valid = torch.rand(3, 50, generator=gen) > 0.3
+        valid[1, :20] = False  # whole chunks of row 1 masked
+        valid[2] = False  # nothing to read: the queries stay as they were
+    out = layer(queries, tokens, valid)
+    (out * torch.linspace(-1, 1, W)).sum().backward()
+    return out.detach(), grads(queries, tokens, *layer.parameters())
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+@pytest.mark.parametrize("mask", [False, True])
+def test_cross_attention__chunked_matches_unchunked(mask, checkpoint):
+    out, expected_grads = cross_attention_case(mask, False, None)
+    chunked, chunked_grads = cross_attention_case(mask, checkpoint, chunk_size=7)
+    torch.testing.assert_close(chunked, out, atol=1e-5, rtol=0)
+    for got, expected in zip(chunked_grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 7])
+def test_cross_attention__fully_masked_row_gets_no_update(chunk_size):
+    layer = CrossAttention(W, 2, chunk_size=chunk_size)
+    queries, tokens = torch.randn(2, 5, W), torch.randn(2, 30, W)
+    valid = torch.ones(2, 30, dtype=torch.bool)
+    valid[1] = False
+    out = layer(queries, tokens, valid)
+    torch.testing.assert_close(out[1], queries[1] + layer.out.bias)
+    assert out.isfinite().all()
+
+
+@pytest.mark.parametrize("chunk_size", [None, 7])
+def test_cross_attention__cached_kv_matches_recomputed(chunk_size):
+    layer = CrossAttention(W, 2, chunk_size=chunk_size)
+    queries, tokens = torch.randn(2, 5, W), torch.randn(2, 30, W)
+    valid = torch.rand(2, 30) > 0.2
+    kv = layer.project_kv(tokens)
+    torch.testing.assert_close(
+        layer(queries, mask=valid, kv=kv), layer(queries, tokens, valid)
+    )
+    with pytest.raises(ValueError, match="exactly one"):
+        layer(queries, tokens, kv=kv)
+
+
+@pytest.mark.parametrize("share_weights", ["all", "after_first", "none"])
+def test_perceiver_encoder__projects_shared_kv_once(share_weights):
+    torch.manual_seed(0)
+    config = tiny_config(encode_iters=3, share_weights=share_weights, chunk_size=8)
+    encoder = PerceiverEncoder(config).eval()
+    tokens = torch.randn(2, 30, W)
+    calls = []
+    for iteration in encoder.iterations:
+        iteration.cross.attn.to_kv.register_forward_hook(lambda *_: calls.append(1))
+    latents = encoder(tokens)
+    assert len(calls) == len(encoder.iterations) * 4  # 4 chunks, once per weight set
+    # the same computation without any K/V cache
+    x = encoder.latents.expand(2, -1, -1)
+    for i in encoder.schedule:
+        x = encoder.iterations[i](x, tokens)
+    torch.testing.assert_close(latents, encoder.norm(x))
+
+
+def test_perceiver_encoder__share_weights_layouts_and_extra_latents():
+    sizes = {}
+    for share in ("all", "after_first", "none"):
+        encoder = PerceiverEncoder(tiny_config(encode_iters=3, share_weights=share))
+        sizes[share] = sum(p.numel() for p in encoder.parameters())
+    assert sizes["all"] < sizes["after_first"] < sizes["none"]
+    extra = torch.randn(1, 3, W)  # (1, E, D) shared by the batch
+    assert encoder(torch.randn(2, 10, W), extra_latents=extra).shape == (2, 4 + 3, W)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 16])
+def test_masked_marker_model__batch_of_one_matches_batch(chunk_size):
+    model = tiny_model(chunk_size=chunk_size)
+    alleles = random_alleles((4, 60), 2, 2)
+    marker_idx, targets = torch.arange(60), torch.randint(0, 60, (4, 6))
+    with torch.no_grad():
+        batch = model(alleles, marker_idx, targets)
+        for row in range(4):
+            one = model(alleles[row : row + 1], marker_idx, targets[row : row + 1])
+            torch.testing.assert_close(one[0], batch[row], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 16])
+def test_masked_marker_model__padded_tokens_have_no_effect(chunk_size):
+    model = tiny_model(chunk_size=chunk_size)
+    alleles = random_alleles((2, 50), 2, 2)
+    marker_idx = torch.stack([torch.randperm(60)[:50] for _ in range(2)])  # (B, M)
+    valid = torch.ones(2, 50, dtype=torch.bool)
+    valid[1, 30:] = False  # row 1 holds only 30 markers, then padding
+    with torch.no_grad():
+        latents = model.encode(alleles, marker_idx, valid)
+        alone = model.encode(alleles[1:, :30], marker_idx[1:, :30])
+        garbage = alleles.clone()
+        garbage[1, 30:] = model.embed.mask_id
+        repadded = model.encode(garbage, marker_idx, valid)
+    torch.testing.assert_close(latents[1], alone[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(repadded, latents, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 16])
+def test_masked_marker_model__marker_order_does_not_matter(chunk_size):
+    model = tiny_model(chunk_size=chunk_size)
+    alleles = random_alleles((2, 60), 2, 2)
+    marker_idx = torch.arange(60)
+    order = torch.randperm(60)
+    with torch.no_grad():
+        latents = model.encode(alleles, marker_idx)
+        shuffled = model.encode(alleles[:, order], marker_idx[order])
+    torch.testing.assert_close(shuffled, latents, atol=1e-5, rtol=0)
+
+
+def test_marker_embedding__mask_differs_from_missing():
+    model = tiny_model()
+    alleles = random_alleles((1, 60), 2, 2)
+    missing, masked = alleles.clone(), alleles.clone()
+    missing[:, 10] = MISSING
+    masked[:, 10] = model.config.mask_id
+    marker_idx, targets = torch.arange(60), torch.tensor([10])
+    with torch.no_grad():
+        assert not torch.allclose(
+            model.embed(missing, marker_idx), model.embed(masked, marker_idx)
+        )
+        assert not torch.allclose(
+            model(missing, marker_idx, targets), model(masked, marker_idx, targets)
+        )
+
+
+def test_marker_embedding__alleles_are_a_copy_mean():
+    torch.manual_seed(0)
+    embed = MarkerEmbedding(2, W, *marker_map(10, 1), n_chroms=1)
+    idx = torch.arange(3)
+    diploid = torch.tensor([[[1, 1], [1, 2], [0, 2]]])
+    tetraploid = torch.tensor([[[1, 1, 1, 1], [1, 1, 2, 2], [0, 0, 2, 2]]])
+    swapped = diploid.flip(-1)  # unphased: copy order carries nothing
+    torch.testing.assert_close(embed(tetraploid, idx), embed(diploid, idx))
+    torch.testing.assert_close(embed(swapped, idx), embed(diploid, idx))
+
+
+def test_marker_embedding__unplaced_chromosome_with_ordinal_positions():
+    n = 30
+    markers, _ = MarkerMap.from_columns(
+        ["unplaced"] * n, [f"m{i}" for i in range(n)], np.arange(n)
+    )
+    config = tiny_config(n_markers=n, n_chroms=1)
+    model = MaskedMarkerModel(config, markers.relative_pos(), markers.chrom).eval()
+    positions = model.embed.position(torch.arange(n))  # (M, D)
+    assert torch.cdist(positions, positions).add(torch.eye(n)).min() > 0  # distinct
+    logits = model(random_alleles((2, n), 2, 2), torch.arange(n), torch.arange(5))
+    assert logits.shape == (2, 5, 2, 3) and logits.isfinite().all()
+
+
+def test_marker_embedding__raises_on_bad_map():
+    with pytest.raises(ValueError, match="marker_chrom"):
+        MarkerEmbedding(2, W, np.zeros(4), np.array([0, 0, 1, 2]), n_chroms=2)
+    with pytest.raises(ValueError, match="shape"):
+        MarkerEmbedding(2, W, np.zeros(4), np.zeros(3, int), n_chroms=1)
+
+
+def test_count_targets__ignores_missing_and_mask():
+    alleles = torch.tensor([[0, 1, 1, 3], [3, 3, 3, 3], [1, 2, 2, 4]])  # A = 3, MASK 4
+    expected = [[2, 0, 1], [0, 0, 4], [1, 2, 0]]
+    assert count_targets(alleles, 3).tolist() == expected
+
+
+def test_perceiver_config__dict_roundtrip():
+    config = tiny_config(share_weights="after_first", chunk_size=128)
+    assert PerceiverConfig.from_dict(config.to_dict()) == config
+    assert config.mask_id == 3
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"width": 10, "self_heads": 4}, "heads"),
+        ({"share_weights": "xa_only"}, "share_weights"),
+        ({"ploidy": 0}, "ploidy"),
+        ({"chunk_size": 0}, "chunk_size"),
+    ],
+)
+def test_perceiver_config__raises_on_bad_values(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
+
+
+def test_perceiver_config__raises_on_unknown_field():
+    values = tiny_config().to_dict() | {"latent_dim": 256}
+    with pytest.raises(ValueError, match="latent_dim"):
+        PerceiverConfig.from_dict(values)
+
+
+def saved_activation_bytes(model, *inputs) -> int:
+    """Bytes of distinct storages autograd keeps for backward, parameters aside."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(*inputs)
+    return sum(kept.values())
+
+
+def test_masked_marker_model__checkpointed_activations_linear_in_markers():
+    per_marker = []
+    for n in (2000, 4000):
+        model = tiny_model(
+            n_markers=n, width=64, chunk_size=500, checkpoint_attention=True
+        ).train()
+        alleles = random_alleles((2, n), 2, 2)
+        saved = saved_activation_bytes(model, alleles, torch.arange(n), torch.arange(8))
+        per_marker.append(saved / (2 * n * 64 * 4))  # in (B, M, D) float32 tensors
+    # tokens plus the shared layer's cached K/V, with a little left over
+    assert per_marker[1] < 3.5
+    assert per_marker[1] < per_marker[0]  # no term that grows faster than M
+
+
+def test_masked_marker_model__raises_on_wrong_ploidy():
+    model = tiny_model(ploidy=2)
+    with pytest.raises(ValueError, match="ploidy 4"):
+        model.encode(random_alleles((1, 60), 4, 2), torch.arange(60))
