@@ -14,6 +14,7 @@ from gperceiver.evaluate import (
     pearson,
     pooled_table,
     single_split,
+    per_block,
 )
 from gperceiver.io import read_chroms, read_markers, read_phenotypes
 from gperceiver.report import plot_accuracy, plot_observed_vs_predicted
@@ -61,7 +62,7 @@ def test_every_row_is_validated_once_training_on_the_other_folds(
 ):
     phenotypes, genotypes = small_data
     calls = []
-    monkeypatch.setitem(METHODS, "spy", spy_method(calls))
+    monkeypatch.setitem(METHODS, "spy", per_block(spy_method(calls)))
     predictions, _ = cross_validate(phenotypes, genotypes, ["spy"], progress=False)
     assert len(calls) == 4 * 2
     table = phenotypes.table

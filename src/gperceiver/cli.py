@@ -86,6 +86,7 @@ TRAINING_KEYS = {
     "lr", "warmup_steps", "schedule", "batch_size", "epochs", "max_steps", "patience",
     "seed", "width", "n_latents", "encode_iters", "chunk_size", "progress",
     "input_fraction", "target_fraction", "frequency_scaler", "val_fraction",
+    "head", "objective", "ensemble", "head_epochs", "unfreeze",
 }
 
 
@@ -97,6 +98,23 @@ def file_params(args) -> dict:
     from .params import read_params
 
     return read_params(args.params) if getattr(args, "params", None) else {}
+
+
+def add_finetune_options(parser: argparse.ArgumentParser) -> None:
+    s = argparse.SUPPRESS
+    group = parser.add_argument_group("finetuning")
+    group.add_argument("--head", choices=["latent", "pool"], default=s,
+                       help="per-block latent queries or pooled latents + MLP (default pool)")
+    group.add_argument("--objective", "--loss", dest="objective", default=s,
+                       choices=["mse", "huber", "binary", "multiclass", "ordinal", "ranking"],
+                       help="shared by every block (default mse)")
+    group.add_argument("--ensemble", type=int, default=s, help="models averaged (seeds)")
+    group.add_argument("--head-epochs", type=int, default=s,
+                       help="epochs training only the head on a frozen pretrained encoder")
+    group.add_argument("--unfreeze", default=s,
+                       help="parts trained after the head phase: '', encoder, embed,encoder")
+    group.add_argument("--val-fraction", type=float, default=s,
+                       help="inner validation share of training individuals (without --cv)")
 
 
 # -- commands --------------------------------------------------------------------------
@@ -127,20 +145,27 @@ def cmd_simulate(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .evaluate import cross_validate, format_accuracy
+    from .evaluate import NOTES, cross_validate, format_accuracy
     from .report import plot_accuracy, plot_observed_vs_predicted
 
     genotypes = read_genotypes(args)
     phenotypes = read_phenotypes_for(args, genotypes)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    predictions, accuracy = cross_validate(phenotypes, genotypes, methods, progress=not args.quiet)
     out = Path(args.out)
+    options = {"params": file_params(args), "typed": typed_options(args),
+               "workdir": out / "models"}
+    predictions, accuracy = cross_validate(
+        phenotypes, genotypes, methods, progress=not args.quiet, options=options
+    )
     io.write_table(predictions, out / "predictions.tsv")
     io.write_table(accuracy, out / "accuracy.tsv", float_format="%.4f")
     plot_observed_vs_predicted(predictions, out / "observed_vs_predicted.png")
     plot_accuracy(accuracy, out / "accuracy.png")
     print(f"Pearson r per block, pooled over {accuracy['fold'].nunique() - 1} folds:")
     print(format_accuracy(accuracy))
+    for method in methods:
+        if method in NOTES:
+            print(f"note: {method}: {NOTES[method]}")
     print(f"wrote {out}/predictions.tsv, accuracy.tsv, observed_vs_predicted.png, accuracy.png")
 
 
@@ -177,6 +202,34 @@ def cmd_impute(args) -> None:
     write_imputation(result, args)
     print(f"imputed {len(result.rows)} genotypes of {genotypes.n_individuals} individuals "
           f"-> {args.out}")
+
+
+def cmd_finetune(args) -> None:
+    from .finetuning import finetune, load_predictor, prediction_table
+
+    genotypes = read_genotypes(args)
+    phenotypes = read_phenotypes_for(args, genotypes)
+    finetune(phenotypes, genotypes, args.out, file_params(args), typed_options(args),
+             pretrained=args.pretrained, cv=args.cv)
+    print(f"wrote the finetuned model to {args.out}")
+    if args.predictions:
+        table = prediction_table(load_predictor(args.out), genotypes, phenotypes.blocks)
+        merged = table.merge(phenotypes.table, on=["name", "block"], how="left")
+        io.write_table(merged, args.predictions)
+        print(f"wrote predictions for every individual x block to {args.predictions}")
+
+
+def cmd_predict(args) -> None:
+    from .finetuning import load_predictor, prediction_table
+
+    genotypes = read_genotypes(args)
+    predictor = load_predictor(args.model, genotypes, args.markers)
+    table = prediction_table(predictor, genotypes)
+    if not args.uncertainty and "sd" in table:
+        table = table.drop(columns="sd")
+    io.write_table(table, args.out)
+    print(f"predicted {genotypes.n_individuals} individuals x "
+          f"{table['block'].nunique()} blocks -> {args.out}")
 
 
 def write_imputation(result, args) -> None:
@@ -231,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="gblup,rkhs", help="comma-separated (default gblup,rkhs)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_training_options(p)
+    add_finetune_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("gblup", help="fit GBLUP (or RKHS) on one train/validation split")
@@ -258,6 +313,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_options(p)
     add_masked_options(p)
     p.set_defaults(func=cmd_impute, restart=False)
+
+    p = sub.add_parser("finetune", help="train a phenotype model (scratch or pretrained)")
+    inputs(p)
+    p.add_argument("--out", required=True, help="model directory")
+    p.add_argument("--pretrained", help="directory written by gperceiver pretrain")
+    p.add_argument("--cv", help="rows with this cv value are the validation set "
+                   "(early stopping); default: an inner split of the individuals")
+    p.add_argument("--predictions", help="also write predictions for every individual x block")
+    add_training_options(p)
+    add_finetune_options(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("predict", help="predict every individual x block with a finetuned model")
+    inputs(p, phenos=False)
+    p.add_argument("--model", required=True, help="directory written by gperceiver finetune")
+    p.add_argument("--out", required=True, help="output TSV: name, block, prediction")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="add the sd across ensemble members (needs --ensemble > 1)")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 
@@ -301,6 +375,28 @@ def seed_pretrain(argv=None) -> int:
     add_training_options(parser)
     add_masked_options(parser)
     parser.set_defaults(func=cmd_pretrain)
+    return run(parser, argv)
+
+
+def seed_finetune(argv=None) -> int:
+    """``gperceiver_finetune PHENOS CHROMS MARKERS --model DIR``: the original entry point."""
+    parser = argparse.ArgumentParser(
+        prog="gperceiver_finetune",
+        description="Finetune a phenotype model (option names of the original tool).",
+    )
+    parser.add_argument("phenos")
+    parser.add_argument("chroms")
+    parser.add_argument("markers")
+    parser.add_argument("--model", dest="out", required=True, help="model directory")
+    parser.add_argument("--pretrained")
+    parser.add_argument("--cv")
+    parser.add_argument("--predictions")
+    parser.add_argument("--block-strategy", dest="head", choices=["latent", "pool"],
+                        default=argparse.SUPPRESS)
+    add_genotype_options(parser)
+    add_training_options(parser)
+    add_finetune_options(parser)
+    parser.set_defaults(func=cmd_finetune)
     return run(parser, argv)
 
 

@@ -1,10 +1,12 @@
 """Cross-validation of prediction methods over the folds of the ``cv`` column.
 
-A method is a callable ``(train_rows, genotypes, predict_names, cache) -> (k,)``
-predictions, registered by name in :data:`METHODS`. It is called once per fold and
-block with that block's training rows (columns of the phenotype table); ``cache``
-is a dict shared by every call on one data set, where a method keeps what does not
-depend on the split (a relationship matrix, its decompositions).
+A method is a callable ``(train, validation, genotypes, cache) -> (k,)``
+predictions for the ``k`` rows of ``validation``, registered by name in
+:data:`METHODS`. It is called once per fold with every block's training rows;
+kernel baselines fit each block separately (:func:`per_block`), neural methods fit
+all blocks at once. ``cache`` is a dict shared by every call on one data set, where
+a method keeps what does not depend on the split (a relationship matrix, its
+decompositions, a pretrained encoder).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from tqdm.auto import tqdm
 from .baselines import GBLUP, RKHS, Kernel
 from .data import Genotypes, Phenotypes, natural_key
 
-Method = Callable[[pd.DataFrame, Genotypes, np.ndarray, dict], np.ndarray]
+Method = Callable[[pd.DataFrame, pd.DataFrame, Genotypes, dict], np.ndarray]
+BlockMethod = Callable[[pd.DataFrame, Genotypes, np.ndarray, dict], np.ndarray]
 
 CORE_COLUMNS = ["name", "block", "cv", "response", "method", "prediction"]
 ACCURACY_COLUMNS = ["method", "block", "fold", "pearson_r", "n"]
@@ -42,7 +45,44 @@ def _rkhs(train, genotypes, names, cache) -> np.ndarray:
     return model.fit(train, genotypes).predict(names)
 
 
-METHODS: dict[str, Method] = {"gblup": _gblup, "rkhs": _rkhs}
+def per_block(fit_predict: BlockMethod) -> Method:
+    """A method fitted on each block's training rows, predicting its validation rows."""
+
+    def method(train, validation, genotypes, cache) -> np.ndarray:
+        out = np.full(len(validation), np.nan)
+        for block in np.unique(validation["block"]):
+            train_block = train[train["block"] == block]
+            in_block = (validation["block"] == block).to_numpy()
+            if len(train_block):
+                names = validation.loc[in_block, "name"].to_numpy()
+                out[in_block] = fit_predict(train_block, genotypes, names, cache)
+        return out
+
+    return method
+
+
+def _perceiver(train, validation, genotypes, cache) -> np.ndarray:
+    from .finetuning import perceiver_method
+
+    return perceiver_method(train, validation, genotypes, cache)
+
+
+def _perceiver_pretrained(train, validation, genotypes, cache) -> np.ndarray:
+    from .finetuning import perceiver_pretrained_method
+
+    return perceiver_pretrained_method(train, validation, genotypes, cache)
+
+
+METHODS: dict[str, Method] = {
+    "gblup": per_block(_gblup),
+    "rkhs": per_block(_rkhs),
+    "perceiver": _perceiver,
+    "perceiver-pretrained": _perceiver_pretrained,
+}
+NOTES = {
+    "perceiver-pretrained": "pretrained once on the genotypes of every individual "
+    "(no phenotypes), then finetuned on the training folds of each split",
+}
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -73,34 +113,30 @@ def _run(
     methods: list[str],
     folds: list[str],
     progress: bool,
+    options: dict | None = None,
 ) -> pd.DataFrame:
     table = phenotypes.table
     extras = [c for c in table.columns if c not in CORE_COLUMNS]
-    blocks = phenotypes.blocks
-    cache: dict = {}
+    cache: dict = dict(options or {})
     parts = []
     with tqdm(
-        total=len(folds) * len(blocks) * len(methods),
-        desc="cross-validation",
-        disable=not progress,
+        total=len(folds) * len(methods), desc="cross-validation", disable=not progress
     ) as bar:
         for fold in folds:
             train, validation = phenotypes.split(fold)
-            for block in blocks:
-                train_block = train[train["block"] == block]
-                valid_block = validation[validation["block"] == block]
-                if valid_block.empty or train_block.empty:
-                    bar.update(len(methods))
-                    continue
-                names = valid_block["name"].to_numpy()
-                for method in methods:
-                    bar.set_postfix(fold=fold, block=int(block), method=method)
-                    prediction = METHODS[method](train_block, genotypes, names, cache)
-                    part = valid_block.copy()
-                    part["method"] = method
-                    part["prediction"] = np.asarray(prediction, dtype=np.float64)
-                    parts.append(part)
-                    bar.update()
+            # blocks absent from training cannot be predicted by per-block methods
+            validation = validation[validation["block"].isin(train["block"].unique())]
+            if validation.empty or train.empty:
+                bar.update(len(methods))
+                continue
+            for method in methods:
+                bar.set_postfix(fold=fold, method=method)
+                prediction = METHODS[method](train, validation, genotypes, cache)
+                part = validation.copy()
+                part["method"] = method
+                part["prediction"] = np.asarray(prediction, dtype=np.float64)
+                parts.append(part)
+                bar.update()
     if not parts:
         raise ValueError("no fold has both training and validation rows in a block")
     return pd.concat(parts, ignore_index=True)[CORE_COLUMNS + extras]
@@ -153,12 +189,15 @@ def cross_validate(
     genotypes: Genotypes,
     methods: list[str],
     progress: bool = True,
+    options: dict | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each ``cv`` value is the validation fold once; train on all other rows.
 
-    Every method is fitted per block on that block's training rows and predicts
-    the block's validation rows (a block without training rows in a split is
-    skipped there).
+    ``options`` seeds the methods' shared cache: ``params`` / ``typed`` (neural
+    hyper-parameters), ``workdir`` (where neural models are kept).
+
+    Kernel methods are fitted per block, neural methods on all blocks at once; a
+    block without training rows in a split is skipped there.
 
     Parameters
     ----------
@@ -180,7 +219,7 @@ def cross_validate(
         :func:`accuracy_table` of ``predictions``.
     """
     _check(phenotypes, genotypes, methods)
-    predictions = _run(phenotypes, genotypes, methods, phenotypes.folds(), progress)
+    predictions = _run(phenotypes, genotypes, methods, phenotypes.folds(), progress, options)
     return predictions, accuracy_table(predictions)
 
 

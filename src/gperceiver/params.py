@@ -34,18 +34,24 @@ def read_params(path) -> dict:
     return values
 
 
-def resolve(classes, defaults: dict, file_values: dict, typed: dict, source="--params"):
+def resolve(
+    classes, defaults: dict, file_values: dict, typed: dict, source="--params",
+    also_known: tuple = (),
+):
     """Instantiate each class in ``classes`` from the merged values.
 
     ``defaults`` are job-specific defaults, ``file_values`` the JSON, ``typed`` the
-    options given on the command line. Unknown names raise :class:`InputError`.
+    options given on the command line. Names owned by none of ``classes`` nor
+    ``also_known`` (classes of a later stage reading the same file) raise
+    :class:`InputError`.
     """
     owners = field_names(*classes)
+    known = {**field_names(*also_known), **owners}
     for name in file_values:
-        if name not in owners:
+        if name not in known:
             raise InputError(
                 source, f"key {name!r}", "unknown hyper-parameter",
-                f"use one of: {', '.join(sorted(owners))}",
+                f"use one of: {', '.join(sorted(known))}",
             )
     merged = {**defaults, **file_values, **typed}
     out = []

@@ -51,7 +51,7 @@ class PretrainSettings:
 
 def pretrain(
     genotypes: Genotypes, out, params: dict | None = None, typed: dict | None = None,
-    resume: bool = True,
+    resume: bool = True, also_known: tuple = (),
 ) -> MaskedMarkerModel:
     """Train a :class:`MaskedMarkerModel` and save it to ``out``.
 
@@ -61,7 +61,8 @@ def pretrain(
     """
     classes = (PerceiverConfig, TrainConfig, MaskedConfig, PretrainSettings)
     model_cfg, train_cfg, masked_cfg, settings = resolve(
-        classes, {}, params or {}, {**(typed or {}), **data_sizes(genotypes)}
+        classes, {}, params or {}, {**(typed or {}), **data_sizes(genotypes)},
+        also_known=also_known,
     )
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_cfg, genotypes)

@@ -64,8 +64,9 @@ class Task(Protocol):
     def loss(self, model, rows: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         """Loss and metrics of a training batch of individuals ``rows``."""
 
-    def evaluate(self, model, rows: np.ndarray) -> dict:
-        """Metrics (with ``loss``) on held-out individuals, deterministic, no grad."""
+    def evaluate(self, model, rows: np.ndarray, train_rows: np.ndarray) -> dict:
+        """Metrics (with ``loss``) on held-out ``rows``, deterministic, no grad;
+        ``train_rows`` may calibrate statistics (never fit weights)."""
 
 
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
@@ -211,7 +212,7 @@ class Trainer:
                 if val_rows is not None and len(val_rows):
                     model.eval()
                     with torch.no_grad():
-                        row.update({f"val_{k}": v for k, v in self.task.evaluate(model, val_rows).items()})
+                        row.update({f"val_{k}": v for k, v in self.task.evaluate(model, val_rows, train_rows=train_rows).items()})
                     monitored = row["val_loss"]
                 else:
                     monitored = row["train_loss"]

@@ -270,20 +270,19 @@ class LocalAttention(nn.Module):
 
     def forward(self, queries: Tensor, tokens: Tensor, centers: Tensor) -> Tensor:
         b, t, d = queries.shape
-        s = tokens.shape[1]
+        s, h = tokens.shape[1], self.heads
         positions = centers[..., None] + self.offsets  # (B, T, W)
         inside = (positions >= 0) & (positions < s)
-        index = positions.clamp(0, s - 1)
         kv = self.to_kv(self.norm_kv(tokens))  # (B, S, 2D)
-        near = kv.gather(1, index.view(b, -1, 1).expand(-1, -1, 2 * d))
-        near = near.view(b, t, len(self.offsets), 2 * d)  # (B, T, W, 2D)
+        rows = torch.arange(b, device=tokens.device)[:, None, None]
+        near = kv[rows, positions.clamp(0, s - 1)]  # (B, T, W, 2D), row gathers
         k, v = near.chunk(2, dim=-1)
-        k = k + self.offset.weight  # (B, T, W, D)
-        h = self.heads
-        q = self.to_q(self.norm_q(queries)).view(b * t, 1, h, d // h).transpose(1, 2)
-        k = k.reshape(b * t, -1, h, d // h).transpose(1, 2)  # (BT, H, W, D/H)
-        v = v.reshape(b * t, -1, h, d // h).transpose(1, 2)
-        mask = inside.view(b * t, 1, 1, -1)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        attended = torch.nan_to_num(attended)  # a lone token has no neighbour
-        return queries + self.drop(self.out(attended.reshape(b, t, d)))
+        k = (k + self.offset.weight).unflatten(-1, (h, d // h))  # (B, T, W, H, D/H)
+        v = v.unflatten(-1, (h, d // h))
+        q = self.to_q(self.norm_q(queries)).unflatten(-1, (h, d // h))  # (B, T, H, D/H)
+        # a few dozen keys per query: plain einsum beats many tiny SDPA calls
+        scores = torch.einsum("bthc,btwhc->bthw", q, k) * (d // h) ** -0.5
+        scores = scores.masked_fill(~inside[:, :, None, :], -torch.inf)
+        weights = torch.nan_to_num(scores.softmax(-1))  # a lone token: no neighbour
+        attended = torch.einsum("bthw,btwhc->bthc", weights, v).reshape(b, t, d)
+        return queries + self.drop(self.out(attended))

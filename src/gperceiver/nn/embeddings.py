@@ -73,6 +73,7 @@ class MarkerEmbedding(nn.Module):
         n_chroms: int,
         n_fourier: int = 16,
         learned_marker_embedding: bool = True,
+        marker_allele_embedding: bool = False,
     ):
         super().__init__()
         relative_pos = torch.as_tensor(np.asarray(relative_pos), dtype=torch.float32)
@@ -97,6 +98,13 @@ class MarkerEmbedding(nn.Module):
         self.marker_embed = (
             nn.Embedding(len(marker_chrom), width) if learned_marker_embedding else None
         )
+        # a vector per (marker, allele id): tokens can then carry marker-specific
+        # allele effects, so even a uniform read of the markers is an additive model
+        self.marker_allele_embed = (
+            nn.Parameter(torch.zeros(len(marker_chrom), n_alleles + 2, width))
+            if marker_allele_embedding
+            else None
+        )
         self.apply(init_weights)
 
     @property
@@ -118,4 +126,9 @@ class MarkerEmbedding(nn.Module):
         table = self.allele_embed.weight / alleles.shape[-1]  # mean over copies
         # counts @ table == sum of the copies' rows, without a (B, M', P, D) tensor
         counts = _id_counts(alleles, len(table), table.dtype)  # (B, M', A + 2)
-        return counts @ table + self.position(marker_idx)
+        tokens = counts @ table + self.position(marker_idx)
+        if self.marker_allele_embed is not None:
+            per_marker = self.marker_allele_embed[marker_idx]  # (M', A+2, D) or (B, ...)
+            equation = "bmk,mkd->bmd" if marker_idx.dim() == 1 else "bmk,bmkd->bmd"
+            tokens = tokens + torch.einsum(equation, counts, per_marker) / alleles.shape[-1]
+        return tokens

@@ -74,6 +74,11 @@ class PerceiverConfig:
     # a learned vector per marker lets each locus carry its own allele meaning
     # (which id is common, how it links); costs M * D parameters.
     learned_marker_embedding: bool = True
+    # a vector per (marker, allele): lets tokens carry marker-specific allele
+    # effects, so an additive model is one uniform read away (on wheat it is what
+    # lets finetuning learn at all); M * (A + 2) * D parameters, so None (auto)
+    # turns it on up to 50k markers only.
+    marker_allele_embedding: bool | None = None
     # feed-forward hidden width as a multiple of D; 2 keeps CPU cost down.
     ff_mult: int = 2
     # decoder cross-attention blocks; one non-linear block reads the latents,
@@ -94,6 +99,8 @@ class PerceiverConfig:
     checkpoint_attention: bool = True
 
     def __post_init__(self):
+        if self.marker_allele_embedding is None:
+            self.marker_allele_embedding = self.n_markers <= 50_000
         for name in _POSITIVE:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -236,6 +243,7 @@ class MaskedMarkerModel(nn.Module):
             n_chroms=c.n_chroms,
             n_fourier=c.n_fourier,
             learned_marker_embedding=c.learned_marker_embedding,
+            marker_allele_embedding=c.marker_allele_embedding,
         )
         if len(self.embed.relative_pos) != c.n_markers:
             raise ValueError(

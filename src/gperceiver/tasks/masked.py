@@ -130,7 +130,7 @@ class MaskedMarkerTask:
     def loss(self, model, rows: np.ndarray, generator: torch.Generator):
         return self._forward(model, rows, generator)
 
-    def evaluate(self, model, rows: np.ndarray, batch_size: int = 32) -> dict:
+    def evaluate(self, model, rows: np.ndarray, train_rows=None, batch_size: int = 32) -> dict:
         """Loss and genotype accuracy on ``rows`` with fixed targets (seed 0)."""
         generator = torch.Generator().manual_seed(0)
         totals, n = {"loss": 0.0, "accuracy": 0.0}, 0

@@ -1,0 +1,124 @@
+"""Phenotype model: the Perceiver encoder plus a head giving every block at once.
+
+Shape letters: B batch, M' markers, P ploidy, L latents, E blocks (environments),
+D width, K outputs per block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gperceiver.nn.attention import init_weights
+from gperceiver.nn.embeddings import MarkerEmbedding
+from gperceiver.nn.perceiver import PerceiverConfig, PerceiverEncoder
+
+HEADS = ("latent", "pool")
+
+
+@dataclass
+class HeadConfig:
+    n_blocks: int  # E, from the data (max block + 1)
+    n_outputs: int = 1  # K per block: 1 for regression/binary/ranking/ordinal scores
+    n_classes: int = 0  # ordinal only: classes, giving K - 1 thresholds per block
+    # "pool": mean latent + block embedding -> MLP (the seed found it more accurate);
+    # "latent": a query per block joins the latents and reads through self-attention
+    head: str = "pool"
+    head_hidden: int = 64  # hidden width of the pool head's MLP
+    head_dropout: float = 0.1
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.n_blocks < 1 or self.n_outputs < 1:
+            raise ValueError("n_blocks and n_outputs must be positive")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PhenotypeModel(nn.Module):
+    """Genotypes (B, M', P) -> outputs (B, E, K) for every block in one pass.
+
+    ``embed`` and ``encoder`` have the same layout as in
+    :class:`~gperceiver.nn.perceiver.MaskedMarkerModel`, so pretrained weights load
+    by name. In eval mode rows never mix (each output depends on its own genotype
+    only); in training mode the head's batch normalisation uses batch statistics.
+    """
+
+    def __init__(self, config: PerceiverConfig, head: HeadConfig, relative_pos, marker_chrom):
+        super().__init__()
+        c, self.config, self.head_config = config, config, head
+        self.embed = MarkerEmbedding(
+            c.n_alleles, c.width, relative_pos, marker_chrom, n_chroms=c.n_chroms,
+            n_fourier=c.n_fourier, learned_marker_embedding=c.learned_marker_embedding,
+            marker_allele_embedding=c.marker_allele_embedding,
+        )
+        self.encoder = PerceiverEncoder(config)
+        e, d, k = head.n_blocks, c.width, head.n_outputs
+        # Attention averages over many markers, so the part of the latents that
+        # differs between individuals is small next to the shared part; batch
+        # normalisation across individuals (running statistics at inference) brings
+        # that signal to unit scale before the readout.
+        if head.head == "latent":
+            self.block_queries = nn.Parameter(torch.randn(e, d) * 0.02)  # (E, D)
+            self.norm = nn.BatchNorm1d(e * d)
+            self.readout = nn.Sequential(nn.Dropout(head.head_dropout), nn.Linear(d, k))
+        else:
+            self.block_embed = nn.Embedding(e, d)
+            self.norm = nn.BatchNorm1d(d)
+            self.readout = nn.Sequential(
+                nn.Linear(2 * d, head.head_hidden), nn.GELU(),
+                nn.Dropout(head.head_dropout), nn.Linear(head.head_hidden, k),
+            )
+        self.intercept = nn.Parameter(torch.zeros(e, k))  # per-block offset
+        if head.n_classes > 1:
+            # ordered thresholds per block: first, then softplus-positive gaps
+            self.threshold_start = nn.Parameter(torch.full((e, 1), -1.0))
+            self.threshold_gaps = nn.Parameter(torch.zeros(e, head.n_classes - 2))
+        self.readout.apply(init_weights)
+        if head.head == "pool":
+            init_weights(self.block_embed)
+
+    def new_parameters(self) -> list[nn.Parameter]:
+        """Parameters that pretraining does not provide (trained first when frozen)."""
+        return [p for n, p in self.named_parameters() if not n.startswith(("embed.", "encoder."))]
+
+    def features(self, alleles: Tensor, marker_idx: Tensor) -> Tensor:
+        """What the head reads: pooled latents (B, D) or block latents (B, E, D)."""
+        tokens = self.embed(alleles, marker_idx)
+        if self.head_config.head == "latent":
+            latents = self.encoder(tokens, extra_latents=self.block_queries[None])
+            return latents[:, -self.head_config.n_blocks :]  # (B, E, D)
+        return self.encoder(tokens).mean(1)  # (B, D)
+
+    def head(self, features: Tensor) -> Tensor:
+        """Outputs (B, E, K) from :meth:`features`."""
+        b, e = features.shape[0], self.head_config.n_blocks
+        normed = self.norm(features.reshape(b, -1)).view_as(features)
+        if self.head_config.head == "latent":
+            out = self.readout(normed)
+        else:
+            blocks = self.block_embed.weight.expand(b, -1, -1)  # (B, E, D)
+            out = self.readout(torch.cat([normed[:, None].expand(-1, e, -1), blocks], -1))
+        return out + self.intercept
+
+    @torch.no_grad()
+    def calibrate(self, features: Tensor) -> None:
+        """Set the normalisation statistics exactly from features (N, ...) of the
+        training individuals ("precise batch norm"): running averages lag behind
+        features that change quickly during training."""
+        flat = features.reshape(len(features), -1)
+        self.norm.running_mean.copy_(flat.mean(0))
+        self.norm.running_var.copy_(flat.var(0, unbiased=True))
+
+    def forward(self, alleles: Tensor, marker_idx: Tensor) -> Tensor:
+        return self.head(self.features(alleles, marker_idx))
+
+    def thresholds(self) -> Tensor:
+        """Ordinal cut points (E, C - 1), increasing along the last axis."""
+        gaps = F.softplus(self.threshold_gaps)
+        return torch.cat([self.threshold_start, self.threshold_start + gaps.cumsum(-1)], -1)

@@ -1,0 +1,172 @@
+"""Phenotype heads, objectives, finetuning, prediction and the evaluate methods."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gperceiver.cli import main
+from gperceiver.data import Phenotypes
+from gperceiver.evaluate import cross_validate, pearson
+from gperceiver.finetuning import finetune, load_predictor, prediction_table
+from gperceiver.io import write_chroms, write_markers, write_phenotypes
+from gperceiver.nn.heads import HeadConfig, PhenotypeModel
+from gperceiver.nn.perceiver import PerceiverConfig
+from gperceiver.pretraining import data_sizes, pretrain
+from gperceiver.simulate import SimulationConfig, simulate
+from gperceiver.tasks.finetune import (
+    Records,
+    objective_loss,
+    ordinal_log_probs,
+    ranking_loss,
+)
+
+SMALL = {"width": 16, "n_latents": 8, "self_layers": 1, "encode_iters": 1, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def sim():
+    config = SimulationConfig(
+        n_individuals=160, n_markers=300, n_chromosomes=2, n_qtl=20, heritability=0.9,
+        dominance_variance=0.0, epistasis_variance=0.0, gxe_correlation=0.9,
+        n_environments=2, n_folds=4, missing_rate=0.0, seed=2,
+    )
+    return simulate(config)
+
+
+def model_for(genotypes, head, n_blocks=3):
+    torch.manual_seed(0)
+    config = PerceiverConfig(**data_sizes(genotypes), width=16, n_latents=8, dropout=0.0)
+    markers = genotypes.markers
+    return PhenotypeModel(config, HeadConfig(n_blocks, head=head), markers.relative_pos(), markers.chrom)
+
+
+@pytest.mark.parametrize("head", ["latent", "pool"])
+def test_phenotype_model__rows_never_mix(sim, head):
+    g = sim.genotypes
+    model = model_for(g, head)
+    x = torch.from_numpy(g.alleles[:12].astype(np.int64))
+    idx = torch.arange(g.n_markers)
+    model.train()
+    model(x, idx).sum().backward()  # one training step's worth of batch statistics
+    model.calibrate(model.features(x, idx).detach())
+    model.eval()
+    with torch.no_grad():
+        batch = model(x, idx)
+        assert batch.shape == (12, 3, 1)
+        singles = torch.cat([model(x[i : i + 1], idx) for i in range(12)])
+        permuted = model(x.flip(0), idx)
+    torch.testing.assert_close(batch, singles, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(permuted, batch.flip(0), atol=1e-5, rtol=1e-4)
+    # blocks differ and rows differ: outputs really are per row and per block
+    assert (batch[:, 0] - batch[:, 1]).abs().max() > 0
+    assert batch[:, 0].std() > 0
+
+
+def test_ranking_loss__compares_within_block_only():
+    score = torch.tensor([[0.0, 5.0], [1.0, -5.0]])  # (B=2, E=2)
+    y = torch.tensor([[1.0, float("nan")], [0.0, 3.0]])
+    seen = ~y.isnan()
+    # block 0 is the only block with a pair: individual 0 > 1, score diff -1
+    expected = torch.nn.functional.softplus(torch.tensor(1.0))
+    torch.testing.assert_close(ranking_loss(score, y, seen), expected)
+
+
+def test_ordinal_log_probs__normalised_and_ordered():
+    thresholds = torch.tensor([[-1.0, 0.0, 2.0]])  # (E=1, C-1=3)
+    score = torch.linspace(-3, 3, 7)[:, None]  # (B, E)
+    probs = ordinal_log_probs(score, thresholds).exp()  # (B, E, C)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(7, 1))
+    expected = (probs * torch.arange(4)).sum(-1)[:, 0]
+    assert (expected.diff() > 0).all()  # higher score, higher expected class
+
+
+def test_records__average_replicates_and_mark_missing(sim):
+    table = pd.DataFrame({
+        "name": [sim.genotypes.names[0]] * 3 + [sim.genotypes.names[1]],
+        "response": [1.0, 3.0, 5.0, 7.0],
+        "block": [0, 0, 1, 1],
+    })
+    records = Records.from_table(table, sim.genotypes, 2)
+    assert records.rows.tolist() == [0, 1]
+    assert records.response[0].tolist() == [2.0, 5.0]
+    assert np.isnan(records.response[1, 0]) and records.weight.tolist() == [[2, 1], [0, 1]]
+
+
+def test_objective_loss__ignores_absent_records():
+    out = torch.zeros(2, 2, 1)
+    y = torch.tensor([[1.0, float("nan")], [1.0, 1.0]])
+    w = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    assert objective_loss("mse", out, y, w, None).item() == pytest.approx(1.0)
+
+
+def responses_for(objective, genetic):
+    if objective in ("mse", "huber", "ranking"):
+        return genetic
+    if objective == "binary":
+        return (genetic > np.median(genetic)).astype(float)
+    return np.digitize(genetic, np.quantile(genetic, [0.25, 0.5, 0.75])).astype(float)
+
+
+@pytest.mark.parametrize("objective", ["mse", "huber", "binary", "multiclass", "ordinal", "ranking"])
+def test_finetune__each_objective_learns_simulated_signal(sim, objective, tmp_path):
+    truth = sim.truth[sim.truth["block"] == 0]
+    table = pd.DataFrame({
+        "name": truth["name"], "block": 0,
+        "response": responses_for(objective, truth["genetic"].to_numpy()),
+    })
+    phenotypes = Phenotypes(table, "sim")
+    params = {**SMALL, "objective": objective, "epochs": 25, "patience": 25, "lr": 3e-3}
+    finetune(phenotypes, sim.genotypes, tmp_path / "m", params)
+    predicted = prediction_table(load_predictor(tmp_path / "m"), sim.genotypes)
+    merged = predicted.merge(table, on=["name", "block"])
+    r = pearson(merged["prediction"], truth.set_index("name").loc[merged["name"], "genetic"])
+    assert r > 0.5, (objective, r)
+
+
+def test_predict__equals_predictions_inside_evaluate(sim, tmp_path):
+    phenotypes = sim.phenotypes
+    table = phenotypes.table[phenotypes.table["cv"].astype(str).isin(["0", "1"])]
+    options = {"params": {**SMALL, "epochs": 2}, "workdir": tmp_path / "models"}
+    predictions, _ = cross_validate(Phenotypes(table, "sim"), sim.genotypes, ["perceiver"], progress=False, options=options)
+    g = sim.genotypes
+    write_chroms(g.markers, tmp_path / "c.tsv")
+    write_markers(g, tmp_path / "m.tsv")
+    model_dir = tmp_path / "models" / "perceiver" / "fold-0"
+    assert main(["predict", str(tmp_path / "c.tsv"), str(tmp_path / "m.tsv"), "--model", str(model_dir), "--out", str(tmp_path / "p.tsv")]) == 0
+    predicted = pd.read_csv(tmp_path / "p.tsv", sep="\t")
+    fold0 = predictions[predictions["cv"].astype(str) == "0"]
+    merged = fold0.merge(predicted, on=["name", "block"], suffixes=("", "_cli"))
+    assert len(merged) == len(fold0)
+    np.testing.assert_allclose(merged["prediction"], merged["prediction_cli"], rtol=1e-4, atol=1e-5)
+
+
+def test_finetune__from_pretrained_with_frozen_head_phase(sim, tmp_path):
+    g = sim.genotypes
+    pretrain(g, tmp_path / "pre", SMALL, {"max_steps": 3})
+    params = {"epochs": 2, "head_epochs": 2, "progress": False, "ensemble": 2}
+    members = finetune(sim.phenotypes, g, tmp_path / "ft", params, pretrained=tmp_path / "pre")
+    assert len(members) == 2
+    assert (tmp_path / "ft" / "member-0" / "phase1" / "metrics.csv").exists()
+    table = prediction_table(load_predictor(tmp_path / "ft", g), g)
+    assert {"name", "block", "prediction", "sd"} <= set(table.columns)
+    assert len(table) == g.n_individuals * 2
+
+
+def test_cli__seed_style_finetune_writes_predictions(sim, tmp_path):
+    from gperceiver.cli import seed_finetune
+
+    g = sim.genotypes
+    write_chroms(g.markers, tmp_path / "c.tsv")
+    write_markers(g, tmp_path / "m.tsv")
+    write_phenotypes(sim.phenotypes, tmp_path / "p.tsv")
+    (tmp_path / "params.json").write_text('{"width": 16, "n_latents": 8, "epochs": 2, "progress": false}')
+    code = seed_finetune([
+        str(tmp_path / "p.tsv"), str(tmp_path / "c.tsv"), str(tmp_path / "m.tsv"),
+        "--model", str(tmp_path / "ft"), "--cv", "0", "--params", str(tmp_path / "params.json"),
+        "--block-strategy", "latent", "--predictions", str(tmp_path / "pred.tsv"),
+    ])
+    assert code == 0
+    pred = pd.read_csv(tmp_path / "pred.tsv", sep="\t")
+    assert len(pred) == g.n_individuals * 2
+    assert pred["response"].notna().sum() == len(sim.phenotypes.table)
