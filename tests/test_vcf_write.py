@@ -14,7 +14,9 @@ from gperceiver.io.vcf import placeholder_alleles, write_vcf
 def make(alleles, chroms, pos, n_alleles, names=None):
     alleles = np.asarray(alleles, dtype=np.uint8)
     m = alleles.shape[1]
-    markers, order = MarkerMap.from_columns(chroms, [f"m{i + 1}" for i in range(m)], pos)
+    markers, order = MarkerMap.from_columns(
+        chroms, [f"m{i + 1}" for i in range(m)], pos
+    )
     names = names or [f"s{i + 1}" for i in range(alleles.shape[0])]
     return Genotypes(alleles[:, order], np.array(names), markers, n_alleles)
 
@@ -44,7 +46,10 @@ def test_diploid_biallelic_records(tmp_path):
     assert header[0] == "##fileformat=VCFv4.2"
     assert "##contig=<ID=1,length=250>" in header
     assert "##contig=<ID=2,length=7>" in header
-    assert header[-1] == "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\ts1\ts2\ts3"
+    assert (
+        header[-1]
+        == "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\ts1\ts2\ts3"
+    )
     assert body == [
         "1\t100\tm1\tA\tC\t.\tPASS\t.\tGT\t0/0\t0/1\t./1",
         "1\t250\tm2\tA\tC\t.\tPASS\t.\tGT\t0/1\t1/1\t0/0",
@@ -93,18 +98,26 @@ def test_bcftools_reads_it(tmp_path, suffix):
     write_vcf(g, path)
     run = subprocess.run(
         ["bcftools", "query", "-f", "[%GT\\t]\\n", str(path)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert run.returncode == 0, run.stderr
     assert "warn" not in run.stderr.lower(), run.stderr
     got = [line.rstrip("\t").split("\t") for line in run.stdout.splitlines()]
     expected = [
-        ["/".join("." if a == 0 else str(a - 1) for a in g.alleles[i, j]) for i in range(5)]
+        [
+            "/".join("." if a == 0 else str(a - 1) for a in g.alleles[i, j])
+            for i in range(5)
+        ]
         for j in range(40)
     ]
     assert got == expected
     view = subprocess.run(
-        ["bcftools", "view", "-H", str(path)], capture_output=True, text=True, check=False
+        ["bcftools", "view", "-H", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert view.returncode == 0, view.stderr
     assert len(view.stdout.splitlines()) == 40

@@ -146,27 +146,41 @@ def cmd_simulate(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from .evaluate import NOTES, cross_validate, format_accuracy
-    from .report import plot_accuracy, plot_observed_vs_predicted
+    from .report import evaluation_report, read_learning_curves
 
     genotypes = read_genotypes(args)
     phenotypes = read_phenotypes_for(args, genotypes)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     out = Path(args.out)
-    options = {"params": file_params(args), "typed": typed_options(args),
-               "workdir": out / "models"}
+    typed = typed_options(args) | ({"progress": False} if args.quiet else {})
+    options = {"params": file_params(args), "typed": typed, "workdir": out / "models"}
     predictions, accuracy = cross_validate(
         phenotypes, genotypes, methods, progress=not args.quiet, options=options
     )
+    importance = fold_importance(out / "models", genotypes, methods)
     io.write_table(predictions, out / "predictions.tsv")
     io.write_table(accuracy, out / "accuracy.tsv", float_format="%.4f")
-    plot_observed_vs_predicted(predictions, out / "observed_vs_predicted.png")
-    plot_accuracy(accuracy, out / "accuracy.png")
+    evaluation_report(out, predictions, accuracy, NOTES,
+                      read_learning_curves(out / "models"), importance)
     print(f"Pearson r per block, pooled over {accuracy['fold'].nunique() - 1} folds:")
     print(format_accuracy(accuracy))
     for method in methods:
         if method in NOTES:
             print(f"note: {method}: {NOTES[method]}")
-    print(f"wrote {out}/predictions.tsv, accuracy.tsv, observed_vs_predicted.png, accuracy.png")
+    print(f"wrote {out}/predictions.tsv, accuracy.tsv, report.html and plots")
+
+
+def fold_importance(models_dir: Path, genotypes, methods):
+    """Marker importance of the neural models, averaged over folds (or None)."""
+    from .finetuning import load_predictor
+    from .importance import marker_importance
+
+    neural = [m for m in methods if m.startswith("perceiver")]
+    if not neural:
+        return None
+    folds = sorted((models_dir / neural[-1]).glob("fold-*"))
+    values = [marker_importance(load_predictor(f).members, genotypes) for f in folds]
+    return (np.mean(values, 0), genotypes.markers) if values else None
 
 
 def cmd_gblup(args) -> None:
@@ -206,16 +220,22 @@ def cmd_impute(args) -> None:
 
 def cmd_finetune(args) -> None:
     from .finetuning import finetune, load_predictor, prediction_table
+    from .importance import marker_importance
+    from .report import finetune_report, read_learning_curves
 
     genotypes = read_genotypes(args)
     phenotypes = read_phenotypes_for(args, genotypes)
     finetune(phenotypes, genotypes, args.out, file_params(args), typed_options(args),
              pretrained=args.pretrained, cv=args.cv)
-    print(f"wrote the finetuned model to {args.out}")
+    predictor = load_predictor(args.out)
+    table = prediction_table(predictor, genotypes, phenotypes.blocks)
+    merged = table.merge(phenotypes.table, on=["name", "block"], how="left")
     if args.predictions:
-        table = prediction_table(load_predictor(args.out), genotypes, phenotypes.blocks)
-        merged = table.merge(phenotypes.table, on=["name", "block"], how="left")
         io.write_table(merged, args.predictions)
+    importance = (marker_importance(predictor.members, genotypes), genotypes.markers)
+    finetune_report(args.out, read_learning_curves(args.out), importance, merged)
+    print(f"wrote the finetuned model and report.html to {args.out}")
+    if args.predictions:
         print(f"wrote predictions for every individual x block to {args.predictions}")
 
 

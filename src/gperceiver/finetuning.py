@@ -59,7 +59,7 @@ class FinetuneSettings:
 
 # finetuning defaults differ from pretraining: fewer individuals, more regularisation
 FINETUNE_DEFAULTS = {
-    "epochs": 60, "patience": 8, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.05,
+    "epochs": 60, "patience": 10, "batch_size": 32, "lr": 3e-4, "weight_decay": 0.05,
     "warmup_steps": 20,
 }
 

@@ -50,13 +50,16 @@ def _vcf_positions(genotypes: Genotypes) -> tuple[np.ndarray, bool]:
 
 
 def _gt_table(genotypes: Genotypes) -> tuple[np.ndarray, np.ndarray]:
-    """GT strings of the distinct genotypes and, per locus, an (N, M) index into them."""
+    """GT strings of the distinct genotypes and an (N, M) index into them."""
     n, m, p = genotypes.alleles.shape
     codes = genotypes.codes().ravel()
     _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
     rows = genotypes.alleles.reshape(-1, p)[first]
     strings = np.array(
-        ["/".join("." if a == MISSING else str(int(a) - 1) for a in row) for row in rows],
+        [
+            "/".join("." if a == MISSING else str(int(a) - 1) for a in row)
+            for row in rows
+        ],
         dtype=object,
     )
     return strings, inverse.reshape(n, m)

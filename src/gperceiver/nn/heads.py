@@ -69,9 +69,9 @@ class PhenotypeModel(nn.Module):
             self.readout = nn.Sequential(nn.Dropout(head.head_dropout), nn.Linear(d, k))
         else:
             self.block_embed = nn.Embedding(e, d)
-            self.norm = nn.BatchNorm1d(d)
+            self.norm = nn.BatchNorm1d(2 * d)
             self.readout = nn.Sequential(
-                nn.Linear(2 * d, head.head_hidden), nn.GELU(),
+                nn.Linear(3 * d, head.head_hidden), nn.GELU(),
                 nn.Dropout(head.head_dropout), nn.Linear(head.head_hidden, k),
             )
         self.intercept = nn.Parameter(torch.zeros(e, k))  # per-block offset
@@ -88,12 +88,18 @@ class PhenotypeModel(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith(("embed.", "encoder."))]
 
     def features(self, alleles: Tensor, marker_idx: Tensor) -> Tensor:
-        """What the head reads: pooled latents (B, D) or block latents (B, E, D)."""
+        """What the head reads: block latents (B, E, D) for the latent head; for the
+        pool head, pooled latents next to pooled tokens (B, 2D).
+
+        The pooled tokens are a skip path around the encoder: with per-marker allele
+        vectors their mean is an additive (ridge-like) marker model, which the
+        latents then refine.
+        """
         tokens = self.embed(alleles, marker_idx)
         if self.head_config.head == "latent":
             latents = self.encoder(tokens, extra_latents=self.block_queries[None])
             return latents[:, -self.head_config.n_blocks :]  # (B, E, D)
-        return self.encoder(tokens).mean(1)  # (B, D)
+        return torch.cat([self.encoder(tokens).mean(1), tokens.mean(1)], -1)  # (B, 2D)
 
     def head(self, features: Tensor) -> Tensor:
         """Outputs (B, E, K) from :meth:`features`."""
