@@ -12,9 +12,9 @@ from gperceiver.evaluate import (
     cross_validate,
     format_accuracy,
     pearson,
+    per_block,
     pooled_table,
     single_split,
-    per_block,
 )
 from gperceiver.io import read_chroms, read_markers, read_phenotypes
 from gperceiver.report import plot_accuracy, plot_observed_vs_predicted

@@ -21,24 +21,43 @@ from gperceiver.tasks.finetune import (
     ranking_loss,
 )
 
-SMALL = {"width": 16, "n_latents": 8, "self_layers": 1, "encode_iters": 1, "progress": False}
+SMALL = {
+    "width": 16,
+    "n_latents": 8,
+    "self_layers": 1,
+    "encode_iters": 1,
+    "progress": False,
+}
 
 
 @pytest.fixture(scope="module")
 def sim():
     config = SimulationConfig(
-        n_individuals=160, n_markers=300, n_chromosomes=2, n_qtl=20, heritability=0.9,
-        dominance_variance=0.0, epistasis_variance=0.0, gxe_correlation=0.9,
-        n_environments=2, n_folds=4, missing_rate=0.0, seed=2,
+        n_individuals=160,
+        n_markers=300,
+        n_chromosomes=2,
+        n_qtl=20,
+        heritability=0.9,
+        dominance_variance=0.0,
+        epistasis_variance=0.0,
+        gxe_correlation=0.9,
+        n_environments=2,
+        n_folds=4,
+        missing_rate=0.0,
+        seed=2,
     )
     return simulate(config)
 
 
 def model_for(genotypes, head, n_blocks=3):
     torch.manual_seed(0)
-    config = PerceiverConfig(**data_sizes(genotypes), width=16, n_latents=8, dropout=0.0)
+    config = PerceiverConfig(
+        **data_sizes(genotypes), width=16, n_latents=8, dropout=0.0
+    )
     markers = genotypes.markers
-    return PhenotypeModel(config, HeadConfig(n_blocks, head=head), markers.relative_pos(), markers.chrom)
+    return PhenotypeModel(
+        config, HeadConfig(n_blocks, head=head), markers.relative_pos(), markers.chrom
+    )
 
 
 @pytest.mark.parametrize("head", ["latent", "pool"])
@@ -82,15 +101,20 @@ def test_ordinal_log_probs__normalised_and_ordered():
 
 
 def test_records__average_replicates_and_mark_missing(sim):
-    table = pd.DataFrame({
-        "name": [sim.genotypes.names[0]] * 3 + [sim.genotypes.names[1]],
-        "response": [1.0, 3.0, 5.0, 7.0],
-        "block": [0, 0, 1, 1],
-    })
+    table = pd.DataFrame(
+        {
+            "name": [sim.genotypes.names[0]] * 3 + [sim.genotypes.names[1]],
+            "response": [1.0, 3.0, 5.0, 7.0],
+            "block": [0, 0, 1, 1],
+        }
+    )
     records = Records.from_table(table, sim.genotypes, 2)
     assert records.rows.tolist() == [0, 1]
     assert records.response[0].tolist() == [2.0, 5.0]
-    assert np.isnan(records.response[1, 0]) and records.weight.tolist() == [[2, 1], [0, 1]]
+    assert np.isnan(records.response[1, 0]) and records.weight.tolist() == [
+        [2, 1],
+        [0, 1],
+    ]
 
 
 def test_objective_loss__ignores_absent_records():
@@ -108,19 +132,26 @@ def responses_for(objective, genetic):
     return np.digitize(genetic, np.quantile(genetic, [0.25, 0.5, 0.75])).astype(float)
 
 
-@pytest.mark.parametrize("objective", ["mse", "huber", "binary", "multiclass", "ordinal", "ranking"])
+@pytest.mark.parametrize(
+    "objective", ["mse", "huber", "binary", "multiclass", "ordinal", "ranking"]
+)
 def test_finetune__each_objective_learns_simulated_signal(sim, objective, tmp_path):
     truth = sim.truth[sim.truth["block"] == 0]
-    table = pd.DataFrame({
-        "name": truth["name"], "block": 0,
-        "response": responses_for(objective, truth["genetic"].to_numpy()),
-    })
+    table = pd.DataFrame(
+        {
+            "name": truth["name"],
+            "block": 0,
+            "response": responses_for(objective, truth["genetic"].to_numpy()),
+        }
+    )
     phenotypes = Phenotypes(table, "sim")
     params = {**SMALL, "objective": objective, "epochs": 25, "patience": 25, "lr": 3e-3}
     finetune(phenotypes, sim.genotypes, tmp_path / "m", params)
     predicted = prediction_table(load_predictor(tmp_path / "m"), sim.genotypes)
     merged = predicted.merge(table, on=["name", "block"])
-    r = pearson(merged["prediction"], truth.set_index("name").loc[merged["name"], "genetic"])
+    r = pearson(
+        merged["prediction"], truth.set_index("name").loc[merged["name"], "genetic"]
+    )
     assert r > 0.5, (objective, r)
 
 
@@ -128,24 +159,47 @@ def test_predict__equals_predictions_inside_evaluate(sim, tmp_path):
     phenotypes = sim.phenotypes
     table = phenotypes.table[phenotypes.table["cv"].astype(str).isin(["0", "1"])]
     options = {"params": {**SMALL, "epochs": 2}, "workdir": tmp_path / "models"}
-    predictions, _ = cross_validate(Phenotypes(table, "sim"), sim.genotypes, ["perceiver"], progress=False, options=options)
+    predictions, _ = cross_validate(
+        Phenotypes(table, "sim"),
+        sim.genotypes,
+        ["perceiver"],
+        progress=False,
+        options=options,
+    )
     g = sim.genotypes
     write_chroms(g.markers, tmp_path / "c.tsv")
     write_markers(g, tmp_path / "m.tsv")
     model_dir = tmp_path / "models" / "perceiver" / "fold-0"
-    assert main(["predict", str(tmp_path / "c.tsv"), str(tmp_path / "m.tsv"), "--model", str(model_dir), "--out", str(tmp_path / "p.tsv")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "c.tsv"),
+                str(tmp_path / "m.tsv"),
+                "--model",
+                str(model_dir),
+                "--out",
+                str(tmp_path / "p.tsv"),
+            ]
+        )
+        == 0
+    )
     predicted = pd.read_csv(tmp_path / "p.tsv", sep="\t")
     fold0 = predictions[predictions["cv"].astype(str) == "0"]
     merged = fold0.merge(predicted, on=["name", "block"], suffixes=("", "_cli"))
     assert len(merged) == len(fold0)
-    np.testing.assert_allclose(merged["prediction"], merged["prediction_cli"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        merged["prediction"], merged["prediction_cli"], rtol=1e-4, atol=1e-5
+    )
 
 
 def test_finetune__from_pretrained_with_frozen_head_phase(sim, tmp_path):
     g = sim.genotypes
     pretrain(g, tmp_path / "pre", SMALL, {"max_steps": 3})
     params = {"epochs": 2, "head_epochs": 2, "progress": False, "ensemble": 2}
-    members = finetune(sim.phenotypes, g, tmp_path / "ft", params, pretrained=tmp_path / "pre")
+    members = finetune(
+        sim.phenotypes, g, tmp_path / "ft", params, pretrained=tmp_path / "pre"
+    )
     assert len(members) == 2
     assert (tmp_path / "ft" / "member-0" / "phase1" / "metrics.csv").exists()
     table = prediction_table(load_predictor(tmp_path / "ft", g), g)
@@ -160,12 +214,26 @@ def test_cli__seed_style_finetune_writes_predictions(sim, tmp_path):
     write_chroms(g.markers, tmp_path / "c.tsv")
     write_markers(g, tmp_path / "m.tsv")
     write_phenotypes(sim.phenotypes, tmp_path / "p.tsv")
-    (tmp_path / "params.json").write_text('{"width": 16, "n_latents": 8, "epochs": 2, "progress": false}')
-    code = seed_finetune([
-        str(tmp_path / "p.tsv"), str(tmp_path / "c.tsv"), str(tmp_path / "m.tsv"),
-        "--model", str(tmp_path / "ft"), "--cv", "0", "--params", str(tmp_path / "params.json"),
-        "--block-strategy", "latent", "--predictions", str(tmp_path / "pred.tsv"),
-    ])
+    (tmp_path / "params.json").write_text(
+        '{"width": 16, "n_latents": 8, "epochs": 2, "progress": false}'
+    )
+    code = seed_finetune(
+        [
+            str(tmp_path / "p.tsv"),
+            str(tmp_path / "c.tsv"),
+            str(tmp_path / "m.tsv"),
+            "--model",
+            str(tmp_path / "ft"),
+            "--cv",
+            "0",
+            "--params",
+            str(tmp_path / "params.json"),
+            "--block-strategy",
+            "latent",
+            "--predictions",
+            str(tmp_path / "pred.tsv"),
+        ]
+    )
     assert code == 0
     pred = pd.read_csv(tmp_path / "pred.tsv", sep="\t")
     assert len(pred) == g.n_individuals * 2

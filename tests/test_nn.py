@@ -1,7 +1,5 @@
 """Shapes, equivalences and invariances of the nn modules (tiny configs, CPU)."""
 
-import time
-
 import numpy as np
 import pytest
 import torch

@@ -23,12 +23,22 @@ from gperceiver.tasks.masked import (
     target_log_weights,
 )
 
-TINY = {"width": 32, "n_latents": 8, "self_layers": 1, "encode_iters": 1, "progress": False}
+TINY = {
+    "width": 32,
+    "n_latents": 8,
+    "self_layers": 1,
+    "encode_iters": 1,
+    "progress": False,
+}
 
 
 @pytest.fixture(scope="module")
 def population():
-    return simulate(SimulationConfig(n_individuals=120, n_markers=400, n_chromosomes=2, missing_rate=0.02, seed=3)).genotypes
+    return simulate(
+        SimulationConfig(
+            n_individuals=120, n_markers=400, n_chromosomes=2, missing_rate=0.02, seed=3
+        )
+    ).genotypes
 
 
 def test_sample_targets__never_missing_and_unique():
@@ -65,7 +75,9 @@ def test_complete_genotypes__counts_sum_to_ploidy():
 
 def test_masked_task__masks_targets_with_mask_id(population):
     task = MaskedMarkerTask(population, population.allele_frequencies(), MaskedConfig())
-    masked, inputs, targets, valid, counts = task.batch(np.arange(4), torch.Generator().manual_seed(1))
+    masked, inputs, targets, valid, counts = task.batch(
+        np.arange(4), torch.Generator().manual_seed(1)
+    )
     rows = torch.arange(4)[:, None]
     assert (masked[rows, targets] == population.n_alleles + 1).all()
     original = torch.from_numpy(population.alleles[:4].astype(np.int64))
@@ -76,11 +88,19 @@ def test_masked_task__masks_targets_with_mask_id(population):
 
 
 def test_pretrain__loss_falls_and_beats_frequency_guess(population, tmp_path):
-    model = pretrain(population, tmp_path / "m", TINY, {"epochs": 25, "lr": 3e-3, "patience": 100, "seed": 0})
+    model = pretrain(
+        population,
+        tmp_path / "m",
+        TINY,
+        {"epochs": 25, "lr": 3e-3, "patience": 100, "seed": 0},
+    )
     import pandas as pd
 
     metrics = pd.read_csv(tmp_path / "m" / "metrics.csv")
-    assert metrics["train_loss"].iloc[-3:].mean() < metrics["train_loss"].iloc[:3].mean() - 0.05
+    assert (
+        metrics["train_loss"].iloc[-3:].mean()
+        < metrics["train_loss"].iloc[:3].mean() - 0.05
+    )
     assert model is not None
 
 
@@ -105,7 +125,9 @@ def test_load_masked_model__raises_on_other_marker_map(population, tmp_path):
 
 def test_impute__fills_every_missing_copy_consistently(population):
     model, _ = None, None
-    model = pretrain(population, "/tmp/unused-impute-model", TINY, {"max_steps": 5}, resume=False).eval()
+    model = pretrain(
+        population, "/tmp/unused-impute-model", TINY, {"max_steps": 5}, resume=False
+    ).eval()
     result = impute(model, population, progress=False)
     filled = result.genotypes.alleles
     assert (filled > 0).all()
@@ -123,14 +145,28 @@ def test_impute__fills_every_missing_copy_consistently(population):
 def test_impute__learns_ld_better_than_frequency(tmp_path):
     """Hidden genotypes of a simulated population are recovered above the
     per-marker most-frequent-genotype baseline."""
-    data = simulate(SimulationConfig(n_individuals=300, n_markers=600, n_chromosomes=2, chromosome_length_bp=10_000_000, missing_rate=0.0, seed=5))
+    data = simulate(
+        SimulationConfig(
+            n_individuals=300,
+            n_markers=600,
+            n_chromosomes=2,
+            chromosome_length_bp=10_000_000,
+            missing_rate=0.0,
+            seed=5,
+        )
+    )
     truth = data.genotypes
     rng = np.random.default_rng(0)
     hide = rng.random(truth.alleles.shape[:2]) < 0.1
     hidden = truth.alleles.copy()
     hidden[hide] = 0
     masked = Genotypes(hidden, truth.names, truth.markers, truth.n_alleles)
-    model = pretrain(masked, tmp_path / "m", {**TINY, "width": 48, "n_latents": 16}, {"epochs": 20, "lr": 3e-3, "patience": 100}).eval()
+    model = pretrain(
+        masked,
+        tmp_path / "m",
+        {**TINY, "width": 48, "n_latents": 16},
+        {"epochs": 20, "lr": 3e-3, "patience": 100},
+    ).eval()
     filled = impute(model, masked, progress=False).genotypes.alleles
     concordance = (filled[hide] == truth.alleles[hide]).all(-1).mean()
     codes = masked.codes()
@@ -138,7 +174,7 @@ def test_impute__learns_ld_better_than_frequency(tmp_path):
     for m in range(truth.n_markers):
         observed = codes[~hide[:, m], m]
         mode = np.bincount(observed).argmax()
-        baseline.append((truth.codes()[hide[:, m], m] == mode))
+        baseline.append(truth.codes()[hide[:, m], m] == mode)
     baseline = np.concatenate(baseline).mean()
     assert concordance > baseline + 0.05, (concordance, baseline)
 
@@ -169,7 +205,12 @@ def test_pretrain__killed_and_resumed_matches_uninterrupted(population, tmp_path
     write_markers(g, tmp_path / "m.tsv")
     script = tmp_path / "run.py"
     script.write_text(RESUME_SCRIPT)
-    args = [sys.executable, str(script), str(tmp_path / "c.tsv"), str(tmp_path / "m.tsv")]
+    args = [
+        sys.executable,
+        str(script),
+        str(tmp_path / "c.tsv"),
+        str(tmp_path / "m.tsv"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([*args, str(tmp_path / "full"), "0"], check=True, env=env)
     # slowed run, killed with SIGKILL once a mid-epoch checkpoint exists
@@ -201,7 +242,9 @@ def test_read_markers__imputed_output_round_trips(population, tmp_path):
 
 
 def test_marker_map__unplaced_chromosome_pretrains(tmp_path):
-    markers, _ = MarkerMap.from_columns(["unplaced"] * 30, [f"m{i}" for i in range(30)], np.arange(30))
+    markers, _ = MarkerMap.from_columns(
+        ["unplaced"] * 30, [f"m{i}" for i in range(30)], np.arange(30)
+    )
     rng = np.random.default_rng(0)
     alleles = np.sort(rng.integers(1, 3, size=(20, 30, 2)), -1).astype(np.uint8)
     g = Genotypes(alleles, np.array([f"i{i}" for i in range(20)]), markers, 2)

@@ -37,8 +37,10 @@ def load_tensors(path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def save_model(directory, model: torch.nn.Module, config: dict, markers: MarkerMap) -> None:
-    """Write ``config.json``, ``model.safetensors`` and ``markers.tsv`` to ``directory``."""
+def save_model(
+    directory, model: torch.nn.Module, config: dict, markers: MarkerMap
+) -> None:
+    """Write ``config.json``, ``model.safetensors`` and ``markers.tsv``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     write_chroms(markers, directory / "markers.tsv")
@@ -54,13 +56,17 @@ def load_model_config(directory) -> tuple[dict, MarkerMap]:
     directory = Path(directory)
     path = directory / "config.json"
     if not path.exists():
-        raise InputError(directory, None, "no config.json", "pass a directory written by gperceiver")
+        raise InputError(
+            directory, None, "no config.json", "pass a directory written by gperceiver"
+        )
     config = read_json(path)
     version = config.get("format_version")
     if version != FORMAT_VERSION:
         raise InputError(
-            path, "format_version",
-            f"model format {version} is not supported (this gperceiver reads {FORMAT_VERSION})",
+            path,
+            "format_version",
+            f"model format {version} is not supported "
+            f"(this gperceiver reads {FORMAT_VERSION})",
             "retrain the model with this version",
         )
     return config, read_chroms(directory / "markers.tsv")
@@ -71,7 +77,9 @@ def load_weights(directory, model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def check_markers(model_markers: MarkerMap, data_markers: MarkerMap, model_dir, data_path) -> None:
+def check_markers(
+    model_markers: MarkerMap, data_markers: MarkerMap, model_dir, data_path
+) -> None:
     """Refuse input whose marker map differs from the one the model was trained on."""
     if model_markers.fingerprint() == data_markers.fingerprint():
         return
@@ -82,8 +90,10 @@ def check_markers(model_markers: MarkerMap, data_markers: MarkerMap, model_dir, 
     else:
         detail = "the same markers have other chromosomes or positions"
     raise InputError(
-        data_path, None,
-        f"marker map differs from the model's ({Path(model_dir) / 'markers.tsv'}): {detail}",
+        data_path,
+        None,
+        f"marker map differs from the model's "
+        f"({Path(model_dir) / 'markers.tsv'}): {detail}",
         "use the model's markers.tsv as the chroms file and the same marker columns",
     )
 
@@ -101,7 +111,9 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     return tensors, scalars
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, scalars: dict) -> None:
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict, scalars: dict
+) -> None:
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         index, key = name.split(".", 1)

@@ -23,13 +23,18 @@ EXIT_INPUT, EXIT_INTERRUPTED = 1, 130
 # -- shared option groups --------------------------------------------------------------
 def add_genotype_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("genotypes")
-    group.add_argument("--ploidy", type=int, default=2, help="copies per locus (default 2)")
     group.add_argument(
-        "--n-alleles", type=int, default=2,
+        "--ploidy", type=int, default=2, help="copies per locus (default 2)"
+    )
+    group.add_argument(
+        "--n-alleles",
+        type=int,
+        default=2,
         help="real alleles per marker in the code table (default 2 = biallelic)",
     )
     group.add_argument(
-        "--dosage", action="store_true",
+        "--dosage",
+        action="store_true",
         help="MARKERS holds dosages 0..ploidy (copies of allele 2; NA = missing) "
         "instead of allele-set codes",
     )
@@ -39,7 +44,9 @@ def read_genotypes(args):
     markers = io.read_chroms(args.chroms)
     if args.dosage:
         return io.read_dosages(args.markers, markers, ploidy=args.ploidy)
-    return io.read_markers(args.markers, markers, ploidy=args.ploidy, n_alleles=args.n_alleles)
+    return io.read_markers(
+        args.markers, markers, ploidy=args.ploidy, n_alleles=args.n_alleles
+    )
 
 
 def read_phenotypes_for(args, genotypes):
@@ -53,40 +60,86 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--params", help="JSON object of hyper-parameters (see README)")
     group.add_argument("--lr", type=float, default=s, help="peak learning rate")
     group.add_argument("--warmup-steps", type=int, default=s)
-    group.add_argument("--schedule", choices=["cosine", "cyclic", "constant"], default=s)
+    group.add_argument(
+        "--schedule", choices=["cosine", "cyclic", "constant"], default=s
+    )
     group.add_argument("--batch-size", type=int, default=s)
     group.add_argument("--epochs", "--nepochs", dest="epochs", type=int, default=s)
     group.add_argument("--max-steps", type=int, default=s)
     group.add_argument(
-        "--patience", "--early-stopping-patience", dest="patience", type=int, default=s,
+        "--patience",
+        "--early-stopping-patience",
+        dest="patience",
+        type=int,
+        default=s,
         help="evaluations without improvement before stopping",
     )
     group.add_argument("--seed", type=int, default=s)
     group.add_argument("--width", type=int, default=s, help="model width D")
     group.add_argument("--latents", dest="n_latents", type=int, default=s)
     group.add_argument("--encode-iters", type=int, default=s)
-    group.add_argument("--chunk-size", type=int, default=s, help="markers per attention chunk")
-    group.add_argument("--no-progress", dest="progress", action="store_false", default=s)
+    group.add_argument(
+        "--chunk-size", type=int, default=s, help="markers per attention chunk"
+    )
+    group.add_argument(
+        "--no-progress", dest="progress", action="store_false", default=s
+    )
 
 
 def add_masked_options(parser: argparse.ArgumentParser) -> None:
     s = argparse.SUPPRESS
     group = parser.add_argument_group("masked-marker task")
-    group.add_argument("--prop-x", dest="input_fraction", type=float, default=s,
-                       help="share of loci fed to the encoder per batch (default 1)")
-    group.add_argument("--prop-y", dest="target_fraction", type=float, default=s,
-                       help="share of input loci hidden and predicted (default 0.1)")
-    group.add_argument("--frequency-scaler", type=float, default=s,
-                       help="exponent s of the (1 - p)^s target weights (default 0.5)")
-    group.add_argument("--val-fraction", type=float, default=s,
-                       help="individuals held out for early stopping (default 0.1)")
+    group.add_argument(
+        "--prop-x",
+        dest="input_fraction",
+        type=float,
+        default=s,
+        help="share of loci fed to the encoder per batch (default 1)",
+    )
+    group.add_argument(
+        "--prop-y",
+        dest="target_fraction",
+        type=float,
+        default=s,
+        help="share of input loci hidden and predicted (default 0.1)",
+    )
+    group.add_argument(
+        "--frequency-scaler",
+        type=float,
+        default=s,
+        help="exponent s of the (1 - p)^s target weights (default 0.5)",
+    )
+    group.add_argument(
+        "--val-fraction",
+        type=float,
+        default=s,
+        help="individuals held out for early stopping (default 0.1)",
+    )
 
 
 TRAINING_KEYS = {
-    "lr", "warmup_steps", "schedule", "batch_size", "epochs", "max_steps", "patience",
-    "seed", "width", "n_latents", "encode_iters", "chunk_size", "progress",
-    "input_fraction", "target_fraction", "frequency_scaler", "val_fraction",
-    "head", "objective", "ensemble", "head_epochs", "unfreeze",
+    "lr",
+    "warmup_steps",
+    "schedule",
+    "batch_size",
+    "epochs",
+    "max_steps",
+    "patience",
+    "seed",
+    "width",
+    "n_latents",
+    "encode_iters",
+    "chunk_size",
+    "progress",
+    "input_fraction",
+    "target_fraction",
+    "frequency_scaler",
+    "val_fraction",
+    "head",
+    "objective",
+    "ensemble",
+    "head_epochs",
+    "unfreeze",
 }
 
 
@@ -103,18 +156,40 @@ def file_params(args) -> dict:
 def add_finetune_options(parser: argparse.ArgumentParser) -> None:
     s = argparse.SUPPRESS
     group = parser.add_argument_group("finetuning")
-    group.add_argument("--head", choices=["latent", "pool"], default=s,
-                       help="per-block latent queries or pooled latents + MLP (default pool)")
-    group.add_argument("--objective", "--loss", dest="objective", default=s,
-                       choices=["mse", "huber", "binary", "multiclass", "ordinal", "ranking"],
-                       help="shared by every block (default mse)")
-    group.add_argument("--ensemble", type=int, default=s, help="models averaged (seeds)")
-    group.add_argument("--head-epochs", type=int, default=s,
-                       help="epochs training only the head on a frozen pretrained encoder")
-    group.add_argument("--unfreeze", default=s,
-                       help="parts trained after the head phase: '', encoder, embed,encoder")
-    group.add_argument("--val-fraction", type=float, default=s,
-                       help="inner validation share of training individuals (without --cv)")
+    group.add_argument(
+        "--head",
+        choices=["latent", "pool"],
+        default=s,
+        help="per-block latent queries or pooled latents + MLP (default pool)",
+    )
+    group.add_argument(
+        "--objective",
+        "--loss",
+        dest="objective",
+        default=s,
+        choices=["mse", "huber", "binary", "multiclass", "ordinal", "ranking"],
+        help="shared by every block (default mse)",
+    )
+    group.add_argument(
+        "--ensemble", type=int, default=s, help="models averaged (seeds)"
+    )
+    group.add_argument(
+        "--head-epochs",
+        type=int,
+        default=s,
+        help="epochs training only the head on a frozen pretrained encoder",
+    )
+    group.add_argument(
+        "--unfreeze",
+        default=s,
+        help="parts trained after the head phase: '', encoder, embed,encoder",
+    )
+    group.add_argument(
+        "--val-fraction",
+        type=float,
+        default=s,
+        help="inner validation share of training individuals (without --cv)",
+    )
 
 
 # -- commands --------------------------------------------------------------------------
@@ -122,12 +197,20 @@ def cmd_simulate(args) -> None:
     from .simulate import SimulationConfig, simulate
 
     config = SimulationConfig(
-        n_individuals=args.individuals, n_chromosomes=args.chromosomes,
-        n_markers=args.markers, ploidy=args.ploidy, n_alleles=args.n_alleles,
-        missing_rate=args.missing_rate, heritability=args.heritability,
-        n_environments=args.environments, n_qtl=args.qtl,
-        dominance_variance=args.dominance, epistasis_variance=args.epistasis,
-        gxe_correlation=args.gxe_correlation, n_folds=args.folds, seed=args.seed,
+        n_individuals=args.individuals,
+        n_chromosomes=args.chromosomes,
+        n_markers=args.markers,
+        ploidy=args.ploidy,
+        n_alleles=args.n_alleles,
+        missing_rate=args.missing_rate,
+        heritability=args.heritability,
+        n_environments=args.environments,
+        n_qtl=args.qtl,
+        dominance_variance=args.dominance,
+        epistasis_variance=args.epistasis,
+        gxe_correlation=args.gxe_correlation,
+        n_folds=args.folds,
+        seed=args.seed,
     )
     data = simulate(config)
     out = Path(args.out)
@@ -138,7 +221,8 @@ def cmd_simulate(args) -> None:
     g = data.genotypes
     print(
         f"simulated {g.n_individuals} individuals x {g.n_markers} markers "
-        f"(ploidy {g.ploidy}, {g.n_alleles} alleles, {g.missing_rate():.1%} missing copies), "
+        f"(ploidy {g.ploidy}, {g.n_alleles} alleles, "
+        f"{g.missing_rate():.1%} missing copies), "
         f"{len(data.phenotypes.table)} phenotype records in {config.n_environments} "
         f"environments -> {out}/{{chroms,markers,phenotypes,truth}}.tsv"
     )
@@ -160,8 +244,14 @@ def cmd_evaluate(args) -> None:
     importance = fold_importance(out / "models", genotypes, methods)
     io.write_table(predictions, out / "predictions.tsv")
     io.write_table(accuracy, out / "accuracy.tsv", float_format="%.4f")
-    evaluation_report(out, predictions, accuracy, NOTES,
-                      read_learning_curves(out / "models"), importance)
+    evaluation_report(
+        out,
+        predictions,
+        accuracy,
+        NOTES,
+        read_learning_curves(out / "models"),
+        importance,
+    )
     print(f"Pearson r per block, pooled over {accuracy['fold'].nunique() - 1} folds:")
     print(format_accuracy(accuracy))
     for method in methods:
@@ -197,7 +287,13 @@ def cmd_pretrain(args) -> None:
     from .pretraining import pretrain
 
     genotypes = read_genotypes(args)
-    pretrain(genotypes, args.out, file_params(args), typed_options(args), resume=not args.restart)
+    pretrain(
+        genotypes,
+        args.out,
+        file_params(args),
+        typed_options(args),
+        resume=not args.restart,
+    )
     print(f"wrote the pretrained model to {args.out}")
 
 
@@ -209,13 +305,20 @@ def cmd_impute(args) -> None:
         model, _ = load_masked_model(args.model, genotypes, args.markers)
     else:
         model_dir = Path(args.out).with_name(Path(args.out).name + ".model")
-        print(f"no --model: pretraining on {args.markers} first (model in {model_dir})",
-              file=sys.stderr)
-        model = pretrain(genotypes, model_dir, file_params(args), typed_options(args)).eval()
+        print(
+            f"no --model: pretraining on {args.markers} first (model in {model_dir})",
+            file=sys.stderr,
+        )
+        model = pretrain(
+            genotypes, model_dir, file_params(args), typed_options(args)
+        ).eval()
     result = impute(model, genotypes, progress=getattr(args, "progress", True))
     write_imputation(result, args)
-    print(f"imputed {len(result.rows)} genotypes of {genotypes.n_individuals} individuals "
-          f"-> {args.out}")
+    print(
+        f"imputed {len(result.rows)} genotypes of "
+        f"{genotypes.n_individuals} individuals "
+        f"-> {args.out}"
+    )
 
 
 def cmd_finetune(args) -> None:
@@ -225,8 +328,15 @@ def cmd_finetune(args) -> None:
 
     genotypes = read_genotypes(args)
     phenotypes = read_phenotypes_for(args, genotypes)
-    finetune(phenotypes, genotypes, args.out, file_params(args), typed_options(args),
-             pretrained=args.pretrained, cv=args.cv)
+    finetune(
+        phenotypes,
+        genotypes,
+        args.out,
+        file_params(args),
+        typed_options(args),
+        pretrained=args.pretrained,
+        cv=args.cv,
+    )
     predictor = load_predictor(args.out)
     table = prediction_table(predictor, genotypes, phenotypes.blocks)
     merged = table.merge(phenotypes.table, on=["name", "block"], how="left")
@@ -248,8 +358,10 @@ def cmd_predict(args) -> None:
     if not args.uncertainty and "sd" in table:
         table = table.drop(columns="sd")
     io.write_table(table, args.out)
-    print(f"predicted {genotypes.n_individuals} individuals x "
-          f"{table['block'].nunique()} blocks -> {args.out}")
+    print(
+        f"predicted {genotypes.n_individuals} individuals x "
+        f"{table['block'].nunique()} blocks -> {args.out}"
+    )
 
 
 def write_imputation(result, args) -> None:
@@ -259,7 +371,10 @@ def write_imputation(result, args) -> None:
     elif args.output_format == "dosage":
         io.write_dosages(g, args.out)
     else:  # probabilities of each complete genotype, long format, imputed loci only
-        labels = ["/".join(map(str, np.repeat(np.arange(1, len(c) + 1), c))) for c in result.complete]
+        labels = [
+            "/".join(map(str, np.repeat(np.arange(1, len(c) + 1), c)))
+            for c in result.complete
+        ]
         frame = pd.DataFrame(result.probabilities, columns=labels)
         frame.insert(0, "marker", g.markers.names[result.loci])
         frame.insert(0, "name", g.names[result.rows])
@@ -270,23 +385,32 @@ def write_imputation(result, args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gperceiver",
-        description="Genomic prediction with Perceiver transformers, side by side with GBLUP.",
+        description="Genomic prediction with Perceiver transformers, "
+        "side by side with GBLUP.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("simulate", help="simulate genotypes (msprime) and traits with known truth")
+    p = sub.add_parser(
+        "simulate", help="simulate genotypes (msprime) and traits with known truth"
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--individuals", type=int, default=500)
     p.add_argument("--markers", type=int, default=3000, help="total markers")
     p.add_argument("--chromosomes", type=int, default=3)
     p.add_argument("--ploidy", type=int, default=2)
-    p.add_argument("--n-alleles", type=int, default=2, help=">2 gives multi-allelic sites")
+    p.add_argument(
+        "--n-alleles", type=int, default=2, help=">2 gives multi-allelic sites"
+    )
     p.add_argument("--missing-rate", type=float, default=0.01)
     p.add_argument("--heritability", type=float, default=0.5)
     p.add_argument("--environments", type=int, default=4)
     p.add_argument("--qtl", type=int, default=200)
-    p.add_argument("--dominance", type=float, default=0.1, help="share of genetic variance")
-    p.add_argument("--epistasis", type=float, default=0.1, help="share of genetic variance")
+    p.add_argument(
+        "--dominance", type=float, default=0.1, help="share of genetic variance"
+    )
+    p.add_argument(
+        "--epistasis", type=float, default=0.1, help="share of genetic variance"
+    )
     p.add_argument("--gxe-correlation", type=float, default=0.7)
     p.add_argument("--folds", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -301,14 +425,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="cross-validate methods over the cv folds")
     inputs(p)
-    p.add_argument("--methods", default="gblup,rkhs", help="comma-separated (default gblup,rkhs)")
+    p.add_argument(
+        "--methods", default="gblup,rkhs", help="comma-separated (default gblup,rkhs)"
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_training_options(p)
     add_finetune_options(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("gblup", help="fit GBLUP (or RKHS) on one train/validation split")
+    p = sub.add_parser(
+        "gblup", help="fit GBLUP (or RKHS) on one train/validation split"
+    )
     inputs(p)
     p.add_argument("--cv", required=True, help="rows with this cv value are validation")
     p.add_argument("--predictions", required=True, help="output TSV")
@@ -323,34 +451,56 @@ def build_parser() -> argparse.ArgumentParser:
     add_masked_options(p)
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("impute", help="fill missing genotypes with a masked-marker model")
+    p = sub.add_parser(
+        "impute", help="fill missing genotypes with a masked-marker model"
+    )
     inputs(p, phenos=False)
     p.add_argument("--out", required=True, help="output TSV")
-    p.add_argument("--model", help="pretrained model directory (default: pretrain first)")
-    p.add_argument("--output-format", choices=["codes", "dosage", "probabilities"],
-                   default="codes", help="codes / dosage tables, or genotype probabilities "
-                   "of the imputed loci (long format)")
+    p.add_argument(
+        "--model", help="pretrained model directory (default: pretrain first)"
+    )
+    p.add_argument(
+        "--output-format",
+        choices=["codes", "dosage", "probabilities"],
+        default="codes",
+        help="codes / dosage tables, or genotype probabilities "
+        "of the imputed loci (long format)",
+    )
     add_training_options(p)
     add_masked_options(p)
     p.set_defaults(func=cmd_impute, restart=False)
 
-    p = sub.add_parser("finetune", help="train a phenotype model (scratch or pretrained)")
+    p = sub.add_parser(
+        "finetune", help="train a phenotype model (scratch or pretrained)"
+    )
     inputs(p)
     p.add_argument("--out", required=True, help="model directory")
     p.add_argument("--pretrained", help="directory written by gperceiver pretrain")
-    p.add_argument("--cv", help="rows with this cv value are the validation set "
-                   "(early stopping); default: an inner split of the individuals")
-    p.add_argument("--predictions", help="also write predictions for every individual x block")
+    p.add_argument(
+        "--cv",
+        help="rows with this cv value are the validation set "
+        "(early stopping); default: an inner split of the individuals",
+    )
+    p.add_argument(
+        "--predictions", help="also write predictions for every individual x block"
+    )
     add_training_options(p)
     add_finetune_options(p)
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("predict", help="predict every individual x block with a finetuned model")
+    p = sub.add_parser(
+        "predict", help="predict every individual x block with a finetuned model"
+    )
     inputs(p, phenos=False)
-    p.add_argument("--model", required=True, help="directory written by gperceiver finetune")
+    p.add_argument(
+        "--model", required=True, help="directory written by gperceiver finetune"
+    )
     p.add_argument("--out", required=True, help="output TSV: name, block, prediction")
-    p.add_argument("--uncertainty", action="store_true",
-                   help="add the sd across ensemble members (needs --ensemble > 1)")
+    p.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="add the sd across ensemble members (needs --ensemble > 1)",
+    )
     p.set_defaults(func=cmd_predict)
     return parser
 
@@ -362,8 +512,11 @@ def run(parser: argparse.ArgumentParser, argv) -> int:
         if issubclass(category, InputWarning):
             print(f"{parser.prog}: warning: {message}", file=sys.stderr)
         else:
-            print(warnings.formatwarning(message, category, filename, lineno, line),
-                  file=sys.stderr, end="")
+            print(
+                warnings.formatwarning(message, category, filename, lineno, line),
+                file=sys.stderr,
+                end="",
+            )
 
     warnings.showwarning = show
     try:
@@ -382,7 +535,7 @@ def main(argv=None) -> int:
 
 
 def seed_pretrain(argv=None) -> int:
-    """``gperceiver_pretrain CHROMS MARKERS --model DIR``: the original tool's entry point."""
+    """``gperceiver_pretrain CHROMS MARKERS --model DIR`` (the original entry point)."""
     parser = argparse.ArgumentParser(
         prog="gperceiver_pretrain",
         description="Masked-marker pretraining (option names of the original tool).",
@@ -399,7 +552,7 @@ def seed_pretrain(argv=None) -> int:
 
 
 def seed_finetune(argv=None) -> int:
-    """``gperceiver_finetune PHENOS CHROMS MARKERS --model DIR``: the original entry point."""
+    """``gperceiver_finetune PHENOS CHROMS MARKERS --model DIR`` (original)."""
     parser = argparse.ArgumentParser(
         prog="gperceiver_finetune",
         description="Finetune a phenotype model (option names of the original tool).",
@@ -411,8 +564,12 @@ def seed_finetune(argv=None) -> int:
     parser.add_argument("--pretrained")
     parser.add_argument("--cv")
     parser.add_argument("--predictions")
-    parser.add_argument("--block-strategy", dest="head", choices=["latent", "pool"],
-                        default=argparse.SUPPRESS)
+    parser.add_argument(
+        "--block-strategy",
+        dest="head",
+        choices=["latent", "pool"],
+        default=argparse.SUPPRESS,
+    )
     add_genotype_options(parser)
     add_training_options(parser)
     add_finetune_options(parser)

@@ -19,7 +19,7 @@ MISSING = 0  # allele id of an uncalled copy
 
 
 def natural_key(label: str) -> tuple:
-    """Sort key putting ``chr2`` before ``chr10`` and ``1A`` before ``1B`` before ``2A``."""
+    """Sort key putting ``chr2`` before ``chr10`` and ``1B`` before ``2A``."""
     parts = re.split(r"(\d+)", str(label))
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts if p)
 
@@ -69,7 +69,7 @@ def codes_to_alleles(codes: np.ndarray, ploidy: int, n_alleles: int) -> np.ndarr
 
 
 def alleles_to_codes(alleles: np.ndarray, n_alleles: int) -> np.ndarray:
-    """Encode allele ids ``(N, M, P)`` as genotype codes ``(N, M)`` in the smallest dtype.
+    """Encode allele ids ``(N, M, P)`` as codes ``(N, M)`` in the smallest dtype.
 
     A locus's code is the rank of its sorted multiset among all multisets
     (combinatorial number system); for small tables a lookup replaces the arithmetic.
@@ -160,7 +160,7 @@ class MarkerMap:
         return out
 
     def fingerprint(self) -> str:
-        """Hash of names, chromosomes and positions: a saved model refuses another map."""
+        """Hash of names, chromosomes and positions (a model refuses another map)."""
         h = hashlib.sha256()
         for part in (self.names.astype(str), self.chrom_labels().astype(str)):
             h.update("\t".join(part.tolist()).encode())
@@ -194,7 +194,8 @@ class Genotypes:
     def __post_init__(self):
         if self.alleles.ndim != 3:
             raise ValueError(
-                f"alleles must be (individuals, markers, ploidy), got {self.alleles.shape}"
+                "alleles must be (individuals, markers, ploidy), "
+                f"got {self.alleles.shape}"
             )
         if self.alleles.shape[0] != len(self.names) or self.alleles.shape[1] != len(
             self.markers
@@ -235,7 +236,10 @@ class Genotypes:
         )
 
     def allele_counts(self, individuals=None, chunk: int = 4096) -> np.ndarray:
-        """Called copies of each allele per marker, ``(M, A + 1)`` int64; column 0 counts missing."""
+        """Called copies of each allele per marker, ``(M, A + 1)`` int64.
+
+        Column 0 counts missing copies.
+        """
         alleles = self.alleles if individuals is None else self.alleles[individuals]
         m, k = alleles.shape[1], self.n_alleles + 1
         counts = np.zeros((m, k), dtype=np.int64)

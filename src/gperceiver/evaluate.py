@@ -219,7 +219,9 @@ def cross_validate(
         :func:`accuracy_table` of ``predictions``.
     """
     _check(phenotypes, genotypes, methods)
-    predictions = _run(phenotypes, genotypes, methods, phenotypes.folds(), progress, options)
+    predictions = _run(
+        phenotypes, genotypes, methods, phenotypes.folds(), progress, options
+    )
     return predictions, accuracy_table(predictions)
 
 

@@ -14,8 +14,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .checkpoint import check_markers, load_model_config, load_weights, save_model, write_json
+from .checkpoint import (
+    FORMAT_VERSION,
+    check_markers,
+    load_model_config,
+    load_weights,
+    save_model,
+    write_json,
+)
 from .data import Genotypes, Phenotypes
+from .io import InputError, write_chroms
 from .nn.heads import HeadConfig, PhenotypeModel
 from .nn.perceiver import PerceiverConfig
 from .params import resolve
@@ -29,7 +37,7 @@ from .tasks.finetune import (
     n_outputs,
     predictions,
 )
-from .train import Trainer, TrainConfig
+from .train import TrainConfig, Trainer
 
 TASK_NAME = "finetune"
 
@@ -44,27 +52,39 @@ class FinetuneSettings:
     # phase 2: parts unfrozen after phase 1 ("" keeps everything frozen):
     # any of embed, encoder
     unfreeze: str = "encoder"
-    unfreeze_lr_scale: float = 0.3  # phase-2 LR relative to lr: protects pretrained weights
+    unfreeze_lr_scale: float = (
+        0.3  # phase-2 LR relative to lr: protects pretrained weights
+    )
     ensemble: int = 1  # models with seeds seed, seed+1, ... averaged
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+            raise ValueError(
+                f"objective must be one of {OBJECTIVES}, got {self.objective!r}"
+            )
         parts = {p for p in self.unfreeze.split(",") if p}
         if parts - {"embed", "encoder"}:
-            raise ValueError(f"unfreeze takes embed and/or encoder, got {self.unfreeze!r}")
+            raise ValueError(
+                f"unfreeze takes embed and/or encoder, got {self.unfreeze!r}"
+            )
         if self.ensemble < 1:
             raise ValueError("ensemble must be at least 1")
 
 
 # finetuning defaults differ from pretraining: fewer individuals, more regularisation
 FINETUNE_DEFAULTS = {
-    "epochs": 60, "patience": 10, "batch_size": 32, "lr": 3e-4, "weight_decay": 0.05,
+    "epochs": 60,
+    "patience": 10,
+    "batch_size": 32,
+    "lr": 3e-4,
+    "weight_decay": 0.05,
     "warmup_steps": 20,
 }
 
 
-def _records_split(phenotypes: Phenotypes, genotypes: Genotypes, cv, val_fraction, seed):
+def _records_split(
+    phenotypes: Phenotypes, genotypes: Genotypes, cv, val_fraction, seed
+):
     """Training and validation :class:`Records` (validation may be None)."""
     n_blocks = phenotypes.n_blocks
     if cv is not None:
@@ -86,24 +106,37 @@ def _freeze(model: PhenotypeModel, trainable: set[str]) -> None:
 
 
 @torch.no_grad()
-def encoder_features(model: PhenotypeModel, genotypes: Genotypes, rows: np.ndarray, batch_size: int = 64) -> torch.Tensor:
+def encoder_features(
+    model: PhenotypeModel, genotypes: Genotypes, rows: np.ndarray, batch_size: int = 64
+) -> torch.Tensor:
     """Pooled encoder features (N, D) of genotype ``rows`` in eval mode."""
     model.eval()
     marker_idx = torch.arange(genotypes.n_markers)
     parts = [
-        model.features(torch.from_numpy(genotypes.alleles[rows[i : i + batch_size]].astype(np.int64)), marker_idx)
+        model.features(
+            torch.from_numpy(
+                genotypes.alleles[rows[i : i + batch_size]].astype(np.int64)
+            ),
+            marker_idx,
+        )
         for i in range(0, len(rows), batch_size)
     ]
     return torch.cat(parts)
 
 
-def _train_member(model, genotypes, train, val, settings, train_cfg, scaling, directory, pretrained):
+def _train_member(
+    model, genotypes, train, val, settings, train_cfg, scaling, directory, pretrained
+):
     """Train one model in place (two phases when pretrained)."""
     val_rows = None if val is None else np.arange(len(val.rows))
-    both = train if val is None else Records(
-        np.concatenate([train.rows, val.rows]),
-        np.concatenate([train.response, val.response]),
-        np.concatenate([train.weight, val.weight]),
+    both = (
+        train
+        if val is None
+        else Records(
+            np.concatenate([train.rows, val.rows]),
+            np.concatenate([train.response, val.response]),
+            np.concatenate([train.weight, val.weight]),
+        )
     )
     fit_rows = np.arange(len(train.rows))
     shifted_val = None if val is None else val_rows + len(train.rows)
@@ -113,7 +146,9 @@ def _train_member(model, genotypes, train, val, settings, train_cfg, scaling, di
         if model.head_config.head == "pool":
             features = encoder_features(model, genotypes, both.rows)
         task = PhenotypeTask(genotypes, both, settings.objective, scaling, features)
-        phase1 = TrainConfig(**{**asdict(train_cfg), "epochs": settings.head_epochs, "max_steps": None})
+        phase1 = TrainConfig(
+            **{**asdict(train_cfg), "epochs": settings.head_epochs, "max_steps": None}
+        )
         Trainer(model, task, phase1, directory / "phase1").fit(fit_rows, shifted_val)
         if not settings.unfreeze:
             model.eval()
@@ -121,7 +156,9 @@ def _train_member(model, genotypes, train, val, settings, train_cfg, scaling, di
                 task.evaluate(model, fit_rows[:1], train_rows=fit_rows)
             return
         _freeze(model, set(settings.unfreeze.split(",")))
-        train_cfg = TrainConfig(**{**asdict(train_cfg), "lr": train_cfg.lr * settings.unfreeze_lr_scale})
+        train_cfg = TrainConfig(
+            **{**asdict(train_cfg), "lr": train_cfg.lr * settings.unfreeze_lr_scale}
+        )
     task = PhenotypeTask(genotypes, both, settings.objective, scaling)
     Trainer(model, task, train_cfg, directory / "train").fit(fit_rows, shifted_val)
     model.eval()
@@ -130,61 +167,104 @@ def _train_member(model, genotypes, train, val, settings, train_cfg, scaling, di
 
 
 def finetune(
-    phenotypes: Phenotypes, genotypes: Genotypes, out, params: dict | None = None,
-    typed: dict | None = None, pretrained=None, cv=None,
+    phenotypes: Phenotypes,
+    genotypes: Genotypes,
+    out,
+    params: dict | None = None,
+    typed: dict | None = None,
+    pretrained=None,
+    cv=None,
 ) -> list[PhenotypeModel]:
     """Train phenotype model(s) and save them to ``out``; returns the ensemble members.
 
-    ``params``/``typed`` are flat dicts of :class:`PerceiverConfig`, :class:`HeadConfig`,
-    :class:`TrainConfig` and :class:`FinetuneSettings` fields. With ``pretrained`` (a
-    pretrain output directory) the encoder architecture and weights come from there.
+    ``params``/``typed`` are flat dicts of :class:`PerceiverConfig`,
+    :class:`HeadConfig`, :class:`TrainConfig` and :class:`FinetuneSettings` fields.
+    With ``pretrained`` (a pretrain output directory) the encoder architecture and
+    weights come from there.
     """
     params, typed = dict(params or {}), dict(typed or {})
     sizes = data_sizes(genotypes)
     pretrained_state = None
     if pretrained is not None:
         masked, pre_config = load_masked_model(pretrained, genotypes)
-        pretrained_state = {k: v for k, v in masked.state_dict().items() if k.startswith(("embed.", "encoder."))}
-        params = {**pre_config["model"], **{k: v for k, v in params.items() if k not in pre_config["model"]}}
-    settings_probe = resolve((FinetuneSettings,), {}, {k: v for k, v in {**params, **typed}.items() if k in FinetuneSettings.__dataclass_fields__}, {})[0]
-    n_classes = class_count(phenotypes.table, settings_probe.objective, phenotypes.source)
-    head_sizes = {"n_blocks": phenotypes.n_blocks, "n_outputs": n_outputs(settings_probe.objective, n_classes),
-                  "n_classes": n_classes if settings_probe.objective == "ordinal" else 0}
+        pretrained_state = {
+            k: v
+            for k, v in masked.state_dict().items()
+            if k.startswith(("embed.", "encoder."))
+        }
+        params = {
+            **pre_config["model"],
+            **{k: v for k, v in params.items() if k not in pre_config["model"]},
+        }
+    objective = {**params, **typed}.get("objective", FinetuneSettings.objective)
+    n_classes = class_count(phenotypes.table, objective, phenotypes.source)
+    head_sizes = {
+        "n_blocks": phenotypes.n_blocks,
+        "n_outputs": n_outputs(objective, n_classes),
+        "n_classes": n_classes if objective == "ordinal" else 0,
+    }
     model_cfg, head_cfg, train_cfg, settings = resolve(
         (PerceiverConfig, HeadConfig, TrainConfig, FinetuneSettings),
-        FINETUNE_DEFAULTS, params, {**typed, **sizes, **head_sizes},
+        FINETUNE_DEFAULTS,
+        params,
+        {**typed, **sizes, **head_sizes},
     )
-    train, val = _records_split(phenotypes, genotypes, cv, settings.val_fraction, train_cfg.seed)
-    scaling = Scaling.fit(train) if settings.objective in ("mse", "huber") else Scaling.identity(phenotypes.n_blocks)
+    train, val = _records_split(
+        phenotypes, genotypes, cv, settings.val_fraction, train_cfg.seed
+    )
+    scaling = (
+        Scaling.fit(train)
+        if settings.objective in ("mse", "huber")
+        else Scaling.identity(phenotypes.n_blocks)
+    )
     out = Path(out)
     members = []
     for k in range(settings.ensemble):
         member_cfg = TrainConfig(**{**asdict(train_cfg), "seed": train_cfg.seed + k})
         torch.manual_seed(member_cfg.seed)
-        model = PhenotypeModel(model_cfg, head_cfg, genotypes.markers.relative_pos(), genotypes.markers.chrom)
+        model = PhenotypeModel(
+            model_cfg,
+            head_cfg,
+            genotypes.markers.relative_pos(),
+            genotypes.markers.chrom,
+        )
         if pretrained_state is not None:
             model.load_state_dict(pretrained_state, strict=False)
-        _train_member(model, genotypes, train, val, settings, member_cfg, scaling,
-                      out / f"member-{k}", pretrained_state is not None)
-        _freeze(model, {"embed", "encoder"})
-        save_model(out / f"member-{k}", model.eval(), {"task": TASK_NAME}, genotypes.markers)
+        _train_member(
+            model,
+            genotypes,
+            train,
+            val,
+            settings,
+            member_cfg,
+            scaling,
+            out / f"member-{k}",
+            pretrained_state is not None,
+        )
+        save_model(
+            out / f"member-{k}", model.eval(), {"task": TASK_NAME}, genotypes.markers
+        )
         members.append(model)
-    write_json({
-        "task": TASK_NAME, "format_version": 1,
-        "model": model_cfg.to_dict(), "head": head_cfg.to_dict(), "train": asdict(train_cfg),
-        "finetune": asdict(settings), "scaling": {"mean": scaling.mean.tolist(), "sd": scaling.sd.tolist()},
-        "members": settings.ensemble, "pretrained": None if pretrained is None else str(pretrained),
-        "validation": f"cv == {cv}" if cv is not None else f"inner split of {settings.val_fraction:.0%} of training individuals",
-        "markers": genotypes.markers.fingerprint(),
-    }, out / "config.json")
-    save_model_markers(out, genotypes)
-    return members
-
-
-def save_model_markers(out: Path, genotypes: Genotypes) -> None:
-    from .io import write_chroms
-
+    write_json(
+        {
+            "task": TASK_NAME,
+            "format_version": FORMAT_VERSION,
+            "model": model_cfg.to_dict(),
+            "head": head_cfg.to_dict(),
+            "train": asdict(train_cfg),
+            "finetune": asdict(settings),
+            "scaling": {"mean": scaling.mean.tolist(), "sd": scaling.sd.tolist()},
+            "members": settings.ensemble,
+            "pretrained": None if pretrained is None else str(pretrained),
+            "validation": f"cv == {cv}"
+            if cv is not None
+            else f"inner split of {settings.val_fraction:.0%} of training individuals",
+            "markers": genotypes.markers.fingerprint(),
+        },
+        out / "config.json",
+    )
     write_chroms(genotypes.markers, out / "markers.tsv")
+    return members
 
 
 @dataclass
@@ -196,7 +276,9 @@ class Predictor:
     scaling: Scaling
 
     @torch.no_grad()
-    def predict(self, genotypes: Genotypes, rows=None, batch_size: int = 64) -> np.ndarray:
+    def predict(
+        self, genotypes: Genotypes, rows=None, batch_size: int = 64
+    ) -> np.ndarray:
         """Predictions (N, E, members) for genotype ``rows`` (default: all)."""
         rows = np.arange(genotypes.n_individuals) if rows is None else np.asarray(rows)
         marker_idx = torch.arange(genotypes.n_markers)
@@ -205,43 +287,66 @@ class Predictor:
             model.eval()
             parts = []
             for i in range(0, len(rows), batch_size):
-                alleles = torch.from_numpy(genotypes.alleles[rows[i : i + batch_size]].astype(np.int64))
-                parts.append(predictions(self.objective, model(alleles, marker_idx), model, self.scaling))
-            out.append(np.concatenate(parts) if parts else np.zeros((0, model.head_config.n_blocks)))
+                alleles = torch.from_numpy(
+                    genotypes.alleles[rows[i : i + batch_size]].astype(np.int64)
+                )
+                parts.append(
+                    predictions(
+                        self.objective, model(alleles, marker_idx), model, self.scaling
+                    )
+                )
+            out.append(
+                np.concatenate(parts)
+                if parts
+                else np.zeros((0, model.head_config.n_blocks))
+            )
         return np.stack(out, -1)
 
 
-def load_predictor(directory, genotypes: Genotypes | None = None, data_path=None) -> Predictor:
-    """Load a finetune output directory (checks the marker map against ``genotypes``)."""
+def load_predictor(
+    directory, genotypes: Genotypes | None = None, data_path=None
+) -> Predictor:
+    """Load a finetune output directory; checks the marker map of ``genotypes``."""
     directory = Path(directory)
     config, markers = load_model_config(directory)
     if config.get("task") != TASK_NAME:
-        from .io import InputError
-
-        raise InputError(directory, None, f"holds a {config.get('task')!r} model, not a finetuned one",
-                         "pass the --out directory of gperceiver finetune")
+        raise InputError(
+            directory,
+            None,
+            f"holds a {config.get('task')!r} model, not a finetuned one",
+            "pass the --out directory of gperceiver finetune",
+        )
     if genotypes is not None:
         check_markers(markers, genotypes.markers, directory, data_path or "genotypes")
     model_cfg = PerceiverConfig.from_dict(config["model"])
     head_cfg = HeadConfig(**config["head"])
     members = [
-        load_weights(directory / f"member-{k}", PhenotypeModel(model_cfg, head_cfg, markers.relative_pos(), markers.chrom))
+        load_weights(
+            directory / f"member-{k}",
+            PhenotypeModel(model_cfg, head_cfg, markers.relative_pos(), markers.chrom),
+        )
         for k in range(config["members"])
     ]
-    scaling = Scaling(np.array(config["scaling"]["mean"]), np.array(config["scaling"]["sd"]))
+    scaling = Scaling(
+        np.array(config["scaling"]["mean"]), np.array(config["scaling"]["sd"])
+    )
     return Predictor(members, config["finetune"]["objective"], scaling)
 
 
-def prediction_table(predictor: Predictor, genotypes: Genotypes, blocks=None) -> pd.DataFrame:
+def prediction_table(
+    predictor: Predictor, genotypes: Genotypes, blocks=None
+) -> pd.DataFrame:
     """``name, block, prediction[, sd]`` for every individual x block."""
     values = predictor.predict(genotypes)  # (N, E, K)
     n, e, k = values.shape
     blocks = np.arange(e) if blocks is None else np.asarray(blocks)
-    frame = pd.DataFrame({
-        "name": np.repeat(genotypes.names, len(blocks)),
-        "block": np.tile(blocks, n),
-        "prediction": values[:, blocks].mean(-1).ravel(),
-    })
+    frame = pd.DataFrame(
+        {
+            "name": np.repeat(genotypes.names, len(blocks)),
+            "block": np.tile(blocks, n),
+            "prediction": values[:, blocks].mean(-1).ravel(),
+        }
+    )
     if k > 1:
         frame["sd"] = values[:, blocks].std(-1, ddof=1).ravel()
     return frame
@@ -257,12 +362,18 @@ def _workdir(cache: dict) -> Path:
 
 
 def _fold_predictions(train, validation, genotypes, cache, pretrained) -> np.ndarray:
-    """Finetune on ``train`` (inner split for early stopping), predict ``validation``."""
+    """Finetune on ``train`` (inner split stops early), predict ``validation``."""
     fold = "-".join(sorted(map(str, validation["cv"].unique())))
     kind = "perceiver-pretrained" if pretrained else "perceiver"
     out = _workdir(cache) / kind / f"fold-{fold}"
-    finetune(Phenotypes(train, "training folds"), genotypes, out, cache.get("params"),
-             cache.get("typed"), pretrained=pretrained)
+    finetune(
+        Phenotypes(train, "training folds"),
+        genotypes,
+        out,
+        cache.get("params"),
+        cache.get("typed"),
+        pretrained=pretrained,
+    )
     predictor = load_predictor(out)
     rows = genotypes.index_of(validation["name"])
     values = predictor.predict(genotypes, rows).mean(-1)  # (k, E)
@@ -281,7 +392,12 @@ def perceiver_pretrained_method(train, validation, genotypes, cache) -> np.ndarr
         from .pretraining import pretrain
 
         directory = _workdir(cache) / "pretrained"
-        pretrain(genotypes, directory, cache.get("params"), cache.get("typed"),
-                 also_known=(HeadConfig, FinetuneSettings))
+        pretrain(
+            genotypes,
+            directory,
+            cache.get("params"),
+            cache.get("typed"),
+            also_known=(HeadConfig, FinetuneSettings),
+        )
         cache["pretrained"] = directory
     return _fold_predictions(train, validation, genotypes, cache, cache["pretrained"])

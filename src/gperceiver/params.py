@@ -26,16 +26,26 @@ def read_params(path) -> dict:
     try:
         values = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise InputError(path, None, "file not found", "check the --params path") from None
+        raise InputError(
+            path, None, "file not found", "check the --params path"
+        ) from None
     except json.JSONDecodeError as err:
-        raise InputError(path, f"line {err.lineno}", f"invalid JSON ({err.msg})", "fix the syntax") from None
+        raise InputError(
+            path, f"line {err.lineno}", f"invalid JSON ({err.msg})", "fix the syntax"
+        ) from None
     if not isinstance(values, dict):
-        raise InputError(path, None, "expected a JSON object of name: value", "wrap the values in {}")
+        raise InputError(
+            path, None, "expected a JSON object of name: value", "wrap the values in {}"
+        )
     return values
 
 
 def resolve(
-    classes, defaults: dict, file_values: dict, typed: dict, source="--params",
+    classes,
+    defaults: dict,
+    file_values: dict,
+    typed: dict,
+    source="--params",
     also_known: tuple = (),
 ):
     """Instantiate each class in ``classes`` from the merged values.
@@ -50,7 +60,9 @@ def resolve(
     for name in file_values:
         if name not in known:
             raise InputError(
-                source, f"key {name!r}", "unknown hyper-parameter",
+                source,
+                f"key {name!r}",
+                "unknown hyper-parameter",
                 f"use one of: {', '.join(sorted(known))}",
             )
     merged = {**defaults, **file_values, **typed}

@@ -17,16 +17,25 @@ from .data import MISSING, Genotypes
 from .nn.embeddings import count_targets
 from .nn.perceiver import MaskedMarkerModel, PerceiverConfig
 from .params import resolve
-from .tasks.masked import MaskedConfig, MaskedMarkerTask, complete_genotypes, genotype_log_probs
-from .train import Trainer, TrainConfig
+from .tasks.masked import (
+    MaskedConfig,
+    MaskedMarkerTask,
+    complete_genotypes,
+    genotype_log_probs,
+)
+from .train import TrainConfig, Trainer
 
 TASK_NAME = "masked"
 
 
-def split_individuals(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random training / held-out individual indices (at least one of each when n >= 2)."""
+def split_individuals(
+    n: int, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random training / held-out indices (at least one of each when n >= 2)."""
     order = np.random.default_rng([seed, 7]).permutation(n)
-    n_val = min(max(1, round(val_fraction * n)), n - 1) if val_fraction > 0 and n > 1 else 0
+    n_val = (
+        min(max(1, round(val_fraction * n)), n - 1) if val_fraction > 0 and n > 1 else 0
+    )
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
@@ -46,12 +55,18 @@ def build_model(config: PerceiverConfig, genotypes: Genotypes) -> MaskedMarkerMo
 
 @dataclass
 class PretrainSettings:
-    val_fraction: float = 0.1  # individuals held out for the validation loss / early stopping
+    val_fraction: float = (
+        0.1  # individuals held out for the validation loss / early stopping
+    )
 
 
 def pretrain(
-    genotypes: Genotypes, out, params: dict | None = None, typed: dict | None = None,
-    resume: bool = True, also_known: tuple = (),
+    genotypes: Genotypes,
+    out,
+    params: dict | None = None,
+    typed: dict | None = None,
+    resume: bool = True,
+    also_known: tuple = (),
 ) -> MaskedMarkerModel:
     """Train a :class:`MaskedMarkerModel` and save it to ``out``.
 
@@ -61,7 +76,10 @@ def pretrain(
     """
     classes = (PerceiverConfig, TrainConfig, MaskedConfig, PretrainSettings)
     model_cfg, train_cfg, masked_cfg, settings = resolve(
-        classes, {}, params or {}, {**(typed or {}), **data_sizes(genotypes)},
+        classes,
+        {},
+        params or {},
+        {**(typed or {}), **data_sizes(genotypes)},
         also_known=also_known,
     )
     torch.manual_seed(train_cfg.seed)
@@ -71,16 +89,22 @@ def pretrain(
     )
     frequencies = genotypes.allele_frequencies(train_rows)
     task = MaskedMarkerTask(genotypes, frequencies, masked_cfg)
-    result = Trainer(model, task, train_cfg, out, resume=resume).fit(train_rows, val_rows)
+    result = Trainer(model, task, train_cfg, out, resume=resume).fit(
+        train_rows, val_rows
+    )
     config = {
         "task": TASK_NAME,
         "model": model_cfg.to_dict(),
         "train": asdict(train_cfg),
         "masked": asdict(masked_cfg),
         "pretrain": asdict(settings),
-        "result": {"best_step": result.best_step, "best_val_loss": result.best_loss,
-                   "stopped_early": result.stopped_early,
-                   "n_train": len(train_rows), "n_val": len(val_rows)},
+        "result": {
+            "best_step": result.best_step,
+            "best_val_loss": result.best_loss,
+            "stopped_early": result.stopped_early,
+            "n_train": len(train_rows),
+            "n_val": len(val_rows),
+        },
     }
     save_model(out, model, config, genotypes.markers)
     return model
@@ -109,8 +133,11 @@ class Imputation:
 
 @torch.no_grad()
 def impute(
-    model: MaskedMarkerModel, genotypes: Genotypes, batch_size: int = 16,
-    max_targets: int = 4096, progress: bool = True,
+    model: MaskedMarkerModel,
+    genotypes: Genotypes,
+    batch_size: int = 16,
+    max_targets: int = 4096,
+    progress: bool = True,
 ) -> Imputation:
     """Fill every locus with a missing copy by its most probable genotype.
 
@@ -124,7 +151,9 @@ def impute(
     marker_idx = torch.arange(genotypes.n_markers)
     incomplete = (genotypes.alleles == MISSING).any(-1)  # (N, M)
     todo = np.flatnonzero(incomplete.any(1))
-    for start in tqdm(range(0, len(todo), batch_size), disable=not progress, unit="batch", leave=False):
+    for start in tqdm(
+        range(0, len(todo), batch_size), disable=not progress, unit="batch", leave=False
+    ):
         rows = todo[start : start + batch_size]
         alleles = torch.from_numpy(genotypes.alleles[rows].astype(np.int64))
         hidden = torch.from_numpy(incomplete[rows])
@@ -134,7 +163,9 @@ def impute(
         for b, row in enumerate(rows):
             loci = torch.nonzero(hidden[b]).squeeze(1)
             for chunk in loci.split(max_targets):
-                logits = model.decode(latents[b : b + 1], tokens[b : b + 1], marker_idx, chunk)[0]
+                logits = model.decode(
+                    latents[b : b + 1], tokens[b : b + 1], marker_idx, chunk
+                )[0]
                 log_p = genotype_log_probs(logits, complete)  # (T, G)
                 # genotypes must contain every observed copy
                 fits = (complete[None] >= observed[b, chunk][:, None]).all(-1)  # (T, G)
@@ -142,13 +173,17 @@ def impute(
                 best = log_p.argmax(-1)
                 counts = complete[best]  # (T, A)
                 ids = torch.repeat_interleave(
-                    torch.arange(1, a + 1).expand(len(chunk), -1).flatten(), counts.flatten()
+                    torch.arange(1, a + 1).expand(len(chunk), -1).flatten(),
+                    counts.flatten(),
                 ).view(len(chunk), p)
                 filled[row, chunk.numpy()] = ids.numpy().astype(filled.dtype)
                 out_rows.append(np.full(len(chunk), row))
                 out_loci.append(chunk.numpy())
                 out_probs.append(log_p.exp().numpy())
-    cat = (lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype))
+
+    def cat(parts, dtype):
+        return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
     return Imputation(
         Genotypes(filled, genotypes.names, genotypes.markers, a),
         cat(out_rows, np.int64),

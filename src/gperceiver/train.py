@@ -37,11 +37,17 @@ from .io import atomic_path
 @dataclass
 class TrainConfig:
     lr: float = 1e-3  # peak LR; AdamW at this width is stable up to ~3e-3
-    warmup_steps: int = 50  # linear ramp from 0: avoids early large updates of fresh layers
-    schedule: str = "cosine"  # "cosine" to min_lr_ratio*lr, "cyclic" (cosine restarts), "constant"
+    warmup_steps: int = (
+        50  # linear ramp from 0: avoids early large updates of fresh layers
+    )
+    schedule: str = (
+        "cosine"  # "cosine" to min_lr_ratio*lr, "cyclic" (cosine restarts), "constant"
+    )
     cycle_steps: int = 500  # period of the cyclic schedule
     min_lr_ratio: float = 0.05  # LR floor relative to lr
-    weight_decay: float = 0.01  # applied to matrices only, not to norms, biases, embeddings
+    weight_decay: float = (
+        0.01  # applied to matrices only, not to norms, biases, embeddings
+    )
     grad_clip: float = 1.0  # global gradient-norm clip
     batch_size: int = 16  # genotypes per step
     epochs: int = 30  # upper bound; early stopping usually ends sooner
@@ -49,19 +55,25 @@ class TrainConfig:
     patience: int = 5  # evaluations without validation improvement before stopping
     min_delta: float = 1e-4  # improvement smaller than this does not reset patience
     eval_every: int | None = None  # steps between validations; None = once per epoch
-    checkpoint_every: int | None = None  # steps between checkpoints; None = at each evaluation
+    checkpoint_every: int | None = (
+        None  # steps between checkpoints; None = at each evaluation
+    )
     seed: int = 0
     progress: bool = True
 
     def fingerprint(self) -> str:
         keys = {k: v for k, v in asdict(self).items() if k not in ("progress",)}
-        return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[
+            :12
+        ]
 
 
 class Task(Protocol):
     """What the loop needs from an objective."""
 
-    def loss(self, model, rows: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    def loss(
+        self, model, rows: np.ndarray, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict]:
         """Loss and metrics of a training batch of individuals ``rows``."""
 
     def evaluate(self, model, rows: np.ndarray, train_rows: np.ndarray) -> dict:
@@ -79,9 +91,13 @@ def lr_at(step: int, total: int, config: TrainConfig) -> float:
     if config.schedule == "cyclic":
         phase = ((step - config.warmup_steps) % config.cycle_steps) / config.cycle_steps
     elif config.schedule == "cosine":
-        phase = min(1.0, (step - config.warmup_steps) / max(1, total - config.warmup_steps))
+        phase = min(
+            1.0, (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+        )
     else:
-        raise ValueError(f"unknown LR schedule {config.schedule!r}: use cosine, cyclic or constant")
+        raise ValueError(
+            f"unknown LR schedule {config.schedule!r}: use cosine, cyclic or constant"
+        )
     return floor + 0.5 * (config.lr - floor) * (1 + math.cos(math.pi * phase))
 
 
@@ -114,7 +130,9 @@ class TrainResult:
 class Trainer:
     """Runs ``task`` on ``model`` and keeps checkpoints in ``directory/checkpoints``."""
 
-    def __init__(self, model, task: Task, config: TrainConfig, directory, resume: bool = True):
+    def __init__(
+        self, model, task: Task, config: TrainConfig, directory, resume: bool = True
+    ):
         self.model, self.task, self.config = model, task, config
         self.directory = Path(directory)
         self.checkpoints = self.directory / "checkpoints"
@@ -133,7 +151,10 @@ class Trainer:
         save_tensors(tensors, target / "optimizer.safetensors")
         write_json({**state, "optimizer": scalars}, target / "state.json")
         # the pointer file flips atomically: a kill leaves the previous checkpoint valid
-        write_json({"latest": name, "config": self.config.fingerprint()}, self.checkpoints / "latest.json")
+        write_json(
+            {"latest": name, "config": self.config.fingerprint()},
+            self.checkpoints / "latest.json",
+        )
         for old in self.checkpoints.glob("step-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
@@ -151,7 +172,11 @@ class Trainer:
         source = self.checkpoints / latest["latest"]
         state = read_json(source / "state.json")
         self.model.load_state_dict(load_tensors(source / "model.safetensors"))
-        restore_optimizer(optimizer, load_tensors(source / "optimizer.safetensors"), state.pop("optimizer"))
+        restore_optimizer(
+            optimizer,
+            load_tensors(source / "optimizer.safetensors"),
+            state.pop("optimizer"),
+        )
         return state, load_tensors(source / "best.safetensors")
 
     def _write_metrics(self, history: list[dict]) -> None:
@@ -175,14 +200,26 @@ class Trainer:
         checkpoint_every = config.checkpoint_every or eval_every
         optimizer = make_optimizer(model, config)
 
-        state = {"step": 0, "best_loss": math.inf, "best_step": 0, "bad_evals": 0, "history": []}
+        state = {
+            "step": 0,
+            "best_loss": math.inf,
+            "best_step": 0,
+            "bad_evals": 0,
+            "history": [],
+        }
         best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         restored = self._load_checkpoint(optimizer)
         if restored is not None:
             state, best_weights = restored
         history = state["history"]
 
-        bar = tqdm(total=total, initial=state["step"], disable=not config.progress, unit="step", leave=False)
+        bar = tqdm(
+            total=total,
+            initial=state["step"],
+            disable=not config.progress,
+            unit="step",
+            leave=False,
+        )
         started, stopped_early, running = time.perf_counter(), False, []
         while state["step"] < total and state["bad_evals"] < config.patience:
             step = state["step"]
@@ -198,21 +235,41 @@ class Trainer:
             loss, metrics = self.task.loss(model, rows, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), config.grad_clip
+            )
             optimizer.step()
-            running.append({"loss": loss.item(), **metrics, "grad_norm": grad_norm.item()})
+            running.append(
+                {"loss": loss.item(), **metrics, "grad_norm": grad_norm.item()}
+            )
             state["step"] = step = step + 1
             bar.update(1)
             bar.set_postfix(loss=f"{running[-1]['loss']:.4f}")
 
             if step % eval_every == 0 or step == total:
-                row = {"step": step, "epoch": round(step / steps_per_epoch, 3), "lr": lr_at(step - 1, total, config)}
-                row.update({f"train_{k}": float(np.mean([r[k] for r in running])) for k in running[0]})
+                row = {
+                    "step": step,
+                    "epoch": round(step / steps_per_epoch, 3),
+                    "lr": lr_at(step - 1, total, config),
+                }
+                row.update(
+                    {
+                        f"train_{k}": float(np.mean([r[k] for r in running]))
+                        for k in running[0]
+                    }
+                )
                 running = []
                 if val_rows is not None and len(val_rows):
                     model.eval()
                     with torch.no_grad():
-                        row.update({f"val_{k}": v for k, v in self.task.evaluate(model, val_rows, train_rows=train_rows).items()})
+                        row.update(
+                            {
+                                f"val_{k}": v
+                                for k, v in self.task.evaluate(
+                                    model, val_rows, train_rows=train_rows
+                                ).items()
+                            }
+                        )
                     monitored = row["val_loss"]
                 else:
                     monitored = row["train_loss"]
@@ -220,7 +277,9 @@ class Trainer:
                 history.append(row)
                 if monitored < state["best_loss"] - config.min_delta:
                     state.update(best_loss=monitored, best_step=step, bad_evals=0)
-                    best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    best_weights = {
+                        k: v.detach().clone() for k, v in model.state_dict().items()
+                    }
                 else:
                     state["bad_evals"] += 1
                 self._write_metrics(history)
@@ -233,4 +292,6 @@ class Trainer:
         bar.close()
         stopped_early = stopped_early or state["bad_evals"] >= config.patience
         model.load_state_dict(best_weights)
-        return TrainResult(history, state["best_step"], state["best_loss"], stopped_early)
+        return TrainResult(
+            history, state["best_step"], state["best_loss"], stopped_early
+        )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 @contextmanager
 def atomic_path(path):
-    """Yield a temporary path; on success it replaces ``path``, on error it is removed."""
+    """Yield a temporary path that replaces ``path`` on success, vanishes on error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

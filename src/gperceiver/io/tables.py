@@ -48,7 +48,7 @@ def _open_lines(path) -> tuple[list[str], object]:
 
 
 def _read_small_table(path, required: list[str], what: str) -> pd.DataFrame:
-    """Read a narrow TSV as strings, checking that ``required`` columns lead the header."""
+    """Read a narrow TSV as strings; ``required`` columns must lead the header."""
     fields, handle = _open_lines(path)
     handle.close()
     if fields[: len(required)] != required:
@@ -192,7 +192,8 @@ def _read_wide_integers(path, markers: MarkerMap, allow_missing: bool, what: str
             raise InputError(
                 path,
                 f"line 1, column {columns.get_loc(unknown[0]) + 2}",
-                f"{len(unknown)} marker(s) absent from the chroms table, e.g. {unknown[0]!r}",
+                f"{len(unknown)} marker(s) absent from the chroms table, "
+                f"e.g. {unknown[0]!r}",
                 "add them to the chroms file or drop these columns",
             )
         absent = pd.Index(markers.names).difference(columns, sort=False)
@@ -200,7 +201,8 @@ def _read_wide_integers(path, markers: MarkerMap, allow_missing: bool, what: str
             raise InputError(
                 path,
                 "line 1",
-                f"{len(absent)} marker(s) of the chroms table have no column, e.g. {absent[0]!r}",
+                f"{len(absent)} marker(s) of the chroms table have no column, "
+                f"e.g. {absent[0]!r}",
                 "add the columns or remove those markers from the chroms file",
             )
         order = columns.get_indexer(markers.names)  # file column of each map marker
@@ -269,7 +271,7 @@ def read_markers(
 
 
 def read_dosages(path, markers: MarkerMap, ploidy: int = 2) -> Genotypes:
-    """Read a dosage table (copies of allele 2, ``0..ploidy``) into biallelic :class:`Genotypes`."""
+    """Read a dosage table (copies of allele 2, ``0..ploidy``), biallelic."""
     names, dosage = _read_wide_integers(
         path, markers, allow_missing=True, what="dosage"
     )
@@ -338,8 +340,8 @@ def match_phenotypes(phenotypes: Phenotypes, genotypes: Genotypes) -> Phenotypes
     if not known.all():
         n_names = phenotypes.table.loc[~known, "name"].nunique()
         warnings.warn(
-            f"{phenotypes.source}: {n_names} name(s) ({int((~known).sum())} rows) have no "
-            "genotypes and are ignored",
+            f"{phenotypes.source}: {n_names} name(s) ({int((~known).sum())} rows) "
+            "have no genotypes and are ignored",
             InputWarning,
             stacklevel=2,
         )

@@ -128,7 +128,11 @@ class MarkerEmbedding(nn.Module):
         counts = _id_counts(alleles, len(table), table.dtype)  # (B, M', A + 2)
         tokens = counts @ table + self.position(marker_idx)
         if self.marker_allele_embed is not None:
-            per_marker = self.marker_allele_embed[marker_idx]  # (M', A+2, D) or (B, ...)
+            per_marker = self.marker_allele_embed[
+                marker_idx
+            ]  # (M', A+2, D) or (B, ...)
             equation = "bmk,mkd->bmd" if marker_idx.dim() == 1 else "bmk,bmkd->bmd"
-            tokens = tokens + torch.einsum(equation, counts, per_marker) / alleles.shape[-1]
+            tokens = (
+                tokens + torch.einsum(equation, counts, per_marker) / alleles.shape[-1]
+            )
         return tokens

@@ -49,12 +49,19 @@ class PhenotypeModel(nn.Module):
     only); in training mode the head's batch normalisation uses batch statistics.
     """
 
-    def __init__(self, config: PerceiverConfig, head: HeadConfig, relative_pos, marker_chrom):
+    def __init__(
+        self, config: PerceiverConfig, head: HeadConfig, relative_pos, marker_chrom
+    ):
         super().__init__()
         c, self.config, self.head_config = config, config, head
         self.embed = MarkerEmbedding(
-            c.n_alleles, c.width, relative_pos, marker_chrom, n_chroms=c.n_chroms,
-            n_fourier=c.n_fourier, learned_marker_embedding=c.learned_marker_embedding,
+            c.n_alleles,
+            c.width,
+            relative_pos,
+            marker_chrom,
+            n_chroms=c.n_chroms,
+            n_fourier=c.n_fourier,
+            learned_marker_embedding=c.learned_marker_embedding,
             marker_allele_embedding=c.marker_allele_embedding,
         )
         self.encoder = PerceiverEncoder(config)
@@ -71,8 +78,10 @@ class PhenotypeModel(nn.Module):
             self.block_embed = nn.Embedding(e, d)
             self.norm = nn.BatchNorm1d(2 * d)
             self.readout = nn.Sequential(
-                nn.Linear(3 * d, head.head_hidden), nn.GELU(),
-                nn.Dropout(head.head_dropout), nn.Linear(head.head_hidden, k),
+                nn.Linear(3 * d, head.head_hidden),
+                nn.GELU(),
+                nn.Dropout(head.head_dropout),
+                nn.Linear(head.head_hidden, k),
             )
         self.intercept = nn.Parameter(torch.zeros(e, k))  # per-block offset
         if head.n_classes > 1:
@@ -85,7 +94,11 @@ class PhenotypeModel(nn.Module):
 
     def new_parameters(self) -> list[nn.Parameter]:
         """Parameters that pretraining does not provide (trained first when frozen)."""
-        return [p for n, p in self.named_parameters() if not n.startswith(("embed.", "encoder."))]
+        return [
+            p
+            for n, p in self.named_parameters()
+            if not n.startswith(("embed.", "encoder."))
+        ]
 
     def features(self, alleles: Tensor, marker_idx: Tensor) -> Tensor:
         """What the head reads: block latents (B, E, D) for the latent head; for the
@@ -109,7 +122,9 @@ class PhenotypeModel(nn.Module):
             out = self.readout(normed)
         else:
             blocks = self.block_embed.weight.expand(b, -1, -1)  # (B, E, D)
-            out = self.readout(torch.cat([normed[:, None].expand(-1, e, -1), blocks], -1))
+            out = self.readout(
+                torch.cat([normed[:, None].expand(-1, e, -1), blocks], -1)
+            )
         return out + self.intercept
 
     @torch.no_grad()
@@ -127,4 +142,6 @@ class PhenotypeModel(nn.Module):
     def thresholds(self) -> Tensor:
         """Ordinal cut points (E, C - 1), increasing along the last axis."""
         gaps = F.softplus(self.threshold_gaps)
-        return torch.cat([self.threshold_start, self.threshold_start + gaps.cumsum(-1)], -1)
+        return torch.cat(
+            [self.threshold_start, self.threshold_start + gaps.cumsum(-1)], -1
+        )

@@ -32,7 +32,9 @@ class Records:
     weight: np.ndarray
 
     @classmethod
-    def from_table(cls, table: pd.DataFrame, genotypes: Genotypes, n_blocks: int) -> Records:
+    def from_table(
+        cls, table: pd.DataFrame, genotypes: Genotypes, n_blocks: int
+    ) -> Records:
         index = genotypes.index_of(table["name"])
         rows, inverse = np.unique(index, return_inverse=True)
         total = np.zeros((len(rows), n_blocks))
@@ -58,8 +60,12 @@ class Scaling:
     @classmethod
     def fit(cls, records: Records) -> Scaling:
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.nansum(records.response * records.weight, 0) / records.weight.sum(0)
-            var = np.nansum(records.weight * (records.response - mean) ** 2, 0) / records.weight.sum(0)
+            mean = np.nansum(records.response * records.weight, 0) / records.weight.sum(
+                0
+            )
+            var = np.nansum(
+                records.weight * (records.response - mean) ** 2, 0
+            ) / records.weight.sum(0)
         mean = np.nan_to_num(mean)
         sd = np.where(np.nan_to_num(var) > 0, np.sqrt(np.nan_to_num(var)), 1.0)
         return cls(mean, sd)
@@ -85,7 +91,10 @@ def class_count(table: pd.DataFrame, objective: str, source: str) -> int:
         )
     n = int(y.max()) + 1
     if objective == "binary" and n > 2:
-        raise ValueError(f"{source}: the binary objective needs responses 0/1; use multiclass or ordinal")
+        raise ValueError(
+            f"{source}: the binary objective needs responses 0/1; "
+            "use multiclass or ordinal"
+        )
     return max(n, 2)
 
 
@@ -107,7 +116,9 @@ def objective_loss(objective: str, out: Tensor, y: Tensor, w: Tensor, model) -> 
     elif objective == "multiclass":
         cell = F.cross_entropy(out.transpose(1, 2), y0.long(), reduction="none")
     elif objective == "ordinal":
-        cell = -ordinal_log_probs(score, model.thresholds()).gather(-1, y0.long()[..., None])[..., 0]
+        cell = -ordinal_log_probs(score, model.thresholds()).gather(
+            -1, y0.long()[..., None]
+        )[..., 0]
     elif objective == "ranking":
         return ranking_loss(score, y, seen)
     else:
@@ -165,16 +176,29 @@ def predictions(objective: str, out: Tensor, model, scaling: Scaling) -> np.ndar
 class PhenotypeTask:
     """Batches of individuals -> all-block outputs -> loss on their existing records."""
 
-    def __init__(self, genotypes: Genotypes, records: Records, objective: str, scaling: Scaling,
-                 features: Tensor | None = None):
-        self.genotypes, self.records, self.objective, self.scaling = genotypes, records, objective, scaling
+    def __init__(
+        self,
+        genotypes: Genotypes,
+        records: Records,
+        objective: str,
+        scaling: Scaling,
+        features: Tensor | None = None,
+    ):
+        self.genotypes, self.records, self.objective, self.scaling = (
+            genotypes,
+            records,
+            objective,
+            scaling,
+        )
         y = records.response
         if objective in ("mse", "huber"):
             y = (y - scaling.mean) / scaling.sd
         self.y = torch.from_numpy(np.nan_to_num(y, nan=np.nan)).float()
         self.w = torch.from_numpy(records.weight).float()
         self.marker_idx = torch.arange(genotypes.n_markers)
-        self.features = features  # cached encoder features per record row (frozen encoder)
+        self.features = (
+            features  # cached encoder features per record row (frozen encoder)
+        )
 
     def _features(self, model, rows: np.ndarray, batch_size: int = 64) -> Tensor:
         if self.features is not None:
@@ -188,10 +212,14 @@ class PhenotypeTask:
 
     def loss(self, model, rows: np.ndarray, generator=None) -> tuple[Tensor, dict]:
         out = model.head(self._features(model, rows))
-        return objective_loss(self.objective, out, self.y[rows], self.w[rows], model), {}
+        return objective_loss(
+            self.objective, out, self.y[rows], self.w[rows], model
+        ), {}
 
-    def evaluate(self, model, rows: np.ndarray, train_rows: np.ndarray | None = None) -> dict:
-        """Validation loss, after calibrating the head's normalisation on ``train_rows``."""
+    def evaluate(
+        self, model, rows: np.ndarray, train_rows: np.ndarray | None = None
+    ) -> dict:
+        """Validation loss, after calibrating the head's normalisation."""
         if train_rows is not None:
             model.calibrate(self._features(model, train_rows))
         out = model.head(self._features(model, rows))

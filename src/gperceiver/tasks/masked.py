@@ -19,7 +19,9 @@ from ..nn.embeddings import count_targets
 
 @dataclass
 class MaskedConfig:
-    target_fraction: float = 0.1  # share of input loci hidden and predicted per genotype (prop_y)
+    target_fraction: float = (
+        0.1  # share of input loci hidden and predicted per genotype (prop_y)
+    )
     input_fraction: float = 1.0  # share of loci fed to the encoder per batch (prop_x)
     # targets are drawn with probability ∝ Π_copies (1 - p(allele))^s: rare alleles
     # are drawn more often, so the model cannot win by predicting the common allele
@@ -27,11 +29,17 @@ class MaskedConfig:
 
     def __post_init__(self):
         if not 0 < self.target_fraction < 1:
-            raise ValueError(f"target_fraction must be in (0, 1), got {self.target_fraction}")
+            raise ValueError(
+                f"target_fraction must be in (0, 1), got {self.target_fraction}"
+            )
         if not 0 < self.input_fraction <= 1:
-            raise ValueError(f"input_fraction must be in (0, 1], got {self.input_fraction}")
+            raise ValueError(
+                f"input_fraction must be in (0, 1], got {self.input_fraction}"
+            )
         if self.frequency_scaler < 0:
-            raise ValueError(f"frequency_scaler must be >= 0, got {self.frequency_scaler}")
+            raise ValueError(
+                f"frequency_scaler must be >= 0, got {self.frequency_scaler}"
+            )
 
 
 def target_log_weights(frequencies: np.ndarray, scaler: float) -> Tensor:
@@ -89,7 +97,9 @@ class MaskedMarkerTask:
     ``frequencies`` (M, A) must come from the training individuals only.
     """
 
-    def __init__(self, genotypes: Genotypes, frequencies: np.ndarray, config: MaskedConfig):
+    def __init__(
+        self, genotypes: Genotypes, frequencies: np.ndarray, config: MaskedConfig
+    ):
         self.genotypes, self.config = genotypes, config
         self.log_weights = target_log_weights(frequencies, config.frequency_scaler)
         self.n_alleles, self.ploidy = genotypes.n_alleles, genotypes.ploidy
@@ -99,16 +109,25 @@ class MaskedMarkerTask:
         self.n_targets = max(1, round(config.target_fraction * n_inputs))
 
     def batch(self, rows: np.ndarray, generator: torch.Generator):
-        """Masked alleles (B, M', P), input loci (M',), targets (B, T), validity, counts."""
-        alleles = torch.from_numpy(self.genotypes.alleles[np.sort(rows)].astype(np.int64))
+        """Masked alleles (B, M', P), input loci (M',), targets (B, T), validity,
+        copy counts (B, T, A)."""
+        alleles = torch.from_numpy(
+            self.genotypes.alleles[np.sort(rows)].astype(np.int64)
+        )
         m = alleles.shape[1]
         if self.n_inputs < m:
-            inputs = torch.randperm(m, generator=generator)[: self.n_inputs].sort().values
+            inputs = (
+                torch.randperm(m, generator=generator)[: self.n_inputs].sort().values
+            )
             alleles = alleles[:, inputs]
         else:
             inputs = torch.arange(m)
-        targets, valid = sample_targets(alleles, self.log_weights[inputs], self.n_targets, generator)
-        target_alleles = alleles.gather(1, targets[..., None].expand(-1, -1, self.ploidy))
+        targets, valid = sample_targets(
+            alleles, self.log_weights[inputs], self.n_targets, generator
+        )
+        target_alleles = alleles.gather(
+            1, targets[..., None].expand(-1, -1, self.ploidy)
+        )
         counts = count_targets(target_alleles, self.n_alleles)  # (B, T, A)
         masked = alleles.clone()
         rows_idx = torch.arange(len(alleles))[:, None]
@@ -118,7 +137,9 @@ class MaskedMarkerTask:
     def _forward(self, model, rows, generator) -> tuple[Tensor, dict]:
         masked, inputs, targets, valid, counts = self.batch(rows, generator)
         logits = model(masked, inputs, targets)  # (B, T, A, P + 1)
-        losses = F.cross_entropy(logits.flatten(0, 2), counts.flatten(), reduction="none")
+        losses = F.cross_entropy(
+            logits.flatten(0, 2), counts.flatten(), reduction="none"
+        )
         weight = valid[..., None].expand_as(counts).flatten().float()
         loss = (losses * weight).sum() / weight.sum().clamp(min=1)
         with torch.no_grad():
@@ -130,7 +151,9 @@ class MaskedMarkerTask:
     def loss(self, model, rows: np.ndarray, generator: torch.Generator):
         return self._forward(model, rows, generator)
 
-    def evaluate(self, model, rows: np.ndarray, train_rows=None, batch_size: int = 32) -> dict:
+    def evaluate(
+        self, model, rows: np.ndarray, train_rows=None, batch_size: int = 32
+    ) -> dict:
         """Loss and genotype accuracy on ``rows`` with fixed targets (seed 0)."""
         generator = torch.Generator().manual_seed(0)
         totals, n = {"loss": 0.0, "accuracy": 0.0}, 0

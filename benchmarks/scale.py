@@ -1,0 +1,289 @@
+"""Scale benchmark: memory, time and FLOP/s of one masked-marker train step vs markers.
+
+For each size a fresh subprocess builds random diploid biallelic genotypes, the
+default :class:`PerceiverConfig` (unless ``--set`` overrides fields), the
+masked-marker task with its default target fraction and the training optimiser,
+then measures
+
+- peak RSS (``ru_maxrss``) after building everything and after the steps;
+- the median wall time of a train step (batch, forward, backward, gradient
+  clipping, AdamW step, exactly as :class:`gperceiver.train.Trainer` runs it);
+- the FLOPs of one step counted with ``torch.utils.flop_counter.FlopCounterMode``
+  (recomputation under activation checkpointing included; SDPA's CPU kernel is
+  counted with the same formula as its GPU kernels) and the FLOP/s they imply;
+- a plain fp32 2048 x 2048 matmul's FLOP/s in the same process, for reference.
+
+    python benchmarks/scale.py                      # 10k, 50k, 100k, 500k markers
+    python benchmarks/scale.py --sizes 100000 --set checkpoint_attention=false
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def parse_value(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
+
+
+def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+def flop_counter():
+    """FlopCounterMode that also counts PyTorch's CPU flash-attention kernel."""
+    import torch
+    from torch.utils.flop_counter import (
+        FlopCounterMode,
+        sdpa_backward_flop_count,
+        sdpa_flop_count,
+    )
+
+    aten = torch.ops.aten
+
+    def forward(query, key, value, *args, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, **kwargs):
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    custom = {
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
+    }
+    return FlopCounterMode(display=False, custom_mapping=custom)
+
+
+def child(
+    n_markers: int,
+    batch: int,
+    steps: int,
+    overrides: dict,
+    threads: int,
+    limit_gb: float,
+) -> dict:
+    import torch
+
+    if limit_gb:
+        # a failed allocation beats the kernel's OOM killer picking another process
+        limit = int(limit_gb * 1024**3)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if threads:
+        torch.set_num_threads(threads)
+    load_start = os.getloadavg()[0]
+
+    from gperceiver.data import Genotypes, MarkerMap
+    from gperceiver.nn.perceiver import MaskedMarkerModel, PerceiverConfig
+    from gperceiver.tasks.masked import MaskedConfig, MaskedMarkerTask
+    from gperceiver.train import TrainConfig, make_optimizer
+
+    rss_import = peak_rss_gb()
+    rng = np.random.default_rng(0)
+    n_chroms, n_individuals = 10, batch * 4
+    chrom = np.repeat(
+        [f"chr{c + 1}" for c in range(n_chroms)], -(-n_markers // n_chroms)
+    )
+    chrom = chrom[:n_markers]
+    markers, _ = MarkerMap.from_columns(
+        chrom, [f"m{i}" for i in range(n_markers)], np.arange(n_markers) * 1000.0 + 1
+    )
+    freq = rng.uniform(0.05, 0.5, n_markers)
+    alleles = 1 + (rng.random((n_individuals, n_markers, 2)) < freq[None, :, None])
+    genotypes = Genotypes(
+        np.sort(alleles, axis=-1).astype(np.uint8),
+        np.array([f"i{i}" for i in range(n_individuals)]),
+        markers,
+        2,
+    )
+    config = PerceiverConfig(
+        n_alleles=2, ploidy=2, n_markers=n_markers, n_chroms=n_chroms, **overrides
+    )
+    model = MaskedMarkerModel(config, markers.relative_pos(), markers.chrom)
+    train_config = TrainConfig()
+    task = MaskedMarkerTask(genotypes, genotypes.allele_frequencies(), MaskedConfig())
+    optimizer = make_optimizer(model, train_config)
+    model.train()
+
+    def step(i: int) -> None:
+        rows = np.arange(n_individuals)[(i * batch) % n_individuals :][:batch]
+        generator = torch.Generator().manual_seed(i)
+        loss, _ = task.loss(model, rows, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+        optimizer.step()
+
+    rss_built = peak_rss_gb()
+    step(0)  # warm-up: allocator, optimizer state
+    times = []
+    for i in range(1, steps + 1):
+        t0 = time.perf_counter()
+        step(i)
+        times.append(time.perf_counter() - t0)
+    rss_steps = peak_rss_gb()
+    counter = flop_counter()
+    with counter:
+        step(steps + 1)
+    flops = counter.get_total_flops()
+    median = statistics.median(times)
+    return {
+        "markers": n_markers,
+        "batch": batch,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "rss_import_gb": rss_import,
+        "rss_built_gb": rss_built,
+        "rss_peak_gb": rss_steps,
+        "step_s": median,
+        "step_times": times,
+        "flops": flops,
+        "flops_per_s": flops / median,
+        "matmul_flops_per_s": matmul_flops(),
+        "threads": torch.get_num_threads(),
+        "load": (load_start + os.getloadavg()[0]) / 2,
+        "config": config.to_dict(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="10000,50000,100000,500000")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (median)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a PerceiverConfig field, e.g. chunk_size=4096",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (default: torch's choice, one per core)",
+    )
+    parser.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        default=16,
+        help="address-space limit of each child (0: none); a size that "
+        "needs more fails with an out-of-memory error instead of "
+        "waking the kernel's OOM killer",
+    )
+    parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = parse_value(value)
+
+    if args.child:
+        print(
+            json.dumps(
+                child(
+                    args.child,
+                    args.batch,
+                    args.steps,
+                    overrides,
+                    args.threads,
+                    args.memory_limit_gb,
+                )
+            )
+        )
+        return
+
+    rows = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(size),
+            "--batch",
+            str(args.batch),
+            "--steps",
+            str(args.steps),
+            "--threads",
+            str(args.threads),
+            "--memory-limit-gb",
+            str(args.memory_limit_gb),
+        ]
+        for item in args.set:
+            command += ["--set", item]
+        t0 = time.perf_counter()
+        run = subprocess.run(command, capture_output=True, text=True, check=False)
+        if run.returncode:
+            last = (run.stderr.strip().splitlines() or ["?"])[-1]
+            print(f"{size} markers failed ({run.returncode}): {last}", file=sys.stderr)
+            rows.append({"markers": size, "error": last[:200]})
+            continue
+        result = json.loads(run.stdout.strip().splitlines()[-1])
+        result["process_s"] = time.perf_counter() - t0
+        rows.append(result)
+        print(f"{size} markers done in {result['process_s']:.0f} s", file=sys.stderr)
+
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=1)
+    threads = next((r["threads"] for r in rows if "threads" in r), "?")
+    print(
+        f"batch {args.batch}, median of {args.steps} steps after one warm-up;"
+        f" torch threads {threads}; overrides: {overrides or 'none'};"
+        " load = mean of the 1-min load average at start and end of each child"
+    )
+    print()
+    print(
+        "| markers | peak RSS | RSS before 1st step | step time | GFLOP / step "
+        "| train GFLOP/s | matmul GFLOP/s | share of matmul | load |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['markers']:,} | failed: {r['error']} |" + " |" * 7)
+            continue
+        print(
+            f"| {r['markers']:,} | {r['rss_peak_gb']:.2f} GB"
+            f" | {r['rss_built_gb']:.2f} GB"
+            f" | {r['step_s']:.2f} s | {r['flops'] / 1e9:.1f}"
+            f" | {r['flops_per_s'] / 1e9:.1f} | {r['matmul_flops_per_s'] / 1e9:.1f}"
+            f" | {r['flops_per_s'] / r['matmul_flops_per_s']:.0%} | {r['load']:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
