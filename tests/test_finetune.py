@@ -200,11 +200,29 @@ def test_finetune__from_pretrained_with_frozen_head_phase(sim, tmp_path):
     members = finetune(
         sim.phenotypes, g, tmp_path / "ft", params, pretrained=tmp_path / "pre"
     )
-    assert len(members) == 2
-    assert (tmp_path / "ft" / "member-0" / "phase1" / "metrics.csv").exists()
+    assert len(members) == 2 * 2  # two seeds x one model per block
+    assert (tmp_path / "ft" / "member-0-block-1" / "phase1" / "metrics.csv").exists()
     table = prediction_table(load_predictor(tmp_path / "ft", g), g)
     assert {"name", "block", "prediction", "sd"} <= set(table.columns)
     assert len(table) == g.n_individuals * 2
+    assert table["prediction"].notna().all() and (table["sd"] > 0).all()
+
+
+def test_finetune__separate_blocks_train_each_block_on_its_records_only(sim, tmp_path):
+    """A block's model never sees another block's responses: scrambling block 1
+    leaves block 0's predictions unchanged."""
+    params = {**SMALL, "epochs": 2}
+    finetune(sim.phenotypes, sim.genotypes, tmp_path / "a", params)
+    scrambled = sim.phenotypes.table.copy()
+    in_block_1 = scrambled["block"] == 1
+    scrambled.loc[in_block_1, "response"] = scrambled.loc[
+        in_block_1, "response"
+    ].to_numpy()[::-1]
+    finetune(Phenotypes(scrambled, "sim"), sim.genotypes, tmp_path / "b", params)
+    a = load_predictor(tmp_path / "a").predict(sim.genotypes)
+    b = load_predictor(tmp_path / "b").predict(sim.genotypes)
+    np.testing.assert_array_equal(a[:, 0], b[:, 0])
+    assert not np.allclose(a[:, 1], b[:, 1])
 
 
 def test_cli__seed_style_finetune_writes_predictions(sim, tmp_path):
@@ -215,7 +233,8 @@ def test_cli__seed_style_finetune_writes_predictions(sim, tmp_path):
     write_markers(g, tmp_path / "m.tsv")
     write_phenotypes(sim.phenotypes, tmp_path / "p.tsv")
     (tmp_path / "params.json").write_text(
-        '{"width": 16, "n_latents": 8, "epochs": 2, "progress": false}'
+        '{"width": 16, "n_latents": 8, "epochs": 2, "progress": false, '
+        '"separate_blocks": false}'
     )
     code = seed_finetune(
         [

@@ -56,6 +56,11 @@ class FinetuneSettings:
         0.3  # phase-2 LR relative to lr: protects pretrained weights
     )
     ensemble: int = 1  # models with seeds seed, seed+1, ... averaged
+    # one model per block instead of one joint model (chosen by inner validation
+    # loss on wheat, BENCHMARKS.md): environments with opposite
+    # responses (wheat block 0 vs 2, r = -0.19) then cannot pull shared features
+    # and a shared early-stopping point apart; costs one training per block
+    separate_blocks: bool = True
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -97,6 +102,18 @@ def _records_split(
     records = Records.from_table(phenotypes.table, genotypes, n_blocks)
     fit, held = split_individuals(len(records.rows), val_fraction, seed)
     return records.subset(fit), (records.subset(held) if len(held) else None)
+
+
+def _only_block(records: Records | None, block: int | None) -> Records | None:
+    """Records with every other block blanked out (None: keep all)."""
+    if records is None or block is None:
+        return records
+    keep = np.zeros(records.response.shape[1], dtype=bool)
+    keep[block] = True
+    present = records.weight[:, block] > 0
+    response = np.where(keep, records.response, np.nan)[present]
+    weight = np.where(keep, records.weight, 0.0)[present]
+    return Records(records.rows[present], response, weight)
 
 
 def _freeze(model: PhenotypeModel, trainable: set[str]) -> None:
@@ -218,33 +235,36 @@ def finetune(
         else Scaling.identity(phenotypes.n_blocks)
     )
     out = Path(out)
-    members = []
+    trained_blocks = np.flatnonzero(train.weight.sum(0) > 0).tolist()
+    groups = trained_blocks if settings.separate_blocks else [None]
+    members, layout = [], []
     for k in range(settings.ensemble):
         member_cfg = TrainConfig(**{**asdict(train_cfg), "seed": train_cfg.seed + k})
-        torch.manual_seed(member_cfg.seed)
-        model = PhenotypeModel(
-            model_cfg,
-            head_cfg,
-            genotypes.markers.relative_pos(),
-            genotypes.markers.chrom,
-        )
-        if pretrained_state is not None:
-            model.load_state_dict(pretrained_state, strict=False)
-        _train_member(
-            model,
-            genotypes,
-            train,
-            val,
-            settings,
-            member_cfg,
-            scaling,
-            out / f"member-{k}",
-            pretrained_state is not None,
-        )
-        save_model(
-            out / f"member-{k}", model.eval(), {"task": TASK_NAME}, genotypes.markers
-        )
-        members.append(model)
+        for block in groups:
+            name = f"member-{k}" + ("" if block is None else f"-block-{block}")
+            torch.manual_seed(member_cfg.seed)
+            model = PhenotypeModel(
+                model_cfg,
+                head_cfg,
+                genotypes.markers.relative_pos(),
+                genotypes.markers.chrom,
+            )
+            if pretrained_state is not None:
+                model.load_state_dict(pretrained_state, strict=False)
+            _train_member(
+                model,
+                genotypes,
+                _only_block(train, block),
+                _only_block(val, block),
+                settings,
+                member_cfg,
+                scaling,
+                out / name,
+                pretrained_state is not None,
+            )
+            save_model(out / name, model.eval(), {"task": TASK_NAME}, genotypes.markers)
+            members.append(model)
+            layout.append({"dir": name, "seed_index": k, "block": block})
     write_json(
         {
             "task": TASK_NAME,
@@ -254,7 +274,7 @@ def finetune(
             "train": asdict(train_cfg),
             "finetune": asdict(settings),
             "scaling": {"mean": scaling.mean.tolist(), "sd": scaling.sd.tolist()},
-            "members": settings.ensemble,
+            "members": layout,
             "pretrained": None if pretrained is None else str(pretrained),
             "validation": f"cv == {cv}"
             if cv is not None
@@ -269,9 +289,14 @@ def finetune(
 
 @dataclass
 class Predictor:
-    """A finetuned ensemble ready to predict."""
+    """A finetuned ensemble ready to predict.
+
+    ``layout[i]`` says which ensemble seed member ``i`` belongs to and which block it
+    predicts (None: every block).
+    """
 
     members: list[PhenotypeModel]
+    layout: list[dict]
     objective: str
     scaling: Scaling
 
@@ -279,28 +304,35 @@ class Predictor:
     def predict(
         self, genotypes: Genotypes, rows=None, batch_size: int = 64
     ) -> np.ndarray:
-        """Predictions (N, E, members) for genotype ``rows`` (default: all)."""
+        """Predictions (N, E, K) for genotype ``rows`` (default: all); K seeds.
+
+        Blocks that no member predicts are NaN.
+        """
         rows = np.arange(genotypes.n_individuals) if rows is None else np.asarray(rows)
         marker_idx = torch.arange(genotypes.n_markers)
-        out = []
-        for model in self.members:
+        n_seeds = 1 + max(entry["seed_index"] for entry in self.layout)
+        n_blocks = self.members[0].head_config.n_blocks
+        out = np.full((len(rows), n_blocks, n_seeds), np.nan)
+        for model, entry in zip(self.members, self.layout, strict=True):
             model.eval()
-            parts = []
-            for i in range(0, len(rows), batch_size):
-                alleles = torch.from_numpy(
-                    genotypes.alleles[rows[i : i + batch_size]].astype(np.int64)
+            parts = [
+                predictions(
+                    self.objective,
+                    model(
+                        torch.from_numpy(
+                            genotypes.alleles[rows[i : i + batch_size]].astype(np.int64)
+                        ),
+                        marker_idx,
+                    ),
+                    model,
+                    self.scaling,
                 )
-                parts.append(
-                    predictions(
-                        self.objective, model(alleles, marker_idx), model, self.scaling
-                    )
-                )
-            out.append(
-                np.concatenate(parts)
-                if parts
-                else np.zeros((0, model.head_config.n_blocks))
-            )
-        return np.stack(out, -1)
+                for i in range(0, len(rows), batch_size)
+            ]
+            values = np.concatenate(parts) if parts else np.zeros((0, n_blocks))
+            columns = slice(None) if entry["block"] is None else entry["block"]
+            out[:, columns, entry["seed_index"]] = values[:, columns]
+        return out
 
 
 def load_predictor(
@@ -322,15 +354,17 @@ def load_predictor(
     head_cfg = HeadConfig(**config["head"])
     members = [
         load_weights(
-            directory / f"member-{k}",
+            directory / entry["dir"],
             PhenotypeModel(model_cfg, head_cfg, markers.relative_pos(), markers.chrom),
         )
-        for k in range(config["members"])
+        for entry in config["members"]
     ]
     scaling = Scaling(
         np.array(config["scaling"]["mean"]), np.array(config["scaling"]["sd"])
     )
-    return Predictor(members, config["finetune"]["objective"], scaling)
+    return Predictor(
+        members, config["members"], config["finetune"]["objective"], scaling
+    )
 
 
 def prediction_table(
