@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gperceiver.nn.attention import init_weights
-from gperceiver.nn.embeddings import MarkerEmbedding
-from gperceiver.nn.perceiver import PerceiverConfig, PerceiverEncoder
+from gperceiver.nn.perceiver import PerceiverConfig, PerceiverEncoder, marker_embedding
 
 HEADS = ("latent", "pool")
 
@@ -54,16 +53,7 @@ class PhenotypeModel(nn.Module):
     ):
         super().__init__()
         c, self.config, self.head_config = config, config, head
-        self.embed = MarkerEmbedding(
-            c.n_alleles,
-            c.width,
-            relative_pos,
-            marker_chrom,
-            n_chroms=c.n_chroms,
-            n_fourier=c.n_fourier,
-            learned_marker_embedding=c.learned_marker_embedding,
-            marker_allele_embedding=c.marker_allele_embedding,
-        )
+        self.embed = marker_embedding(config, relative_pos, marker_chrom)
         self.encoder = PerceiverEncoder(config)
         e, d, k = head.n_blocks, c.width, head.n_outputs
         # Attention averages over many markers, so the part of the latents that

@@ -137,6 +137,22 @@ class PerceiverConfig:
         return cls(**values)
 
 
+def marker_embedding(
+    config: PerceiverConfig, relative_pos, marker_chrom
+) -> MarkerEmbedding:
+    """The :class:`MarkerEmbedding` a config describes, for marker map (M,) arrays."""
+    return MarkerEmbedding(
+        config.n_alleles,
+        config.width,
+        relative_pos,
+        marker_chrom,
+        n_chroms=config.n_chroms,
+        n_fourier=config.n_fourier,
+        learned_marker_embedding=config.learned_marker_embedding,
+        marker_allele_embedding=config.marker_allele_embedding,
+    )
+
+
 class EncoderIteration(nn.Module):
     """One read of the tokens: cross-attention block, then self-attention blocks."""
 
@@ -235,16 +251,7 @@ class MaskedMarkerModel(nn.Module):
         super().__init__()
         c = config
         self.config = config
-        self.embed = MarkerEmbedding(
-            c.n_alleles,
-            c.width,
-            relative_pos,
-            marker_chrom,
-            n_chroms=c.n_chroms,
-            n_fourier=c.n_fourier,
-            learned_marker_embedding=c.learned_marker_embedding,
-            marker_allele_embedding=c.marker_allele_embedding,
-        )
+        self.embed = marker_embedding(config, relative_pos, marker_chrom)
         if len(self.embed.relative_pos) != c.n_markers:
             raise ValueError(
                 f"marker map has {len(self.embed.relative_pos)} markers, "
