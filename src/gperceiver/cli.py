@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import io
+from .data import natural_key
 from .io import InputError, InputWarning
 
 EXIT_INPUT, EXIT_INTERRUPTED = 1, 130
@@ -230,7 +231,7 @@ def cmd_simulate(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from .evaluate import NOTES, cross_validate, format_accuracy
-    from .report import evaluation_report, read_learning_curves
+    from .report import evaluation_report
 
     genotypes = read_genotypes(args)
     phenotypes = read_phenotypes_for(args, genotypes)
@@ -245,12 +246,7 @@ def cmd_evaluate(args) -> None:
     io.write_table(predictions, out / "predictions.tsv")
     io.write_table(accuracy, out / "accuracy.tsv", float_format="%.4f")
     evaluation_report(
-        out,
-        predictions,
-        accuracy,
-        NOTES,
-        read_learning_curves(out / "models"),
-        importance,
+        out, predictions, accuracy, NOTES, first_fold_curves(out / "models"), importance
     )
     print(f"Pearson r per block, pooled over {accuracy['fold'].nunique() - 1} folds:")
     print(format_accuracy(accuracy))
@@ -258,6 +254,18 @@ def cmd_evaluate(args) -> None:
         if method in NOTES:
             print(f"note: {method}: {NOTES[method]}")
     print(f"wrote {out}/predictions.tsv, accuracy.tsv, report.html and plots")
+
+
+def first_fold_curves(models_dir: Path) -> dict:
+    """Learning curves of each neural method's first fold (one panel per model)."""
+    from .report import read_learning_curves
+
+    curves = {}
+    for method_dir in sorted(p for p in models_dir.glob("*") if p.is_dir()):
+        folds = sorted(method_dir.glob("fold-*"), key=lambda p: natural_key(p.name))
+        for name, frame in (read_learning_curves(folds[0]) if folds else {}).items():
+            curves[f"{method_dir.name} {folds[0].name} {name}"] = frame
+    return curves
 
 
 def fold_importance(models_dir: Path, genotypes, methods):

@@ -79,7 +79,7 @@ class FinetuneSettings:
 # finetuning defaults differ from pretraining: fewer individuals, more regularisation
 FINETUNE_DEFAULTS = {
     "epochs": 60,
-    "patience": 10,
+    "patience": 6,
     "batch_size": 32,
     "lr": 3e-4,
     "weight_decay": 0.05,
