@@ -89,8 +89,13 @@ def write_vcf(genotypes: Genotypes, path, source: str = "gperceiver") -> None:
     columns = ["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT"]
     header.append("\t".join(columns + [str(s) for s in genotypes.names]))
 
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with atomic_path(path) as tmp, opener(tmp, "wt", newline="\n") as out:
+    gz = str(path).endswith(".gz")
+    with (
+        atomic_path(path) as tmp,
+        gzip.open(tmp, "wt", compresslevel=6, newline="\n")
+        if gz
+        else open(tmp, "w", newline="\n") as out,
+    ):
         out.write("\n".join(header) + "\n")
         block = 2048  # markers per write: bounds the string table in memory
         for start in range(0, genotypes.n_markers, block):
