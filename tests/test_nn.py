@@ -7,6 +7,7 @@ import torch
 from gperceiver.data import MISSING, MarkerMap
 from gperceiver.nn import (
     CrossAttention,
+    LocalAttention,
     MarkerEmbedding,
     MaskedMarkerModel,
     PerceiverConfig,
@@ -311,3 +312,23 @@ def test_masked_marker_model__raises_on_wrong_ploidy():
     model = tiny_model(ploidy=2)
     with pytest.raises(ValueError, match="ploidy 4"):
         model.encode(random_alleles((1, 60), 4, 2), torch.arange(60))
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_local_attention__target_chunks_match_one_pass(checkpoint):
+    torch.manual_seed(0)
+    whole = LocalAttention(W, 2, window=3, target_chunk=1000)
+    chunked = LocalAttention(W, 2, window=3, target_chunk=4, checkpoint=checkpoint)
+    chunked.load_state_dict(whole.state_dict())
+    gen = torch.Generator().manual_seed(2)
+    tokens = torch.randn(2, 20, W, generator=gen, requires_grad=True)
+    queries = torch.randn(2, 9, W, generator=gen)
+    centers = torch.randint(0, 20, (2, 9), generator=gen)
+    outs = []
+    for layer in (whole, chunked):
+        out = layer(queries, tokens, centers)
+        (out * torch.linspace(-1, 1, W)).sum().backward()
+        outs.append((out.detach(), tokens.grad.clone()))
+        tokens.grad = None
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    torch.testing.assert_close(outs[0][1], outs[1][1])

@@ -249,15 +249,26 @@ class LocalAttention(nn.Module):
 
     Queries (B, T, D) sit at ``centers`` (B, T), positions in the token sequence
     (B, S, D); the centre token itself is skipped. Keys carry a learned embedding of
-    their offset, so the query knows which neighbour is adjacent. Memory is
-    ``B * T * 2 * window * D``: linear in targets, independent of S.
+    their offset, so the query knows which neighbour is adjacent. Targets are
+    processed ``target_chunk`` at a time (recomputed in backward when
+    ``checkpoint``), so besides the projected tokens (B, S, 2D) memory is
+    ``B * target_chunk * 2 * window * D``, whatever the number of targets.
     """
 
-    def __init__(self, width: int, heads: int, window: int, dropout: float = 0.0):
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        window: int,
+        dropout: float = 0.0,
+        target_chunk: int = 2048,
+        checkpoint: bool = False,
+    ):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by {heads} heads")
         self.heads, self.window = heads, window
+        self.target_chunk, self.checkpoint = target_chunk, checkpoint
         self.norm_q = nn.LayerNorm(width)
         self.norm_kv = nn.LayerNorm(width)
         self.to_q = nn.Linear(width, width)
@@ -269,17 +280,29 @@ class LocalAttention(nn.Module):
         self.register_buffer("offsets", offsets, persistent=False)  # (W,)
 
     def forward(self, queries: Tensor, tokens: Tensor, centers: Tensor) -> Tensor:
+        kv = self.to_kv(self.norm_kv(tokens))  # (B, S, 2D), projected once
+        parts = []
+        for start in range(0, queries.shape[1], self.target_chunk):
+            part = slice(start, start + self.target_chunk)
+            args = (queries[:, part], kv, centers[:, part])
+            if self.checkpoint and torch.is_grad_enabled():
+                parts.append(checkpoint(self._attend, *args, use_reentrant=False))
+            else:
+                parts.append(self._attend(*args))
+        return torch.cat(parts, dim=1)
+
+    def _attend(self, queries: Tensor, kv: Tensor, centers: Tensor) -> Tensor:
+        """One chunk of targets: queries (B, T', D), centres (B, T')."""
         b, t, d = queries.shape
-        s, h = tokens.shape[1], self.heads
-        positions = centers[..., None] + self.offsets  # (B, T, W)
+        s, h = kv.shape[1], self.heads
+        positions = centers[..., None] + self.offsets  # (B, T', W)
         inside = (positions >= 0) & (positions < s)
-        kv = self.to_kv(self.norm_kv(tokens))  # (B, S, 2D)
-        rows = torch.arange(b, device=tokens.device)[:, None, None]
-        near = kv[rows, positions.clamp(0, s - 1)]  # (B, T, W, 2D), row gathers
+        rows = torch.arange(b, device=kv.device)[:, None, None]
+        near = kv[rows, positions.clamp(0, s - 1)]  # (B, T', W, 2D), row gathers
         k, v = near.chunk(2, dim=-1)
-        k = (k + self.offset.weight).unflatten(-1, (h, d // h))  # (B, T, W, H, D/H)
+        k = (k + self.offset.weight).unflatten(-1, (h, d // h))  # (B, T', W, H, D/H)
         v = v.unflatten(-1, (h, d // h))
-        q = self.to_q(self.norm_q(queries)).unflatten(-1, (h, d // h))  # (B, T, H, D/H)
+        q = self.to_q(self.norm_q(queries)).unflatten(-1, (h, d // h))
         # a few dozen keys per query: plain einsum beats many tiny SDPA calls
         scores = torch.einsum("bthc,btwhc->bthw", q, k) * (d // h) ** -0.5
         scores = scores.masked_fill(~inside[:, :, None, :], -torch.inf)

@@ -261,7 +261,13 @@ class MaskedMarkerModel(nn.Module):
         # each decoder layer reads the target's neighbouring tokens, then the L
         # latents (no chunking needed: L is small; latent-side heads)
         self.local = nn.ModuleList(
-            LocalAttention(c.width, c.self_heads, c.decoder_window, c.dropout)
+            LocalAttention(
+                c.width,
+                c.self_heads,
+                c.decoder_window,
+                c.dropout,
+                checkpoint=c.checkpoint_attention,
+            )
             for _ in range(c.decoder_layers if c.decoder_window else 0)
         )
         self.decoder = nn.ModuleList(
@@ -316,6 +322,8 @@ class MaskedMarkerModel(nn.Module):
         return logits.unflatten(-1, (self.config.n_alleles, self.config.ploidy + 1))
 
     def _run(self, layer, *args):
+        """Run ``layer``, recomputing it in backward when checkpointing: its projected
+        tokens (B, M, 2D) then exist only while it runs."""
         if self.config.checkpoint_attention and torch.is_grad_enabled():
             return checkpoint(layer, *args, use_reentrant=False)
         return layer(*args)
