@@ -4,16 +4,16 @@ Simulates an msprime panel (default 1,000 diploids x 20,000 SNPs on 4 chromosome
 of 100 Mb at 1 cM/Mb, i.e. 1 Morgan each, Ne = 100), hides 10 % of the genotypes
 (whole genotypes, seeded) and scores every method on exactly those entries:
 concordance (share recovered exactly) and allelic r^2 (squared Pearson
-correlation of true and imputed allele-2 dosage, hard calls, pooled over the
-hidden entries of a bin) overall and by minor-allele-frequency bin (MAF of the
-true, complete genotypes).
+correlation of true and imputed allele-2 dosage, hard calls, both centred at the
+marker's mean observed dosage, pooled over the hidden entries of a bin) overall
+and by minor-allele-frequency bin (MAF of the true, complete genotypes).
 
 Every method's result is cached in ``WORKDIR/results/<label>.npz``; the table
 covers all cached results, so extra runs (other options) just add rows::
 
     python benchmarks/imputation.py --workdir /tmp/bench
     python benchmarks/imputation.py --workdir /tmp/bench --methods gperceiver \\
-        --label gperceiver-fast --gperceiver-args "--epochs 3"
+        --label gperceiver-fast --gperceiver-args="--epochs 3"
     python benchmarks/imputation.py --workdir /tmp/bench --methods none  # table only
 
 Needs ``beagle`` (Debian package ``beagle``, Beagle 5) on PATH for that method.
@@ -411,7 +411,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--knn-k", type=int, default=10)
     parser.add_argument("--beagle-args", default="", help="extra key=value arguments")
-    parser.add_argument("--gperceiver-args", default="", help="extra impute options")
+    parser.add_argument(
+        "--gperceiver-args",
+        default="",
+        help='extra impute options; write --gperceiver-args="--epochs 3" (with =)',
+    )
     args = parser.parse_args()
 
     work = Path(args.workdir)
