@@ -87,7 +87,9 @@ class PerceiverConfig:
     # neighbouring input tokens (each side) a decoder query reads besides the
     # latents: linkage is local, and a bottleneck of L latents cannot carry every
     # haplotype, so imputation needs this short-range path; 0 switches it off.
-    decoder_window: int = 16
+    # None (auto): 16 up to 100k markers, off above, where its projected tokens
+    # (B, M, 2D) would break the 8 GB budget at 500k markers (BENCHMARKS.md).
+    decoder_window: int | None = None
     # residual dropout; phenotyped sets are small, so a little regularisation.
     dropout: float = 0.1
     # markers per cross-attention chunk; scores then take O(L * chunk) memory.
@@ -101,6 +103,8 @@ class PerceiverConfig:
     def __post_init__(self):
         if self.marker_allele_embedding is None:
             self.marker_allele_embedding = self.n_markers <= 50_000
+        if self.decoder_window is None:
+            self.decoder_window = 16 if self.n_markers <= 100_000 else 0
         for name in _POSITIVE:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
