@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from gperceiver.cli import main
+from gperceiver.cli import main, seed_finetune
 from gperceiver.data import Phenotypes
 from gperceiver.evaluate import cross_validate, pearson
 from gperceiver.finetuning import finetune, load_predictor, prediction_table
@@ -226,8 +226,6 @@ def test_finetune__separate_blocks_train_each_block_on_its_records_only(sim, tmp
 
 
 def test_cli__seed_style_finetune_writes_predictions(sim, tmp_path):
-    from gperceiver.cli import seed_finetune
-
     g = sim.genotypes
     write_chroms(g.markers, tmp_path / "c.tsv")
     write_markers(g, tmp_path / "m.tsv")

@@ -7,12 +7,19 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from gperceiver.checkpoint import load_tensors
 from gperceiver.data import Genotypes, MarkerMap, allele_decoder
-from gperceiver.io import InputError, read_markers, write_chroms, write_markers
+from gperceiver.io import (
+    InputError,
+    read_chroms,
+    read_markers,
+    write_chroms,
+    write_markers,
+)
 from gperceiver.pretraining import impute, load_masked_model, pretrain
 from gperceiver.simulate import SimulationConfig, simulate
 from gperceiver.tasks.masked import (
@@ -87,21 +94,19 @@ def test_masked_task__masks_targets_with_mask_id(population):
     assert (masked[untouched] == original[untouched]).all()
 
 
-def test_pretrain__loss_falls_and_beats_frequency_guess(population, tmp_path):
-    model = pretrain(
+def test_pretrain__loss_falls(population, tmp_path):
+    pretrain(
         population,
         tmp_path / "m",
         TINY,
         {"epochs": 25, "lr": 3e-3, "patience": 100, "seed": 0},
     )
-    import pandas as pd
-
     metrics = pd.read_csv(tmp_path / "m" / "metrics.csv")
     assert (
         metrics["train_loss"].iloc[-3:].mean()
         < metrics["train_loss"].iloc[:3].mean() - 0.05
     )
-    assert model is not None
+    assert metrics["val_loss"].iloc[-3:].mean() < metrics["val_loss"].iloc[:3].mean()
 
 
 def test_save_load__identical_outputs(population, tmp_path):
@@ -123,10 +128,9 @@ def test_load_masked_model__raises_on_other_marker_map(population, tmp_path):
         load_masked_model(tmp_path / "m", other)
 
 
-def test_impute__fills_every_missing_copy_consistently(population):
-    model, _ = None, None
+def test_impute__fills_every_missing_copy_consistently(population, tmp_path):
     model = pretrain(
-        population, "/tmp/unused-impute-model", TINY, {"max_steps": 5}, resume=False
+        population, tmp_path / "m", TINY, {"max_steps": 5}, resume=False
     ).eval()
     result = impute(model, population, progress=False)
     filled = result.genotypes.alleles
@@ -189,7 +193,6 @@ typed = {"epochs": 4, "batch_size": 8, "checkpoint_every": 3, "eval_every": 5, "
 if float(delay):
     import time
     from gperceiver import train
-    step = train.Trainer.fit
     original = train.torch.nn.utils.clip_grad_norm_
     def slow(*a, **k):
         time.sleep(float(delay))
@@ -235,8 +238,6 @@ def test_read_markers__imputed_output_round_trips(population, tmp_path):
     result = impute(model, population, progress=False)
     write_chroms(population.markers, tmp_path / "c.tsv")
     write_markers(result.genotypes, tmp_path / "out.tsv")
-    from gperceiver.io import read_chroms
-
     again = read_markers(tmp_path / "out.tsv", read_chroms(tmp_path / "c.tsv"))
     assert (again.alleles == result.genotypes.alleles).all()
 
