@@ -277,8 +277,8 @@ def main() -> None:
             print(f"| {r['markers']:,} | failed: {r['error']} |" + " |" * 7)
             continue
         print(
-            f"| {r['markers']:,} | {r['rss_peak_gb']:.2f} GB"
-            f" | {r['rss_built_gb']:.2f} GB"
+            f"| {r['markers']:,} | {r['rss_peak_gb']:.2f} GiB"
+            f" | {r['rss_built_gb']:.2f} GiB"
             f" | {r['step_s']:.2f} s | {r['flops'] / 1e9:.1f}"
             f" | {r['flops_per_s'] / 1e9:.1f} | {r['matmul_flops_per_s'] / 1e9:.1f}"
             f" | {r['flops_per_s'] / r['matmul_flops_per_s']:.0%} | {r['load']:.1f} |"
