@@ -120,9 +120,13 @@ def child(
         chrom, [f"m{i}" for i in range(n_markers)], np.arange(n_markers) * 1000.0 + 1
     )
     freq = rng.uniform(0.05, 0.5, n_markers)
-    alleles = 1 + (rng.random((n_individuals, n_markers, 2)) < freq[None, :, None])
+    # uint8 from the start: float64 / int64 temporaries would inflate the peak RSS
+    alleles = np.empty((n_individuals, n_markers, 2), dtype=np.uint8)
+    for i in range(n_individuals):
+        draws = rng.random((n_markers, 2), dtype=np.float32) < freq[:, None]
+        alleles[i] = 1 + draws
     genotypes = Genotypes(
-        np.sort(alleles, axis=-1).astype(np.uint8),
+        np.sort(alleles, axis=-1),
         np.array([f"i{i}" for i in range(n_individuals)]),
         markers,
         2,
