@@ -15,6 +15,10 @@ covers all cached results, so extra runs (other options) just add rows::
     python benchmarks/imputation.py --workdir /tmp/bench --methods gperceiver \\
         --label gperceiver-fast --gperceiver-args="--epochs 3"
     python benchmarks/imputation.py --workdir /tmp/bench --methods none  # table only
+    # a trained model's calls with the target-sampling prior divided out
+    python benchmarks/imputation.py --workdir /tmp/bench \\
+        --methods gperceiver-corrected --label gperceiver-fast-corrected \\
+        --model /tmp/bench/gperceiver-fast/imputed.tsv.model
 
 Needs ``beagle`` (Debian package ``beagle``, Beagle 5) on PATH for that method.
 """
@@ -44,7 +48,8 @@ from gperceiver.simulate import SimulationConfig, simulate
 
 MAF_BINS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5]
 ALL_METHODS = ["mode", "knn", "beagle", "gperceiver"]
-ORDER = {"mode": 0, "knn": 1, "beagle": 2, "gperceiver": 3}
+# also "gperceiver-corrected" (needs --model): not part of the default list
+ORDER = {"mode": 0, "knn": 1, "beagle": 2, "gperceiver": 3, "gperceiver-corrected": 3}
 
 
 # -- data ------------------------------------------------------------------------------
@@ -280,6 +285,44 @@ def impute_gperceiver(masked: Genotypes, workdir: Path, label: str, extra: list[
     return dosage(imputed.alleles), seconds, command
 
 
+def impute_corrected(masked: Genotypes, workdir: Path, label: str, model: str):
+    """Calls of a pretrained model with its target-sampling prior divided out.
+
+    Training draws targets with weight prod over copies of (1 - p)^s
+    (``frequency_scaler`` s), so the decoder's genotype probabilities carry that
+    prior; here each is divided by its weight before the argmax. Frequencies come
+    from the masked file. Runs ``gperceiver impute --model`` with probabilities out.
+    """
+    import pandas as pd
+
+    out_dir = workdir / label
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = workdir / "data"
+    exe = Path(sys.executable).with_name("gperceiver")
+    command = [
+        str(exe), "impute", str(data / "chroms.tsv"), str(data / "markers.tsv"),
+        "--model", model, "--output-format", "probabilities",
+        "--out", str(out_dir / "probabilities.tsv"),
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    with open(out_dir / "log.txt", "w") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - t0
+    scaler = json.loads((Path(model) / "config.json").read_text())["masked"][
+        "frequency_scaler"
+    ]
+    table = pd.read_csv(out_dir / "probabilities.tsv", sep="\t")
+    rows = pd.Index(masked.names).get_indexer(table["name"])
+    cols = pd.Index(masked.markers.names).get_indexer(table["marker"])
+    probs = table[["1/1", "1/2", "2/2"]].to_numpy()
+    log_w = scaler * np.log(np.clip(1 - masked.allele_frequencies(), 1e-6, None))
+    prior = np.stack([2 * log_w[:, 0], log_w.sum(1), 2 * log_w[:, 1]], axis=1)
+    calls = (np.log(np.maximum(probs, 1e-6)) - prior[cols]).argmax(1)
+    imputed = dosage(masked.alleles)
+    imputed[rows, cols] = calls
+    return imputed, seconds, command
+
+
 # -- scoring ---------------------------------------------------------------------------
 def score(
     truth_d: np.ndarray, imputed: np.ndarray, hidden: np.ndarray, observed_d: np.ndarray
@@ -410,6 +453,9 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--knn-k", type=int, default=10)
+    parser.add_argument(
+        "--model", help="pretrained model directory for gperceiver-corrected"
+    )
     parser.add_argument("--beagle-args", default="", help="extra key=value arguments")
     parser.add_argument(
         "--gperceiver-args",
@@ -446,6 +492,11 @@ def main() -> None:
                 masked, work, label, shlex.split(args.gperceiver_args)
             )
             command = shlex.join(cmd)
+        elif method == "gperceiver-corrected":
+            if not args.model:
+                raise SystemExit("gperceiver-corrected needs --model DIR")
+            imputed, seconds, cmd = impute_corrected(masked, work, label, args.model)
+            command = shlex.join(cmd) + " + prior correction"
         else:
             raise SystemExit(f"unknown method {method!r}")
         info = {
