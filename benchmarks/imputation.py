@@ -31,6 +31,7 @@ import gzip
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -240,7 +241,8 @@ def impute_beagle(
     masked: Genotypes, workdir: Path, label: str, extra: list[str]
 ) -> tuple:
     """Run Beagle on the masked VCF; returns imputed dosages and the command."""
-    prefix = workdir / "beagle" / label
+    # Beagle splits its arguments at spaces: keep them out of the output prefix
+    prefix = workdir / "beagle" / re.sub(r"[^\w.=-]+", "_", label)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     command = [
         "beagle",
