@@ -49,15 +49,15 @@ def sim():
     return simulate(config)
 
 
-def model_for(genotypes, head, n_blocks=3):
+def model_for(genotypes, head, n_blocks=3, additive=False):
+    """A small model; without the additive path, so that the network is tested."""
     torch.manual_seed(0)
     config = PerceiverConfig(
         **data_sizes(genotypes), width=16, n_latents=8, dropout=0.0
     )
     markers = genotypes.markers
-    return PhenotypeModel(
-        config, HeadConfig(n_blocks, head=head), markers.relative_pos(), markers.chrom
-    )
+    head_config = HeadConfig(n_blocks, head=head, additive=additive)
+    return PhenotypeModel(config, head_config, markers.relative_pos(), markers.chrom)
 
 
 @pytest.mark.parametrize("head", ["latent", "pool"])
@@ -80,6 +80,38 @@ def test_phenotype_model__rows_never_mix(sim, head):
     # blocks differ and rows differ: outputs really are per row and per block
     assert (batch[:, 0] - batch[:, 1]).abs().max() > 0
     assert batch[:, 0].std() > 0
+
+
+def test_additive_path__starts_as_gblup_marker_effects():
+    """A fresh model with its additive path set predicts exactly the GBLUP marker
+    model (tetraploid, 3 alleles, missing copies), row by row, per block."""
+    data = simulate(
+        SimulationConfig(
+            n_individuals=60,
+            n_markers=80,
+            ploidy=4,
+            n_alleles=3,
+            n_qtl=20,
+            missing_rate=0.1,
+            n_environments=2,
+            seed=5,
+        )
+    )
+    g = data.genotypes
+    model = model_for(g, "pool", n_blocks=2, additive=True).eval()
+    rng = np.random.default_rng(0)
+    frequencies = g.allele_frequencies()
+    expected = []
+    for block in range(2):
+        effects = rng.normal(size=(g.n_markers, g.n_alleles))
+        model.additive.set_block(block, 0.5 * block, effects, frequencies, g.ploidy)
+        z = g.dosages(frequencies) - g.ploidy * frequencies
+        expected.append(0.5 * block + np.einsum("nma,ma->n", z, effects))
+    with torch.no_grad():
+        out = model(
+            torch.from_numpy(g.alleles.astype(np.int64)), torch.arange(g.n_markers)
+        )
+    assert np.allclose(out[..., 0].numpy(), np.stack(expected, 1), atol=1e-3)
 
 
 def test_ranking_loss__compares_within_block_only():
@@ -196,7 +228,13 @@ def test_predict__equals_predictions_inside_evaluate(sim, tmp_path):
 def test_finetune__from_pretrained_with_frozen_head_phase(sim, tmp_path):
     g = sim.genotypes
     pretrain(g, tmp_path / "pre", SMALL, {"max_steps": 3})
-    params = {"epochs": 2, "head_epochs": 2, "progress": False, "ensemble": 2}
+    params = {
+        "epochs": 2,
+        "head_epochs": 2,
+        "progress": False,
+        "ensemble": 2,
+        "additive": False,  # the networks alone, so that the seeds differ
+    }
     members = finetune(
         sim.phenotypes, g, tmp_path / "ft", params, pretrained=tmp_path / "pre"
     )

@@ -146,6 +146,25 @@ def test_impute__fills_every_missing_copy_consistently(population, tmp_path):
     assert np.allclose(result.probabilities.sum(1), 1, atol=1e-5)
 
 
+def test_impute__divides_out_the_target_sampling_prior(population, tmp_path):
+    """With frequency_scaler s the call probabilities are the raw decoder's times
+    prod_copies (1 - p)^-s, renormalised over the genotypes that fit the observed
+    copies: rare genotypes lose the weight that target sampling gave them."""
+    model = pretrain(population, tmp_path / "m", TINY, {"max_steps": 3}).eval()
+    raw = impute(model, population, progress=False)
+    corrected = impute(model, population, progress=False, frequency_scaler=0.5)
+    p = population.allele_frequencies()[raw.loci]  # (K, A)
+    weight = np.exp(0.5 * np.log(1 - p) @ raw.complete.T)  # (K, G)
+    expected = raw.probabilities / weight
+    expected /= expected.sum(1, keepdims=True)
+    assert np.allclose(corrected.probabilities, expected, atol=1e-4)
+    common = weight.argmin(1)  # the genotype made of the most frequent alleles
+    rows = np.arange(len(common))
+    assert (
+        corrected.probabilities[rows, common] >= raw.probabilities[rows, common] - 1e-6
+    ).all()
+
+
 def test_impute__learns_ld_better_than_frequency(tmp_path):
     """Hidden genotypes of a simulated population are recovered above the
     per-marker most-frequent-genotype baseline."""

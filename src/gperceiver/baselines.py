@@ -64,25 +64,30 @@ def genomic_relationship(
            [ 0.,  1., -1.],
            [-1., -1.,  2.]])
     """
-    if frequencies is None:
-        frequencies = genotypes.allele_frequencies()
-    n, m = genotypes.n_individuals, genotypes.n_markers
-    ploidy = genotypes.ploidy
-    numerator = np.zeros((n, n), dtype=np.float64)
+    numerator = np.zeros((genotypes.n_individuals,) * 2, dtype=np.float64)
     denominator = 0.0
-    for start in range(0, m, chunk):
-        index = np.arange(start, min(start + chunk, m))
-        p = frequencies[index]  # (c, A)
-        dosage = genotypes.subset(markers=index).dosages(p).astype(np.float64)
-        z = (dosage - ploidy * p[None]).reshape(n, -1)  # (N, c * A)
-        variance = ploidy * p * (1.0 - p)
+    for z, variance in _centred_dosages(genotypes, frequencies, chunk):
         keep = variance.ravel() > 0
-        z = z[:, keep]
+        z = z.reshape(len(z), -1)[:, keep]
         numerator += z @ z.T
         denominator += variance.ravel()[keep].sum()
     if denominator == 0:
         raise ValueError("no polymorphic marker: the relationship matrix is undefined")
     return numerator / denominator
+
+
+def _centred_dosages(genotypes: Genotypes, frequencies: np.ndarray | None, chunk: int):
+    """Chunks over markers: centred dosages ``(N, c, A)`` float64 (missing copies
+    mean-imputed, so they centre to 0) and allele variances ``P p (1 - p)`` ``(c, A)``.
+    """
+    if frequencies is None:
+        frequencies = genotypes.allele_frequencies()
+    ploidy = genotypes.ploidy
+    for start in range(0, genotypes.n_markers, chunk):
+        index = np.arange(start, min(start + chunk, genotypes.n_markers))
+        p = frequencies[index]  # (c, A)
+        dosage = genotypes.subset(markers=index).dosages(p).astype(np.float64)
+        yield dosage - ploidy * p[None], ploidy * p * (1.0 - p)
 
 
 def gaussian_kernel(relationship: np.ndarray, bandwidth: float) -> np.ndarray:
@@ -140,6 +145,7 @@ class MixedModelFit:
     beta: np.ndarray  # (p,)
     blup: np.ndarray  # (N,)
     log_likelihood: float
+    weights: np.ndarray  # (n,) H^-1 (y - X b): blup = K[:, records] @ weights
 
 
 @dataclass(frozen=True)
@@ -345,6 +351,7 @@ def reml(
         beta=beta,
         blup=kernel_records @ p_y,
         log_likelihood=loglik,
+        weights=p_y,
     )
 
 
@@ -405,6 +412,49 @@ class GBLUP:
     def predict(self, names) -> np.ndarray:
         """Intercept plus BLUP for each name, ``(len(names),)`` float64."""
         return self.fit_.beta[0] + self.fit_.blup[self.kernel_.index_of(names)]
+
+
+@dataclass(frozen=True)
+class AdditiveFit:
+    """GBLUP written as allele effects, to predict any genotype.
+
+    ``prediction = intercept + sum_{m,a} (dosage_ma - P p_ma) effects_ma`` with
+    missing copies mean-imputed; equals GBLUP's BLUP for every individual whose
+    relationships are computed with the same ``frequencies``.
+    """
+
+    intercept: float
+    effects: np.ndarray  # (M, A) per allele copy
+    frequencies: np.ndarray  # (M, A) centring
+    h2: float
+
+
+def additive_effects(
+    genotypes: Genotypes,
+    y: np.ndarray,
+    frequencies: np.ndarray | None = None,
+    chunk: int = 4096,
+) -> AdditiveFit:
+    """REML GBLUP on the individuals of ``genotypes`` (one response each, ``(N,)``),
+    returned as allele effects.
+
+    With centred dosages ``Z`` and ``G = Z Z' / c``, the BLUP of a new individual
+    is ``z' Z' H^-1 (y - X b) / c``, so ``effects = Z' H^-1 (y - X b) / c``. Memory
+    is ``O(N^2 + N * chunk * A)``.
+    """
+    if frequencies is None:
+        frequencies = genotypes.allele_frequencies()
+    y = np.asarray(y, dtype=np.float64)
+    relationship = genomic_relationship(genotypes, frequencies, chunk)
+    fit = reml(y, relationship, np.arange(genotypes.n_individuals))
+    denominator = float((genotypes.ploidy * frequencies * (1 - frequencies)).sum())
+    effects = np.concatenate(
+        [
+            np.einsum("n,nca->ca", fit.weights, z) / denominator
+            for z, _ in _centred_dosages(genotypes, frequencies, chunk)
+        ]
+    )
+    return AdditiveFit(float(fit.beta[0]), effects, frequencies, fit.h2)
 
 
 class RKHS(GBLUP):

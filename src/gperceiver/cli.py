@@ -309,18 +309,21 @@ def cmd_impute(args) -> None:
     from .pretraining import impute, load_masked_model, pretrain
 
     genotypes = read_genotypes(args)
-    if args.model:
-        model, _ = load_masked_model(args.model, genotypes, args.markers)
-    else:
+    model_dir = args.model
+    if not model_dir:
         model_dir = Path(args.out).with_name(Path(args.out).name + ".model")
         print(
             f"no --model: pretraining on {args.markers} first (model in {model_dir})",
             file=sys.stderr,
         )
-        model = pretrain(
-            genotypes, model_dir, file_params(args), typed_options(args)
-        ).eval()
-    result = impute(model, genotypes, progress=getattr(args, "progress", True))
+        pretrain(genotypes, model_dir, file_params(args), typed_options(args))
+    model, config = load_masked_model(model_dir, genotypes, args.markers)
+    result = impute(
+        model,
+        genotypes,
+        progress=getattr(args, "progress", True),
+        frequency_scaler=config["masked"]["frequency_scaler"],
+    )
     write_imputation(result, args)
     print(
         f"imputed {len(result.rows)} genotypes of "

@@ -190,8 +190,10 @@ def cross_validate(
     methods: list[str],
     progress: bool = True,
     options: dict | None = None,
+    folds: list[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Each ``cv`` value is the validation fold once; train on all other rows.
+    """Each ``cv`` value (or each of ``folds``) is the validation fold once; train
+    on all other rows.
 
     ``options`` seeds the methods' shared cache: ``params`` / ``typed`` (neural
     hyper-parameters), ``workdir`` (where neural models are kept).
@@ -219,8 +221,11 @@ def cross_validate(
         :func:`accuracy_table` of ``predictions``.
     """
     _check(phenotypes, genotypes, methods)
+    unknown = set(folds or []) - set(phenotypes.folds())
+    if unknown:
+        raise ValueError(f"folds {sorted(unknown)} are not values of the cv column")
     predictions = _run(
-        phenotypes, genotypes, methods, phenotypes.folds(), progress, options
+        phenotypes, genotypes, methods, folds or phenotypes.folds(), progress, options
     )
     return predictions, accuracy_table(predictions)
 

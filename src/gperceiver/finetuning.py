@@ -7,13 +7,14 @@ explicit choice; ``evaluate`` never does this, it splits the training folds).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .baselines import additive_effects
 from .checkpoint import (
     FORMAT_VERSION,
     check_markers,
@@ -141,10 +142,48 @@ def encoder_features(
     return torch.cat(parts)
 
 
+def fit_additive(
+    model: PhenotypeModel, genotypes: Genotypes, records: Records, scaling, frequencies
+) -> None:
+    """Set the model's additive path: per block, REML GBLUP on the individuals with
+    a record (their mean response, scaled), as allele effects."""
+    for block in np.flatnonzero(records.weight.sum(0) > 0):
+        seen = records.weight[:, block] > 0
+        y = (records.response[seen, block] - scaling.mean[block]) / scaling.sd[block]
+        fit = additive_effects(
+            genotypes.subset(individuals=records.rows[seen]), y, frequencies
+        )
+        model.additive.set_block(
+            block, fit.intercept, fit.effects, frequencies, genotypes.ploidy
+        )
+
+
+@torch.no_grad()
+def additive_offsets(
+    model: PhenotypeModel, genotypes: Genotypes, rows: np.ndarray, batch_size=256
+) -> torch.Tensor:
+    """The additive path's outputs (N, E) for genotype ``rows``."""
+    marker_idx = torch.arange(genotypes.n_markers)
+    return torch.cat(
+        [
+            model.additive(
+                torch.from_numpy(genotypes.alleles[rows[i : i + batch_size]]).long(),
+                marker_idx,
+            )
+            for i in range(0, len(rows), batch_size)
+        ]
+    )
+
+
 def _train_member(
     model, genotypes, train, val, settings, train_cfg, scaling, directory, pretrained
 ):
-    """Train one model in place (two phases when pretrained)."""
+    """Train one model in place (two phases when pretrained).
+
+    With an additive path, GBLUP is fitted on the training records first (the
+    network then learns what it misses, stopped early on ``val``) and refitted on
+    training and validation records at the end.
+    """
     val_rows = None if val is None else np.arange(len(val.rows))
     both = (
         train
@@ -157,30 +196,36 @@ def _train_member(
     )
     fit_rows = np.arange(len(train.rows))
     shifted_val = None if val is None else val_rows + len(train.rows)
+    offset = None
+    if model.additive is not None:
+        frequencies = genotypes.allele_frequencies(both.rows)
+        fit_additive(model, genotypes, train, scaling, frequencies)
+        offset = additive_offsets(model, genotypes, both.rows)
     if pretrained:
         _freeze(model, set())
         features = None
         if model.head_config.head == "pool":
             features = encoder_features(model, genotypes, both.rows)
-        task = PhenotypeTask(genotypes, both, settings.objective, scaling, features)
+        task = PhenotypeTask(
+            genotypes, both, settings.objective, scaling, features, offset
+        )
         phase1 = TrainConfig(
             **{**asdict(train_cfg), "epochs": settings.head_epochs, "max_steps": None}
         )
         Trainer(model, task, phase1, directory / "phase1").fit(fit_rows, shifted_val)
-        if not settings.unfreeze:
-            model.eval()
-            with torch.no_grad():
-                task.evaluate(model, fit_rows[:1], train_rows=fit_rows)
-            return
-        _freeze(model, set(settings.unfreeze.split(",")))
-        train_cfg = TrainConfig(
-            **{**asdict(train_cfg), "lr": train_cfg.lr * settings.unfreeze_lr_scale}
-        )
-    task = PhenotypeTask(genotypes, both, settings.objective, scaling)
-    Trainer(model, task, train_cfg, directory / "train").fit(fit_rows, shifted_val)
+        if settings.unfreeze:
+            _freeze(model, set(settings.unfreeze.split(",")))
+            train_cfg = TrainConfig(
+                **{**asdict(train_cfg), "lr": train_cfg.lr * settings.unfreeze_lr_scale}
+            )
+    if not pretrained or settings.unfreeze:
+        task = PhenotypeTask(genotypes, both, settings.objective, scaling, None, offset)
+        Trainer(model, task, train_cfg, directory / "train").fit(fit_rows, shifted_val)
     model.eval()
     with torch.no_grad():
         task.evaluate(model, fit_rows[:1], train_rows=fit_rows)  # final calibration
+    if model.additive is not None and val is not None:
+        fit_additive(model, genotypes, both, scaling, frequencies)
 
 
 def finetune(
@@ -226,6 +271,8 @@ def finetune(
         params,
         {**typed, **sizes, **head_sizes},
     )
+    if settings.objective not in ("mse", "huber"):
+        head_cfg = replace(head_cfg, additive=False)  # GBLUP is a regression
     train, val = _records_split(
         phenotypes, genotypes, cv, settings.val_fraction, train_cfg.seed
     )

@@ -138,14 +138,23 @@ def impute(
     batch_size: int = 16,
     max_targets: int = 4096,
     progress: bool = True,
+    frequency_scaler: float = 0.0,
 ) -> Imputation:
     """Fill every locus with a missing copy by its most probable genotype.
 
     Loci with a missing copy are fed as masked and decoded; the chosen genotype is
     the most probable one that contains the copies that were observed.
+
+    A model pretrained with ``frequency_scaler`` s > 0 saw target loci drawn with
+    weight ``prod_copies (1 - p)^s``, so its decoder learned genotype probabilities
+    tilted towards rare alleles; that weight is divided out here (with the allele
+    frequencies of ``genotypes``), which turns them back into p(genotype | data).
     """
     a, p = genotypes.n_alleles, genotypes.ploidy
     complete = complete_genotypes(p, a)  # (G, A)
+    log_rest = torch.from_numpy(
+        np.log(np.clip(1.0 - genotypes.allele_frequencies(), 1e-6, None))
+    ).float()  # (M, A)
     filled = genotypes.alleles.copy()
     out_rows, out_loci, out_probs = [], [], []
     marker_idx = torch.arange(genotypes.n_markers)
@@ -167,6 +176,9 @@ def impute(
                     latents[b : b + 1], tokens[b : b + 1], marker_idx, chunk
                 )[0]
                 log_p = genotype_log_probs(logits, complete)  # (T, G)
+                if frequency_scaler:
+                    prior = log_rest[chunk] @ complete.T.float()  # (T, G)
+                    log_p = log_p - frequency_scaler * prior
                 # genotypes must contain every observed copy
                 fits = (complete[None] >= observed[b, chunk][:, None]).all(-1)  # (T, G)
                 log_p = log_p.masked_fill(~fits, -torch.inf).log_softmax(-1)

@@ -191,6 +191,12 @@ class Trainer:
             tmp.write_text(buffer.getvalue())
 
     # -- the loop ----------------------------------------------------------------------
+    def _validate(self, val_rows: np.ndarray, train_rows: np.ndarray) -> dict:
+        self.model.eval()
+        with torch.no_grad():
+            metrics = self.task.evaluate(self.model, val_rows, train_rows=train_rows)
+        return {f"val_{k}": v for k, v in metrics.items()}
+
     def fit(self, train_rows: np.ndarray, val_rows: np.ndarray | None) -> TrainResult:
         config, model = self.config, self.model
         batch = min(config.batch_size, len(train_rows))
@@ -212,6 +218,13 @@ class Trainer:
         if restored is not None:
             state, best_weights = restored
         history = state["history"]
+        validating = val_rows is not None and len(val_rows) > 0
+        if restored is None and validating:
+            # the starting point competes too: a model that only gets worse on the
+            # validation set is returned unchanged (e.g. a head initialised at GBLUP)
+            initial = self._validate(val_rows, train_rows)
+            history.append({"step": 0, "epoch": 0.0, **initial, "seconds": 0.0})
+            state["best_loss"] = initial["val_loss"]
 
         bar = tqdm(
             total=total,
@@ -259,17 +272,8 @@ class Trainer:
                     }
                 )
                 running = []
-                if val_rows is not None and len(val_rows):
-                    model.eval()
-                    with torch.no_grad():
-                        row.update(
-                            {
-                                f"val_{k}": v
-                                for k, v in self.task.evaluate(
-                                    model, val_rows, train_rows=train_rows
-                                ).items()
-                            }
-                        )
+                if validating:
+                    row.update(self._validate(val_rows, train_rows))
                     monitored = row["val_loss"]
                 else:
                     monitored = row["train_loss"]

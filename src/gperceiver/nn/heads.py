@@ -28,6 +28,10 @@ class HeadConfig:
     head: str = "pool"
     head_hidden: int = 64  # hidden width of the pool head's MLP
     head_dropout: float = 0.1
+    # regression only: an exact additive marker model (GBLUP by REML on the
+    # training individuals, as allele effects) beside the network, which starts at
+    # zero and learns what the additive model misses
+    additive: bool = True
 
     def __post_init__(self):
         if self.head not in HEADS:
@@ -37,6 +41,39 @@ class HeadConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class MarkerEffects(nn.Module):
+    """A fixed additive marker model per block: ``(B, M', P)`` allele ids -> ``(B, E)``.
+
+    ``table[m, a, e]`` is the effect of one copy of allele id ``a`` at marker ``m``
+    in block ``e``; id 0 (missing) holds the frequency-weighted mean effect (mean
+    imputation). Output: ``offset[e] + sum over markers and copies of the table``.
+    Buffers, not parameters: set from a REML fit, saved with the model.
+    """
+
+    def __init__(self, n_markers: int, n_ids: int, n_blocks: int):
+        super().__init__()
+        self.register_buffer("table", torch.zeros(n_markers, n_ids, n_blocks))
+        self.register_buffer("offset", torch.zeros(n_blocks))
+
+    @torch.no_grad()
+    def set_block(self, block: int, intercept, effects, frequencies, ploidy) -> None:
+        """Block ``block`` predicts ``intercept + sum (dosage - P p) * effects``
+        (``effects``, ``frequencies``: ``(M, A)`` arrays)."""
+        effects = torch.as_tensor(effects, dtype=torch.float64)
+        mean = (torch.as_tensor(frequencies, dtype=torch.float64) * effects).sum(1)
+        self.table[:, 0, block] = mean.float()
+        self.table[:, 1 : effects.shape[1] + 1, block] = effects.float()
+        self.offset[block] = float(intercept - ploidy * mean.sum())
+
+    def forward(self, alleles: Tensor, marker_idx: Tensor, chunk: int = 65536):
+        out = self.offset.expand(alleles.shape[0], -1).clone()
+        for start in range(0, alleles.shape[1], chunk):
+            ids = alleles[:, start : start + chunk]
+            rows = marker_idx[start : start + chunk][None, :, None]
+            out += self.table[rows, ids].sum((1, 2))
+        return out
 
 
 class PhenotypeModel(nn.Module):
@@ -81,6 +118,12 @@ class PhenotypeModel(nn.Module):
         self.readout.apply(init_weights)
         if head.head == "pool":
             init_weights(self.block_embed)
+        self.additive = None
+        if head.additive:
+            self.additive = MarkerEffects(c.n_markers, c.n_alleles + 1, e)
+            final = self.readout[-1]  # the network starts as "no correction"
+            nn.init.zeros_(final.weight)
+            nn.init.zeros_(final.bias)
 
     def new_parameters(self) -> list[nn.Parameter]:
         """Parameters that pretraining does not provide (trained first when frozen)."""
@@ -127,7 +170,10 @@ class PhenotypeModel(nn.Module):
         self.norm.running_var.copy_(flat.var(0, unbiased=True))
 
     def forward(self, alleles: Tensor, marker_idx: Tensor) -> Tensor:
-        return self.head(self.features(alleles, marker_idx))
+        out = self.head(self.features(alleles, marker_idx))
+        if self.additive is not None:
+            out = out + self.additive(alleles, marker_idx)[..., None]
+        return out
 
     def thresholds(self) -> Tensor:
         """Ordinal cut points (E, C - 1), increasing along the last axis."""

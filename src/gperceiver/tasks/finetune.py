@@ -183,6 +183,7 @@ class PhenotypeTask:
         objective: str,
         scaling: Scaling,
         features: Tensor | None = None,
+        offset: Tensor | None = None,
     ):
         self.genotypes, self.records, self.objective, self.scaling = (
             genotypes,
@@ -196,9 +197,8 @@ class PhenotypeTask:
         self.y = torch.from_numpy(np.nan_to_num(y, nan=np.nan)).float()
         self.w = torch.from_numpy(records.weight).float()
         self.marker_idx = torch.arange(genotypes.n_markers)
-        self.features = (
-            features  # cached encoder features per record row (frozen encoder)
-        )
+        self.features = features  # (N, ...) per record row, from a frozen encoder
+        self.offset = offset  # (N, E) the model's fixed additive part per record row
 
     def _features(self, model, rows: np.ndarray, batch_size: int = 64) -> Tensor:
         if self.features is not None:
@@ -210,8 +210,12 @@ class PhenotypeTask:
             parts.append(model.features(alleles, self.marker_idx))
         return torch.cat(parts)
 
-    def loss(self, model, rows: np.ndarray, generator=None) -> tuple[Tensor, dict]:
+    def _outputs(self, model, rows: np.ndarray) -> Tensor:
         out = model.head(self._features(model, rows))
+        return out if self.offset is None else out + self.offset[rows][..., None]
+
+    def loss(self, model, rows: np.ndarray, generator=None) -> tuple[Tensor, dict]:
+        out = self._outputs(model, rows)
         return objective_loss(
             self.objective, out, self.y[rows], self.w[rows], model
         ), {}
@@ -222,6 +226,6 @@ class PhenotypeTask:
         """Validation loss, after calibrating the head's normalisation."""
         if train_rows is not None:
             model.calibrate(self._features(model, train_rows))
-        out = model.head(self._features(model, rows))
+        out = self._outputs(model, rows)
         loss = objective_loss(self.objective, out, self.y[rows], self.w[rows], model)
         return {"loss": float(loss)}
