@@ -262,3 +262,13 @@ def test_additive_effects_predict_new_individuals_exactly_as_gblup():
     held = g.index_of(table.loc[~train, "name"])
     assert np.allclose(direct[held], gblup.predict(g.names[held]), atol=1e-6)
     assert abs(fit.h2 - gblup.fit_.h2) < 1e-9
+
+
+def test_reml_leave_one_out_residuals_equal_refits_without_the_record(tiny_mixed_model):
+    y, k, individuals, x = tiny_mixed_model
+    fit = reml(y, k, individuals, x)
+    for i in (0, 3, len(y) - 1):
+        keep = np.arange(len(y)) != i
+        refit = reml(y[keep], k, individuals[keep], x[keep], delta=fit.delta)
+        predicted = x[i] @ refit.beta + refit.blup[individuals[i]]
+        assert np.isclose(fit.loo_residuals[i], y[i] - predicted, atol=1e-8)

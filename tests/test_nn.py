@@ -117,17 +117,34 @@ def test_cross_attention__fully_masked_row_gets_no_update(chunk_size):
     assert out.isfinite().all()
 
 
+@pytest.mark.parametrize("checkpoint", [False, True])
 @pytest.mark.parametrize("chunk_size", [None, 7])
-def test_cross_attention__cached_kv_matches_recomputed(chunk_size):
-    layer = CrossAttention(W, 2, chunk_size=chunk_size)
+def test_cross_attention__cached_kv_matches_recomputed(chunk_size, checkpoint):
+    """Outputs and gradients (queries, tokens, every weight) with a K/V cache used
+    by two calls equal those of two calls that project the tokens themselves;
+    with checkpointing the cache holds no graph and backward recomputes K/V."""
+    torch.manual_seed(0)
+    layer = CrossAttention(W, 2, chunk_size=chunk_size, checkpoint=checkpoint)
     queries, tokens = torch.randn(2, 5, W), torch.randn(2, 30, W)
     valid = torch.rand(2, 30) > 0.2
-    kv = layer.project_kv(tokens)
-    torch.testing.assert_close(
-        layer(queries, mask=valid, kv=kv), layer(queries, tokens, valid)
-    )
-    with pytest.raises(ValueError, match="exactly one"):
-        layer(queries, tokens, kv=kv)
+    weights = torch.linspace(-1, 1, W)
+
+    def run(cached):
+        q, x = queries.clone().requires_grad_(), tokens.clone().requires_grad_()
+        kv = layer.project_kv(x) if cached else None
+        if cached and checkpoint:
+            assert all(not k.requires_grad for k, _ in kv)
+        out = layer(layer(q, x, valid, kv), x, valid, kv)
+        (out * weights).sum().backward()
+        got = out.detach(), grads(q, x, *layer.parameters())
+        layer.zero_grad()
+        return got
+
+    out, expected = run(cached=False)
+    cached_out, cached_grads = run(cached=True)
+    torch.testing.assert_close(cached_out, out)
+    for got, want in zip(cached_grads, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("share_weights", ["all", "after_first", "none"])
@@ -138,7 +155,13 @@ def test_perceiver_encoder__projects_shared_kv_once(share_weights):
     tokens = torch.randn(2, 30, W)
     calls = []
     for iteration in encoder.iterations:
-        iteration.cross.attn.to_kv.register_forward_hook(lambda *_: calls.append(1))
+        attn = iteration.cross.attn
+
+        def counted(x, project=attn._kv):  # a spy: counts, then projects as before
+            calls.append(1)
+            return project(x)
+
+        attn._kv = counted
     latents = encoder(tokens)
     assert len(calls) == len(encoder.iterations) * 4  # 4 chunks, once per weight set
     # the same computation without any K/V cache

@@ -146,6 +146,8 @@ class MixedModelFit:
     blup: np.ndarray  # (N,)
     log_likelihood: float
     weights: np.ndarray  # (n,) H^-1 (y - X b): blup = K[:, records] @ weights
+    # (n,) y_i minus its prediction from a fit without record i (same delta)
+    loo_residuals: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -352,6 +354,9 @@ def reml(
         blup=kernel_records @ p_y,
         log_likelihood=loglik,
         weights=p_y,
+        # residual of record i = delta (P y)_i and its hat value 1 - delta P_ii, with
+        # P = U diag(1 / (lam + delta)) U' the REML projection
+        loo_residuals=p_y / ((spectrum.vectors**2) @ (1.0 / shifted)),
     )
 
 
@@ -427,6 +432,7 @@ class AdditiveFit:
     effects: np.ndarray  # (M, A) per allele copy
     frequencies: np.ndarray  # (M, A) centring
     h2: float
+    loo_predictions: np.ndarray  # (N,) of the fitted individuals, each left out
 
 
 def additive_effects(
@@ -454,7 +460,9 @@ def additive_effects(
             for z, _ in _centred_dosages(genotypes, frequencies, chunk)
         ]
     )
-    return AdditiveFit(float(fit.beta[0]), effects, frequencies, fit.h2)
+    return AdditiveFit(
+        float(fit.beta[0]), effects, frequencies, fit.h2, y - fit.loo_residuals
+    )
 
 
 class RKHS(GBLUP):

@@ -144,9 +144,14 @@ def encoder_features(
 
 def fit_additive(
     model: PhenotypeModel, genotypes: Genotypes, records: Records, scaling, frequencies
-) -> None:
+) -> np.ndarray:
     """Set the model's additive path: per block, REML GBLUP on the individuals with
-    a record (their mean response, scaled), as allele effects."""
+    a record (their mean response, scaled), as allele effects.
+
+    Returns the leave-one-out predictions (N, E) of the records (NaN where none):
+    what the additive path predicts for an individual it was not fitted on.
+    """
+    loo = np.full(records.response.shape, np.nan)
     for block in np.flatnonzero(records.weight.sum(0) > 0):
         seen = records.weight[:, block] > 0
         y = (records.response[seen, block] - scaling.mean[block]) / scaling.sd[block]
@@ -156,6 +161,8 @@ def fit_additive(
         model.additive.set_block(
             block, fit.intercept, fit.effects, frequencies, genotypes.ploidy
         )
+        loo[seen, block] = fit.loo_predictions
+    return loo
 
 
 @torch.no_grad()
@@ -180,8 +187,10 @@ def _train_member(
 ):
     """Train one model in place (two phases when pretrained).
 
-    With an additive path, GBLUP is fitted on the training records first (the
-    network then learns what it misses, stopped early on ``val``) and refitted on
+    With an additive path, GBLUP is fitted on the training records first and the
+    network learns what it misses *out of sample*: its targets are the residuals of
+    leave-one-out GBLUP predictions (in-sample GBLUP fits its own training records
+    far better than new ones). It stops early on ``val``; GBLUP is refitted on
     training and validation records at the end.
     """
     val_rows = None if val is None else np.arange(len(val.rows))
@@ -199,8 +208,12 @@ def _train_member(
     offset = None
     if model.additive is not None:
         frequencies = genotypes.allele_frequencies(both.rows)
-        fit_additive(model, genotypes, train, scaling, frequencies)
+        loo = fit_additive(model, genotypes, train, scaling, frequencies)
         offset = additive_offsets(model, genotypes, both.rows)
+        fitted = offset[: len(loo)]
+        fitted[:] = torch.where(
+            torch.from_numpy(np.isnan(loo)), fitted, torch.from_numpy(loo).float()
+        )
     if pretrained:
         _freeze(model, set())
         features = None

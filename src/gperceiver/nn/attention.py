@@ -153,44 +153,66 @@ class CrossAttention(nn.Module):
     def project_kv(self, tokens: Tensor) -> KeyValues:
         """Keys and values of tokens (B, M, D), chunk by chunk, for reuse.
 
-        Pass the result as ``kv`` to every call sharing these weights and tokens.
+        Pass the result as ``kv`` (with the same ``tokens``) to every call sharing
+        these weights and tokens. With ``checkpoint`` and gradients on, the cache
+        holds no autograd graph: each chunk's backward recomputes its keys and
+        values from the tokens, so the cache is freed after the forward pass
+        instead of living (with its gradients) until the end of backward.
         """
+        if self.checkpoint and torch.is_grad_enabled():
+            with torch.no_grad():
+                return [self._kv(x) for x in self._chunks(tokens, 1)]
         return [self._run(self._kv, x) for x in self._chunks(tokens, 1)]
 
     def forward(
         self,
         queries: Tensor,
-        tokens: Tensor | None = None,
+        tokens: Tensor,
         mask: Tensor | None = None,
         kv: KeyValues | None = None,
     ) -> Tensor:
-        """Updated queries (B, L, D).
+        """Updated queries (B, L, D) after reading tokens (B, M, D).
 
-        Give either ``tokens`` (B, M, D) or their ``kv = project_kv(tokens)``.
+        ``kv = project_kv(tokens)`` reuses keys and values computed once.
         ``mask`` (B, M) bool is True for tokens to attend to; a query row with no
         valid token gets no update.
         """
-        if (tokens is None) == (kv is None):
-            raise ValueError("give exactly one of tokens and kv")
         q = _split_heads(self.to_q(self.norm_q(queries)), self.heads)  # (B, H, L, D/H)
-        items = kv if kv is not None else [(x,) for x in self._chunks(tokens, 1)]
+        chunks = self._chunks(tokens, 1)
         if mask is None:
-            masks = [None] * len(items)
+            masks = [None] * len(chunks)
         else:
             masks = self._chunks(mask[:, None, None, :], -1)  # (B, 1, 1, C) each
-        whole = len(items) == 1
-        attend = _whole if whole else _partial
-        if kv is None:
-            attend = partial(self._projected, attend)
-        parts = [
-            self._run(attend, q, *item, m) for item, m in zip(items, masks, strict=True)
-        ]
-        attended = parts[0] if whole else _merge(parts)
+        if kv is not None and self.checkpoint and torch.is_grad_enabled():
+            params = [*self.norm_kv.parameters(), *self.to_kv.parameters()]
+            parts = [
+                _CachedChunk.apply(self, q, x, k.detach(), v.detach(), m, *params)
+                for x, (k, v), m in zip(chunks, kv, masks, strict=True)
+            ]
+            attended = _merge(parts)
+        else:
+            whole = len(chunks) == 1
+            attend = _whole if whole else _partial
+            items = kv if kv is not None else [(x,) for x in chunks]
+            if kv is None:
+                attend = partial(self._projected, attend)
+            parts = [
+                self._run(attend, q, *item, m)
+                for item, m in zip(items, masks, strict=True)
+            ]
+            attended = parts[0] if whole else _merge(parts)
         return queries + self.drop(self.out(_merge_heads(attended)))
 
     def _kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Tokens (B, C, D) -> keys, values (B, H, C, D / H)."""
-        k, v = self.to_kv(self.norm_kv(x)).chunk(2, dim=-1)
+        """Tokens (B, C, D) -> keys, values (B, H, C, D / H).
+
+        Functional calls rather than the submodules: :class:`_CachedChunk` runs
+        this inside backward, where module hooks (e.g. profilers') must not fire.
+        """
+        norm = self.norm_kv
+        shape = norm.normalized_shape
+        normed = F.layer_norm(x, shape, norm.weight, norm.bias, norm.eps)
+        k, v = F.linear(normed, self.to_kv.weight, self.to_kv.bias).chunk(2, dim=-1)
         return _split_heads(k, self.heads), _split_heads(v, self.heads)
 
     def _projected(self, attend, q: Tensor, x: Tensor, mask: Tensor | None):
@@ -204,6 +226,35 @@ class CrossAttention(nn.Module):
         if self.checkpoint and torch.is_grad_enabled():
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
+
+
+class _CachedChunk(torch.autograd.Function):
+    """``_partial`` attention of one chunk from cached keys and values.
+
+    Forward reads the cache (computed once, without a graph); backward
+    recomputes the chunk's keys and values from its tokens and differentiates
+    through them, so gradients reach the tokens and the K/V projection as if
+    the cache had been built with autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, layer, q, x, k, v, mask, *params):
+        ctx.layer, ctx.mask = layer, mask
+        ctx.save_for_backward(q, x)  # x is a view of the tokens: no copy
+        return _partial(q, k, v, mask)
+
+    @staticmethod
+    def backward(ctx, grad_num, grad_den, grad_shift):
+        q, x = ctx.saved_tensors
+        layer = ctx.layer
+        params = [*layer.norm_kv.parameters(), *layer.to_kv.parameters()]
+        with torch.enable_grad():
+            q, x = q.detach().requires_grad_(), x.detach().requires_grad_()
+            num, den, _ = _partial(q, *layer._kv(x), ctx.mask)
+            grads = torch.autograd.grad(
+                (num, den), (q, x, *params), (grad_num, grad_den)
+            )
+        return (None, grads[0], grads[1], None, None, None, *grads[2:])
 
 
 class CrossBlock(nn.Module):
@@ -225,7 +276,7 @@ class CrossBlock(nn.Module):
     def forward(
         self,
         queries: Tensor,
-        tokens: Tensor | None = None,
+        tokens: Tensor,
         mask: Tensor | None = None,
         kv: KeyValues | None = None,
     ) -> Tensor:

@@ -179,11 +179,11 @@ class EncoderIteration(nn.Module):
     def forward(
         self,
         latents: Tensor,
-        tokens: Tensor | None = None,
+        tokens: Tensor,
         mask: Tensor | None = None,
         kv: KeyValues | None = None,
     ) -> Tensor:
-        """Latents (B, L, D) after reading ``tokens`` or their cached ``kv``."""
+        """Latents (B, L, D) after reading ``tokens`` (through their cached ``kv``)."""
         latents = self.cross(latents, tokens, mask, kv)
         for block in self.selfs:
             latents = block(latents)
@@ -235,7 +235,7 @@ class PerceiverEncoder(nn.Module):
             if uses > 1
         }
         for i in self.schedule:
-            x = self.iterations[i](x, None if i in kv else tokens, mask, kv.get(i))
+            x = self.iterations[i](x, tokens, mask, kv.get(i))
         return self.norm(x)
 
 
