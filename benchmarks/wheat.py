@@ -14,10 +14,24 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from gperceiver.evaluate import cross_validate, pooled_table
 from gperceiver.io import match_phenotypes, read_chroms, read_markers, read_phenotypes
 
 WHEAT = Path(__file__).resolve().parents[1] / "src/gperceiver/datasets/wheat"
+
+
+def inner_validation_loss(workdir) -> float:
+    """Mean over the trained models of their best inner-validation loss (the
+    model-selection criterion: training folds only)."""
+    best = [
+        pd.read_csv(path)["val_loss"].min()
+        for path in sorted(Path(workdir).glob("**/metrics.csv"))
+        if path.parent.name in ("train", "phase1") and "pretrained" not in path.parts
+    ]
+    return float(np.mean(best)) if best else float("nan")
 
 
 def main() -> None:
@@ -51,7 +65,10 @@ def main() -> None:
     pooled = pooled_table(accuracy)
     print(pooled.round(3).to_string())
     print(f"{seconds:.0f} s")
+    inner = inner_validation_loss(args.workdir) if args.workdir else float("nan")
+    print(f"inner validation loss (mean over models of the best): {inner:.4f}")
     rows = pooled.reset_index().assign(
+        inner_val_loss=round(inner, 4),
         label=args.label,
         params=json.dumps(params),
         folds=args.folds or "all",
