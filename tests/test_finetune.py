@@ -234,6 +234,7 @@ def test_finetune__from_pretrained_with_frozen_head_phase(sim, tmp_path):
         "progress": False,
         "ensemble": 2,
         "additive": False,  # the networks alone, so that the seeds differ
+        "separate_blocks": True,
     }
     members = finetune(
         sim.phenotypes, g, tmp_path / "ft", params, pretrained=tmp_path / "pre"
@@ -249,7 +250,7 @@ def test_finetune__from_pretrained_with_frozen_head_phase(sim, tmp_path):
 def test_finetune__separate_blocks_train_each_block_on_its_records_only(sim, tmp_path):
     """A block's model never sees another block's responses: scrambling block 1
     leaves block 0's predictions unchanged."""
-    params = {**SMALL, "epochs": 2}
+    params = {**SMALL, "epochs": 2, "separate_blocks": True, "additive": False}
     finetune(sim.phenotypes, sim.genotypes, tmp_path / "a", params)
     scrambled = sim.phenotypes.table.copy()
     in_block_1 = scrambled["block"] == 1

@@ -152,11 +152,8 @@ def test_importance_and_learning_curve_plots(sim, model_dir, tmp_path):
         plot_marker_importance(importance[:-1], sim.genotypes.markers, path)
 
     curves = read_learning_curves(model_dir)
-    blocks = sorted(sim.phenotypes.table["block"].unique())
-    assert list(curves) == [
-        f"member-{k}-block-{b}/train" for k in range(2) for b in blocks
-    ]
-    assert {"epoch", "train_loss", "val_loss"} <= set(curves["member-0-block-0/train"])
+    assert list(curves) == [f"member-{k}/train" for k in range(2)]  # a joint model
+    assert {"epoch", "train_loss", "val_loss"} <= set(curves["member-0/train"])
     path = plot_learning_curves(curves, tmp_path / "curves.png")
     assert path.read_bytes().startswith(PNG)
 
