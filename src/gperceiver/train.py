@@ -80,6 +80,9 @@ class Task(Protocol):
         """Metrics (with ``loss``) on held-out ``rows``, deterministic, no grad;
         ``train_rows`` may calibrate statistics (never fit weights)."""
 
+    # optional: ``epoch_order(rows, rng)``, the visiting order of an epoch (default
+    # ``rng.permutation(rows)``); streamed data keep rows of one read together
+
 
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
     """Learning rate at optimiser step ``step`` (0-based)."""
@@ -224,7 +227,9 @@ class Trainer:
         while state["step"] < total and state["bad_evals"] < config.patience:
             step = state["step"]
             epoch, offset = divmod(step, steps_per_epoch)
-            order = np.random.default_rng([config.seed, epoch]).permutation(train_rows)
+            rng = np.random.default_rng([config.seed, epoch])
+            shuffle = getattr(self.task, "epoch_order", None)
+            order = shuffle(train_rows, rng) if shuffle else rng.permutation(train_rows)
             rows = order[offset * batch : (offset + 1) * batch]
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
             torch.manual_seed(config.seed * 1_000_003 + step)  # dropout

@@ -224,7 +224,11 @@ class StreamedAlleles:
         rows = np.atleast_1d(np.arange(self.shape[0])[rows])
         out = np.empty((len(rows),) + self.shape[1:], dtype=np.uint8)
         block_of = rows // self.block_samples
-        for b in dict.fromkeys(block_of.tolist()):  # blocks in order of appearance
+        blocks = list(dict.fromkeys(block_of.tolist()))
+        if self._cached is not None and self._cached[0] in blocks:
+            blocks.remove(self._cached[0])
+            blocks.insert(0, self._cached[0])  # the block in memory first
+        for b in blocks:
             sel = block_of == b
             out[sel] = self.block(b)[rows[sel] - b * self.block_samples]
         if scalar:
@@ -271,6 +275,8 @@ class ZarrGenotypes(Genotypes):
         """Shuffled ``rows``, each block of samples kept together, blocks shuffled."""
         size = self.alleles.block_samples
         blocks = np.unique(rows // size)
+        if len(blocks) <= 1:
+            return rng.permutation(rows)  # as in memory
         parts = [
             rng.permutation(rows[rows // size == b]) for b in rng.permutation(blocks)
         ]
