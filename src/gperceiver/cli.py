@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import io
+from . import distributed, io
 from .data import natural_key
 from .io import InputError, InputWarning
 
@@ -362,6 +362,8 @@ def cmd_finetune(args) -> None:
         pretrained=args.pretrained,
         cv=args.cv,
     )
+    if not distributed.is_main():
+        return  # rank 0 writes the predictions and the report
     predictor = load_predictor(args.out)
     table = prediction_table(predictor, genotypes, phenotypes.blocks)
     merged = table.merge(phenotypes.table, on=["name", "block"], how="left")
@@ -619,7 +621,9 @@ def run(parser: argparse.ArgumentParser, argv) -> int:
 
     warnings.showwarning = show
     try:
-        args.func(args)
+        # under torchrun: one process group; ranks > 0 write into a private tmp dir
+        with distributed.session(["out", "predictions"], args):
+            args.func(args)
     except InputError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return EXIT_INPUT
