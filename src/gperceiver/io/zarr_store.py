@@ -295,6 +295,16 @@ class ZarrGenotypes(Genotypes):
             counts += np.bincount(part.ravel(), minlength=m * k).reshape(m, k)
         return counts
 
+    # whole-matrix statistics load the store (GBLUP and friends need it all anyway)
+    def codes(self) -> np.ndarray:
+        return self.load().codes()
+
+    def dosages(self, frequencies=None, individuals=None) -> np.ndarray:
+        return self.load().dosages(frequencies, individuals)
+
+    def missing_rate(self) -> float:
+        return self.load().missing_rate()
+
     def load(self) -> Genotypes:
         """Every genotype in memory as plain :class:`Genotypes`."""
         alleles = self.alleles[:]
