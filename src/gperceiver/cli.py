@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import io
+from . import distributed, io
 from .data import natural_key
 from .io import InputError, InputWarning
 
@@ -41,12 +41,29 @@ def add_genotype_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def read_genotypes(args):
-    markers = io.read_chroms(args.chroms)
-    if args.dosage:
-        return io.read_dosages(args.markers, markers, ploidy=args.ploidy)
-    return io.read_markers(
-        args.markers, markers, ploidy=args.ploidy, n_alleles=args.n_alleles
+def read_genotypes(args, stream: bool = False):
+    """Genotypes of MARKERS: a table with its CHROMS, or a VCF/BCF, PLINK .bed or
+    VCF Zarr store (by extension; positions come from the file, CHROMS is not used).
+
+    ``stream``: a Zarr store is read block by block instead of loaded.
+    """
+    if io.genotype_format(args.markers) != "table":
+        if args.chroms:
+            warnings.warn(
+                f"{args.chroms}: ignored, {args.markers} carries its own positions",
+                InputWarning,
+                stacklevel=2,
+            )
+        return io.read_genotype_file(args.markers, stream=stream)
+    if not args.chroms:
+        raise InputError(
+            args.markers,
+            None,
+            "a markers table needs its chroms table",
+            "give CHROMS before MARKERS",
+        )
+    return io.read_table_genotypes(
+        args.markers, args.chroms, args.ploidy, args.n_alleles, args.dosage
     )
 
 
@@ -294,7 +311,7 @@ def cmd_gblup(args) -> None:
 def cmd_pretrain(args) -> None:
     from .pretraining import pretrain
 
-    genotypes = read_genotypes(args)
+    genotypes = read_genotypes(args, stream=True)
     pretrain(
         genotypes,
         args.out,
@@ -348,6 +365,8 @@ def cmd_finetune(args) -> None:
         pretrained=args.pretrained,
         cv=args.cv,
     )
+    if not distributed.is_main():
+        return  # rank 0 writes the predictions and the report
     predictor = load_predictor(args.out)
     table = prediction_table(predictor, genotypes, phenotypes.blocks)
     merged = table.merge(phenotypes.table, on=["name", "block"], how="left")
@@ -363,7 +382,7 @@ def cmd_finetune(args) -> None:
 def cmd_predict(args) -> None:
     from .finetuning import load_predictor, prediction_table
 
-    genotypes = read_genotypes(args)
+    genotypes = read_genotypes(args, stream=True)
     predictor = load_predictor(args.model, genotypes, args.markers)
     table = prediction_table(predictor, genotypes)
     if not args.uncertainty and "sd" in table:
@@ -373,6 +392,48 @@ def cmd_predict(args) -> None:
         f"predicted {genotypes.n_individuals} individuals x "
         f"{table['block'].nunique()} blocks -> {args.out}"
     )
+
+
+def cmd_convert(args) -> None:
+    source, target = io.genotype_format(args.input), io.genotype_format(args.output)
+    samples = read_lines(args.samples) if args.samples else None
+    sites = read_lines(args.sites) if args.sites else None
+    if target == "zarr" and source in ("vcf", "plink"):
+        n = io.stream_to_zarr(args.input, args.output, samples, args.region, sites)
+        print(f"converted {n} variants {args.input} -> {args.output}")
+        return
+    if source == "table":
+        if not args.chroms:
+            raise InputError(
+                args.input,
+                None,
+                "a markers table needs its chroms table",
+                "give --chroms",
+            )
+        genotypes = io.read_table_genotypes(
+            args.input, args.chroms, args.ploidy, args.n_alleles, args.dosage
+        )
+    else:
+        genotypes = io.read_genotype_file(args.input, samples, args.region, sites)
+    chroms_out = args.out_chroms or Path(args.output).with_suffix(".chroms.tsv")
+    try:
+        written = io.write_genotype_file(
+            genotypes, args.output, chroms_out, args.to_dosage
+        )
+    except ValueError as err:  # the target format cannot hold these genotypes
+        raise InputError(args.input, None, str(err), None) from None
+    print(
+        f"converted {genotypes.n_individuals} individuals x {genotypes.n_markers} "
+        f"markers (ploidy {genotypes.ploidy}, {genotypes.n_alleles} alleles) -> "
+        + ", ".join(map(str, written))
+    )
+
+
+def read_lines(path) -> list[str]:
+    """Non-empty stripped lines of a text file (sample or site names)."""
+    return [
+        line.strip() for line in Path(path).read_text().splitlines() if line.strip()
+    ]
 
 
 def write_imputation(result, args) -> None:
@@ -430,9 +491,41 @@ def build_parser() -> argparse.ArgumentParser:
     def inputs(p, phenos=True):
         if phenos:
             p.add_argument("phenos", help="phenotypes TSV: name, response, block[, cv]")
-        p.add_argument("chroms", help="chroms TSV: chr, marker, pos")
-        p.add_argument("markers", help="markers TSV: name + one column per marker")
+        p.add_argument(
+            "chroms",
+            nargs="?",
+            help="chroms TSV: chr, marker, pos (only with a markers table)",
+        )
+        p.add_argument(
+            "markers",
+            help="markers TSV (name + one column per marker), or a .vcf[.gz], .bcf, "
+            "PLINK .bed or .zarr store",
+        )
         add_genotype_options(p)
+
+    p = sub.add_parser(
+        "convert",
+        help="convert genotypes between VCF/BCF, PLINK, VCF Zarr and the tables",
+    )
+    p.add_argument(
+        "input", help=".vcf[.gz], .bcf, .bed (PLINK 1), .zarr, or a markers TSV"
+    )
+    p.add_argument("output", help="the same kinds of name; the format follows it")
+    p.add_argument("--chroms", help="chroms TSV of a markers-table input")
+    p.add_argument(
+        "--out-chroms",
+        help="chroms TSV written beside a table output (default OUTPUT.chroms.tsv)",
+    )
+    p.add_argument(
+        "--to-dosage",
+        action="store_true",
+        help="write a dosage table instead of allele-set codes",
+    )
+    p.add_argument("--samples", help="VCF input: file of sample names to keep")
+    p.add_argument("--sites", help="VCF input: file of marker IDs to keep")
+    p.add_argument("--region", help="VCF input: CHROM or CHROM:START-END")
+    add_genotype_options(p)
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("evaluate", help="cross-validate methods over the cv folds")
     inputs(p)
@@ -531,7 +624,9 @@ def run(parser: argparse.ArgumentParser, argv) -> int:
 
     warnings.showwarning = show
     try:
-        args.func(args)
+        # under torchrun: one process group; ranks > 0 write into a private tmp dir
+        with distributed.session(["out", "predictions"], args):
+            args.func(args)
     except InputError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return EXIT_INPUT

@@ -281,6 +281,13 @@ class Genotypes:
     def missing_rate(self) -> float:
         return float((self.alleles == MISSING).mean())
 
+    def epoch_order(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Order in which a training epoch visits ``rows`` (a shuffle).
+
+        Streamed genotypes override it to keep the rows of one read together.
+        """
+        return rng.permutation(rows)
+
 
 @dataclass
 class Phenotypes:

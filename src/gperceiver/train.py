@@ -4,6 +4,12 @@ early stopping on a validation set, checkpoints and exact resume.
 Determinism: the batch order of epoch ``e`` comes from ``(seed, e)`` and every step's
 randomness (target sampling, dropout) from ``(seed, step)``, so a run killed and
 resumed from its last checkpoint ends with the same weights as one never stopped.
+
+Under ``torchrun`` (see :mod:`gperceiver.distributed`) every rank draws the same
+global batch and takes every N-th row of it; DistributedDataParallel averages the
+gradients, logged losses are averaged over ranks, each rank validates on the whole
+validation set (so all take the same early-stopping decision), and rank 0 alone
+writes metrics and checkpoints.
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ from .checkpoint import (
     save_tensors,
     write_json,
 )
+from .distributed import all_mean, broadcast, rank_and_world
 from .io import atomic_path
+
+RANK_SEED_STRIDE = 7_919_993  # step seeds of rank r are offset by r * this
 
 
 @dataclass
@@ -80,6 +89,9 @@ class Task(Protocol):
         """Metrics (with ``loss``) on held-out ``rows``, deterministic, no grad;
         ``train_rows`` may calibrate statistics (never fit weights)."""
 
+    # optional: ``epoch_order(rows, rng)``, the visiting order of an epoch (default
+    # ``rng.permutation(rows)``); streamed data keep rows of one read together
+
 
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
     """Learning rate at optimiser step ``step`` (0-based)."""
@@ -117,6 +129,18 @@ def _is_embedding(model: torch.nn.Module, param) -> bool:
     return any(
         isinstance(m, torch.nn.Embedding) and m.weight is param for m in model.modules()
     )
+
+
+class TaskLoss(torch.nn.Module):
+    """A task's training loss as a module: DistributedDataParallel then sees the
+    forward pass that uses the parameters (the task may call any model method)."""
+
+    def __init__(self, model: torch.nn.Module, task: Task):
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, rows: np.ndarray, generator: torch.Generator):
+        return self.task.loss(self.model, rows, generator)
 
 
 @dataclass
@@ -204,6 +228,9 @@ class Trainer:
         total = config.max_steps or config.epochs * steps_per_epoch
         eval_every = config.eval_every or steps_per_epoch
         checkpoint_every = config.checkpoint_every or eval_every
+        rank, world = rank_and_world()
+        if world > batch:
+            raise ValueError(f"batch_size {batch} is below the {world} processes")
         optimizer = make_optimizer(model, config)
 
         state = {
@@ -214,9 +241,18 @@ class Trainer:
             "history": [],
         }
         best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        restored = self._load_checkpoint(optimizer)
+        restored = self._load_checkpoint(optimizer) if rank == 0 else None
         if restored is not None:
             state, best_weights = restored
+        distributed = None
+        if world > 1:  # every rank starts from rank 0's state (weights: DDP's own copy)
+            state, best_weights, optimizer_state = broadcast(
+                (state, best_weights, optimizer.state_dict())
+            )
+            optimizer.load_state_dict(optimizer_state)
+            distributed = torch.nn.parallel.DistributedDataParallel(
+                TaskLoss(model, self.task), find_unused_parameters=True
+            )
         history = state["history"]
         validating = val_rows is not None and len(val_rows) > 0
         if restored is None and validating:
@@ -229,7 +265,7 @@ class Trainer:
         bar = tqdm(
             total=total,
             initial=state["step"],
-            disable=not config.progress,
+            disable=not config.progress or rank > 0,
             unit="step",
             leave=False,
         )
@@ -237,23 +273,34 @@ class Trainer:
         while state["step"] < total and state["bad_evals"] < config.patience:
             step = state["step"]
             epoch, offset = divmod(step, steps_per_epoch)
-            order = np.random.default_rng([config.seed, epoch]).permutation(train_rows)
+            rng = np.random.default_rng([config.seed, epoch])
+            shuffle = getattr(self.task, "epoch_order", None)
+            order = shuffle(train_rows, rng) if shuffle else rng.permutation(train_rows)
             rows = order[offset * batch : (offset + 1) * batch]
-            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-            torch.manual_seed(config.seed * 1_000_003 + step)  # dropout
+            seed = config.seed * 1_000_003 + step + rank * RANK_SEED_STRIDE
+            generator = torch.Generator().manual_seed(seed)
+            torch.manual_seed(seed)  # dropout
 
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, config)
             model.train()
-            loss, metrics = self.task.loss(model, rows, generator)
+            if distributed is None:
+                loss, metrics = self.task.loss(model, rows, generator)
+            else:
+                loss, metrics = distributed(rows[rank::world], generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 model.parameters(), config.grad_clip
             )
             optimizer.step()
+            values = all_mean([loss.item(), *metrics.values()])
             running.append(
-                {"loss": loss.item(), **metrics, "grad_norm": grad_norm.item()}
+                {
+                    "loss": values[0],
+                    **dict(zip(metrics, values[1:], strict=True)),
+                    "grad_norm": grad_norm.item(),
+                }
             )
             state["step"] = step = step + 1
             bar.update(1)
@@ -286,12 +333,14 @@ class Trainer:
                     }
                 else:
                     state["bad_evals"] += 1
-                self._write_metrics(history)
+                if rank == 0:
+                    self._write_metrics(history)
                 if state["bad_evals"] >= config.patience:
                     stopped_early = True
-                    self._save_checkpoint(optimizer, state, best_weights)
+                    if rank == 0:
+                        self._save_checkpoint(optimizer, state, best_weights)
                     break
-            if step % checkpoint_every == 0 or step == total:
+            if rank == 0 and (step % checkpoint_every == 0 or step == total):
                 self._save_checkpoint(optimizer, state, best_weights)
         bar.close()
         stopped_early = stopped_early or state["bad_evals"] >= config.patience

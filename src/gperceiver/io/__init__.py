@@ -2,6 +2,13 @@
 
 from .atomic import atomic_path
 from .errors import InputError, InputWarning
+from .formats import (
+    genotype_format,
+    read_genotype_file,
+    read_table_genotypes,
+    stream_to_zarr,
+    write_genotype_file,
+)
 from .tables import (
     match_phenotypes,
     read_chroms,
@@ -19,6 +26,11 @@ __all__ = [
     "InputError",
     "InputWarning",
     "atomic_path",
+    "genotype_format",
+    "read_genotype_file",
+    "read_table_genotypes",
+    "stream_to_zarr",
+    "write_genotype_file",
     "match_phenotypes",
     "read_chroms",
     "read_dosages",

@@ -148,6 +148,9 @@ class MaskedMarkerTask:
             accuracy = (correct & valid).sum() / valid.sum().clamp(min=1)
         return loss, {"accuracy": float(accuracy)}
 
+    def epoch_order(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.genotypes.epoch_order(rows, rng)
+
     def loss(self, model, rows: np.ndarray, generator: torch.Generator):
         return self._forward(model, rows, generator)
 

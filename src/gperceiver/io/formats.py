@@ -1,0 +1,113 @@
+"""Genotype files by format, chosen from the name: one entry point for reading,
+writing and converting.
+
+- VCF/BCF (``.vcf``, ``.vcf.gz``, ``.vcf.bgz``, ``.bcf``): any ploidy, multi-allelic;
+- PLINK 1 (``.bed`` with ``.bim`` and ``.fam``): diploid biallelic;
+- VCF Zarr (``.zarr``, ``.vcz`` directories): read streamed or into memory;
+- tables (any other name): markers (codes) or dosage TSV, with a chroms TSV.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data import Genotypes
+from .errors import InputError
+from .plink import PlinkSource, read_plink, write_plink
+from .tables import read_chroms, read_dosages, read_markers, write_chroms
+from .tables import write_dosages as write_dosage_table
+from .tables import write_markers as write_code_table
+from .variants import blocks_from_genotypes
+from .vcf import VCF_SUFFIXES, VcfSource, read_vcf, write_bcf, write_vcf
+from .zarr_store import ZarrGenotypes, read_zarr, write_zarr
+
+FORMATS = ("vcf", "plink", "zarr", "table")
+
+
+def genotype_format(path) -> str:
+    """``vcf``, ``plink``, ``zarr`` or ``table`` from a file name."""
+    name = str(path).lower().rstrip("/")
+    if name.endswith(VCF_SUFFIXES):
+        return "vcf"
+    if name.endswith((".bed", ".bim", ".fam")):
+        return "plink"
+    if name.endswith((".zarr", ".vcz")):
+        return "zarr"
+    return "table"
+
+
+def read_genotype_file(
+    path, samples=None, region=None, sites=None, stream: bool = False
+) -> Genotypes:
+    """Read a VCF/BCF, PLINK fileset or VCF Zarr store (not a table: it needs a map).
+
+    ``stream=True`` returns a store as :class:`ZarrGenotypes` (read block by block);
+    ``samples``/``region``/``sites`` restrict a VCF (see :class:`VcfSource`).
+    """
+    kind = genotype_format(path)
+    if kind != "vcf" and (samples is not None or region or sites is not None):
+        raise InputError(
+            path, None, "samples/region/sites subsets apply to VCF input only", None
+        )
+    if kind == "vcf":
+        return read_vcf(path, samples, region, sites)
+    if kind == "plink":
+        return read_plink(path)
+    if kind == "zarr":
+        return ZarrGenotypes(path) if stream else read_zarr(path)
+    raise InputError(
+        path, None, "a markers table needs its chroms table", "give CHROMS too"
+    )
+
+
+def read_table_genotypes(
+    markers_path, chroms_path, ploidy: int = 2, n_alleles: int = 2, dosage=False
+) -> Genotypes:
+    """A markers (allele-set codes) or dosage table with its chroms table."""
+    markers = read_chroms(chroms_path)
+    if dosage:
+        return read_dosages(markers_path, markers, ploidy=ploidy)
+    return read_markers(markers_path, markers, ploidy=ploidy, n_alleles=n_alleles)
+
+
+def write_genotype_file(
+    genotypes: Genotypes, path, chroms_out=None, dosage: bool = False
+) -> list[Path]:
+    """Write ``genotypes`` in the format ``path`` names; returns the files written.
+
+    A table also writes its chroms table to ``chroms_out``.
+    """
+    from .vcf import placeholder_alleles
+
+    kind, path = genotype_format(path), Path(path)
+    if kind == "vcf":
+        (write_bcf if str(path).endswith(".bcf") else write_vcf)(genotypes, path)
+        return [path]
+    if kind == "plink":
+        write_plink(genotypes, path)
+        stem = path.with_suffix("")
+        return [stem.with_name(stem.name + ext) for ext in (".bed", ".bim", ".fam")]
+    if kind == "zarr":
+        alleles = placeholder_alleles(max(1, genotypes.n_alleles))
+        write_zarr(blocks_from_genotypes(genotypes, alleles), genotypes.names, path)
+        return [path]
+    if chroms_out is None:
+        raise ValueError("a table output needs a path for its chroms table")
+    (write_dosage_table if dosage else write_code_table)(genotypes, path)
+    write_chroms(genotypes.markers, chroms_out)
+    return [path, Path(chroms_out)]
+
+
+def stream_to_zarr(source_path, store, samples=None, region=None, sites=None) -> int:
+    """Convert a VCF/BCF or PLINK fileset to a VCF Zarr store block by block.
+
+    Memory is bounded by one block of 10,000 variants; returns the variant count.
+    """
+    if genotype_format(source_path) == "vcf":
+        source = VcfSource(source_path, samples, region, sites)
+    else:
+        source = PlinkSource(source_path)
+    try:
+        return write_zarr(source.blocks(), source.samples, store)
+    except ValueError as err:  # no variants
+        raise InputError(source_path, None, str(err), None) from None

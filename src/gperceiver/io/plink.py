@@ -1,0 +1,223 @@
+"""PLINK 1 binary filesets (``.bed`` + ``.bim`` + ``.fam``), diploid and biallelic.
+
+The ``.bed`` holds, per individual and variant, the count of allele A1 (``.bim``
+column 5). Following PLINK 2, A2 (column 6) is taken as REF: allele id 1 = A2,
+allele id 2 = A1, so a VCF and the fileset ``plink2 --vcf ... --make-bed`` makes
+from it read into identical genotypes. Individuals are named by IID (``.fam``
+column 2); markers by the ``.bim`` ID; positions are bp (column 4), or cM (column 3)
+when every bp position is 0. The genotype matrix goes through bed-reader.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..data import MISSING, Genotypes
+from .errors import InputError, InputWarning
+from .variants import (
+    VariantBlock,
+    check_unique_ids,
+    genotypes_from_blocks,
+    integer_positions,
+)
+
+PLINK_MISSING = -127  # bed-reader's int8 code of a missing call
+
+
+def fileset(path) -> dict[str, Path]:
+    """The three paths of a fileset named by its ``.bed`` (or any of the three)."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix in (".bed", ".bim", ".fam") else path
+    return {ext: stem.with_name(stem.name + f".{ext}") for ext in ("bed", "bim", "fam")}
+
+
+def _fields(path, n_fields: int, what: str) -> list[list[str]]:
+    """Whitespace-split lines of a ``.bim``/``.fam``, each with ``n_fields`` fields."""
+    if not path.exists():
+        raise InputError(path, None, "no such file", f"give the {what} of the fileset")
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != n_fields:
+                raise InputError(
+                    path,
+                    f"line {line_no}",
+                    f"{len(fields)} fields, a {what} line has {n_fields}",
+                    "fix the line or re-export the fileset with plink",
+                )
+            rows.append(fields)
+    if not rows:
+        raise InputError(path, None, "empty file", f"give a {what} with one row each")
+    return rows
+
+
+def _numbers(path, rows, column: int, cast, what: str) -> np.ndarray:
+    values = []
+    for line_no, fields in enumerate(rows, start=1):
+        try:
+            values.append(cast(fields[column]))
+        except ValueError:
+            raise InputError(
+                path,
+                f"line {line_no}, column {column + 1}",
+                f"{what} {fields[column]!r} is not a number",
+                "fix the line or re-export the fileset with plink",
+            ) from None
+    return np.asarray(values)
+
+
+class PlinkSource:
+    """A PLINK 1 fileset opened for reading; the ``.bim``/``.fam`` are validated."""
+
+    def __init__(self, path):
+        self.paths = fileset(path)
+        self.path = self.paths["bed"]
+        fam = _fields(self.paths["fam"], 6, ".fam")
+        bim = _fields(self.paths["bim"], 6, ".bim")
+        self.samples = np.array([r[1] for r in fam], dtype=str)
+        names = self.samples
+        if len(set(names.tolist())) < len(names):
+            dup = next(i for i, n in enumerate(names) if n in names[:i])
+            raise InputError(
+                self.paths["fam"],
+                f"line {dup + 1}, column 2",
+                f"individual ID {str(names[dup])!r} appears twice",
+                "give every individual a unique IID",
+            )
+        self.contig = np.array([r[0] for r in bim], dtype=str)
+        self.ids = np.array([r[1] for r in bim], dtype=str)
+        check_unique_ids(self.ids, self.paths["bim"])
+        cm = _numbers(self.paths["bim"], bim, 2, float, "cM position")
+        bp = _numbers(self.paths["bim"], bim, 3, int, "bp position")
+        self.position = bp.astype(np.int64)
+        by_cm = (bp == 0).all()
+        self.map_position = cm if by_cm else np.full(len(bim), np.nan)
+        self.allele_names = np.array([[r[5], r[4]] for r in bim], dtype=str)
+        self._check_bed()
+
+    def _check_bed(self) -> None:
+        bed = self.path
+        if not bed.exists():
+            raise InputError(bed, None, "no such file", "give the .bed of the fileset")
+        expected = 3 + len(self.ids) * ((len(self.samples) + 3) // 4)
+        with open(bed, "rb") as handle:
+            magic = handle.read(3)
+        if magic[:2] != b"\x6c\x1b":
+            raise InputError(
+                bed, "byte 1", "not a PLINK 1 .bed (bad magic number)", "re-export it"
+            )
+        if magic[2:] != b"\x01":
+            raise InputError(
+                bed,
+                "byte 3",
+                "individual-major .bed files are not supported",
+                "re-export it with plink --make-bed (variant-major)",
+            )
+        size = bed.stat().st_size
+        if size != expected:
+            raise InputError(
+                bed,
+                None,
+                f"{size} bytes, but {len(self.samples)} individuals x "
+                f"{len(self.ids)} variants need {expected}",
+                "keep the .bed, .bim and .fam of one fileset together",
+            )
+
+    def counts(self, variants: slice) -> np.ndarray:
+        """A1 counts ``(N, V)`` int8 of a slice of variants; -127 = missing."""
+        from bed_reader import open_bed
+
+        with open_bed(
+            self.path,
+            iid_count=len(self.samples),
+            sid_count=len(self.ids),
+            num_threads=1,
+        ) as bed:
+            return bed.read(index=np.s_[:, variants], dtype="int8", order="C")
+
+    def blocks(self, size: int = 10_000) -> Iterator[VariantBlock]:
+        for start in range(0, len(self.ids), size):
+            part = slice(start, min(start + size, len(self.ids)))
+            count = self.counts(part).T  # (V, N)
+            calls = np.stack([(count == 2), (count >= 1)], axis=-1).astype(np.int8)
+            calls[count == PLINK_MISSING] = -1
+            yield VariantBlock(
+                self.contig[part],
+                self.position[part],
+                self.map_position[part],
+                self.ids[part],
+                self.allele_names[part],
+                calls,
+            )
+
+
+def read_plink(path) -> Genotypes:
+    """Read a PLINK 1 fileset (see module docstring) into diploid :class:`Genotypes`."""
+    source = PlinkSource(path)
+    return genotypes_from_blocks(source.blocks(), source.samples, source.path)
+
+
+def write_plink(genotypes: Genotypes, path) -> None:
+    """Write diploid biallelic ``genotypes`` as a PLINK 1 fileset named by ``path``.
+
+    A1 = allele id 2 (placeholder ``C``), A2 = allele id 1 (``A``); a call with any
+    missing copy is missing. Non-integer positions (cM) go to column 3 with the rank
+    in column 4. The three files appear together (written beside, then renamed).
+    """
+    from bed_reader import to_bed
+
+    from .vcf import placeholder_alleles
+
+    if genotypes.ploidy != 2 or genotypes.n_alleles > 2:
+        raise ValueError(
+            "PLINK 1 filesets hold diploid biallelic genotypes only "
+            f"(got ploidy {genotypes.ploidy}, {genotypes.n_alleles} alleles); "
+            "write VCF or VCF Zarr instead"
+        )
+    alleles = genotypes.alleles
+    missing = (alleles == MISSING).any(-1)
+    half = missing & (alleles != MISSING).any(-1)
+    if half.any():
+        warnings.warn(
+            f"{path}: {int(half.sum())} call(s) with one missing copy written as "
+            "missing (PLINK 1 has no half calls)",
+            InputWarning,
+            stacklevel=2,
+        )
+    count = (alleles == 2).sum(-1).astype(np.int8)
+    count[missing] = PLINK_MISSING
+    markers = genotypes.markers
+    bp, original = integer_positions(markers)
+    ref, alt = placeholder_alleles(2)
+    n, m = count.shape
+    names = genotypes.names.astype(str)
+    properties = {
+        "fid": names,
+        "iid": names,
+        "father": np.full(n, "0"),
+        "mother": np.full(n, "0"),
+        "sex": np.zeros(n, dtype=np.int32),
+        "pheno": np.full(n, "-9"),
+        "chromosome": markers.chrom_labels().astype(str),
+        "sid": markers.names.astype(str),
+        "cm_position": np.zeros(m) if original else markers.pos,
+        "bp_position": bp,
+        "allele_1": np.full(m, alt),
+        "allele_2": np.full(m, ref),
+    }
+    targets = fileset(path)
+    targets["bed"].parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=targets["bed"].parent) as tmp:
+        staged = fileset(Path(tmp) / targets["bed"].name)
+        to_bed(staged["bed"], count, properties=properties, num_threads=1)
+        for ext in ("fam", "bim", "bed"):
+            os.replace(staged[ext], targets[ext])
