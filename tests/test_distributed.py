@@ -85,8 +85,11 @@ def test_trainer__two_gloo_processes_equal_one_process(tmp_path):
         torch.testing.assert_close(weights[0][k], v, rtol=1e-5, atol=1e-6)
     a = pd.read_csv(tmp_path / "single" / "metrics.csv")
     b = pd.read_csv(tmp_path / "ddp" / "metrics.csv")
-    assert len(a) == len(b) == 6  # 3 steps per epoch, an evaluation every 2 steps
-    for column in ["train_loss", "train_mae", "train_grad_norm", "val_loss"]:
+    # the starting point's validation, then 3 steps per epoch, one evaluation every 2
+    assert len(a) == len(b) == 7
+    np.testing.assert_allclose(b["val_loss"], a["val_loss"], rtol=1e-5)
+    a, b = a[a["step"] > 0], b[b["step"] > 0]
+    for column in ["train_loss", "train_mae", "train_grad_norm"]:
         np.testing.assert_allclose(b[column], a[column], rtol=1e-5)
     assert a["train_loss"].iloc[-1] < 0.5 * a["train_loss"].iloc[0]
     assert not (tmp_path / "ddp-unused-1").exists()  # rank 1 wrote nothing
@@ -151,9 +154,10 @@ def test_torchrun__pretrain_follows_the_single_process_loss_curve(cohort, tmp_pa
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == listing
     a = pd.read_csv(tmp_path / "one" / "metrics.csv")
     b = pd.read_csv(tmp_path / "two" / "metrics.csv")
-    assert (a["step"] == b["step"]).all() and len(a) == 6
-    for column in ["train_loss", "val_loss"]:
-        np.testing.assert_allclose(b[column], a[column], rtol=CURVE_TOLERANCE)
+    assert (a["step"] == b["step"]).all() and len(a) == 7  # step 0 + 6 evaluations
+    np.testing.assert_allclose(b["val_loss"], a["val_loss"], rtol=CURVE_TOLERANCE)
+    a, b = a[a["step"] > 0], b[b["step"] > 0]
+    np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=CURVE_TOLERANCE)
     # the curve falls by more than the tolerance, so agreement is informative
     assert (
         a["train_loss"].iloc[-1] < (1 - 3 * CURVE_TOLERANCE) * a["train_loss"].iloc[0]
