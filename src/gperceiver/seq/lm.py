@@ -7,11 +7,10 @@ G or T (ambiguity codes and record separators are predicted but not scored).
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from safetensors.torch import save_file
 
 from ..io import InputError, atomic_path
 from ..params import resolve
-from ..train import TrainConfig, Trainer, make_optimizer
+from ..train import TrainConfig, Trainer
 from .fasta import Record, read_fasta
 from .model import SeqConfig, SeqLM
 from .tokenizer import SEP, is_base, reverse_complement
@@ -34,10 +33,6 @@ class SeqRunConfig:
     val_fraction: float = 0.01  # tail of every record kept out of training (validation)
     rc_prob: float = 0.5  # share of training windows read from the reverse strand
     val_windows: int = 48  # validation windows per evaluation (fixed, evenly spread)
-    # wall-clock budget: if set (and max_steps is not), max_steps = budget * 0.92 /
-    # (seconds per step of 6 timed probe steps on a throwaway copy); the 8% margin
-    # covers validation passes and checkpoints
-    time_budget_s: float | None = None
 
     def __post_init__(self):
         if not 0 <= self.val_fraction < 0.5:
@@ -161,15 +156,19 @@ def pretrain(paths, out, params: dict, resume: bool = True) -> dict:
     )
     records = read_records(paths)
     train, val = split_records(records, data_config.val_fraction)
+    if len(train.tokens) <= model_config.context + 1:
+        raise InputError(
+            paths[0],
+            None,
+            f"{len(train.tokens)} training positions do not fill one window of "
+            f"context {model_config.context}",
+            'pass more sequence or a smaller "context" in --params',
+        )
     task = LanguageModelTask(train, val, model_config, data_config)
     torch.manual_seed(train_config.seed)
     model = SeqLM(model_config)
     started = time.perf_counter()
     train_rows, val_rows = task.rows()
-    if data_config.time_budget_s and train_config.max_steps is None:
-        seconds = probe_step_seconds(model, task, train_config, train_rows)
-        steps = max(1, int(data_config.time_budget_s * 0.92 / seconds))
-        train_config = replace(train_config, max_steps=steps)
     result = Trainer(model, task, train_config, out, resume=resume).fit(
         train_rows, val_rows
     )
@@ -193,22 +192,6 @@ def pretrain(paths, out, params: dict, resume: bool = True) -> dict:
         },
     )
     return summary
-
-
-def probe_step_seconds(model, task, config: TrainConfig, rows: np.ndarray) -> float:
-    """Median seconds of one optimiser step, timed on a copy of ``model``."""
-    probe = copy.deepcopy(model).train()
-    optimizer = make_optimizer(probe, config)
-    generator = torch.Generator().manual_seed(config.seed)
-    times = []
-    for _ in range(6):
-        tick = time.perf_counter()
-        loss, _ = task.loss(probe, rows[: config.batch_size], generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - tick)
-    return float(np.median(times[1:]))
 
 
 def sliding_windows(length: int, context: int, overlap: int):
