@@ -127,3 +127,23 @@ def test_seq_pretrain__raises_when_sequence_is_shorter_than_the_context(
     assert code == 1
     assert "do not fill one window of context 1024" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_seq_pretrain__time_budget_stops_on_the_clock(tmp_path):
+    write_fasta(tmp_path / "train.fa", {"a": order2_chain(20000, 1)})
+    params = dict(
+        width=16, depth=1, heads=2, features=16, chunk=16, context=64,
+        batch_size=4, warmup_steps=2, eval_every=5, time_budget_s=2.0, progress=False,
+    )  # fmt: skip
+    (tmp_path / "p.json").write_text(json.dumps(params))
+    code = main(
+        ["seq", "pretrain", str(tmp_path / "train.fa"), "--out", str(tmp_path / "m"),
+         "--params", str(tmp_path / "p.json")]
+    )  # fmt: skip
+    assert code == 0
+    summary = json.loads((tmp_path / "m" / "config.json").read_text())["summary"]
+    metrics = (tmp_path / "m" / "metrics.csv").read_text().splitlines()
+    last = dict(zip(metrics[0].split(","), metrics[-1].split(","), strict=True))
+    assert summary["steps"] == int(last["step"]) > 5
+    assert 2.0 <= float(last["seconds"]) < 4.0  # the last step ends past the budget
+    assert float(last["lr"]) < 0.06 * 2e-3  # the cosine reached its floor (5% of lr)
