@@ -34,10 +34,15 @@ def digits_of(paths, both_strands: bool) -> np.ndarray:
             if both_strands:
                 strands.append(reverse_complement(record.tokens, record.soft_mask)[0])
             for tokens in strands:
-                d = tokens.astype(np.int8) - 2
-                d[(d < 0) | (d > 3)] = -1
-                parts += [d, np.array([-1], np.int8)]
+                parts += [base_digits(tokens), np.array([-1], np.int8)]
     return np.concatenate(parts)
+
+
+def base_digits(tokens: np.ndarray) -> np.ndarray:
+    """Token ids -> 0..3 for A C G T, -1 for every other code: (S,) int8."""
+    d = tokens.astype(np.int8) - 2
+    d[(d < 0) | (d > 3)] = -1
+    return d
 
 
 def rolling_codes(digits: np.ndarray, max_order: int):
