@@ -1,0 +1,359 @@
+"""Corpus, windows, the causal-LM task for the shared Trainer, pretraining,
+bits-per-base evaluation and embeddings.
+
+Bits per base: ``-log2 p(x_t | x_<t)`` averaged over positions whose token is A, C,
+G or T (ambiguity codes and record separators are predicted but not scored).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from ..io import InputError, atomic_path
+from ..params import resolve
+from ..train import TrainConfig, Trainer, TrainResult, make_optimizer
+from .fasta import Record, read_fasta
+from .model import SeqConfig, SeqLM
+from .tokenizer import SEP, is_base, reverse_complement
+
+LOG2 = math.log(2.0)
+
+
+@dataclass
+class SeqRunConfig:
+    val_fraction: float = 0.01  # tail of every record kept out of training (validation)
+    rc_prob: float = 0.5  # share of training windows read from the reverse strand
+    val_windows: int = 48  # validation windows per evaluation (fixed, evenly spread)
+    # wall-clock budget in seconds: train until it is spent, the cosine LR following
+    # the clock instead of the step count (max_steps/epochs are then ignored; such a
+    # run depends on the machine's speed and is not resumable)
+    time_budget_s: float | None = None
+
+    def __post_init__(self):
+        if not 0 <= self.val_fraction < 0.5:
+            raise ValueError("val_fraction must lie in [0, 0.5)")
+
+
+# Trainer defaults for sequence pretraining (step-based: one "row" is one window)
+SEQ_TRAIN_DEFAULTS = dict(
+    lr=2e-3,
+    warmup_steps=100,
+    batch_size=8,  # windows per step: more updates per CPU minute
+    epochs=1,
+    eval_every=100,
+    patience=1_000_000,  # cosine to the end; best validation weights are kept
+    weight_decay=0.01,
+)
+
+
+@dataclass
+class Stream:
+    """Records joined into one token stream, each preceded by ``<sep>``."""
+
+    tokens: np.ndarray  # (T,) uint8
+    soft_mask: np.ndarray  # (T,) bool
+
+    @classmethod
+    def join(cls, parts: list[tuple[np.ndarray, np.ndarray]]) -> Stream:
+        tokens = [np.concatenate([[SEP], t]).astype(np.uint8) for t, _ in parts]
+        masks = [np.concatenate([[False], m]) for _, m in parts]
+        if not tokens:
+            return cls(np.zeros(0, np.uint8), np.zeros(0, bool))
+        return cls(np.concatenate(tokens), np.concatenate(masks))
+
+
+def read_records(paths) -> list[Record]:
+    records = [r for path in paths for r in read_fasta(path)]
+    if not any(len(r.tokens) for r in records):
+        raise InputError(paths[0], None, "no sequence letters", "pass non-empty FASTA")
+    return records
+
+
+def split_records(records: list[Record], val_fraction: float) -> tuple[Stream, Stream]:
+    """Training stream (heads of records) and validation stream (their tails)."""
+    train, val = [], []
+    for r in records:
+        cut = len(r.tokens) - int(round(len(r.tokens) * val_fraction))
+        train.append((r.tokens[:cut], r.soft_mask[:cut]))
+        if cut < len(r.tokens):
+            val.append((r.tokens[cut:], r.soft_mask[cut:]))
+    return Stream.join(train), Stream.join(val)
+
+
+def window_loss(model: SeqLM, tokens: torch.Tensor, mask: torch.Tensor):
+    """Summed nats over scored (base) targets and their count; windows (B, S + 1)."""
+    logits = model(tokens[:, :-1], mask[:, :-1])
+    targets = tokens[:, 1:].long()
+    nats = F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")
+    scored = (targets >= 2) & (targets <= 5)  # A, C, G, T
+    return (nats * scored).sum(), scored.sum()
+
+
+class LanguageModelTask:
+    """Trainer task: row i is the training window starting near ``i * context``."""
+
+    def __init__(self, train: Stream, val: Stream, model_config, data_config):
+        self.train, self.val = train, val
+        self.span = model_config.context + 1  # inputs + the next token
+        self.data = data_config
+        self.n_train = max(1, (len(train.tokens) - self.span) // model_config.context)
+        starts = np.linspace(
+            0, max(0, len(val.tokens) - self.span), data_config.val_windows
+        )
+        self.val_starts = np.unique(starts.astype(np.int64))
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray | None]:
+        val = (
+            np.arange(len(self.val_starts))
+            if len(self.val.tokens) > self.span
+            else None
+        )
+        return np.arange(self.n_train), val
+
+    def _batch(
+        self, stream: Stream, starts, flips
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = np.stack([stream.tokens[s : s + self.span] for s in starts])
+        mask = np.stack([stream.soft_mask[s : s + self.span] for s in starts])
+        if flips is not None and flips.any():
+            tokens[flips], mask[flips] = reverse_complement(tokens[flips], mask[flips])
+        return torch.from_numpy(tokens.copy()), torch.from_numpy(mask.copy())
+
+    def loss(self, model, rows, generator):
+        context = self.span - 1
+        jitter = torch.randint(0, context, (len(rows),), generator=generator).numpy()
+        last = len(self.train.tokens) - self.span
+        starts = np.minimum(rows * context + jitter, last)
+        flips = torch.rand(len(rows), generator=generator).numpy() < self.data.rc_prob
+        tokens, mask = self._batch(self.train, starts, flips)
+        nats, count = window_loss(model, tokens, mask)
+        loss = nats / count.clamp_min(1)
+        return loss, {"bits_per_base": loss.item() / LOG2}
+
+    def evaluate(self, model, rows, train_rows):
+        nats, count = 0.0, 0
+        for part in np.array_split(rows, max(1, len(rows) // 16)):
+            tokens, mask = self._batch(self.val, self.val_starts[part], None)
+            n, c = window_loss(model, tokens, mask)
+            nats, count = nats + n.item(), count + c.item()
+        bits = nats / max(count, 1) / LOG2
+        return {"loss": bits, "bits_per_base": bits}
+
+
+def pretrain(paths, out, params: dict, resume: bool = True) -> dict:
+    """Train a sequence model on FASTA ``paths``; write it to ``out``.
+
+    ``params``: flat JSON of :class:`SeqConfig`, :class:`SeqRunConfig` and
+    :class:`~gperceiver.train.TrainConfig` fields. Returns the training summary.
+    """
+    model_config, data_config, train_config = resolve(
+        (SeqConfig, SeqRunConfig, TrainConfig), SEQ_TRAIN_DEFAULTS, params, {}
+    )
+    records = read_records(paths)
+    train, val = split_records(records, data_config.val_fraction)
+    if len(train.tokens) <= model_config.context + 1:
+        raise InputError(
+            paths[0],
+            None,
+            f"{len(train.tokens)} training positions do not fill one window of "
+            f"context {model_config.context}",
+            'pass more sequence or a smaller "context" in --params',
+        )
+    task = LanguageModelTask(train, val, model_config, data_config)
+    torch.manual_seed(train_config.seed)
+    model = SeqLM(model_config)
+    started = time.perf_counter()
+    train_rows, val_rows = task.rows()
+    if data_config.time_budget_s:
+        result = fit_for_seconds(
+            model, task, train_config, data_config.time_budget_s, out
+        )
+    else:
+        result = Trainer(model, task, train_config, out, resume=resume).fit(
+            train_rows, val_rows
+        )
+    summary = {
+        "files": [str(p) for p in paths],
+        "records": len(records),
+        "train_tokens": int(len(train.tokens)),
+        "val_tokens": int(len(val.tokens)),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": result.history[-1]["step"] if result.history else 0,
+        "best_step": result.best_step,
+        "best_val_bits_per_base": result.best_loss,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    model.save_pretrained(
+        out,
+        extra={
+            "data": asdict(data_config),
+            "training": asdict(train_config),
+            "summary": summary,
+        },
+    )
+    return summary
+
+
+def lr_by_clock(step: int, spent: float, config: TrainConfig) -> float:
+    """Linear warm-up over the first steps, then cosine over the spent share (0..1)
+    of the time budget down to ``min_lr_ratio * lr``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    floor = config.lr * config.min_lr_ratio
+    return floor + 0.5 * (config.lr - floor) * (1 + math.cos(math.pi * min(1, spent)))
+
+
+def fit_for_seconds(
+    model: SeqLM, task: LanguageModelTask, config: TrainConfig, budget: float, out
+) -> TrainResult:
+    """Train ``model`` until ``budget`` seconds have passed (validation included),
+    keeping the weights of the best validation evaluation; writes
+    ``out/metrics.csv`` like :class:`~gperceiver.train.Trainer`."""
+    train_rows, val_rows = task.rows()
+    optimizer = make_optimizer(model, config)
+    steps_per_epoch = max(1, len(train_rows) // config.batch_size)
+    best_loss, best_step, best_weights = math.inf, 0, None
+    history, running, step = [], [], 0
+    started = time.perf_counter()
+    while (spent := (time.perf_counter() - started) / budget) < 1:
+        epoch, offset = divmod(step, steps_per_epoch)
+        order = np.random.default_rng([config.seed, epoch]).permutation(train_rows)
+        rows = order[offset * config.batch_size : (offset + 1) * config.batch_size]
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_by_clock(step, spent, config)
+        model.train()
+        loss, metrics = task.loss(model, rows, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        running.append({"loss": loss.item(), **metrics, "grad_norm": norm.item()})
+        step += 1
+        out_of_time = time.perf_counter() - started >= budget
+        if step % (config.eval_every or steps_per_epoch) and not out_of_time:
+            continue
+        row = {"step": step, "epoch": round(step / steps_per_epoch, 3)}
+        row["lr"] = optimizer.param_groups[0]["lr"]
+        row |= {
+            f"train_{k}": float(np.mean([r[k] for r in running])) for k in running[0]
+        }
+        running = []
+        model.eval()
+        with torch.no_grad():
+            if val_rows is not None:
+                row |= {
+                    f"val_{k}": v
+                    for k, v in task.evaluate(model, val_rows, train_rows).items()
+                }
+        monitored = row.get("val_loss", row["train_loss"])
+        row["seconds"] = round(time.perf_counter() - started, 2)
+        history.append(row)
+        write_metrics(history, Path(out) / "metrics.csv")
+        if monitored < best_loss:
+            best_loss, best_step = monitored, step
+            best_weights = {
+                k: v.detach().clone() for k, v in model.state_dict().items()
+            }
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
+    return TrainResult(history, best_step, best_loss, stopped_early=False)
+
+
+def write_metrics(history: list[dict], path) -> None:
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys, restval="")
+    writer.writeheader()
+    writer.writerows(history)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue())
+
+
+def sliding_windows(length: int, context: int, overlap: int):
+    """(start, first scored offset) of windows covering targets 1..length-1 once."""
+    step = context - overlap
+    start, first = 0, 0
+    while True:
+        yield start, first
+        if start + context + 1 >= length:
+            return
+        start, first = start + step, overlap
+
+
+def _score_windows(model: SeqLM, stream: Stream, windows) -> tuple[float, int]:
+    """Summed nats and count of scored base targets of ``(start, first)`` windows."""
+    context = model.config.context
+    span = context + 1
+    tokens = np.zeros((len(windows), span), np.uint8)  # <pad> after the end
+    mask = np.zeros((len(windows), span), bool)
+    keep = np.zeros((len(windows), context), bool)
+    for i, (start, first) in enumerate(windows):
+        piece = stream.tokens[start : start + span]
+        tokens[i, : len(piece)] = piece
+        mask[i, : len(piece)] = stream.soft_mask[start : start + span]
+        keep[i, first : len(piece) - 1] = True
+    inputs = torch.from_numpy(tokens)
+    logits = model(inputs[:, :-1], torch.from_numpy(mask)[:, :-1])
+    nats = F.cross_entropy(
+        logits.transpose(1, 2).float(), inputs[:, 1:].long(), reduction="none"
+    )
+    scored = torch.from_numpy(keep & is_base(tokens[:, 1:]))
+    return float((nats * scored).sum()), int(scored.sum())
+
+
+@torch.no_grad()
+def bits_per_base(
+    model: SeqLM, records: list[Record], overlap: int | None = None, batch: int = 8
+) -> tuple[float, int]:
+    """Bits per base of ``records`` (each read from its ``<sep>``), and the number of
+    scored bases. Windows of ``context`` slide by ``context - overlap``, and each
+    target is scored once with at least ``overlap`` positions of context (except
+    at a record's start)."""
+    model.eval()
+    context = model.config.context
+    overlap = context // 4 if overlap is None else overlap
+    nats, count = 0.0, 0
+    for record in records:
+        stream = Stream.join([(record.tokens, record.soft_mask)])
+        windows = list(sliding_windows(len(stream.tokens), context, overlap))
+        for i in range(0, len(windows), batch):
+            n, c = _score_windows(model, stream, windows[i : i + batch])
+            nats, count = nats + n, count + c
+    return nats / max(count, 1) / LOG2, count
+
+
+@torch.no_grad()
+def embed_records(model: SeqLM, records: list[Record]) -> np.ndarray:
+    """Mean final hidden state of each record over non-overlapping windows: (R, D)."""
+    model.eval()
+    context = model.config.context
+    out = np.zeros((len(records), model.config.width), np.float32)
+    for r, record in enumerate(records):
+        stream = Stream.join([(record.tokens, record.soft_mask)])
+        total, n = torch.zeros(model.config.width), 0
+        for s in range(0, len(stream.tokens), context):
+            tokens = torch.from_numpy(stream.tokens[s : s + context].copy())
+            mask = torch.from_numpy(stream.soft_mask[s : s + context].copy())
+            total += model.hidden(tokens[None], mask[None])[0].sum(0)
+            n += len(tokens)
+        out[r] = (total / max(n, 1)).numpy()
+    return out
+
+
+def write_embeddings(path, names: list[str], embeddings: np.ndarray, model_dir) -> None:
+    """safetensors file: ``embeddings`` (R, D) float32; record names in metadata."""
+    metadata = {"names": json.dumps(names), "model": str(Path(model_dir))}
+    with atomic_path(path) as tmp:
+        save_file({"embeddings": torch.from_numpy(embeddings)}, str(tmp), metadata)
