@@ -56,7 +56,8 @@ def test_seq_pretrain__saves_a_reloadable_model_with_its_training_record(trained
     model = SeqLM.from_pretrained(trained / "model")
     assert model.config.width == 32
     metrics = (trained / "model" / "metrics.csv").read_text().splitlines()
-    assert len(metrics) == 1 + 3  # header + evaluations at steps 50, 100, 150
+    # header + the starting point's validation + evaluations at steps 50, 100, 150
+    assert len(metrics) == 1 + 1 + 3
 
 
 def test_seq_embed__writes_one_vector_per_record(trained, capsys):
