@@ -211,11 +211,9 @@ def _train_member(
     if model.additive is not None:
         frequencies = genotypes.allele_frequencies(both.rows)
         loo = fit_additive(model, genotypes, train, scaling, frequencies)
-        offset = additive_offsets(model, genotypes, both.rows)
-        fitted = offset[: len(loo)]
-        fitted[:] = torch.where(
-            torch.from_numpy(np.isnan(loo)), fitted, torch.from_numpy(loo).float()
-        )
+        offset = additive_offsets(model, genotypes, both.rows)  # (N, E)
+        seen = ~np.isnan(loo)  # training records get their leave-one-out value
+        offset[: len(loo)][torch.from_numpy(seen)] = torch.from_numpy(loo[seen]).float()
     if pretrained:
         _freeze(model, set())
         features = None
