@@ -36,8 +36,10 @@ class TwinnedModel(MaskedMarkerModel):
         super().__init__(config, relative_pos, marker_chrom)
         c = config
         # no dropout here: each twin would get its own mask, and while the twins'
-        # queries are still alike (early training) that noise swamps |a - b|; with
-        # the default 0.1 the shared-copy loss never left the class prior
+        # queries are still alike (early training) that noise swamps |a - b|. On
+        # data with perfect local LD (200 x 100 markers, 200 steps) validation
+        # accuracy stayed at the class prior (0.56) with dropout 0.1 here, 0.73
+        # without it, 1.0 with no dropout in the encoder either
         self.pair_local, self.pair_decoder = target_decoder_layers(config, dropout=0.0)
         self.pair_norm = nn.LayerNorm(c.width)
         self.pair_head = nn.Sequential(
