@@ -135,6 +135,25 @@ def add_masked_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_pretrain_task_options(parser: argparse.ArgumentParser) -> None:
+    s = argparse.SUPPRESS
+    group = parser.add_argument_group("pretraining task")
+    group.add_argument(
+        "--task",
+        choices=["masked", "contrastive", "both"],
+        default=s,
+        help="masked markers, twinned shared-copy prediction for random pairs, "
+        "or both losses (default masked)",
+    )
+    group.add_argument(
+        "--masked-weight",
+        type=float,
+        default=s,
+        help="weight of the masked loss next to the shared-copy loss in --task both "
+        "(default 1)",
+    )
+
+
 TRAINING_KEYS = {
     "lr",
     "warmup_steps",
@@ -153,6 +172,8 @@ TRAINING_KEYS = {
     "target_fraction",
     "frequency_scaler",
     "val_fraction",
+    "task",
+    "masked_weight",
     "head",
     "objective",
     "ensemble",
@@ -335,6 +356,14 @@ def cmd_impute(args) -> None:
         )
         pretrain(genotypes, model_dir, file_params(args), typed_options(args))
     model, config = load_masked_model(model_dir, genotypes, args.markers)
+    if config.get("task") == "contrastive":
+        raise InputError(
+            model_dir,
+            None,
+            "was pretrained with --task contrastive, which leaves the allele "
+            "decoder untrained",
+            "impute with a model pretrained with --task masked or both",
+        )
     result = impute(
         model,
         genotypes,
@@ -611,12 +640,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="gblup", choices=["gblup", "rkhs"])
     p.set_defaults(func=cmd_gblup)
 
-    p = sub.add_parser("pretrain", help="masked-marker pretraining on genotypes")
+    p = sub.add_parser(
+        "pretrain", help="masked-marker and/or twinned pretraining on genotypes"
+    )
     inputs(p, phenos=False)
     p.add_argument("--out", required=True, help="model directory")
     p.add_argument("--restart", action="store_true", help="ignore checkpoints in --out")
     add_training_options(p)
     add_masked_options(p)
+    add_pretrain_task_options(p)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(
@@ -705,11 +737,21 @@ def main(argv=None) -> int:
     return run(build_parser(), argv)
 
 
+def cmd_seed_pretrain(args) -> None:
+    """As the original: ``--contrastive`` with an allele weight > 0 trains both."""
+    if getattr(args, "task", None) == "contrastive" and (
+        getattr(args, "masked_weight", 0) > 0
+    ):
+        args.task = "both"
+    cmd_pretrain(args)
+
+
 def seed_pretrain(argv=None) -> int:
     """``gperceiver_pretrain CHROMS MARKERS --model DIR`` (the original entry point)."""
     parser = argparse.ArgumentParser(
         prog="gperceiver_pretrain",
-        description="Masked-marker pretraining (option names of the original tool).",
+        description="Masked-marker or twinned pretraining "
+        "(option names of the original tool).",
     )
     parser.add_argument("chroms")
     parser.add_argument("markers")
@@ -718,7 +760,24 @@ def seed_pretrain(argv=None) -> int:
     add_genotype_options(parser)
     add_training_options(parser)
     add_masked_options(parser)
-    parser.set_defaults(func=cmd_pretrain)
+    add_pretrain_task_options(parser)
+    parser.add_argument(
+        "--contrastive",
+        dest="task",
+        action="store_const",
+        const="contrastive",
+        default=argparse.SUPPRESS,
+        help="twinned task (--task contrastive; with --contrastive-allele-weight "
+        "> 0, --task both)",
+    )
+    parser.add_argument(
+        "--contrastive-allele-weight",
+        dest="masked_weight",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="weight of the masked (allele) loss in the twinned task",
+    )
+    parser.set_defaults(func=cmd_seed_pretrain)
     return run(parser, argv)
 
 

@@ -1,4 +1,5 @@
-"""Masked-marker pretraining and imputation jobs: data objects in, model directory out.
+"""Pretraining (masked, twinned or both) and imputation jobs: data objects in, model
+directory out.
 
 Pretraining uses genotypes only (no phenotypes), so it may see every individual,
 test lines included; the held-out individuals only steer early stopping.
@@ -14,9 +15,12 @@ from tqdm.auto import tqdm
 
 from .checkpoint import check_markers, load_model_config, load_weights, save_model
 from .data import MISSING, Genotypes
+from .io import InputError
 from .nn.embeddings import count_targets
 from .nn.perceiver import MaskedMarkerModel, PerceiverConfig
+from .nn.twinned import TwinnedModel
 from .params import resolve
+from .tasks.contrastive import PRETRAIN_TASKS, ContrastiveConfig, TwinnedTask
 from .tasks.masked import (
     MaskedConfig,
     MaskedMarkerTask,
@@ -24,8 +28,6 @@ from .tasks.masked import (
     genotype_log_probs,
 )
 from .train import TrainConfig, Trainer
-
-TASK_NAME = "masked"
 
 
 def split_individuals(
@@ -48,9 +50,16 @@ def data_sizes(genotypes: Genotypes) -> dict:
     }
 
 
-def build_model(config: PerceiverConfig, genotypes: Genotypes) -> MaskedMarkerModel:
+def model_class(task: str) -> type[MaskedMarkerModel]:
+    """The model a pretraining task trains: masked only, or with the pair decoder."""
+    return MaskedMarkerModel if task == "masked" else TwinnedModel
+
+
+def build_model(
+    config: PerceiverConfig, genotypes: Genotypes, task: str = "masked"
+) -> MaskedMarkerModel:
     markers = genotypes.markers
-    return MaskedMarkerModel(config, markers.relative_pos(), markers.chrom)
+    return model_class(task)(config, markers.relative_pos(), markers.chrom)
 
 
 @dataclass
@@ -58,6 +67,13 @@ class PretrainSettings:
     val_fraction: float = (
         0.1  # individuals held out for the validation loss / early stopping
     )
+    # "masked"; "contrastive": shared copies of random pairs at loci hidden in both
+    # (tasks/contrastive.py); "both": their sum, the masked loss times masked_weight
+    task: str = "masked"
+
+    def __post_init__(self):
+        if self.task not in PRETRAIN_TASKS:
+            raise ValueError(f"task must be one of {PRETRAIN_TASKS}, got {self.task!r}")
 
 
 def pretrain(
@@ -68,14 +84,22 @@ def pretrain(
     resume: bool = True,
     also_known: tuple = (),
 ) -> MaskedMarkerModel:
-    """Train a :class:`MaskedMarkerModel` and save it to ``out``.
+    """Train a :class:`MaskedMarkerModel` (task "masked") or a
+    :class:`TwinnedModel` ("contrastive", "both") and save it to ``out``.
 
     ``params`` (e.g. a ``--params`` JSON) and ``typed`` (command-line options) are
     flat dictionaries of :class:`PerceiverConfig`, :class:`TrainConfig`,
-    :class:`MaskedConfig` and :class:`PretrainSettings` fields.
+    :class:`MaskedConfig`, :class:`ContrastiveConfig` and :class:`PretrainSettings`
+    fields.
     """
-    classes = (PerceiverConfig, TrainConfig, MaskedConfig, PretrainSettings)
-    model_cfg, train_cfg, masked_cfg, settings = resolve(
+    classes = (
+        PerceiverConfig,
+        TrainConfig,
+        MaskedConfig,
+        ContrastiveConfig,
+        PretrainSettings,
+    )
+    model_cfg, train_cfg, masked_cfg, contrastive_cfg, settings = resolve(
         classes,
         {},
         params or {},
@@ -83,20 +107,33 @@ def pretrain(
         also_known=also_known,
     )
     torch.manual_seed(train_cfg.seed)
-    model = build_model(model_cfg, genotypes)
+    model = build_model(model_cfg, genotypes, settings.task)
     train_rows, val_rows = split_individuals(
         genotypes.n_individuals, settings.val_fraction, train_cfg.seed
     )
     frequencies = genotypes.allele_frequencies(train_rows)
-    task = MaskedMarkerTask(genotypes, frequencies, masked_cfg)
+    if settings.task == "masked":
+        task = MaskedMarkerTask(genotypes, frequencies, masked_cfg)
+    else:
+        if len(train_rows) < 2 or len(val_rows) == 1:
+            raise InputError(
+                "genotypes",
+                None,
+                f"task {settings.task!r} pairs individuals, but the split has "
+                f"{len(train_rows)} training and {len(val_rows)} held-out one(s)",
+                "give at least 3 individuals or set --val-fraction 0",
+            )
+        weight = contrastive_cfg.masked_weight if settings.task == "both" else 0.0
+        task = TwinnedTask(genotypes, frequencies, masked_cfg, weight)
     result = Trainer(model, task, train_cfg, out, resume=resume).fit(
         train_rows, val_rows
     )
     config = {
-        "task": TASK_NAME,
+        "task": settings.task,
         "model": model_cfg.to_dict(),
         "train": asdict(train_cfg),
         "masked": asdict(masked_cfg),
+        "contrastive": asdict(contrastive_cfg),
         "pretrain": asdict(settings),
         "result": {
             "best_step": result.best_step,
@@ -111,12 +148,15 @@ def pretrain(
 
 
 def load_masked_model(directory, genotypes: Genotypes | None = None, data_path=None):
-    """Load a pretrained model; with ``genotypes``, check their marker map matches."""
+    """Load a pretrained model (a :class:`TwinnedModel` when its task was
+    contrastive or both); with ``genotypes``, check their marker map matches."""
     config, markers = load_model_config(directory)
     if genotypes is not None:
         check_markers(markers, genotypes.markers, directory, data_path or "genotypes")
     model_cfg = PerceiverConfig.from_dict(config["model"])
-    model = MaskedMarkerModel(model_cfg, markers.relative_pos(), markers.chrom)
+    model = model_class(config.get("task", "masked"))(
+        model_cfg, markers.relative_pos(), markers.chrom
+    )
     return load_weights(directory, model).eval(), config
 
 

@@ -239,6 +239,33 @@ class PerceiverEncoder(nn.Module):
         return self.norm(x)
 
 
+def target_decoder_layers(
+    config: PerceiverConfig, dropout: float | None = None
+) -> tuple[nn.ModuleList, ...]:
+    """Decoder layers reading target loci: local attention layers (none when
+    ``decoder_window`` is 0) and cross-attention blocks over the latents.
+    ``dropout`` overrides ``config.dropout``."""
+    c = config
+    dropout = c.dropout if dropout is None else dropout
+    # each decoder layer reads the target's neighbouring tokens, then the L
+    # latents (no chunking needed: L is small; latent-side heads)
+    local = nn.ModuleList(
+        LocalAttention(
+            c.width,
+            c.self_heads,
+            c.decoder_window,
+            dropout,
+            checkpoint=c.checkpoint_attention,
+        )
+        for _ in range(c.decoder_layers if c.decoder_window else 0)
+    )
+    blocks = nn.ModuleList(
+        CrossBlock(c.width, c.self_heads, c.ff_mult, dropout)
+        for _ in range(c.decoder_layers)
+    )
+    return local, blocks
+
+
 class MaskedMarkerModel(nn.Module):
     """Marker embedding, Perceiver encoder and a decoder predicting allele counts.
 
@@ -262,22 +289,7 @@ class MaskedMarkerModel(nn.Module):
                 f"config says {c.n_markers}"
             )
         self.encoder = PerceiverEncoder(config)
-        # each decoder layer reads the target's neighbouring tokens, then the L
-        # latents (no chunking needed: L is small; latent-side heads)
-        self.local = nn.ModuleList(
-            LocalAttention(
-                c.width,
-                c.self_heads,
-                c.decoder_window,
-                c.dropout,
-                checkpoint=c.checkpoint_attention,
-            )
-            for _ in range(c.decoder_layers if c.decoder_window else 0)
-        )
-        self.decoder = nn.ModuleList(
-            CrossBlock(c.width, c.self_heads, c.ff_mult, c.dropout)
-            for _ in range(c.decoder_layers)
-        )
+        self.local, self.decoder = target_decoder_layers(config)
         self.decoder_norm = nn.LayerNorm(c.width)
         self.head = nn.Linear(c.width, c.n_alleles * (c.ploidy + 1))
         for module in (self.local, self.decoder, self.head):
@@ -314,16 +326,32 @@ class MaskedMarkerModel(nn.Module):
         ``target_pos`` (B, T) or (T,) indexes the input sequence of ``tokens``
         (B, M, D), whose marker indices are ``marker_idx`` (M,) or (B, M).
         """
+        queries = self.target_queries(
+            latents, tokens, marker_idx, target_pos, self.local, self.decoder
+        )
+        logits = self.head(self.decoder_norm(queries))  # (B, T, A * (P + 1))
+        return logits.unflatten(-1, (self.config.n_alleles, self.config.ploidy + 1))
+
+    def target_queries(
+        self,
+        latents: Tensor,
+        tokens: Tensor,
+        marker_idx: Tensor,
+        target_pos: Tensor,
+        local: nn.ModuleList,
+        blocks: nn.ModuleList,
+    ) -> Tensor:
+        """Target queries (B, T, D) after the decoder layers ``local`` and ``blocks``
+        (from :func:`target_decoder_layers`); arguments as in :meth:`decode`."""
         b, m = tokens.shape[:2]
         target_pos = target_pos.expand(b, -1)  # (B, T)
         target_idx = marker_idx.expand(b, m).gather(1, target_pos)  # (B, T)
         queries = self.embed.position(target_idx)  # (B, T, D)
-        for i, block in enumerate(self.decoder):
-            if self.local:
-                queries = self._run(self.local[i], queries, tokens, target_pos)
+        for i, block in enumerate(blocks):
+            if local:
+                queries = self._run(local[i], queries, tokens, target_pos)
             queries = block(queries, latents)
-        logits = self.head(self.decoder_norm(queries))  # (B, T, A * (P + 1))
-        return logits.unflatten(-1, (self.config.n_alleles, self.config.ploidy + 1))
+        return queries
 
     def _run(self, layer, *args):
         """Run ``layer``, recomputing it in backward when checkpointing: its projected

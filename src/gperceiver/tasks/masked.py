@@ -91,6 +91,22 @@ def genotype_log_probs(logits: Tensor, genotypes: Tensor) -> Tensor:
     return scores.log_softmax(-1)
 
 
+def allele_count_loss(
+    logits: Tensor, counts: Tensor, valid: Tensor, complete: Tensor
+) -> tuple[Tensor, float]:
+    """Cross-entropy of copy-count logits (B, T, A, P + 1) against ``counts``
+    (B, T, A), averaged over valid (B, T) targets, and the share of valid targets
+    whose most probable complete genotype (``complete`` (G, A)) is right."""
+    losses = F.cross_entropy(logits.flatten(0, 2), counts.flatten(), reduction="none")
+    weight = valid[..., None].expand_as(counts).flatten().float()
+    loss = (losses * weight).sum() / weight.sum().clamp(min=1)
+    with torch.no_grad():
+        best = genotype_log_probs(logits, complete).argmax(-1)  # (B, T)
+        correct = (complete[best] == counts).all(-1)
+        accuracy = (correct & valid).sum() / valid.sum().clamp(min=1)
+    return loss, float(accuracy)
+
+
 class MaskedMarkerTask:
     """Batches of individuals -> masked inputs, targets and loss.
 
@@ -108,20 +124,24 @@ class MaskedMarkerTask:
         self.n_inputs = n_inputs
         self.n_targets = max(1, round(config.target_fraction * n_inputs))
 
+    def select_inputs(
+        self, alleles: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """Alleles (B, M', P) at a random subset of ``input_fraction`` of the loci
+        (the same for the whole batch) and those loci (M',), in map order."""
+        m = alleles.shape[1]
+        if self.n_inputs >= m:
+            return alleles, torch.arange(m)
+        inputs = torch.randperm(m, generator=generator)[: self.n_inputs].sort().values
+        return alleles[:, inputs], inputs
+
     def batch(self, rows: np.ndarray, generator: torch.Generator):
         """Masked alleles (B, M', P), input loci (M',), targets (B, T), validity,
         copy counts (B, T, A)."""
         alleles = torch.from_numpy(
             self.genotypes.alleles[np.sort(rows)].astype(np.int64)
         )
-        m = alleles.shape[1]
-        if self.n_inputs < m:
-            inputs = (
-                torch.randperm(m, generator=generator)[: self.n_inputs].sort().values
-            )
-            alleles = alleles[:, inputs]
-        else:
-            inputs = torch.arange(m)
+        alleles, inputs = self.select_inputs(alleles, generator)
         targets, valid = sample_targets(
             alleles, self.log_weights[inputs], self.n_targets, generator
         )
@@ -137,16 +157,8 @@ class MaskedMarkerTask:
     def _forward(self, model, rows, generator) -> tuple[Tensor, dict]:
         masked, inputs, targets, valid, counts = self.batch(rows, generator)
         logits = model(masked, inputs, targets)  # (B, T, A, P + 1)
-        losses = F.cross_entropy(
-            logits.flatten(0, 2), counts.flatten(), reduction="none"
-        )
-        weight = valid[..., None].expand_as(counts).flatten().float()
-        loss = (losses * weight).sum() / weight.sum().clamp(min=1)
-        with torch.no_grad():
-            best = genotype_log_probs(logits, self.complete).argmax(-1)  # (B, T)
-            correct = (self.complete[best] == counts).all(-1)
-            accuracy = (correct & valid).sum() / valid.sum().clamp(min=1)
-        return loss, {"accuracy": float(accuracy)}
+        loss, accuracy = allele_count_loss(logits, counts, valid, self.complete)
+        return loss, {"accuracy": accuracy}
 
     def epoch_order(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return self.genotypes.epoch_order(rows, rng)

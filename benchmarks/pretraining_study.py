@@ -1,0 +1,251 @@
+"""What each pretraining buys on wheat: finetune accuracy from scratch and after
+masked, contrastive (twinned) and both pretrainings, plus imputation concordance.
+
+For every seed, each pretraining task trains once on the genotypes of all wheat
+lines (genotypes only, no phenotypes, as ``perceiver-pretrained`` does) with a share
+of the complete genotypes hidden (set to missing). The hidden entries score the
+imputation of the tasks with a trained allele decoder (masked, both); the same
+model is then finetuned on the training folds of each split (full genotypes, same
+marker map) and scored by Pearson r on the held-out fold, per block. ``scratch``
+finetunes without pretraining. Everything with the same seed shares the seed.
+
+    OMP_NUM_THREADS=1 python benchmarks/pretraining_study.py --workdir /tmp/study \\
+        --pretrainings scratch,masked,contrastive,both --seeds 0,1,2 --folds 1,2
+
+Results go to WORKDIR/accuracy.tsv (one row per pretraining x seed x fold x block),
+WORKDIR/imputation.tsv and a summary printed as markdown; finished runs are read
+back from WORKDIR, so an interrupted study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gperceiver import io
+from gperceiver.checkpoint import read_json, write_json
+from gperceiver.data import MISSING, Genotypes, Phenotypes
+from gperceiver.evaluate import pearson
+from gperceiver.finetuning import finetune, load_predictor
+from gperceiver.pretraining import impute, load_masked_model, pretrain
+
+TASKS = ("masked", "contrastive", "both")
+
+
+def wheat() -> tuple[Genotypes, Phenotypes]:
+    root = resources.files("gperceiver") / "datasets" / "wheat"
+    markers = io.read_chroms(root / "chroms.tsv")
+    genotypes = io.read_markers(root / "markers.tsv", markers)
+    phenotypes = io.match_phenotypes(
+        io.read_phenotypes(root / "phenotypes.tsv"), genotypes
+    )
+    return genotypes, phenotypes
+
+
+def hide(genotypes: Genotypes, fraction: float, seed: int):
+    """Genotypes with ``fraction`` of the complete entries set missing, and the
+    hidden (N, M) mask."""
+    complete = (genotypes.alleles != MISSING).all(-1)
+    rng = np.random.default_rng([seed, 11])
+    hidden = complete & (rng.random(complete.shape) < fraction)
+    alleles = genotypes.alleles.copy()
+    alleles[hidden] = MISSING
+    return Genotypes(alleles, genotypes.names, genotypes.markers, genotypes.n_alleles)
+
+
+def mode_concordance(genotypes: Genotypes, hidden: Genotypes) -> dict:
+    """The baseline: each hidden entry called as its marker's most frequent
+    complete genotype among the entries left visible."""
+    mask = (hidden.alleles == MISSING).all(-1) & (genotypes.alleles != MISSING).all(-1)
+    codes, visible = genotypes.codes(), (hidden.alleles != MISSING).all(-1)
+    right = []
+    for m in range(genotypes.n_markers):
+        mode = np.bincount(codes[visible[:, m], m]).argmax()
+        right.append(codes[mask[:, m], m] == mode)
+    concordance = float(np.concatenate(right).mean())
+    return {"concordance": concordance, "hidden": int(mask.sum())}
+
+
+def pretrained_model(task, seed, genotypes, hidden_genotypes, args, workdir):
+    """Pretrain once per (task, seed); returns the directory and the imputation row."""
+    directory = workdir / "pretrain" / f"{task}-seed{seed}"
+    timing = directory / "seconds.json"
+    if not timing.exists():
+        started = time.perf_counter()
+        params = {**args.pretrain_params, "progress": False}
+        typed = {"task": task, "seed": seed}
+        pretrain(hidden_genotypes, directory, params, typed)
+        write_json({"seconds": time.perf_counter() - started}, timing)
+    seconds = read_json(timing)["seconds"]
+    row = {"pretraining": task, "seed": seed, "pretrain_seconds": round(seconds, 1)}
+    if task != "contrastive":
+        model, _ = load_masked_model(directory, hidden_genotypes)
+        filled = impute(model, hidden_genotypes, progress=False).genotypes.alleles
+        mask = (hidden_genotypes.alleles == MISSING).all(-1) & (
+            genotypes.alleles != MISSING
+        ).all(-1)
+        truth = np.sort(genotypes.alleles[mask], -1)
+        row["concordance"] = float((np.sort(filled[mask], -1) == truth).all(-1).mean())
+        row["hidden"] = int(mask.sum())
+    config = read_json(directory / "config.json")
+    row.update(
+        best_step=config["result"]["best_step"],
+        best_val_loss=round(config["result"]["best_val_loss"], 4),
+    )
+    return directory, row
+
+
+def fold_accuracy(pretraining, seed, fold, genotypes, phenotypes, pretrained, args):
+    """Per-block Pearson r on held-out fold ``fold`` (cached in the workdir)."""
+    out = args.workdir / "finetune" / f"{pretraining}-seed{seed}-fold{fold}"
+    result = out / "accuracy.json"
+    if not result.exists():
+        started = time.perf_counter()
+        train, validation = phenotypes.split(str(fold))
+        params = {**args.finetune_params, "progress": False}
+        finetune(
+            Phenotypes(train, "training folds"),
+            genotypes,
+            out,
+            params,
+            {"seed": seed},
+            pretrained=pretrained,
+        )
+        predictor = load_predictor(out)
+        rows = genotypes.index_of(validation["name"])
+        values = predictor.predict(genotypes, rows).mean(-1)  # (n, E)
+        predicted = values[np.arange(len(rows)), validation["block"].to_numpy()]
+        scores = []
+        for block in sorted(validation["block"].unique()):
+            at = (validation["block"] == block).to_numpy()
+            scores.append(
+                {
+                    "block": int(block),
+                    "pearson_r": pearson(validation["response"][at], predicted[at]),
+                    "n": int(at.sum()),
+                }
+            )
+        write_json({"scores": scores, "seconds": time.perf_counter() - started}, result)
+    saved = read_json(result)
+    return [
+        {
+            "pretraining": pretraining,
+            "seed": seed,
+            "fold": fold,
+            **score,
+            "finetune_seconds": round(saved["seconds"], 1),
+        }
+        for score in saved["scores"]
+    ]
+
+
+def summary(accuracy: pd.DataFrame, imputation: pd.DataFrame) -> str:
+    """Markdown: mean r over blocks per (pretraining, seed, fold), then mean and sd
+    over the seed x fold runs; imputation concordance per task."""
+    per_run = (
+        accuracy.groupby(["pretraining", "seed", "fold"])["pearson_r"]
+        .mean()
+        .rename("mean_r")
+        .reset_index()
+    )
+    lines = ["| pretraining | runs (seeds x folds) | mean r (over blocks) | sd | "]
+    lines[0] += "per fold: mean r over seeds |"
+    lines.append("|---|---|---|---|---|")
+    order = ["scratch", *TASKS]
+    for name, group in sorted(
+        per_run.groupby("pretraining"), key=lambda item: order.index(item[0])
+    ):
+        folds = group.groupby("fold")["mean_r"].mean()
+        per_fold = ", ".join(f"fold {f}: {r:.3f}" for f, r in folds.items())
+        lines.append(
+            f"| {name} | {len(group)} | {group['mean_r'].mean():.3f} | "
+            f"{group['mean_r'].std(ddof=1):.3f} | {per_fold} |"
+        )
+    if len(imputation) and "concordance" in imputation:
+        lines += ["", "| pretraining | seed | concordance | hidden | pretrain s |"]
+        lines.append("|---|---|---|---|---|")
+        for row in imputation.dropna(subset=["concordance"]).itertuples():
+            seconds = row.pretrain_seconds
+            lines.append(
+                f"| {row.pretraining} | {row.seed} | {row.concordance:.4f} | "
+                f"{int(row.hidden)} | {'' if pd.isna(seconds) else f'{seconds:.0f}'} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument(
+        "--pretrainings",
+        default="scratch,masked,contrastive,both",
+        help="comma-separated: scratch, masked, contrastive, both",
+    )
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--folds", default="1,2", help="wheat cv values to hold out")
+    parser.add_argument(
+        "--pretrain-params",
+        type=json.loads,
+        default={},
+        help="JSON object for pretrain, e.g. '{\"epochs\": 5}'",
+    )
+    parser.add_argument(
+        "--finetune-params", type=json.loads, default={}, help="JSON for finetune"
+    )
+    parser.add_argument(
+        "--hide-fraction",
+        type=float,
+        default=0.05,
+        help="share of complete genotypes hidden during pretraining and scored",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1)"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    names = [p.strip() for p in args.pretrainings.split(",") if p.strip()]
+    unknown = set(names) - {"scratch", *TASKS}
+    if unknown:
+        parser.error(f"unknown pretrainings: {sorted(unknown)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    folds = [f.strip() for f in args.folds.split(",")]
+    args.workdir.mkdir(parents=True, exist_ok=True)
+
+    genotypes, phenotypes = wheat()
+    accuracy_rows, imputation_rows = [], []
+    for seed in seeds:
+        hidden = hide(genotypes, args.hide_fraction, seed)
+        if set(names) & {"masked", "both"}:
+            baseline = {"pretraining": "per-marker mode", "seed": seed}
+            imputation_rows.append({**baseline, **mode_concordance(genotypes, hidden)})
+        for name in names:
+            pretrained = None
+            if name != "scratch":
+                pretrained, row = pretrained_model(
+                    name, seed, genotypes, hidden, args, args.workdir
+                )
+                imputation_rows.append(row)
+                print(json.dumps(row), flush=True)
+            for fold in folds:
+                rows = fold_accuracy(
+                    name, seed, fold, genotypes, phenotypes, pretrained, args
+                )
+                accuracy_rows += rows
+                mean_r = np.mean([r["pearson_r"] for r in rows])
+                print(f"{name} seed {seed} fold {fold}: r {mean_r:.3f}", flush=True)
+            accuracy = pd.DataFrame(accuracy_rows)
+            imputation = pd.DataFrame(imputation_rows)
+            io.write_table(accuracy, args.workdir / "accuracy.tsv", float_format="%.4f")
+            io.write_table(imputation, args.workdir / "imputation.tsv")
+    print(summary(pd.DataFrame(accuracy_rows), pd.DataFrame(imputation_rows)))
+
+
+if __name__ == "__main__":
+    main()
