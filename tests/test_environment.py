@@ -2,10 +2,14 @@
 environment cross-validation schemes, reaction-norm GBLUP and the environment
 encoder."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from gperceiver.cli import main
 from gperceiver.io import InputError, read_covariates, write_covariates
+from gperceiver.simulate import SimulationConfig, simulate
 
 
 def write(tmp_path, text, name="covariates.tsv"):
@@ -69,3 +73,52 @@ def test_read_covariates__raises_on_bad_input(tmp_path, text, where, problem):
         read_covariates(path)
     assert err.value.where.startswith(where)
     assert str(path) in str(err.value)
+
+
+WEATHER = SimulationConfig(
+    n_individuals=150,
+    n_markers=300,
+    n_chromosomes=2,
+    chromosome_length_bp=30_000_000,
+    n_qtl=30,
+    n_environments=8,
+    gxe_correlation=0.5,
+    weather_days=60,
+    n_folds=5,
+    seed=3,
+)
+
+
+@pytest.fixture(scope="module")
+def weather_sim():
+    return simulate(WEATHER)
+
+
+def test_simulate__weather_drives_low_rank_interaction(weather_sim):
+    cov = weather_sim.covariates
+    assert cov.values.shape == (8, 60, 3) and cov.names == [
+        "temperature",
+        "rain",
+        "radiation",
+    ]
+    assert (cov.values[:, :, 1] >= 0).all()  # rain
+    wide = weather_sim.truth.pivot(index="name", columns="block", values="additive")
+    centred = wide.to_numpy() - wide.to_numpy().mean(0)
+    singular = np.linalg.svd(centred, compute_uv=False)
+    # main effect + 3 stress sensitivities: rank 4 out of 8 environments
+    assert singular[4] < 1e-8 * singular[0] < singular[3]
+    # same without weather: every environment has its own random deviation
+    plain = simulate(dataclasses.replace(WEATHER, weather_days=0)).truth
+    wide = plain.pivot(index="name", columns="block", values="additive").to_numpy()
+    assert np.linalg.svd(wide - wide.mean(0), compute_uv=False)[7] > 1e-3
+
+
+def test_simulate__weather_cli_writes_covariates(tmp_path):
+    out = tmp_path / "sim"
+    code = main(
+        ["simulate", "--out", str(out), "--individuals", "60", "--markers", "200",
+         "--qtl", "20", "--environments", "3", "--weather-days", "30", "--folds", "3"]
+    )  # fmt: skip
+    assert code == 0
+    cov = read_covariates(out / "covariates.tsv")
+    assert cov.blocks.tolist() == [0, 1, 2] and cov.values.shape == (3, 30, 3)

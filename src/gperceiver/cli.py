@@ -210,6 +210,7 @@ def cmd_simulate(args) -> None:
         dominance_variance=args.dominance,
         epistasis_variance=args.epistasis,
         gxe_correlation=args.gxe_correlation,
+        weather_days=args.weather_days,
         n_folds=args.folds,
         seed=args.seed,
     )
@@ -219,13 +220,17 @@ def cmd_simulate(args) -> None:
     io.write_markers(data.genotypes, out / "markers.tsv")
     io.write_phenotypes(data.phenotypes, out / "phenotypes.tsv")
     io.write_table(data.truth, out / "truth.tsv")
+    written = "chroms,markers,phenotypes,truth"
+    if data.covariates is not None:
+        io.write_covariates(data.covariates, out / "covariates.tsv")
+        written += ",covariates"
     g = data.genotypes
     print(
         f"simulated {g.n_individuals} individuals x {g.n_markers} markers "
         f"(ploidy {g.ploidy}, {g.n_alleles} alleles, "
         f"{g.missing_rate():.1%} missing copies), "
         f"{len(data.phenotypes.table)} phenotype records in {config.n_environments} "
-        f"environments -> {out}/{{chroms,markers,phenotypes,truth}}.tsv"
+        f"environments -> {out}/{{{written}}}.tsv"
     )
 
 
@@ -420,6 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--epistasis", type=float, default=0.1, help="share of genetic variance"
     )
     p.add_argument("--gxe-correlation", type=float, default=0.7)
+    p.add_argument(
+        "--weather-days",
+        type=int,
+        default=0,
+        help="daily weather per environment driving GxE (writes covariates.tsv)",
+    )
     p.add_argument("--folds", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_simulate)
