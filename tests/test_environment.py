@@ -5,9 +5,19 @@ encoder."""
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from gperceiver.baselines import (
+    GBLUP,
+    Kernel,
+    ReactionNorm,
+    _dense_reml,
+    _kronecker_reml,
+    environment_kernel,
+)
 from gperceiver.cli import main
+from gperceiver.evaluate import METHODS, cross_validate, pearson, pooled_table
 from gperceiver.io import InputError, read_covariates, write_covariates
 from gperceiver.simulate import SimulationConfig, simulate
 
@@ -81,8 +91,9 @@ WEATHER = SimulationConfig(
     n_chromosomes=2,
     chromosome_length_bp=30_000_000,
     n_qtl=30,
-    n_environments=8,
-    gxe_correlation=0.5,
+    n_environments=12,
+    gxe_correlation=0.3,
+    heritability=0.7,
     weather_days=60,
     n_folds=5,
     seed=3,
@@ -96,7 +107,7 @@ def weather_sim():
 
 def test_simulate__weather_drives_low_rank_interaction(weather_sim):
     cov = weather_sim.covariates
-    assert cov.values.shape == (8, 60, 3) and cov.names == [
+    assert cov.values.shape == (12, 60, 3) and cov.names == [
         "temperature",
         "rain",
         "radiation",
@@ -105,12 +116,12 @@ def test_simulate__weather_drives_low_rank_interaction(weather_sim):
     wide = weather_sim.truth.pivot(index="name", columns="block", values="additive")
     centred = wide.to_numpy() - wide.to_numpy().mean(0)
     singular = np.linalg.svd(centred, compute_uv=False)
-    # main effect + 3 stress sensitivities: rank 4 out of 8 environments
+    # main effect + 3 stress sensitivities: rank 4 out of 12 environments
     assert singular[4] < 1e-8 * singular[0] < singular[3]
     # same without weather: every environment has its own random deviation
     plain = simulate(dataclasses.replace(WEATHER, weather_days=0)).truth
     wide = plain.pivot(index="name", columns="block", values="additive").to_numpy()
-    assert np.linalg.svd(wide - wide.mean(0), compute_uv=False)[7] > 1e-3
+    assert np.linalg.svd(wide - wide.mean(0), compute_uv=False)[11] > 1e-3
 
 
 def test_simulate__weather_cli_writes_covariates(tmp_path):
@@ -122,3 +133,128 @@ def test_simulate__weather_cli_writes_covariates(tmp_path):
     assert code == 0
     cov = read_covariates(out / "covariates.tsv")
     assert cov.blocks.tolist() == [0, 1, 2] and cov.values.shape == (3, 30, 3)
+
+
+def grid_problem(n=40, m=5, seed=0):
+    """A complete individuals x environments grid with interaction."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(n, 200))
+    g = w @ w.T / 200
+    x = rng.normal(size=(m, 3))
+    omega = x @ x.T / 3
+    ge = rng.multivariate_normal(np.zeros(n * m), np.kron(g, omega + 1.0))
+    y = ge.reshape(n, m) + rng.normal(size=(n, m)) + np.arange(m)
+    return g, omega, y
+
+
+@pytest.mark.parametrize("interaction", [True, False])
+def test_reaction_norm__kronecker_path_equals_dense_reml(interaction):
+    g, omega, y = grid_problem()
+    n, m = y.shape
+    individuals, envs = np.repeat(np.arange(n), m), np.tile(np.arange(m), n)
+    fast = _kronecker_reml(y, g, omega if interaction else None)
+    dense = _dense_reml(y.ravel(), g, individuals, envs, omega if interaction else None)
+    assert np.allclose(fast[:4], dense[:4], rtol=1e-3)
+    assert np.allclose(fast[4], dense[4], rtol=1e-3, atol=1e-6)
+    assert (fast[1] > 0) == interaction
+
+
+def test_reaction_norm__one_environment_main_effect_is_gblup():
+    g, _, y = grid_problem(m=1)
+    names = np.array([f"i{k}" for k in range(len(g))])
+    kernel = Kernel(g, names)
+    records = pd.DataFrame({"name": names, "response": y[:, 0], "block": 3})
+    model = ReactionNorm(kernel, interaction=False).fit(records, None)
+    reference = GBLUP(kernel).fit(records, None)
+    assert np.allclose(
+        model.predict(names, [3] * len(names)), reference.predict(names), atol=1e-4
+    )
+    assert np.isclose(model.s2g_, reference.fit_.s2g, rtol=1e-3)
+
+
+def test_reaction_norm__predicts_held_out_environment_from_weather(weather_sim):
+    table, truth = weather_sim.phenotypes.table, weather_sim.truth
+    kernel = Kernel.relationship(weather_sim.genotypes)
+    blocks = np.arange(12)
+    omega = environment_kernel(weather_sim.covariates, blocks)
+    r = {True: [], False: []}
+    for b in blocks:
+        train, held = table[table["block"] != b], table[table["block"] == b]
+        target = truth.loc[truth["block"] == b, "genetic"]
+        for interaction in r:
+            model = ReactionNorm(kernel, omega, blocks, interaction).fit(train, None)
+            r[interaction].append(
+                pearson(model.predict(held["name"], held["block"]), target)
+            )
+    assert np.mean(r[True]) > np.mean(r[False]) + 0.03, r
+
+
+def recording_method(calls):
+    """A registry method recording its inputs and predicting the training mean."""
+
+    def method(train, validation, genotypes, cache):
+        calls.append((train.copy(), validation.copy()))
+        return np.full(len(validation), train["response"].mean())
+
+    return method
+
+
+@pytest.mark.parametrize("scheme", ["cv0", "cv00"])
+def test_cross_validate__held_out_environment_never_in_training(
+    weather_sim, monkeypatch, scheme
+):
+    calls = []
+    monkeypatch.setitem(METHODS, "recorder", recording_method(calls))
+    phenotypes = weather_sim.phenotypes
+    predictions, accuracy = cross_validate(
+        phenotypes, weather_sim.genotypes, ["recorder"], False, scheme=scheme
+    )
+    assert len(calls) == 12 * (1 if scheme == "cv0" else 5)
+    for train, validation in calls:
+        held = validation["block"].unique()
+        assert len(held) == 1
+        assert not train["block"].isin(held).any()
+        if scheme == "cv00":
+            assert not train["name"].isin(validation["name"]).any()
+            assert validation["cv"].nunique() == 1
+        table = phenotypes.table
+        expected = table["block"] != held[0]
+        if scheme == "cv00":
+            expected &= ~table["name"].isin(validation["name"])
+        assert sorted(train.index) == sorted(table.index[expected])
+    # every record is predicted exactly once, by a model that never saw its block
+    assert len(predictions) == len(phenotypes.table)
+    assert not predictions.duplicated(["name", "block"]).any()
+    assert set(accuracy.loc[accuracy["fold"] == "all", "block"]) == set(range(12))
+
+
+def test_cross_validate__per_block_methods_refuse_new_environments(weather_sim):
+    with pytest.raises(ValueError, match="cannot predict a held-out environment"):
+        cross_validate(
+            weather_sim.phenotypes,
+            weather_sim.genotypes,
+            ["gblup"],
+            False,
+            scheme="cv0",
+        )
+    with pytest.raises(ValueError, match="needs environment covariates"):
+        cross_validate(
+            weather_sim.phenotypes,
+            weather_sim.genotypes,
+            ["gblup-rn"],
+            False,
+            scheme="cv0",
+        )
+
+
+def test_cross_validate__cv0_reaction_norm_beats_main_effect(weather_sim):
+    _, accuracy = cross_validate(
+        weather_sim.phenotypes,
+        weather_sim.genotypes,
+        ["gblup-main", "gblup-rn"],
+        False,
+        options={"covariates": weather_sim.covariates},
+        scheme="cv0",
+    )
+    mean_r = pooled_table(accuracy)["mean"]
+    assert mean_r["gblup-rn"] > mean_r["gblup-main"] + 0.05, mean_r
