@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from gperceiver.baselines import (
     GBLUP,
@@ -17,8 +18,13 @@ from gperceiver.baselines import (
     environment_kernel,
 )
 from gperceiver.cli import main
+from gperceiver.data import Phenotypes
 from gperceiver.evaluate import METHODS, cross_validate, pearson, pooled_table
+from gperceiver.finetuning import finetune, load_predictor, prediction_table
 from gperceiver.io import InputError, read_covariates, write_covariates
+from gperceiver.nn.environment import EnvironmentConfig, EnvironmentPhenotypeModel
+from gperceiver.nn.heads import HeadConfig
+from gperceiver.nn.perceiver import PerceiverConfig
 from gperceiver.simulate import SimulationConfig, simulate
 
 
@@ -258,3 +264,95 @@ def test_cross_validate__cv0_reaction_norm_beats_main_effect(weather_sim):
     )
     mean_r = pooled_table(accuracy)["mean"]
     assert mean_r["gblup-rn"] > mean_r["gblup-main"] + 0.05, mean_r
+
+
+TINY = {"width": 16, "n_latents": 4, "self_layers": 1, "encode_iters": 1}
+
+
+def tiny_model(n_times, has=(True, True, False)):
+    config = PerceiverConfig(n_alleles=2, ploidy=2, n_markers=30, n_chroms=1, **TINY)
+    head = HeadConfig(n_blocks=3)
+    environment = EnvironmentConfig(n_covariates=2, n_times=n_times, env_tokens=4)
+    torch.manual_seed(0)
+    covariates = torch.randn(3, n_times, 2)
+    model = EnvironmentPhenotypeModel(
+        config, head, environment, np.linspace(0, 1, 30), np.zeros(30, int),
+        covariates, torch.tensor(has),
+    )  # fmt: skip
+    return model.eval()
+
+
+@pytest.mark.parametrize("n_times", [1, 20])
+def test_environment_model__shapes_and_rows_independent_in_eval(n_times):
+    model = tiny_model(n_times)
+    alleles = torch.randint(1, 3, (5, 30, 2))
+    idx = torch.arange(30)
+    with torch.no_grad():
+        out = model(alleles, idx)
+        single = model(alleles[2:3], idx)
+    assert out.shape == (5, 3, 1)
+    assert torch.allclose(out[2:3], single, atol=1e-5)
+
+
+def test_environment_model__prediction_follows_the_covariates():
+    model = tiny_model(20)
+    alleles = torch.randint(1, 3, (4, 30, 2))
+    idx = torch.arange(30)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.environment_gradients.weight)
+        before = model(alleles, idx)
+        model.covariates[1] += torch.randn(20, 2)  # new weather in block 1
+        model.covariates[2] += torch.randn(20, 2)  # block 2 has no covariates
+        after = model(alleles, idx)
+    assert not torch.allclose(before[:, 1], after[:, 1])
+    assert torch.allclose(before[:, [0, 2]], after[:, [0, 2]])
+
+
+def test_finetune__environment_absent_from_training_gets_predictions(
+    weather_sim, tmp_path
+):
+    table = weather_sim.phenotypes.table
+    train = Phenotypes(table[table["block"] != 4], "train")
+    params = {**TINY, "epochs": 2, "progress": False, "val_split": "environments"}
+    finetune(
+        train,
+        weather_sim.genotypes,
+        tmp_path / "m",
+        params,
+        covariates=weather_sim.covariates,
+    )
+    predictor = load_predictor(tmp_path / "m", weather_sim.genotypes)
+    frame = prediction_table(predictor, weather_sim.genotypes, [4])
+    assert len(frame) == 150 and np.isfinite(frame["prediction"]).all()
+    assert frame["prediction"].std() > 0
+    # its predictions come from its weather: another block's weather changes them
+    member = predictor.members[0]
+    with torch.no_grad():
+        member.covariates[4] = member.covariates[7]
+    moved = prediction_table(predictor, weather_sim.genotypes, [4])["prediction"]
+    assert not np.allclose(moved, frame["prediction"])
+
+
+def test_cli__evaluate_cv0_with_covariates(tmp_path):
+    data = tmp_path / "sim"
+    main(["simulate", "--out", str(data), "--individuals", "60", "--markers", "200",
+          "--qtl", "20", "--environments", "3", "--weather-days", "30", "--folds", "3"])  # fmt: skip
+    files = [str(data / f) for f in ("phenotypes.tsv", "chroms.tsv", "markers.tsv")]
+    out = tmp_path / "eval"
+    code = main(
+        ["evaluate", *files, "--scheme", "cv0", "--covariates", str(data / "covariates.tsv"),
+         "--methods", "gblup-main,gblup-rn,perceiver", "--out", str(out), "--quiet",
+         "--epochs", "1", "--width", "16", "--latents", "4", "--encode-iters", "1"]
+    )  # fmt: skip
+    assert code == 0
+    predictions = pd.read_csv(out / "predictions.tsv", sep="\t")
+    assert set(predictions["method"]) == {"gblup-main", "gblup-rn", "perceiver"}
+    assert len(predictions) == 3 * 60 * 3 and predictions["prediction"].notna().all()
+    assert sorted(p.name for p in (out / "models" / "perceiver").iterdir()) == [
+        "fold-block-0", "fold-block-1", "fold-block-2"
+    ]  # fmt: skip
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("block\ttemp\n0\thot\n")
+    code = main(["evaluate", *files, "--scheme", "cv0", "--covariates", str(bad),
+                 "--methods", "gblup-rn", "--out", str(tmp_path / "e2"), "--quiet"])  # fmt: skip
+    assert code == 1 and not (tmp_path / "e2").exists()

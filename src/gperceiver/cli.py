@@ -54,6 +54,19 @@ def read_phenotypes_for(args, genotypes):
     return io.match_phenotypes(io.read_phenotypes(args.phenos), genotypes)
 
 
+def read_covariates_if_given(args):
+    path = getattr(args, "covariates", None)
+    return io.read_covariates(path) if path else None
+
+
+def add_covariate_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--covariates",
+        help="environment covariates TSV: block[, time], covariates... (one row per "
+        "block, or per block and day); lets models predict unseen environments",
+    )
+
+
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     """Options that override ``--params`` only when typed (argparse.SUPPRESS)."""
     s = argparse.SUPPRESS
@@ -243,9 +256,19 @@ def cmd_evaluate(args) -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     out = Path(args.out)
     typed = typed_options(args) | ({"progress": False} if args.quiet else {})
-    options = {"params": file_params(args), "typed": typed, "workdir": out / "models"}
+    options = {
+        "params": file_params(args),
+        "typed": typed,
+        "workdir": out / "models",
+        "covariates": read_covariates_if_given(args),
+    }
     predictions, accuracy = cross_validate(
-        phenotypes, genotypes, methods, progress=not args.quiet, options=options
+        phenotypes,
+        genotypes,
+        methods,
+        progress=not args.quiet,
+        options=options,
+        scheme=args.scheme,
     )
     importance = fold_importance(out / "models", genotypes, methods)
     io.write_table(predictions, out / "predictions.tsv")
@@ -253,7 +276,10 @@ def cmd_evaluate(args) -> None:
     evaluation_report(
         out, predictions, accuracy, NOTES, first_fold_curves(out / "models"), importance
     )
-    print(f"Pearson r per block, pooled over {accuracy['fold'].nunique() - 1} folds:")
+    print(
+        f"{args.scheme}: Pearson r within each block, pooled over its "
+        f"{accuracy['fold'].nunique() - 1} split(s); mean = mean within-block r:"
+    )
     print(format_accuracy(accuracy))
     for method in methods:
         if method in NOTES:
@@ -341,6 +367,7 @@ def cmd_finetune(args) -> None:
 
     genotypes = read_genotypes(args)
     phenotypes = read_phenotypes_for(args, genotypes)
+    covariates = read_covariates_if_given(args)
     finetune(
         phenotypes,
         genotypes,
@@ -349,9 +376,13 @@ def cmd_finetune(args) -> None:
         typed_options(args),
         pretrained=args.pretrained,
         cv=args.cv,
+        covariates=covariates,
     )
     predictor = load_predictor(args.out)
-    table = prediction_table(predictor, genotypes, phenotypes.blocks)
+    blocks = phenotypes.blocks
+    if covariates is not None:  # environments without records are predicted too
+        blocks = np.union1d(blocks, covariates.blocks)
+    table = prediction_table(predictor, genotypes, blocks)
     merged = table.merge(phenotypes.table, on=["name", "block"], how="left")
     if args.predictions:
         io.write_table(merged, args.predictions)
@@ -449,6 +480,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--scheme",
+        choices=["cv1", "cv0", "cv00"],
+        default="cv1",
+        help="cv1: new individuals (cv column); cv0: leave one environment (block) "
+        "out; cv00: new individuals in a left-out environment (default cv1)",
+    )
+    add_covariate_option(p)
     add_training_options(p)
     add_finetune_options(p)
     p.set_defaults(func=cmd_evaluate)
@@ -503,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--predictions", help="also write predictions for every individual x block"
     )
+    add_covariate_option(p)
     add_training_options(p)
     add_finetune_options(p)
     p.set_defaults(func=cmd_finetune)
