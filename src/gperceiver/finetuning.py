@@ -108,12 +108,14 @@ def _records_split(
     """Training and validation :class:`Records` (validation may be None).
 
     ``by_environment``: without ``cv``, hold out a share ``val_fraction`` of the
-    blocks (at least one) instead of individuals.
+    blocks (at least one unless it is 0) instead of individuals.
     """
     n_blocks = n_blocks or phenotypes.n_blocks
     if cv is None and by_environment:
         blocks = phenotypes.blocks
-        n_held = max(1, round(val_fraction * len(blocks))) if len(blocks) > 1 else 0
+        n_held = round(val_fraction * len(blocks))
+        if val_fraction > 0 and len(blocks) > 1:
+            n_held = max(1, n_held)
         held = np.random.default_rng(seed).choice(blocks, n_held, replace=False)
         is_held = phenotypes.table["block"].isin(held)
         train = Records.from_table(phenotypes.table[~is_held], genotypes, n_blocks)

@@ -49,12 +49,11 @@ class EnvironmentConfig:
 
 
 class EnvironmentEncoder(nn.Module):
-    """Standardised covariates (E, T, C) -> environment tokens (E, S, D).
+    """Window summaries (E, S, C) -> environment tokens (E, S, D).
 
-    Static covariates (T = 1) go through an MLP to one token repeated S times
-    (plus a learned position per token). A series is averaged in S equal time
-    windows, then a small temporal convolution (kernel 3 over windows) mixes
-    neighbouring windows; a learned position embedding marks each window.
+    Static covariates (S = 1) go through an MLP to one token. For a series, a
+    small temporal convolution (kernel 3 over windows) mixes neighbouring
+    windows; a learned position embedding marks each window.
     """
 
     def __init__(self, config: EnvironmentConfig, width: int):
@@ -76,13 +75,11 @@ class EnvironmentEncoder(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, covariates: Tensor) -> Tensor:
-        if covariates.shape[1] == 1:
-            tokens = self.mix(covariates[:, 0])[:, None]  # (E, 1, D)
-            tokens = tokens.expand(-1, self.n_tokens, -1)
+    def forward(self, windows: Tensor) -> Tensor:
+        if windows.shape[1] == 1:
+            tokens = self.mix(windows[:, 0])[:, None]  # (E, 1, D)
         else:
-            windows = F.adaptive_avg_pool1d(covariates.transpose(1, 2), self.n_tokens)
-            tokens = self.mix(windows).transpose(1, 2)  # (E, S, D)
+            tokens = self.mix(windows.transpose(1, 2)).transpose(1, 2)  # (E, S, D)
         return self.norm(self.dropout(tokens + self.position))
 
 
@@ -99,9 +96,10 @@ class EnvironmentPhenotypeModel(nn.Module):
     - cross-attention: the block's environment tokens (queries) read the
       genotype latents; the mean over tokens goes through a linear readout;
     - reaction norm: ``R`` genotype slopes times ``R`` environment gradients,
-      both linear maps of the pooled features / tokens.
+      linear maps of the pooled features and of the standardised window means
+      of the covariates (as the kernel of reaction-norm GBLUP sees them).
 
-    The covariates (standardised, ``covariates`` buffer (E, T, C)) are part of
+    The covariates (``covariates`` buffer (E, T, C)) are part of
     the model, so the forward pass takes genotypes only. A block without
     covariates (``has_covariates`` False) gets learned tokens instead, which
     train only where it has records, as a block embedding would.
@@ -142,6 +140,14 @@ class EnvironmentPhenotypeModel(nn.Module):
         self.register_buffer("has_covariates", has_covariates.bool())
         self.env_encoder = EnvironmentEncoder(environment, d)
         s = self.env_encoder.n_tokens
+        # centre and scale of each window mean over the blocks with covariates (as
+        # for a reaction-norm kernel); fixed at construction, saved with the model
+        known = self._windows()[has_covariates.bool()]  # (E', S, C)
+        zeros = torch.zeros(s, environment.n_covariates)
+        self.register_buffer("window_mean", known.mean(0) if len(known) else zeros)
+        self.register_buffer(
+            "window_sd", known.std(0) if len(known) > 1 else zeros + 1.0
+        )
         self.block_tokens = nn.Parameter(torch.zeros(e, s, d))  # blocks w/o covariates
         self.norm = nn.BatchNorm1d(l1 * d)
         self.main = nn.Sequential(
@@ -182,17 +188,22 @@ class EnvironmentPhenotypeModel(nn.Module):
 
     def environment_tokens(self) -> Tensor:
         """Tokens (E, S, D) of every block: encoded covariates or learned ones."""
-        encoded = self.env_encoder(self.covariates)
+        encoded = self.env_encoder(self.windows())
         return torch.where(
             self.has_covariates[:, None, None], encoded, self.block_tokens
         )
 
-    def summary(self) -> Tensor:
-        """Window means of the covariates (E, S * C); zeros without covariates."""
-        windows = F.adaptive_avg_pool1d(
+    def _windows(self) -> Tensor:
+        """Means of the covariates over S equal time windows, (E, S, C)."""
+        return F.adaptive_avg_pool1d(
             self.covariates.transpose(1, 2), self.env_encoder.n_tokens
-        )
-        return windows.flatten(1) * self.has_covariates[:, None]
+        ).transpose(1, 2)
+
+    def windows(self) -> Tensor:
+        """Window means standardised over environments (E, S, C); zeros (the
+        average environment) for blocks without covariates."""
+        windows = (self._windows() - self.window_mean) / self.window_sd.clamp(min=1e-6)
+        return windows * self.has_covariates[:, None, None]
 
     def head(self, features: Tensor) -> Tensor:
         """Outputs (B, E, K) from :meth:`features` (B, L + 1, D)."""
@@ -210,7 +221,7 @@ class EnvironmentPhenotypeModel(nn.Module):
         read = read.reshape(b, e, s, d).mean(2)  # (B, E, D)
 
         slopes = self.genotype_slopes(pooled).view(b, -1, k)  # (B, R, K)
-        gradients = self.environment_gradients(self.summary())  # (E, R)
+        gradients = self.environment_gradients(self.windows().flatten(1))  # (E, R)
         reaction = torch.einsum("brk,er->bek", slopes, gradients)
         main = self.main(pooled)[:, None]  # (B, 1, K)
         return main + self.attention_readout(read) + reaction + self.intercept
