@@ -32,9 +32,12 @@ from gperceiver.evaluate import cross_validate, pearson
 from gperceiver.simulate import SimulationConfig, simulate
 
 # Perceiver settings, chosen on a development simulation (seed 11, never the
-# benchmark seed): a small model, a low learning rate and a fixed budget of
-# epochs; early stopping picks the best epoch on two held-out training
-# environments (val_split environments, set by evaluate for cv0).
+# benchmark seed): a small model, a low learning rate and a fixed budget of 40
+# epochs on every training environment, two seeds averaged. Holding out
+# training environments for early stopping (val_fraction 0.2) stopped before the
+# interaction was learnt and left 4 of 19 environments out of training: r 0.13
+# instead of 0.54 on the two development environments where GxE matters most;
+# two seeds raised r from 0.57 to 0.61 on a third.
 PERCEIVER = {
     "width": 32,
     "n_latents": 16,
@@ -42,8 +45,8 @@ PERCEIVER = {
     "self_layers": 1,
     "lr": 3e-4,
     "epochs": 40,
-    "patience": 40,
-    "val_fraction": 0.1,
+    "val_fraction": 0.0,
+    "ensemble": 2,
 }
 
 
@@ -59,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--individuals", type=int, default=400)
-    parser.add_argument("--markers", type=int, default=2000)
+    parser.add_argument("--markers", type=int, default=1000)
     parser.add_argument("--environments", type=int, default=20)
     parser.add_argument("--weather-days", type=int, default=120)
     parser.add_argument("--gxe-correlation", type=float, default=0.5)
