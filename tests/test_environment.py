@@ -356,3 +356,15 @@ def test_cli__evaluate_cv0_with_covariates(tmp_path):
     code = main(["evaluate", *files, "--scheme", "cv0", "--covariates", str(bad),
                  "--methods", "gblup-rn", "--out", str(tmp_path / "e2"), "--quiet"])  # fmt: skip
     assert code == 1 and not (tmp_path / "e2").exists()
+
+
+def test_finetune__raises_on_environment_options_without_support(weather_sim, tmp_path):
+    phenotypes, genotypes = weather_sim.phenotypes, weather_sim.genotypes
+    with pytest.raises(InputError, match="needs environment covariates"):
+        finetune(phenotypes, genotypes, tmp_path / "a", {"val_split": "environments"})
+    with pytest.raises(InputError, match="ordinal objective is not available"):
+        finetune(
+            phenotypes, genotypes, tmp_path / "b", {"objective": "ordinal"},
+            covariates=weather_sim.covariates,
+        )  # fmt: skip
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

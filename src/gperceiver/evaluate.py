@@ -333,7 +333,6 @@ def single_split(
     if str(fold) not in phenotypes.folds():
         raise ValueError(f"fold {fold!r} is not a value of the cv column")
     predictions = _run(phenotypes, genotypes, [method], [str(fold)], progress)
-
     return predictions, accuracy_table(predictions)
 
 

@@ -248,10 +248,15 @@ def finetune(
             **{k: v for k, v in params.items() if k not in pre_config["model"]},
         }
     objective = {**params, **typed}.get("objective", FinetuneSettings.objective)
-    n_classes = class_count(phenotypes.table, objective, phenotypes.source)
     environment = None if covariates is None else _environment_inputs(covariates)
     if environment is not None and objective == "ordinal":
-        raise ValueError("the ordinal objective is not available with covariates")
+        raise InputError(
+            "--objective",
+            None,
+            "the ordinal objective is not available with covariates",
+            "use mse, huber, binary, multiclass or ranking",
+        )
+    n_classes = class_count(phenotypes.table, objective, phenotypes.source)
     n_blocks = phenotypes.n_blocks
     if environment is not None:
         n_blocks = max(n_blocks, int(covariates.blocks.max()) + 1)
@@ -276,8 +281,14 @@ def finetune(
         also_known=(EnvironmentConfig,),
     )
     env_cfg = env_cfg[0] if env_cfg else None
-    if settings.val_split == "environments" and environment is None:
-        raise ValueError("val_split = environments needs environment covariates")
+    by_environment = settings.val_split == "environments"
+    if by_environment and environment is None:
+        raise InputError(
+            "--params",
+            "key 'val_split'",
+            "holding out environments needs environment covariates",
+            "pass --covariates or use val_split individuals",
+        )
     train, val = _records_split(
         phenotypes,
         genotypes,
@@ -285,14 +296,15 @@ def finetune(
         settings.val_fraction,
         train_cfg.seed,
         n_blocks,
-        settings.val_split == "environments",
+        by_environment,
     )
     if settings.objective not in ("mse", "huber"):
         scaling = Scaling.identity(n_blocks)
     elif environment is None:
         scaling = Scaling.fit(train)
     else:
-        scaling = _environment_scaling(train, val)
+        held = val if by_environment and cv is None else None
+        scaling = _environment_scaling(train, held)
     out = Path(out)
     trained_blocks = np.flatnonzero(train.weight.sum(0) > 0).tolist()
     joint = not settings.separate_blocks or environment is not None
@@ -413,17 +425,18 @@ def _environment_inputs(covariates: EnvCovariates) -> dict:
     return {"values": torch.from_numpy(full), "has": torch.from_numpy(has)}
 
 
-def _environment_scaling(train: Records, val: Records | None) -> Scaling:
-    """Per-block scaling from every training record (the inner validation blocks'
-    too: they are training data of the caller); blocks without records get the
-    average centre and scale, so their predictions land on the usual scale."""
+def _environment_scaling(train: Records, held: Records | None) -> Scaling:
+    """Per-block scaling from the training records and the ``held`` out inner
+    validation environments (training data of the caller, so that their loss
+    measures within-environment fit); blocks without records get the average
+    centre and scale, so their predictions land on the usual scale."""
     both = (
         train
-        if val is None
+        if held is None
         else Records(
-            np.concatenate([train.rows, val.rows]),
-            np.concatenate([train.response, val.response]),
-            np.concatenate([train.weight, val.weight]),
+            np.concatenate([train.rows, held.rows]),
+            np.concatenate([train.response, held.response]),
+            np.concatenate([train.weight, held.weight]),
         )
     )
     scaling = Scaling.fit(both)
