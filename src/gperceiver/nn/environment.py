@@ -161,6 +161,9 @@ class EnvironmentPhenotypeModel(nn.Module):
         self.attention_readout = nn.Sequential(
             nn.Dropout(head.head_dropout), nn.Linear(d, k)
         )
+        # the two factors of the reaction norm keep PyTorch's default init: each
+        # one's gradient is scaled by the other's weights, so two factors at std
+        # 0.02 would start near a saddle point
         self.genotype_slopes = nn.Linear(2 * d, r * k, bias=False)
         n_summary = environment.n_covariates * s
         self.environment_gradients = nn.Linear(n_summary, r, bias=False)
