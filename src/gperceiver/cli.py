@@ -71,6 +71,19 @@ def read_phenotypes_for(args, genotypes):
     return io.match_phenotypes(io.read_phenotypes(args.phenos), genotypes)
 
 
+def read_covariates_if_given(args):
+    path = getattr(args, "covariates", None)
+    return io.read_covariates(path) if path else None
+
+
+def add_covariate_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--covariates",
+        help="environment covariates TSV: block[, time], covariates... (one row per "
+        "block, or per block and day); lets models predict unseen environments",
+    )
+
+
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     """Options that override ``--params`` only when typed (argparse.SUPPRESS)."""
     s = argparse.SUPPRESS
@@ -248,6 +261,7 @@ def cmd_simulate(args) -> None:
         dominance_variance=args.dominance,
         epistasis_variance=args.epistasis,
         gxe_correlation=args.gxe_correlation,
+        weather_days=args.weather_days,
         n_folds=args.folds,
         seed=args.seed,
     )
@@ -257,13 +271,17 @@ def cmd_simulate(args) -> None:
     io.write_markers(data.genotypes, out / "markers.tsv")
     io.write_phenotypes(data.phenotypes, out / "phenotypes.tsv")
     io.write_table(data.truth, out / "truth.tsv")
+    written = "chroms,markers,phenotypes,truth"
+    if data.covariates is not None:
+        io.write_covariates(data.covariates, out / "covariates.tsv")
+        written += ",covariates"
     g = data.genotypes
     print(
         f"simulated {g.n_individuals} individuals x {g.n_markers} markers "
         f"(ploidy {g.ploidy}, {g.n_alleles} alleles, "
         f"{g.missing_rate():.1%} missing copies), "
         f"{len(data.phenotypes.table)} phenotype records in {config.n_environments} "
-        f"environments -> {out}/{{chroms,markers,phenotypes,truth}}.tsv"
+        f"environments -> {out}/{{{written}}}.tsv"
     )
 
 
@@ -276,9 +294,19 @@ def cmd_evaluate(args) -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     out = Path(args.out)
     typed = typed_options(args) | ({"progress": False} if args.quiet else {})
-    options = {"params": file_params(args), "typed": typed, "workdir": out / "models"}
+    options = {
+        "params": file_params(args),
+        "typed": typed,
+        "workdir": out / "models",
+        "covariates": read_covariates_if_given(args),
+    }
     predictions, accuracy = cross_validate(
-        phenotypes, genotypes, methods, progress=not args.quiet, options=options
+        phenotypes,
+        genotypes,
+        methods,
+        progress=not args.quiet,
+        options=options,
+        scheme=args.scheme,
     )
     importance = fold_importance(out / "models", genotypes, methods)
     io.write_table(predictions, out / "predictions.tsv")
@@ -286,7 +314,10 @@ def cmd_evaluate(args) -> None:
     evaluation_report(
         out, predictions, accuracy, NOTES, first_fold_curves(out / "models"), importance
     )
-    print(f"Pearson r per block, pooled over {accuracy['fold'].nunique() - 1} folds:")
+    print(
+        f"{args.scheme}: Pearson r within each block, pooled over its "
+        f"{accuracy['fold'].nunique() - 1} split(s); mean = mean within-block r:"
+    )
     print(format_accuracy(accuracy))
     for method in methods:
         if method in NOTES:
@@ -385,6 +416,7 @@ def cmd_finetune(args) -> None:
 
     genotypes = read_genotypes(args)
     phenotypes = read_phenotypes_for(args, genotypes)
+    covariates = read_covariates_if_given(args)
     finetune(
         phenotypes,
         genotypes,
@@ -393,11 +425,15 @@ def cmd_finetune(args) -> None:
         typed_options(args),
         pretrained=args.pretrained,
         cv=args.cv,
+        covariates=covariates,
     )
     if not distributed.is_main():
         return  # rank 0 writes the predictions and the report
     predictor = load_predictor(args.out)
-    table = prediction_table(predictor, genotypes, phenotypes.blocks)
+    blocks = phenotypes.blocks
+    if covariates is not None:  # environments without records are predicted too
+        blocks = np.union1d(blocks, covariates.blocks)
+    table = prediction_table(predictor, genotypes, blocks)
     merged = table.merge(phenotypes.table, on=["name", "block"], how="left")
     if args.predictions:
         io.write_table(merged, args.predictions)
@@ -577,6 +613,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--epistasis", type=float, default=0.1, help="share of genetic variance"
     )
     p.add_argument("--gxe-correlation", type=float, default=0.7)
+    p.add_argument(
+        "--weather-days",
+        type=int,
+        default=0,
+        help="daily weather per environment driving GxE (writes covariates.tsv)",
+    )
     p.add_argument("--folds", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_simulate)
@@ -627,6 +669,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--scheme",
+        choices=["cv1", "cv0", "cv00"],
+        default="cv1",
+        help="cv1: new individuals (cv column); cv0: leave one environment (block) "
+        "out; cv00: new individuals in a left-out environment (default cv1)",
+    )
+    add_covariate_option(p)
     add_training_options(p)
     add_finetune_options(p)
     p.set_defaults(func=cmd_evaluate)
@@ -684,6 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--predictions", help="also write predictions for every individual x block"
     )
+    add_covariate_option(p)
     add_training_options(p)
     add_finetune_options(p)
     p.set_defaults(func=cmd_finetune)

@@ -326,3 +326,48 @@ class Phenotypes:
         """Rows for training (``cv != fold``) and validation (``cv == fold``)."""
         is_val = self.table["cv"].astype(str) == str(fold)
         return self.table[~is_val], self.table[is_val]
+
+
+@dataclass
+class EnvCovariates:
+    """Environment covariates per block: static (``T = 1``) or a daily series.
+
+    ``values`` ``(E, T, C)`` float64 holds, for block ``blocks[e]``, covariate ``c``
+    at time ``times[t]`` (``times`` is None for static covariates). Every block of a
+    series has the same time points.
+    """
+
+    blocks: np.ndarray  # (E,) int64, ascending
+    names: list[str]  # (C,) covariate names
+    values: np.ndarray  # (E, T, C) float64
+    times: np.ndarray | None = None  # (T,) float64, ascending; None: static
+    source: str = "covariates"
+
+    def __post_init__(self):
+        if self.values.ndim != 3 or self.values.shape[0] != len(self.blocks):
+            raise ValueError("values must be (blocks, times, covariates)")
+        if self.values.shape[2] != len(self.names):
+            raise ValueError("values do not match the covariate names")
+
+    @property
+    def is_series(self) -> bool:
+        return self.times is not None
+
+    def index_of(self, blocks) -> np.ndarray:
+        """Row of each block in ``values`` (``-1`` where the block has none)."""
+        lookup = {int(b): i for i, b in enumerate(self.blocks.tolist())}
+        return np.array([lookup.get(int(b), -1) for b in blocks], dtype=np.int64)
+
+    def summary(self, n_windows: int = 6) -> np.ndarray:
+        """Means over ``n_windows`` equal time windows, ``(E, n_windows * C)``.
+
+        Static covariates are returned as they are ``(E, C)``. Daily weather is
+        noisy; window means (early, mid, late season, ...) keep the seasonal
+        signal that drives interactions. Columns are window-major per covariate.
+        """
+        if not self.is_series:
+            return self.values[:, 0]
+        n_windows = min(n_windows, self.values.shape[1])
+        windows = np.array_split(np.arange(self.values.shape[1]), n_windows)
+        means = [self.values[:, w].mean(1) for w in windows]  # each (E, C)
+        return np.stack(means, axis=2).reshape(len(self.blocks), -1)

@@ -1,4 +1,15 @@
-"""Cross-validation of prediction methods over the folds of the ``cv`` column.
+"""Cross-validation of prediction methods: new individuals or new environments.
+
+Schemes (:data:`SCHEMES`), as in multi-environment trials (Genomes to Fields):
+
+- ``cv1``: new individuals; each value of the ``cv`` column is validated once;
+- ``cv0``: new environments; each block is validated once, training on every
+  other block (no record of the held-out block is used);
+- ``cv00``: new individuals in new environments; each (block, fold) pair is
+  validated once, training on the other blocks' rows of the other folds.
+
+The accuracy of every scheme is the Pearson r within each block, averaged over
+blocks (:func:`pooled_table`'s ``mean``), as in the maize competitions.
 
 A method is a callable ``(train, validation, genotypes, cache) -> (k,)``
 predictions for the ``k`` rows of ``validation``, registered by name in
@@ -17,12 +28,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .baselines import GBLUP, RKHS, Kernel
+from .baselines import GBLUP, RKHS, Kernel, ReactionNorm, environment_kernel
 from .data import Genotypes, Phenotypes, natural_key
 
 Method = Callable[[pd.DataFrame, pd.DataFrame, Genotypes, dict], np.ndarray]
 BlockMethod = Callable[[pd.DataFrame, Genotypes, np.ndarray, dict], np.ndarray]
 
+SCHEMES = ("cv1", "cv0", "cv00")
 CORE_COLUMNS = ["name", "block", "cv", "response", "method", "prediction"]
 ACCURACY_COLUMNS = ["method", "block", "fold", "pearson_r", "n"]
 POOLED = "all"  # fold label of the accuracy rows pooling every fold
@@ -45,6 +57,31 @@ def _rkhs(train, genotypes, names, cache) -> np.ndarray:
     return model.fit(train, genotypes).predict(names)
 
 
+def _across_environments(train, validation, genotypes, cache, interaction):
+    if interaction and cache.get("covariates") is None:
+        raise ValueError("gblup-rn needs environment covariates (--covariates)")
+    blocks = np.union1d(
+        np.union1d(train["block"].unique(), validation["block"].unique()),
+        [] if not interaction else cache["covariates"].blocks,
+    ).astype(np.int64)
+    environment = (
+        environment_kernel(cache["covariates"], blocks) if interaction else None
+    )
+    model = ReactionNorm(
+        _relationship(genotypes, cache), environment, blocks, interaction
+    )
+    model.fit(train, genotypes)
+    return model.predict(validation["name"], validation["block"])
+
+
+def _gblup_main(train, validation, genotypes, cache) -> np.ndarray:
+    return _across_environments(train, validation, genotypes, cache, False)
+
+
+def _gblup_rn(train, validation, genotypes, cache) -> np.ndarray:
+    return _across_environments(train, validation, genotypes, cache, True)
+
+
 def per_block(fit_predict: BlockMethod) -> Method:
     """A method fitted on each block's training rows, predicting its validation rows."""
 
@@ -58,6 +95,7 @@ def per_block(fit_predict: BlockMethod) -> Method:
                 out[in_block] = fit_predict(train_block, genotypes, names, cache)
         return out
 
+    method.per_block = True  # cannot predict a block absent from training
     return method
 
 
@@ -76,10 +114,16 @@ def _perceiver_pretrained(train, validation, genotypes, cache) -> np.ndarray:
 METHODS: dict[str, Method] = {
     "gblup": per_block(_gblup),
     "rkhs": per_block(_rkhs),
+    "gblup-main": _gblup_main,
+    "gblup-rn": _gblup_rn,
     "perceiver": _perceiver,
     "perceiver-pretrained": _perceiver_pretrained,
 }
 NOTES = {
+    "gblup-main": "main-effect GBLUP on every environment at once "
+    "(environment means fixed)",
+    "gblup-rn": "reaction-norm GBLUP: G, G o Omega kernels, Omega from the "
+    "environment covariates (Jarquin et al. 2014)",
     "perceiver-pretrained": "pretrained once on the genotypes of every individual "
     "(no phenotypes), then finetuned on the training folds of each split",
 }
@@ -95,10 +139,23 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float((xc * yc).sum() / scale) if scale > 0 else float("nan")
 
 
-def _check(phenotypes: Phenotypes, genotypes: Genotypes, methods: list[str]) -> None:
+def _check(
+    phenotypes: Phenotypes,
+    genotypes: Genotypes,
+    methods: list[str],
+    scheme: str = "cv1",
+) -> None:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; available: {sorted(METHODS)}")
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}; use one of {SCHEMES}")
+    per_block_methods = [m for m in methods if getattr(METHODS[m], "per_block", 0)]
+    if scheme != "cv1" and per_block_methods:
+        raise ValueError(
+            f"{per_block_methods} fit each block on its own and cannot predict a "
+            f"held-out environment ({scheme}); use gblup-main or gblup-rn"
+        )
     absent = genotypes.index_of(phenotypes.table["name"]) < 0
     if absent.any():
         raise ValueError(
@@ -107,30 +164,60 @@ def _check(phenotypes: Phenotypes, genotypes: Genotypes, methods: list[str]) -> 
         )
 
 
+def splits(phenotypes: Phenotypes, scheme: str, folds: list[str] | None = None):
+    """``(label, is_train, is_validation)`` boolean row masks of a scheme.
+
+    ``folds`` restricts ``cv1`` and ``cv00`` to these ``cv`` values. In ``cv1`` a
+    block absent from the training rows is left out of the validation rows.
+    """
+    table = phenotypes.table
+    block = table["block"].to_numpy()
+    if scheme == "cv1":
+        for fold in phenotypes.folds() if folds is None else folds:
+            is_val = (table["cv"].astype(str) == str(fold)).to_numpy()
+            seen = np.isin(block, np.unique(block[~is_val]))
+            yield str(fold), ~is_val, is_val & seen
+    elif scheme == "cv0":
+        for b in phenotypes.blocks:
+            yield f"block {b}", block != b, block == b
+    elif scheme == "cv00":
+        cv = table["cv"].astype(str).to_numpy()
+        for b in phenotypes.blocks:
+            for fold in phenotypes.folds() if folds is None else folds:
+                is_fold = cv == str(fold)
+                yield (
+                    f"block {b} fold {fold}",
+                    (block != b) & ~is_fold,
+                    (block == b) & is_fold,
+                )
+    else:
+        raise ValueError(f"unknown scheme {scheme!r}; use one of {SCHEMES}")
+
+
 def _run(
     phenotypes: Phenotypes,
     genotypes: Genotypes,
     methods: list[str],
-    folds: list[str],
+    folds: list[str] | None,
     progress: bool,
     options: dict | None = None,
+    scheme: str = "cv1",
 ) -> pd.DataFrame:
     table = phenotypes.table
+    if not phenotypes.has_cv:  # cv0 needs none: the held-out block is the fold
+        table = table.assign(cv=table["block"].astype(str))
     extras = [c for c in table.columns if c not in CORE_COLUMNS]
-    cache: dict = dict(options or {})
+    cache: dict = {**(options or {}), "scheme": scheme}
     parts = []
-    with tqdm(
-        total=len(folds) * len(methods), desc="cross-validation", disable=not progress
-    ) as bar:
-        for fold in folds:
-            train, validation = phenotypes.split(fold)
-            # blocks absent from training cannot be predicted by per-block methods
-            validation = validation[validation["block"].isin(train["block"].unique())]
+    plan = list(splits(phenotypes, scheme, folds))
+    with tqdm(total=len(plan) * len(methods), desc=scheme, disable=not progress) as bar:
+        for fold, is_train, is_val in plan:
+            train, validation = table[is_train], table[is_val]
             if validation.empty or train.empty:
                 bar.update(len(methods))
                 continue
             for method in methods:
-                bar.set_postfix(fold=fold, method=method)
+                bar.set_postfix(split=fold, method=method)
                 prediction = METHODS[method](train, validation, genotypes, cache)
                 part = validation.copy()
                 part["method"] = method
@@ -190,16 +277,21 @@ def cross_validate(
     methods: list[str],
     progress: bool = True,
     options: dict | None = None,
+    scheme: str = "cv1",
     folds: list[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Each ``cv`` value (or each of ``folds``) is the validation fold once; train
-    on all other rows.
+    """Validate every split of ``scheme`` once, training on its training rows
+    (``folds``: only these ``cv`` values, for ``cv1`` and ``cv00``).
 
+    ``cv1`` (default): each ``cv`` value is the validation fold once; ``cv0`` and
+    ``cv00`` hold out environments (see the module docstring; without a ``cv``
+    column, ``cv0`` labels each held-out block's rows with its block as ``cv``).
     ``options`` seeds the methods' shared cache: ``params`` / ``typed`` (neural
-    hyper-parameters), ``workdir`` (where neural models are kept).
+    hyper-parameters), ``workdir`` (where neural models are kept), ``covariates``
+    (:class:`~gperceiver.data.EnvCovariates` for methods that use them).
 
-    Kernel methods are fitted per block, neural methods on all blocks at once; a
-    block without training rows in a split is skipped there.
+    Per-block kernel methods are fitted per block (``cv1`` only), the others on
+    all blocks at once; a block without training rows in a split is skipped there.
 
     Parameters
     ----------
@@ -211,6 +303,8 @@ def cross_validate(
         Names in :data:`METHODS`.
     progress : bool
         Show a progress bar.
+    scheme : str
+        One of :data:`SCHEMES`.
 
     Returns
     -------
@@ -220,13 +314,11 @@ def cross_validate(
     accuracy : DataFrame
         :func:`accuracy_table` of ``predictions``.
     """
-    _check(phenotypes, genotypes, methods)
-    unknown = set(folds or []) - set(phenotypes.folds())
+    _check(phenotypes, genotypes, methods, scheme)
+    unknown = set(folds) - set(phenotypes.folds()) if folds else set()
     if unknown:
         raise ValueError(f"folds {sorted(unknown)} are not values of the cv column")
-    predictions = _run(
-        phenotypes, genotypes, methods, folds or phenotypes.folds(), progress, options
-    )
+    predictions = _run(phenotypes, genotypes, methods, folds, progress, options, scheme)
     return predictions, accuracy_table(predictions)
 
 

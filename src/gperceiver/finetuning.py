@@ -23,8 +23,9 @@ from .checkpoint import (
     save_model,
     write_json,
 )
-from .data import Genotypes, Phenotypes
+from .data import EnvCovariates, Genotypes, Phenotypes
 from .io import InputError, write_chroms
+from .nn.environment import EnvironmentConfig, EnvironmentPhenotypeModel
 from .nn.heads import HeadConfig, PhenotypeModel
 from .nn.perceiver import PerceiverConfig
 from .params import resolve
@@ -64,8 +65,16 @@ class FinetuneSettings:
     # default since the additive path fits every block's main effects exactly
     # (BENCHMARKS.md: wheat, the same accuracy at 60% of the time)
     separate_blocks: bool = False
+    # inner validation (without cv): "individuals" held out, or "environments":
+    # whole training blocks held out, the target of predicting new environments
+    # (needs covariates; evaluate uses it for cv0 and cv00)
+    val_split: str = "individuals"
 
     def __post_init__(self):
+        if self.val_split not in ("individuals", "environments"):
+            raise ValueError(
+                f"val_split must be individuals or environments, got {self.val_split!r}"
+            )
         if self.objective not in OBJECTIVES:
             raise ValueError(
                 f"objective must be one of {OBJECTIVES}, got {self.objective!r}"
@@ -91,10 +100,31 @@ FINETUNE_DEFAULTS = {
 
 
 def _records_split(
-    phenotypes: Phenotypes, genotypes: Genotypes, cv, val_fraction, seed
+    phenotypes: Phenotypes,
+    genotypes: Genotypes,
+    cv,
+    val_fraction,
+    seed,
+    n_blocks: int | None = None,
+    by_environment: bool = False,
 ):
-    """Training and validation :class:`Records` (validation may be None)."""
-    n_blocks = phenotypes.n_blocks
+    """Training and validation :class:`Records` (validation may be None).
+
+    ``by_environment``: without ``cv``, hold out a share ``val_fraction`` of the
+    blocks (at least one unless it is 0) instead of individuals.
+    """
+    n_blocks = n_blocks or phenotypes.n_blocks
+    if cv is None and by_environment:
+        blocks = phenotypes.blocks
+        n_held = round(val_fraction * len(blocks))
+        if val_fraction > 0 and len(blocks) > 1:
+            n_held = max(1, n_held)
+        held = np.random.default_rng(seed).choice(blocks, n_held, replace=False)
+        is_held = phenotypes.table["block"].isin(held)
+        train = Records.from_table(phenotypes.table[~is_held], genotypes, n_blocks)
+        if not n_held:
+            return train, None
+        return train, Records.from_table(phenotypes.table[is_held], genotypes, n_blocks)
     if cv is not None:
         train_table, val_table = phenotypes.split(str(cv))
         if val_table.empty:
@@ -208,7 +238,8 @@ def _train_member(
     fit_rows = np.arange(len(train.rows))
     shifted_val = None if val is None else val_rows + len(train.rows)
     offset = None
-    if model.additive is not None:
+    additive = getattr(model, "additive", None)  # environment models have none
+    if additive is not None:
         frequencies = genotypes.allele_frequencies(both.rows)
         loo = fit_additive(model, genotypes, train, scaling, frequencies)
         offset = additive_offsets(model, genotypes, both.rows)  # (N, E)
@@ -237,7 +268,7 @@ def _train_member(
     model.eval()
     with torch.no_grad():
         task.evaluate(model, fit_rows[:1], train_rows=fit_rows)  # final calibration
-    if model.additive is not None and val is not None:
+    if additive is not None and val is not None:
         fit_additive(model, genotypes, both, scaling, frequencies)
 
 
@@ -249,13 +280,17 @@ def finetune(
     typed: dict | None = None,
     pretrained=None,
     cv=None,
+    covariates: EnvCovariates | None = None,
 ) -> list[PhenotypeModel]:
     """Train phenotype model(s) and save them to ``out``; returns the ensemble members.
 
     ``params``/``typed`` are flat dicts of :class:`PerceiverConfig`,
-    :class:`HeadConfig`, :class:`TrainConfig` and :class:`FinetuneSettings` fields.
+    :class:`HeadConfig`, :class:`TrainConfig` and :class:`FinetuneSettings` fields
+    (and :class:`EnvironmentConfig` ones with covariates).
     With ``pretrained`` (a pretrain output directory) the encoder architecture and
-    weights come from there.
+    weights come from there. With ``covariates`` one joint
+    :class:`EnvironmentPhenotypeModel` per ensemble seed predicts every block that
+    has covariates, including blocks without training records.
     """
     params, typed = dict(params or {}), dict(typed or {})
     sizes = data_sizes(genotypes)
@@ -272,42 +307,78 @@ def finetune(
             **{k: v for k, v in params.items() if k not in pre_config["model"]},
         }
     objective = {**params, **typed}.get("objective", FinetuneSettings.objective)
+    environment = None if covariates is None else _environment_inputs(covariates)
+    if environment is not None and objective == "ordinal":
+        raise InputError(
+            "--objective",
+            None,
+            "the ordinal objective is not available with covariates",
+            "use mse, huber, binary, multiclass or ranking",
+        )
     n_classes = class_count(phenotypes.table, objective, phenotypes.source)
+    n_blocks = phenotypes.n_blocks
+    if environment is not None:
+        n_blocks = max(n_blocks, int(covariates.blocks.max()) + 1)
     head_sizes = {
-        "n_blocks": phenotypes.n_blocks,
+        "n_blocks": n_blocks,
         "n_outputs": n_outputs(objective, n_classes),
         "n_classes": n_classes if objective == "ordinal" else 0,
     }
-    model_cfg, head_cfg, train_cfg, settings = resolve(
-        (PerceiverConfig, HeadConfig, TrainConfig, FinetuneSettings),
+    classes = (PerceiverConfig, HeadConfig, TrainConfig, FinetuneSettings)
+    env_sizes = {}
+    if environment is not None:
+        classes += (EnvironmentConfig,)
+        env_sizes = {
+            "n_times": covariates.values.shape[1],
+            "n_covariates": len(covariates.names),
+        }
+    model_cfg, head_cfg, train_cfg, settings, *env_cfg = resolve(
+        classes,
         FINETUNE_DEFAULTS,
         params,
-        {**typed, **sizes, **head_sizes},
+        {**typed, **sizes, **head_sizes, **env_sizes},
+        also_known=(EnvironmentConfig,),
+    )
+    if settings.objective not in ("mse", "huber") or environment is not None:
+        # GBLUP is a regression fitted per seen block; environments can be new
+        head_cfg = replace(head_cfg, additive=False)
+    env_cfg = env_cfg[0] if env_cfg else None
+    by_environment = settings.val_split == "environments"
+    if by_environment and environment is None:
+        raise InputError(
+            "--params",
+            "key 'val_split'",
+            "holding out environments needs environment covariates",
+            "pass --covariates or use val_split individuals",
+        )
+    train, val = _records_split(
+        phenotypes,
+        genotypes,
+        cv,
+        settings.val_fraction,
+        train_cfg.seed,
+        n_blocks,
+        by_environment,
     )
     if settings.objective not in ("mse", "huber"):
-        head_cfg = replace(head_cfg, additive=False)  # GBLUP is a regression
-    train, val = _records_split(
-        phenotypes, genotypes, cv, settings.val_fraction, train_cfg.seed
-    )
-    scaling = (
-        Scaling.fit(train)
-        if settings.objective in ("mse", "huber")
-        else Scaling.identity(phenotypes.n_blocks)
-    )
+        scaling = Scaling.identity(n_blocks)
+    elif environment is None:
+        scaling = Scaling.fit(train)
+    else:
+        held = val if by_environment and cv is None else None
+        scaling = _environment_scaling(train, held)
     out = Path(out)
     trained_blocks = np.flatnonzero(train.weight.sum(0) > 0).tolist()
-    groups = trained_blocks if settings.separate_blocks else [None]
+    joint = not settings.separate_blocks or environment is not None
+    groups = [None] if joint else trained_blocks
     members, layout = [], []
     for k in range(settings.ensemble):
         member_cfg = TrainConfig(**{**asdict(train_cfg), "seed": train_cfg.seed + k})
         for block in groups:
             name = f"member-{k}" + ("" if block is None else f"-block-{block}")
             torch.manual_seed(member_cfg.seed)
-            model = PhenotypeModel(
-                model_cfg,
-                head_cfg,
-                genotypes.markers.relative_pos(),
-                genotypes.markers.chrom,
+            model = _new_model(
+                model_cfg, head_cfg, env_cfg, genotypes.markers, environment, n_blocks
             )
             if pretrained_state is not None:
                 model.load_state_dict(pretrained_state, strict=False)
@@ -335,6 +406,7 @@ def finetune(
             "finetune": asdict(settings),
             "scaling": {"mean": scaling.mean.tolist(), "sd": scaling.sd.tolist()},
             "members": layout,
+            "environment": None if env_cfg is None else env_cfg.to_dict(),
             "pretrained": None if pretrained is None else str(pretrained),
             "validation": f"cv == {cv}"
             if cv is not None
@@ -395,6 +467,70 @@ class Predictor:
         return out
 
 
+# -- environment covariates (used only when covariates are given) -------------------
+def _environment_inputs(covariates: EnvCovariates) -> dict:
+    """Standardised covariates per block slot: ``values`` (E, T, C) float32 tensor
+    (zeros for blocks without covariates) and ``has`` (E,) bool.
+
+    Each covariate is centred and scaled over every block and time point that has
+    it (no response is used, like a relationship matrix from all genotypes).
+    """
+    values = covariates.values
+    mean = values.mean((0, 1))
+    sd = values.std((0, 1))
+    scaled = (values - mean) / np.where(sd > 0, sd, 1.0)
+    n_blocks = int(covariates.blocks.max()) + 1
+    full = np.zeros((n_blocks, *values.shape[1:]), dtype=np.float32)
+    full[covariates.blocks] = scaled
+    has = np.zeros(n_blocks, dtype=bool)
+    has[covariates.blocks] = True
+    return {"values": torch.from_numpy(full), "has": torch.from_numpy(has)}
+
+
+def _environment_scaling(train: Records, held: Records | None) -> Scaling:
+    """Per-block scaling from the training records and the ``held`` out inner
+    validation environments (training data of the caller, so that their loss
+    measures within-environment fit); blocks without records get the average
+    centre and scale, so their predictions land on the usual scale."""
+    both = (
+        train
+        if held is None
+        else Records(
+            np.concatenate([train.rows, held.rows]),
+            np.concatenate([train.response, held.response]),
+            np.concatenate([train.weight, held.weight]),
+        )
+    )
+    scaling = Scaling.fit(both)
+    seen = both.weight.sum(0) > 0
+    scaling.mean[~seen] = scaling.mean[seen].mean()
+    scaling.sd[~seen] = scaling.sd[seen].mean()
+    return scaling
+
+
+def _new_model(model_cfg, head_cfg, env_cfg, markers, environment, n_blocks):
+    """A :class:`PhenotypeModel`, or with ``env_cfg`` an
+    :class:`EnvironmentPhenotypeModel` (zero covariates when loading weights)."""
+    if env_cfg is None:
+        return PhenotypeModel(
+            model_cfg, head_cfg, markers.relative_pos(), markers.chrom
+        )
+    if environment is None:
+        shape = (n_blocks, env_cfg.n_times, env_cfg.n_covariates)
+        environment = {
+            "values": torch.zeros(shape),
+            "has": torch.zeros(n_blocks, dtype=torch.bool),
+        }
+    values, has = environment["values"], environment["has"]
+    if len(values) < n_blocks:  # blocks with phenotypes beyond the covariates
+        pad = n_blocks - len(values)
+        values = torch.cat([values, values.new_zeros(pad, *values.shape[1:])])
+        has = torch.cat([has, has.new_zeros(pad)])
+    return EnvironmentPhenotypeModel(
+        model_cfg, head_cfg, env_cfg, markers.relative_pos(), markers.chrom, values, has
+    )
+
+
 def load_predictor(
     directory, genotypes: Genotypes | None = None, data_path=None
 ) -> Predictor:
@@ -412,10 +548,12 @@ def load_predictor(
         check_markers(markers, genotypes.markers, directory, data_path or "genotypes")
     model_cfg = PerceiverConfig.from_dict(config["model"])
     head_cfg = HeadConfig(**config["head"])
+    env_cfg = config.get("environment")
+    env_cfg = None if env_cfg is None else EnvironmentConfig(**env_cfg)
     members = [
         load_weights(
             directory / entry["dir"],
-            PhenotypeModel(model_cfg, head_cfg, markers.relative_pos(), markers.chrom),
+            _new_model(model_cfg, head_cfg, env_cfg, markers, None, head_cfg.n_blocks),
         )
         for entry in config["members"]
     ]
@@ -456,17 +594,31 @@ def _workdir(cache: dict) -> Path:
 
 
 def _fold_predictions(train, validation, genotypes, cache, pretrained) -> np.ndarray:
-    """Finetune on ``train`` (inner split stops early), predict ``validation``."""
+    """Finetune on ``train`` (inner split stops early), predict ``validation``.
+
+    With covariates in ``cache`` the model uses them; when the scheme holds out
+    environments (cv0, cv00) the inner split then holds out training blocks.
+    """
     fold = "-".join(sorted(map(str, validation["cv"].unique())))
+    scheme = cache.get("scheme", "cv1")
+    if scheme != "cv1":
+        blocks = "-".join(map(str, sorted(validation["block"].unique())))
+        fold = f"block-{blocks}" + ("" if scheme == "cv0" else f"-cv-{fold}")
     kind = "perceiver-pretrained" if pretrained else "perceiver"
     out = _workdir(cache) / kind / f"fold-{fold}"
+    covariates = cache.get("covariates")
+    typed = dict(cache.get("typed") or {})
+    chosen = {**(cache.get("params") or {}), **typed}
+    if covariates is not None and scheme != "cv1" and "val_split" not in chosen:
+        typed["val_split"] = "environments"
     finetune(
         Phenotypes(train, "training folds"),
         genotypes,
         out,
         cache.get("params"),
-        cache.get("typed"),
+        typed,
         pretrained=pretrained,
+        covariates=covariates,
     )
     predictor = load_predictor(out)
     rows = genotypes.index_of(validation["name"])

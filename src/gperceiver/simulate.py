@@ -3,7 +3,11 @@
 Genotypes come from the coalescent with recombination (msprime), so markers show
 realistic linkage disequilibrium and allele frequencies. Phenotypes add additive,
 dominance and epistatic genetic values, genotype-by-environment interaction and
-noise at a chosen heritability.
+noise at a chosen heritability. With ``weather_days`` every environment also gets a
+daily weather series, and the genotype-by-environment interaction follows from it:
+each QTL allele has a sensitivity to seasonal stress indices (heat at flowering,
+mid-season rain, early-season temperature), so the interaction is predictable for
+an environment whose weather is known, as in multi-environment maize trials.
 
 Shape letters: N individuals, M markers, P ploidy, A alleles, E environments
 (blocks), Q causal markers (QTL).
@@ -19,7 +23,7 @@ import numpy as np
 import pandas as pd
 import tskit
 
-from .data import MISSING, Genotypes, MarkerMap, Phenotypes
+from .data import MISSING, EnvCovariates, Genotypes, MarkerMap, Phenotypes
 
 # Share of missing copies that belong to wholly uncalled genotypes; genotype callers
 # mostly fail a whole locus of a sample, rarely a single copy of a polyploid.
@@ -29,6 +33,15 @@ WHOLE_GENOTYPE_SHARE = 0.9
 MUTATIONS_PER_SITE = 1.5
 # Sites decoded from a tree sequence at once; bounds memory to batch x haplotypes.
 DECODE_BATCH = 2048
+WEATHER = ["temperature", "rain", "radiation"]  # daily covariates, degC, mm, MJ/m2
+# Stress indices driving the interaction: (covariate, first and last share of the
+# season averaged). Flowering heat and mid-season water are the classic maize
+# stresses; early temperature sets establishment.
+STRESS_WINDOWS = [
+    ("temperature", 0.45, 0.65),
+    ("rain", 0.3, 0.7),
+    ("temperature", 0.0, 0.25),
+]
 
 
 @dataclass
@@ -75,8 +88,13 @@ class SimulationConfig:
     dominance_variance: float = 0.1
     # Share from pairwise additive-by-additive epistasis between random QTL.
     epistasis_variance: float = 0.1
-    # Correlation of additive values between environments: moderate GxE.
+    # Correlation of additive values between environments: moderate GxE. With
+    # weather, the share of additive variance from the main effects (the rest
+    # comes from sensitivities to the weather's stress indices).
     gxe_correlation: float = 0.7
+    # Days of daily weather per environment; 0: no weather, the interaction is
+    # random per environment. A maize season is about 120 days.
+    weather_days: int = 0
     # Cross-validation folds, drawn per individual so its records share one fold.
     n_folds: int = 10
     # Seeds every random draw, msprime's included.
@@ -104,6 +122,9 @@ class SimulationConfig:
                 and self.dominance_variance + self.epistasis_variance <= 1
             ),
             "gxe_correlation must be in [0, 1]": 0 <= self.gxe_correlation <= 1,
+            "weather_days must be 0 or at least 20": (
+                self.weather_days == 0 or self.weather_days >= 20
+            ),
             "n_folds must be between 1 and n_individuals": (
                 1 <= self.n_folds <= self.n_individuals
             ),
@@ -121,7 +142,9 @@ class SimulatedData:
     name, response, block, cv); ``truth`` has the same rows with columns name,
     block, additive, dominance, epistasis and genetic (their sum), so that
     ``response = genetic + noise``. ``qtl`` holds the marker indices ``(Q,)`` of
-    the causal markers.
+    the causal markers. ``covariates`` holds the daily weather (``weather_days >
+    0``) and ``stress`` ``(E, 3)`` the standardised indices of ``STRESS_WINDOWS``
+    computed from it, which drive the interaction.
     """
 
     genotypes: Genotypes
@@ -129,6 +152,8 @@ class SimulatedData:
     truth: pd.DataFrame
     config: SimulationConfig
     qtl: np.ndarray
+    covariates: EnvCovariates | None = None
+    stress: np.ndarray | None = None
 
 
 def simulate(config: SimulationConfig) -> SimulatedData:
@@ -155,7 +180,14 @@ def simulate(config: SimulationConfig) -> SimulatedData:
     alleles = alleles[:, order]
 
     qtl = np.sort(rng.choice(config.n_markers, config.n_qtl, replace=False))
-    additive, dominance, epistasis = _genetic_values(alleles[:, qtl], config, rng)
+    covariates = stress = None
+    if config.weather_days:
+        weather_rng = np.random.default_rng([config.seed, 1])  # genotypes unchanged
+        covariates = _weather(config.n_environments, config.weather_days, weather_rng)
+        stress = _stress_indices(covariates)
+    additive, dominance, epistasis = _genetic_values(
+        alleles[:, qtl], config, rng, stress
+    )
     genetic = additive + dominance[:, None] + epistasis[:, None]
     response = genetic + _noise(genetic, config.heritability, rng)
     folds = rng.permutation(np.arange(config.n_individuals) % config.n_folds)
@@ -190,6 +222,8 @@ def simulate(config: SimulationConfig) -> SimulatedData:
         truth=truth,
         config=config,
         qtl=qtl,
+        covariates=covariates,
+        stress=stress,
     )
 
 
@@ -299,13 +333,57 @@ def _standardise(x: np.ndarray) -> np.ndarray:
     return np.divide(centred, sd, out=np.zeros_like(centred), where=sd > 0)
 
 
+def _weather(n_env: int, days: int, rng: np.random.Generator) -> EnvCovariates:
+    """Daily temperature, rain and radiation ``(E, T, 3)`` of ``n_env`` sites.
+
+    Each site has its own mean temperature and within-season trend, a seasonal
+    arc, autocorrelated day-to-day noise, a rain frequency and amount with a dry
+    spell at a site-specific time, and radiation that falls on rainy days.
+    """
+    t = np.arange(days) / days  # (T,) share of the season
+    arc = np.sin(np.pi * t)
+    site_mean = rng.normal(22.0, 3.0, (n_env, 1))
+    trend = rng.normal(0.0, 4.0, (n_env, 1)) * (t - 0.5)
+    noise = np.zeros((n_env, days))
+    shocks = rng.normal(0.0, 1.8, (n_env, days))
+    for d in range(days):  # AR(1), lag-one correlation 0.8, stationary sd 3
+        noise[:, d] = (0.8 * noise[:, d - 1] if d else 0.0) + shocks[:, d]
+    temperature = site_mean + 8.0 * arc + trend + noise
+    wet_share = rng.uniform(0.2, 0.5, (n_env, 1))
+    dry_centre = rng.uniform(0.3, 0.8, (n_env, 1))
+    dry = np.exp(-(((t - dry_centre) / 0.1) ** 2))
+    wet = rng.random((n_env, days)) < wet_share * (1.0 - 0.9 * dry)
+    rain = wet * rng.exponential(1.0, (n_env, days)) * rng.uniform(4, 12, (n_env, 1))
+    radiation = 20.0 + 5.0 * arc - 4.0 * wet + rng.normal(0.0, 2.0, (n_env, days))
+    values = np.stack([temperature, rain, radiation], axis=-1)
+    return EnvCovariates(
+        np.arange(n_env), list(WEATHER), values, np.arange(1.0, days + 1), "simulation"
+    )
+
+
+def _stress_indices(covariates: EnvCovariates) -> np.ndarray:
+    """Window means of :data:`STRESS_WINDOWS`, standardised over sites, ``(E, 3)``."""
+    days = covariates.values.shape[1]
+    columns = []
+    for name, first, last in STRESS_WINDOWS:
+        window = slice(round(first * days), round(last * days))
+        columns.append(covariates.values[:, window, WEATHER.index(name)].mean(1))
+    return _standardise(np.stack(columns, axis=1))
+
+
 def _genetic_values(
-    qtl_alleles: np.ndarray, config: SimulationConfig, rng: np.random.Generator
+    qtl_alleles: np.ndarray,
+    config: SimulationConfig,
+    rng: np.random.Generator,
+    stress: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """True values from complete QTL genotypes ``(N, Q, P)``.
 
     Returns additive ``(N, E)``, dominance ``(N,)`` and epistasis ``(N,)``, each
-    with sample variance equal to its share of the genetic variance.
+    with sample variance equal to its share of the genetic variance. With
+    ``stress`` ``(E, S)`` the environment-specific part of the additive values is
+    ``sum_s stress[e, s] * sensitivity_s(i)``, each sensitivity an additive
+    function of the QTL alleles.
     """
     n_qtl = qtl_alleles.shape[1]
     e, k = config.n_environments, config.n_alleles
@@ -320,9 +398,15 @@ def _genetic_values(
     shared = _standardise(
         dosage.reshape(len(dosage), -1) @ rng.standard_normal(n_qtl * k)
     )
-    deviations = _standardise(
-        np.einsum("nqa,eqa->ne", dosage, rng.standard_normal((e, n_qtl, k)))
-    )
+    if stress is None:
+        deviations = _standardise(
+            np.einsum("nqa,eqa->ne", dosage, rng.standard_normal((e, n_qtl, k)))
+        )
+    else:  # reaction norms: (N, S) sensitivities times the (E, S) stress indices
+        slopes = dosage.reshape(len(dosage), -1) @ rng.standard_normal(
+            (n_qtl * k, stress.shape[1])
+        )
+        deviations = _standardise(slopes) @ stress.T / math.sqrt(stress.shape[1])
     rho = config.gxe_correlation
     mixed = math.sqrt(rho) * shared[:, None] + math.sqrt(1 - rho) * deviations
     additive = _standardise(mixed) * math.sqrt(additive_share)

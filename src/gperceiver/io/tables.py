@@ -5,7 +5,9 @@
   (see :func:`gperceiver.data.allele_decoder`);
 - dosages: ``name`` + one column per marker holding copies of the second allele
   (``0..ploidy``; empty, ``NA`` or ``.`` = missing);
-- phenotypes: ``name, response, block[, cv]`` + any extra columns.
+- phenotypes: ``name, response, block[, cv]`` + any extra columns;
+- covariates: ``block[, time]`` + one column per environment covariate — one row
+  per block (static) or per block and time point (a daily series).
 
 Every reader validates its file completely before returning; problems raise
 :class:`InputError` naming the file, the line/column and the fix. Line numbers are
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..data import (
+    EnvCovariates,
     Genotypes,
     MarkerMap,
     Phenotypes,
@@ -291,12 +294,8 @@ def read_dosages(path, markers: MarkerMap, ploidy: int = 2) -> Genotypes:
     return Genotypes(alleles, names, markers, n_alleles=2)
 
 
-def read_phenotypes(path) -> Phenotypes:
-    """Read a phenotypes table; NA responses are dropped with a warning."""
-    table = _read_small_table(path, ["name", "response", "block"], "phenotypes")
-    response = _numeric(
-        path, table, "response", "use a number, or NA for a missing value"
-    )
+def _blocks(path, table: pd.DataFrame) -> np.ndarray:
+    """The ``block`` column as non-negative integers ``(rows,)`` int64."""
     block_raw = table["block"].str.strip()
     block = pd.to_numeric(block_raw, errors="coerce").to_numpy()
     bad = ~np.isfinite(block) | (block < 0) | (block != np.round(block))
@@ -308,9 +307,18 @@ def read_phenotypes(path) -> Phenotypes:
             f"{block_raw.iloc[row]!r} is not a non-negative integer",
             "number the environments 0, 1, 2, ...",
         )
+    return block.astype(np.int64)
+
+
+def read_phenotypes(path) -> Phenotypes:
+    """Read a phenotypes table; NA responses are dropped with a warning."""
+    table = _read_small_table(path, ["name", "response", "block"], "phenotypes")
+    response = _numeric(
+        path, table, "response", "use a number, or NA for a missing value"
+    )
     out = table.copy()
     out["response"] = response
-    out["block"] = block.astype(np.int64)
+    out["block"] = _blocks(path, table)
     na = np.isnan(response)
     if na.any():
         warnings.warn(
@@ -325,6 +333,76 @@ def read_phenotypes(path) -> Phenotypes:
         )
     extra = [c for c in out.columns if c not in ("name", "response", "block", "cv")]
     return Phenotypes(out, source=str(path), extra_columns=extra)
+
+
+def read_covariates(path) -> EnvCovariates:
+    """Read environment covariates ``block[, time], covariate...``.
+
+    With a ``time`` column (second) the rows are a series per block (e.g. days
+    after planting) and every block must have the same time points; without it,
+    one row per block. Every covariate value must be a number (no missing value).
+    """
+    fields, handle = _open_lines(path)
+    handle.close()
+    required = ["block", "time"] if fields[1:2] == ["time"] else ["block"]
+    table = _read_small_table(path, required, "covariates")
+    names = [c for c in table.columns if c not in required]
+    if not names:
+        raise InputError(
+            path, "line 1", "no covariate column", "add columns after " + required[-1]
+        )
+    block = _blocks(path, table)
+    values = np.empty((len(table), len(names)))
+    for j, column in enumerate(names):
+        fix = "use a number (fill missing values, e.g. by interpolation)"
+        values[:, j] = _numeric(path, table, column, fix)
+        missing = np.isnan(values[:, j])
+        if missing.any():
+            row = int(np.flatnonzero(missing)[0])
+            raise InputError(
+                path, f"line {row + 2}, column {column!r}", "value is missing", fix
+            )
+    if required == ["block"]:
+        _check_unique(path, pd.Series(block), "block", "block")
+        order = np.argsort(block, kind="stable")
+        return EnvCovariates(
+            block[order], names, values[order, None, :], None, str(path)
+        )
+    time = _numeric(path, table, "time", "use a number, e.g. days after planting")
+    if np.isnan(time).any():
+        row = int(np.flatnonzero(np.isnan(time))[0])
+        raise InputError(
+            path, f"line {row + 2}, column 'time'", "time is missing", "fill it"
+        )
+    twice = pd.DataFrame({"block": block, "time": time}).duplicated()
+    if twice.any():
+        row = int(np.flatnonzero(twice.to_numpy())[0])
+        raise InputError(
+            path,
+            f"line {row + 2}, column 'time'",
+            f"block {block[row]} has time {time[row]:g} twice",
+            "keep one row per block and time",
+        )
+    blocks = np.unique(block)
+    times = np.sort(time[block == blocks[0]])
+    out = np.empty((len(blocks), len(times), len(names)))
+    for e, b in enumerate(blocks):
+        rows = np.flatnonzero(block == b)
+        own = time[rows]
+        absent = np.setdiff1d(times, own)
+        extra = np.setdiff1d(own, times)
+        if len(absent) or len(extra):
+            t = absent[0] if len(absent) else extra[0]
+            row = rows[0] if len(absent) else rows[np.flatnonzero(own == t)[0]]
+            raise InputError(
+                path,
+                f"line {row + 2}, column 'time'",
+                f"block {b} {'lacks' if len(absent) else 'has extra'} time {t:g} "
+                f"(block {blocks[0]} has {len(times)} time points)",
+                "give every block the same time points",
+            )
+        out[e] = values[rows[np.argsort(own)]]
+    return EnvCovariates(blocks, names, out, times, str(path))
 
 
 def match_phenotypes(phenotypes: Phenotypes, genotypes: Genotypes) -> Phenotypes:
@@ -396,3 +474,13 @@ def write_dosages(genotypes: Genotypes, path) -> None:
 
 def write_phenotypes(phenotypes: Phenotypes, path) -> None:
     write_table(phenotypes.table, path)
+
+
+def write_covariates(covariates: EnvCovariates, path) -> None:
+    """Write ``block[, time], covariates...`` (readable by :func:`read_covariates`)."""
+    e, t, _ = covariates.values.shape
+    frame = pd.DataFrame(covariates.values.reshape(e * t, -1), columns=covariates.names)
+    if covariates.is_series:
+        frame.insert(0, "time", np.tile(covariates.times, e))
+    frame.insert(0, "block", np.repeat(covariates.blocks, t))
+    write_table(frame, path, float_format="%.6g")
