@@ -1,6 +1,8 @@
 """Sequence model: FAVOR+ against exact softmax attention, exact chunked prefix sums,
 no information from the future, save -> load identity."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -183,3 +185,12 @@ def test_save_pretrained__load_gives_identical_weights_and_outputs(tmp_path, att
 def test_config__raises_on_unknown_attention():
     with pytest.raises(ValueError, match="attention must be one of"):
         SeqConfig(attention="sparse")
+
+
+def test_shipped_weights__load_with_the_config_they_were_trained_with():
+    directory = Path(__file__).parents[1] / "benchmarks" / "seq_models" / "kp-60min"
+    model = SeqLM.from_pretrained(directory)
+    assert model.config == SeqConfig()  # trained with the defaults
+    logits = model(torch.randint(2, 6, (1, 256)))
+    probs = torch.softmax(logits, -1)[..., 2:6].sum(-1)
+    assert torch.isfinite(logits).all() and (probs > 0.95).all()  # mass on A/C/G/T

@@ -225,8 +225,9 @@ def fit_for_seconds(
     steps_per_epoch = max(1, len(train_rows) // config.batch_size)
     best_loss, best_step, best_weights = math.inf, 0, None
     history, running, step = [], [], 0
-    started = time.perf_counter()
-    while (spent := (time.perf_counter() - started) / budget) < 1:
+    started, out_of_time = time.perf_counter(), False
+    while not out_of_time:  # decided once per step, so the last step is evaluated
+        spent = (time.perf_counter() - started) / budget
         epoch, offset = divmod(step, steps_per_epoch)
         order = np.random.default_rng([config.seed, epoch]).permutation(train_rows)
         rows = order[offset * config.batch_size : (offset + 1) * config.batch_size]
