@@ -226,15 +226,7 @@ def _train_member(
     training and validation records at the end.
     """
     val_rows = None if val is None else np.arange(len(val.rows))
-    both = (
-        train
-        if val is None
-        else Records(
-            np.concatenate([train.rows, val.rows]),
-            np.concatenate([train.response, val.response]),
-            np.concatenate([train.weight, val.weight]),
-        )
-    )
+    both = train.join(val)
     fit_rows = np.arange(len(train.rows))
     shifted_val = None if val is None else val_rows + len(train.rows)
     offset = None
@@ -492,15 +484,7 @@ def _environment_scaling(train: Records, held: Records | None) -> Scaling:
     validation environments (training data of the caller, so that their loss
     measures within-environment fit); blocks without records get the average
     centre and scale, so their predictions land on the usual scale."""
-    both = (
-        train
-        if held is None
-        else Records(
-            np.concatenate([train.rows, held.rows]),
-            np.concatenate([train.response, held.response]),
-            np.concatenate([train.weight, held.weight]),
-        )
-    )
+    both = train.join(held)
     scaling = Scaling.fit(both)
     seen = both.weight.sum(0) > 0
     scaling.mean[~seen] = scaling.mean[seen].mean()

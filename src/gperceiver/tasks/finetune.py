@@ -49,6 +49,16 @@ class Records:
     def subset(self, keep: np.ndarray) -> Records:
         return Records(self.rows[keep], self.response[keep], self.weight[keep])
 
+    def join(self, other: Records | None) -> Records:
+        """These records followed by ``other``'s (None: these alone)."""
+        if other is None:
+            return self
+        return Records(
+            np.concatenate([self.rows, other.rows]),
+            np.concatenate([self.response, other.response]),
+            np.concatenate([self.weight, other.weight]),
+        )
+
 
 @dataclass
 class Scaling:
