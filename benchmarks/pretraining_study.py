@@ -6,15 +6,16 @@ lines (genotypes only, no phenotypes, as ``perceiver-pretrained`` does) with a s
 of the complete genotypes hidden (set to missing). The hidden entries score the
 imputation of the tasks with a trained allele decoder (masked, both); the same
 model is then finetuned on the training folds of each split (full genotypes, same
-marker map) and scored by Pearson r on the held-out fold, per block. ``scratch``
+marker map) and predicts the held-out fold; Pearson r per block pools the
+held-out predictions of all folds, beside GBLUP on the same folds. ``scratch``
 finetunes without pretraining. Everything with the same seed shares the seed.
 
     OMP_NUM_THREADS=1 python benchmarks/pretraining_study.py --workdir /tmp/study \\
-        --pretrainings scratch,masked,contrastive,both --seeds 0,1,2 --folds 1,2
+        --pretrainings scratch,masked,contrastive,both --seeds 0,1,2
 
-Results go to WORKDIR/accuracy.tsv (one row per pretraining x seed x fold x block),
-WORKDIR/imputation.tsv and a summary printed as markdown; finished runs are read
-back from WORKDIR, so an interrupted study resumes where it stopped.
+Results go to WORKDIR/predictions.tsv (one row per held-out record, pretraining
+and seed), WORKDIR/imputation.tsv and a summary printed as markdown; finished runs
+are read back from WORKDIR, so an interrupted study resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from gperceiver import io
 from gperceiver.checkpoint import read_json, write_json
 from gperceiver.data import MISSING, Genotypes, Phenotypes
-from gperceiver.evaluate import pearson
+from gperceiver.evaluate import POOLED, accuracy_table, cross_validate
 from gperceiver.finetuning import finetune, load_predictor
 from gperceiver.pretraining import impute, load_masked_model, pretrain
 
@@ -102,10 +103,11 @@ def pretrained_model(task, seed, genotypes, hidden_genotypes, args, workdir):
     return directory, row
 
 
-def fold_accuracy(pretraining, seed, fold, genotypes, phenotypes, pretrained, args):
-    """Per-block Pearson r on held-out fold ``fold`` (cached in the workdir)."""
+def fold_predictions(pretraining, seed, fold, genotypes, phenotypes, pretrained, args):
+    """Predictions for held-out fold ``fold``: its phenotype rows plus
+    ``method`` (``<pretraining> seed <seed>``) and ``prediction`` (cached)."""
     out = args.workdir / "finetune" / f"{pretraining}-seed{seed}-fold{fold}"
-    result = out / "accuracy.json"
+    result = out / "predictions.tsv"
     if not result.exists():
         started = time.perf_counter()
         train, validation = phenotypes.split(str(fold))
@@ -121,58 +123,46 @@ def fold_accuracy(pretraining, seed, fold, genotypes, phenotypes, pretrained, ar
         predictor = load_predictor(out)
         rows = genotypes.index_of(validation["name"])
         values = predictor.predict(genotypes, rows).mean(-1)  # (n, E)
-        predicted = values[np.arange(len(rows)), validation["block"].to_numpy()]
-        scores = []
-        for block in sorted(validation["block"].unique()):
-            at = (validation["block"] == block).to_numpy()
-            scores.append(
-                {
-                    "block": int(block),
-                    "pearson_r": pearson(validation["response"][at], predicted[at]),
-                    "n": int(at.sum()),
-                }
-            )
-        write_json({"scores": scores, "seconds": time.perf_counter() - started}, result)
-    saved = read_json(result)
-    return [
-        {
-            "pretraining": pretraining,
-            "seed": seed,
-            "fold": fold,
-            **score,
-            "finetune_seconds": round(saved["seconds"], 1),
-        }
-        for score in saved["scores"]
+        part = validation[["name", "block", "cv", "response"]].copy()
+        part["prediction"] = values[np.arange(len(rows)), part["block"].to_numpy()]
+        part["seconds"] = time.perf_counter() - started
+        io.write_table(part, result)
+    part = pd.read_csv(result, sep="\t")
+    return part.assign(method=f"{pretraining} seed {seed}", cv=part["cv"].astype(str))
+
+
+def summary(predictions: pd.DataFrame, imputation: pd.DataFrame) -> str:
+    """Markdown: per pretraining, Pearson r per block pooled over the folds (mean
+    over seeds) and the mean over blocks per seed, then its mean and sd over
+    seeds; imputation concordance per task."""
+    pooled = accuracy_table(predictions)
+    pooled = pooled[pooled["fold"] == POOLED]
+    method = pooled["method"].str.rsplit(" seed ", n=1)
+    pooled = pooled.assign(arm=method.str[0], seed=method.str[1])
+    blocks = sorted(pooled["block"].unique())
+    lines = [
+        "| pretraining | seeds | mean r over blocks (sd over seeds) | per seed | "
+        + " | ".join(f"block {b}" for b in blocks)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(blocks),
     ]
-
-
-def summary(accuracy: pd.DataFrame, imputation: pd.DataFrame) -> str:
-    """Markdown: mean r over blocks per (pretraining, seed, fold), then mean and sd
-    over the seed x fold runs; imputation concordance per task."""
-    per_run = (
-        accuracy.groupby(["pretraining", "seed", "fold"])["pearson_r"]
-        .mean()
-        .rename("mean_r")
-        .reset_index()
-    )
-    lines = ["| pretraining | runs (seeds x folds) | mean r (over blocks) | sd | "]
-    lines[0] += "per fold: mean r over seeds |"
-    lines.append("|---|---|---|---|---|")
-    order = ["scratch", *TASKS]
-    for name, group in sorted(
-        per_run.groupby("pretraining"), key=lambda item: order.index(item[0])
-    ):
-        folds = group.groupby("fold")["mean_r"].mean()
-        per_fold = ", ".join(f"fold {f}: {r:.3f}" for f, r in folds.items())
+    order = ["gblup", "scratch", *TASKS]
+    for arm, group in sorted(pooled.groupby("arm"), key=lambda a: order.index(a[0])):
+        per_seed = group.groupby("seed")["pearson_r"].mean()
+        per_block = group.groupby("block")["pearson_r"].mean()
+        sd = per_seed.std(ddof=1) if len(per_seed) > 1 else float("nan")
         lines.append(
-            f"| {name} | {len(group)} | {group['mean_r'].mean():.3f} | "
-            f"{group['mean_r'].std(ddof=1):.3f} | {per_fold} |"
+            f"| {arm} | {len(per_seed)} | {per_seed.mean():.4f} ({sd:.4f}) | "
+            + ", ".join(f"{r:.4f}" for r in per_seed)
+            + " | "
+            + " | ".join(f"{per_block[b]:.4f}" for b in blocks)
+            + " |"
         )
     if len(imputation) and "concordance" in imputation:
         lines += ["", "| pretraining | seed | concordance | hidden | pretrain s |"]
         lines.append("|---|---|---|---|---|")
         for row in imputation.dropna(subset=["concordance"]).itertuples():
-            seconds = row.pretrain_seconds
+            seconds = getattr(row, "pretrain_seconds", float("nan"))
             lines.append(
                 f"| {row.pretraining} | {row.seed} | {row.concordance:.4f} | "
                 f"{int(row.hidden)} | {'' if pd.isna(seconds) else f'{seconds:.0f}'} |"
@@ -189,7 +179,9 @@ def main() -> None:
         help="comma-separated: scratch, masked, contrastive, both",
     )
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--folds", default="1,2", help="wheat cv values to hold out")
+    parser.add_argument(
+        "--folds", default="1,2,3,4,5,6,7,8,9,10", help="wheat cv values to hold out"
+    )
     parser.add_argument(
         "--pretrain-params",
         type=json.loads,
@@ -219,7 +211,9 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     genotypes, phenotypes = wheat()
-    accuracy_rows, imputation_rows = [], []
+    gblup, _ = cross_validate(phenotypes, genotypes, ["gblup"], False, folds=folds)
+    parts = [gblup.assign(method="gblup seed -", cv=gblup["cv"].astype(str))]
+    imputation_rows = []
     for seed in seeds:
         hidden = hide(genotypes, args.hide_fraction, seed)
         if set(names) & {"masked", "both"}:
@@ -234,17 +228,17 @@ def main() -> None:
                 imputation_rows.append(row)
                 print(json.dumps(row), flush=True)
             for fold in folds:
-                rows = fold_accuracy(
-                    name, seed, fold, genotypes, phenotypes, pretrained, args
+                parts.append(
+                    fold_predictions(
+                        name, seed, fold, genotypes, phenotypes, pretrained, args
+                    )
                 )
-                accuracy_rows += rows
-                mean_r = np.mean([r["pearson_r"] for r in rows])
-                print(f"{name} seed {seed} fold {fold}: r {mean_r:.3f}", flush=True)
-            accuracy = pd.DataFrame(accuracy_rows)
+            print(f"{name} seed {seed}: {len(folds)} folds done", flush=True)
+            predictions = pd.concat(parts, ignore_index=True)
             imputation = pd.DataFrame(imputation_rows)
-            io.write_table(accuracy, args.workdir / "accuracy.tsv", float_format="%.4f")
+            io.write_table(predictions, args.workdir / "predictions.tsv")
             io.write_table(imputation, args.workdir / "imputation.tsv")
-    print(summary(pd.DataFrame(accuracy_rows), pd.DataFrame(imputation_rows)))
+            print(summary(predictions, imputation), flush=True)
 
 
 if __name__ == "__main__":
