@@ -180,7 +180,7 @@ def main() -> None:
     )
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument(
-        "--folds", default="1,2,3,4,5,6,7,8,9,10", help="wheat cv values to hold out"
+        "--folds", default="0,1,2,3,4,5,6,7,8,9", help="wheat cv values to hold out"
     )
     parser.add_argument(
         "--pretrain-params",
