@@ -52,7 +52,7 @@ def favor_error(features: int, seed: int = 1) -> tuple[float, float]:
     exact, weights = causal_softmax(q, k, v)
     w = orthogonal_features(features, 16, torch.Generator().manual_seed(seed)).double()
     pq, pk = positive_features(q, w, True), positive_features(k, w, False)
-    out = favor_causal(pq, pk, v, chunk=32)
+    out = favor_causal(q, k, v, w, chunk=32)
     implied = (pq @ pk.transpose(-1, -2)).tril()
     implied = implied / implied.sum(-1, keepdim=True)
     tv = 0.5 * (implied - weights).abs().sum(-1).mean()
@@ -88,14 +88,53 @@ def test_orthogonal_features__rows_within_a_block_are_orthogonal():
     )
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 32, 300])
-def test_favor_causal__chunked_prefix_sums_equal_the_quadratic_form(chunk):
-    gen = torch.Generator().manual_seed(0)
-    pq, pk = (torch.rand(2, 3, 50, 8, generator=gen, dtype=torch.float64) for _ in "qk")
-    v = torch.randn(2, 3, 50, 4, generator=gen, dtype=torch.float64)
+def favor_quadratic(q, k, v, w):
+    """The S x S form of causal FAVOR+ that the chunked code must equal."""
+    pq, pk = positive_features(q, w, True), positive_features(k, w, False)
     weights = (pq @ pk.transpose(-1, -2)).tril()
-    expected = (weights @ v) / weights.sum(-1, keepdim=True)
-    assert torch.allclose(favor_causal(pq, pk, v, chunk), expected, atol=1e-12)
+    return (weights @ v) / weights.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("chunk, segment", [(1, 1), (7, 20), (32, 1024), (300, 1)])
+def test_favor_causal__chunks_and_segments_equal_the_quadratic_form(chunk, segment):
+    """Outputs and every gradient of the chunked, segment-recomputing code equal
+    the explicit S x S computation (float64), whatever the chunk and segment."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (
+        torch.randn(2, 3, 50, 4, generator=gen, dtype=torch.float64).requires_grad_()
+        for _ in "qkv"
+    )
+    w = orthogonal_features(8, 4, gen).double()
+    out = favor_causal(q, k, v, w, chunk, segment)
+    expected = favor_quadratic(q, k, v, w)
+    assert torch.allclose(out, expected, atol=1e-12)
+    upstream = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad((out * upstream).sum(), (q, k, v))
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), (q, k, v))
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert torch.allclose(got, want, atol=1e-10)
+
+
+def test_favor_causal__training_keeps_no_per_chunk_features():
+    """What autograd saves for backward is the raw q, k, v plus one state per
+    segment; the (S, F) feature maps and (C, C) blocks are recomputed."""
+    gen = torch.Generator().manual_seed(0)
+    s, k_dim, features = 4096, 8, 64
+    q, k, v = (
+        torch.randn(1, 1, s, k_dim, generator=gen).requires_grad_() for _ in "qkv"
+    )
+    w = orthogonal_features(features, k_dim, gen)
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        favor_causal(q, k, v, w, chunk=128, segment=1024)
+    # q, k, v slices and states of 4 segments, the output and its normaliser
+    assert sum(saved) < 3 * s * k_dim + 4 * features * (k_dim + 1) + 3 * s * (k_dim + 1)
+    assert sum(saved) < s * features  # less than one feature map
 
 
 def test_hierarchical__equals_exact_attention_within_the_first_window():

@@ -10,8 +10,9 @@ and relative position, so attention needs no positional encoding), ``x += attn(L
 - ``exact``: softmax attention through ``scaled_dot_product_attention`` (flash /
   memory-efficient kernels where available), memory O(S) on those kernels.
 - ``performer``: FAVOR+ with positive orthogonal random features; the causal sum runs
-  over chunks of ``chunk`` positions with prefix sums of the per-chunk ``phi(k) v``
-  states, so no S x S matrix ever exists and memory grows as S * F * K / C.
+  over chunks of ``chunk`` positions with prefix sums of the ``phi(k) v`` states, so
+  no S x S matrix ever exists; segments of 1024 positions are recomputed in
+  backward, so training keeps only q, k, v and one F x K state per segment.
 - ``hierarchical``: exact attention inside windows of ``chunk`` positions plus exact
   attention to mean-pooled summaries of all earlier complete windows.
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..checkpoint import load_tensors, read_json, save_tensors, write_json
 from ..io import InputError
@@ -94,28 +96,61 @@ def positive_features(x: Tensor, projection: Tensor, is_query: bool) -> Tensor:
     return torch.exp(logits) * projection.shape[0] ** -0.5
 
 
-def favor_causal(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> Tensor:
-    """Causal linear attention over feature maps q, k (B, H, S, F), v (B, H, S, K).
+def _favor_segment(
+    q: Tensor, k: Tensor, v: Tensor, state: Tensor, projection: Tensor, chunk: int
+) -> tuple[Tensor, Tensor]:
+    """Causal FAVOR+ over one segment: raw q, k, v (B, H, S', K) and ``state`` (B, H,
+    F, K + 1), the sum of ``phi(k)^T [v, 1]`` over all earlier positions ->
+    (unnormalised output and normaliser (B, H, S', K + 1), state after the segment).
 
-    Position t sees keys 0..t. Inside a chunk the C x C masked product is explicit;
-    earlier chunks enter through an exclusive prefix sum of ``phi(k)^T v`` states.
+    Inside a chunk of C positions the C x C masked product is explicit; earlier
+    chunks enter through an exclusive prefix sum of their states, shifted rather
+    than subtracted so that not even rounding depends on the current chunk.
     """
-    b, h, s, f = q.shape
-    pad = (-s) % chunk
+    pq = positive_features(q, projection, is_query=True)
+    pk = positive_features(k, projection, is_query=False)
+    v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1)
+    b, h, s, f = pq.shape
+    pad = (-s) % chunk  # zero features: padded keys add nothing
     if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        pq, pk, v1 = (F.pad(t, (0, 0, 0, pad)) for t in (pq, pk, v1))
     n = (s + pad) // chunk
-    qc = q.view(b, h, n, chunk, f)
-    kc = k.view(b, h, n, chunk, f)
-    vc = torch.cat([v, torch.ones_like(v[..., :1])], -1).view(b, h, n, chunk, -1)
-    states = kc.transpose(-1, -2) @ vc  # (B, H, n, F, K + 1) per chunk
-    # exclusive prefix (chunks strictly earlier), shifted rather than subtracted so
-    # that not even rounding depends on the current chunk
-    before = F.pad(states.cumsum(2)[:, :, :-1], (0, 0, 0, 0, 1, 0))
+    qc, kc = pq.view(b, h, n, chunk, f), pk.view(b, h, n, chunk, f)
+    vc = v1.view(b, h, n, chunk, -1)
+    totals = (kc.transpose(-1, -2) @ vc).cumsum(2)  # (B, H, n, F, K + 1)
+    before = state.unsqueeze(2) + F.pad(totals[:, :, :-1], (0, 0, 0, 0, 1, 0))
     causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
     local = (qc @ kc.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (B,H,n,C,C)
-    out = qc @ before + local @ vc  # (B, H, n, C, K + 1)
-    out = out.reshape(b, h, n * chunk, -1)[:, :, :s]
+    out = (qc @ before + local @ vc).reshape(b, h, n * chunk, -1)[:, :, :s]
+    return out, state + totals[:, :, -1]
+
+
+def favor_causal(
+    q: Tensor, k: Tensor, v: Tensor, projection: Tensor, chunk: int, segment: int = 1024
+) -> Tensor:
+    """Causal FAVOR+ attention: q, k, v (B, H, S, K), projection (F, K) -> (B, H, S, K).
+
+    Position t sees keys 0..t. Segments of ``segment`` positions (rounded up to
+    whole chunks) run in order, carrying the running ``phi(k)^T [v, 1]`` state.
+    Under autograd each segment is recomputed in backward from its raw q, k, v and
+    incoming state, so training keeps only those and one (F, K + 1) state per
+    segment: no feature map or C x C block outlives its segment.
+    """
+    b, h, s, width = q.shape
+    step = -(-max(segment, chunk) // chunk) * chunk
+    state = q.new_zeros(b, h, projection.shape[0], width + 1)
+    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    parts = []
+    for start in range(0, s, step):
+        inputs = [t[:, :, start : start + step] for t in (q, k, v)]
+        if recompute:
+            out, state = checkpoint(
+                _favor_segment, *inputs, state, projection, chunk, use_reentrant=False
+            )
+        else:
+            out, state = _favor_segment(*inputs, state, projection, chunk)
+        parts.append(out)
+    out = torch.cat(parts, 2)
     return out[..., :-1] / out[..., -1:].clamp_min(1e-12)
 
 
@@ -169,10 +204,7 @@ class CausalSelfAttention(nn.Module):
             wide = torch.promote_types(v.dtype, torch.float32)  # no fp16 exponentials
             projection = self.projection.to(wide)
             y = favor_causal(
-                positive_features(q.to(wide), projection, is_query=True),
-                positive_features(k.to(wide), projection, is_query=False),
-                v.to(wide),
-                self.config.chunk,
+                q.to(wide), k.to(wide), v.to(wide), projection, self.config.chunk
             ).to(v.dtype)
         else:
             y = hierarchical_causal(q, k, v, self.config.chunk)
