@@ -308,6 +308,79 @@ def test_environment_model__prediction_follows_the_covariates():
     assert torch.allclose(before[:, [0, 2]], after[:, [0, 2]])
 
 
+def test_environment_model__set_covariates_grows_to_new_blocks():
+    """A block beyond the model's, given block 1's covariates, predicts block 1's
+    output without block 1's intercept; the old blocks do not move."""
+    model = tiny_model(20)
+    with torch.no_grad():
+        model.intercept.normal_()
+    alleles = torch.randint(1, 3, (4, 30, 2))
+    idx = torch.arange(30)
+    with torch.no_grad():
+        before = model(alleles, idx)
+        model.set_covariates(torch.tensor([4]), model.covariates[1:2].clone())
+        after = model(alleles, idx)
+    assert after.shape == (4, 5, 1) and model.head_config.n_blocks == 5
+    assert torch.allclose(after[:, :3], before)
+    assert torch.allclose(after[:, 4], before[:, 1] - model.intercept[1], atol=1e-5)
+    assert not model.has_covariates[3]  # block 3 got no covariates
+
+
+def test_cli__predict_new_environments_from_their_covariates(tmp_path):
+    """Finetune on environments 0 and 1, then predict 2 and 3 (beyond the model's
+    blocks) from a covariates file; 3 has environment 0's weather."""
+    data = tmp_path / "sim"
+    main(["simulate", "--out", str(data), "--individuals", "50", "--markers", "120",
+          "--qtl", "10", "--environments", "4", "--weather-days", "20", "--folds", "2"])  # fmt: skip
+    phenotypes = pd.read_csv(data / "phenotypes.tsv", sep="\t")
+    phenotypes[phenotypes["block"] < 2].to_csv(
+        tmp_path / "train.tsv", sep="\t", index=False
+    )
+    weather = pd.read_csv(data / "covariates.tsv", sep="\t")
+    weather[weather["block"] < 2].to_csv(tmp_path / "seen.tsv", sep="\t", index=False)
+    new = weather.copy()
+    columns = [c for c in weather.columns if c not in ("block", "time")]
+    new.loc[new["block"] == 3, columns] = new.loc[new["block"] == 0, columns].to_numpy()
+    new.to_csv(tmp_path / "new.tsv", sep="\t", index=False)
+    genotypes = [str(data / "chroms.tsv"), str(data / "markers.tsv")]
+    model = tmp_path / "model"
+    assert main(["finetune", str(tmp_path / "train.tsv"), *genotypes, "--out", str(model),
+                 "--covariates", str(tmp_path / "seen.tsv"), "--epochs", "2", "--width", "16",
+                 "--latents", "4", "--encode-iters", "1", "--no-progress"]) == 0  # fmt: skip
+
+    def predict(out, *extra):
+        code = main(
+            ["predict", *genotypes, "--model", str(model), "--out", str(out), *extra]
+        )
+        return code, (pd.read_csv(out, sep="\t") if out.exists() else None)
+
+    _, seen = predict(tmp_path / "seen-pred.tsv")
+    code, both = predict(
+        tmp_path / "new-pred.tsv", "--covariates", str(tmp_path / "new.tsv")
+    )
+    assert code == 0 and sorted(both["block"].unique()) == [0, 1, 2, 3]
+    wide = both.pivot(index="name", columns="block", values="prediction")
+    old = seen.pivot(index="name", columns="block", values="prediction")
+    # the saved standardisation is reused: seen environments predict as before
+    assert np.allclose(wide[[0, 1]], old[[0, 1]], atol=1e-5)
+    assert np.isfinite(wide.to_numpy()).all() and wide[2].std() > 0
+    assert pearson(wide[3], wide[0]) > 0.99999  # same weather, same ranking
+    assert pearson(wide[2], wide[0]) < 0.99999
+    # a file with other columns or another time axis is refused, nothing written
+    new.drop(columns=columns[0]).to_csv(tmp_path / "bad.tsv", sep="\t", index=False)
+    code, out = predict(
+        tmp_path / "bad-pred.tsv", "--covariates", str(tmp_path / "bad.tsv")
+    )
+    assert code == 1 and out is None
+    new[new["time"] < new["time"].max()].to_csv(
+        tmp_path / "short.tsv", sep="\t", index=False
+    )
+    code, out = predict(
+        tmp_path / "short-pred.tsv", "--covariates", str(tmp_path / "short.tsv")
+    )
+    assert code == 1 and out is None
+
+
 def test_finetune__environment_absent_from_training_gets_predictions(
     weather_sim, tmp_path
 ):

@@ -448,7 +448,8 @@ def cmd_predict(args) -> None:
     from .finetuning import load_predictor, prediction_table
 
     genotypes = read_genotypes(args, stream=True)
-    predictor = load_predictor(args.model, genotypes, args.markers)
+    covariates = read_covariates_if_given(args)
+    predictor = load_predictor(args.model, genotypes, args.markers, covariates)
     table = prediction_table(predictor, genotypes)
     if not args.uncertainty and "sd" in table:
         table = table.drop(columns="sd")
@@ -751,6 +752,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--uncertainty",
         action="store_true",
         help="add the sd across ensemble members (needs --ensemble > 1)",
+    )
+    p.add_argument(
+        "--covariates",
+        help="environment covariates TSV (same columns as for finetune) of the "
+        "environments to predict, new ones included; needs a model finetuned "
+        "with --covariates",
     )
     p.set_defaults(func=cmd_predict)
     add_seq_commands(sub)

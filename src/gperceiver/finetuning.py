@@ -352,15 +352,20 @@ def finetune(
         n_blocks,
         by_environment,
     )
+    held = val if by_environment and cv is None else None  # training environments
     if settings.objective not in ("mse", "huber"):
         scaling = Scaling.identity(n_blocks)
     elif environment is None:
         scaling = Scaling.fit(train)
     else:
-        held = val if by_environment and cv is None else None
         scaling = _environment_scaling(train, held)
     out = Path(out)
     trained_blocks = np.flatnonzero(train.weight.sum(0) > 0).tolist()
+    if environment is not None:
+        seen = train.join(held).weight.sum(0) > 0
+        environment["standard"]["new_environment_scaling"] = _average_scaling(
+            scaling, seen
+        )
     joint = not settings.separate_blocks or environment is not None
     groups = [None] if joint else trained_blocks
     members, layout = [], []
@@ -399,6 +404,7 @@ def finetune(
             "scaling": {"mean": scaling.mean.tolist(), "sd": scaling.sd.tolist()},
             "members": layout,
             "environment": None if env_cfg is None else env_cfg.to_dict(),
+            "covariates": None if environment is None else environment["standard"],
             "pretrained": None if pretrained is None else str(pretrained),
             "validation": f"cv == {cv}"
             if cv is not None
@@ -462,7 +468,8 @@ class Predictor:
 # -- environment covariates (used only when covariates are given) -------------------
 def _environment_inputs(covariates: EnvCovariates) -> dict:
     """Standardised covariates per block slot: ``values`` (E, T, C) float32 tensor
-    (zeros for blocks without covariates) and ``has`` (E,) bool.
+    (zeros for blocks without covariates), ``has`` (E,) bool, and ``standard``,
+    the centre and scale per covariate kept in the model's config.
 
     Each covariate is centred and scaled over every block and time point that has
     it (no response is used, like a relationship matrix from all genotypes).
@@ -470,26 +477,77 @@ def _environment_inputs(covariates: EnvCovariates) -> dict:
     values = covariates.values
     mean = values.mean((0, 1))
     sd = values.std((0, 1))
-    scaled = (values - mean) / np.where(sd > 0, sd, 1.0)
+    sd = np.where(sd > 0, sd, 1.0)
+    standard = {
+        "names": list(covariates.names),
+        "n_times": values.shape[1],
+        "mean": mean.tolist(),
+        "sd": sd.tolist(),
+    }
     n_blocks = int(covariates.blocks.max()) + 1
     full = np.zeros((n_blocks, *values.shape[1:]), dtype=np.float32)
-    full[covariates.blocks] = scaled
+    full[covariates.blocks] = (values - mean) / sd
     has = np.zeros(n_blocks, dtype=bool)
     has[covariates.blocks] = True
-    return {"values": torch.from_numpy(full), "has": torch.from_numpy(has)}
+    return {
+        "values": torch.from_numpy(full),
+        "has": torch.from_numpy(has),
+        "standard": standard,
+    }
 
 
 def _environment_scaling(train: Records, held: Records | None) -> Scaling:
     """Per-block scaling from the training records and the ``held`` out inner
     validation environments (training data of the caller, so that their loss
     measures within-environment fit); blocks without records get the average
-    centre and scale, so their predictions land on the usual scale."""
+    centre and scale (:func:`_average_scaling`), so their predictions land on the
+    usual scale."""
     both = train.join(held)
     scaling = Scaling.fit(both)
     seen = both.weight.sum(0) > 0
-    scaling.mean[~seen] = scaling.mean[seen].mean()
-    scaling.sd[~seen] = scaling.sd[seen].mean()
+    scaling.mean[~seen], scaling.sd[~seen] = _average_scaling(scaling, seen)
     return scaling
+
+
+def _average_scaling(scaling: Scaling, seen: np.ndarray) -> tuple[float, float]:
+    """Centre and scale for an environment without records: the averages over the
+    ``seen`` (E,) blocks."""
+    return float(scaling.mean[seen].mean()), float(scaling.sd[seen].mean())
+
+
+def _new_environments(predictor: Predictor, covariates: EnvCovariates, config) -> None:
+    """Give the predictor's models ``covariates`` for their blocks, growing the
+    per-block tables for blocks the model never had (predicted like an environment
+    without records: average centre and scale, no intercept of its own)."""
+    standard = config["covariates"]
+    names, n_times = standard["names"], standard["n_times"]
+    source = covariates.source
+    if list(covariates.names) != names:
+        raise InputError(
+            source,
+            "line 1",
+            f"covariate columns {list(covariates.names)} differ from the model's",
+            f"use the columns the model was finetuned with, in order: {names}",
+        )
+    if covariates.values.shape[1] != n_times:
+        raise InputError(
+            source,
+            None,
+            f"{covariates.values.shape[1]} time points per block; the model was "
+            f"finetuned with {n_times}",
+            f"give every block the {n_times} time points of the training covariates",
+        )
+    values = (covariates.values - np.array(standard["mean"])) / np.array(standard["sd"])
+    values = torch.as_tensor(values, dtype=torch.float32)
+    blocks = torch.as_tensor(covariates.blocks)
+    for model in predictor.members:
+        model.set_covariates(blocks, values)
+    grown = predictor.members[0].head_config.n_blocks - len(predictor.scaling.mean)
+    centre, scale = standard["new_environment_scaling"]
+    predictor.scaling = Scaling(
+        np.concatenate([predictor.scaling.mean, np.full(grown, centre)]),
+        np.concatenate([predictor.scaling.sd, np.full(grown, scale)]),
+    )
 
 
 def _new_model(model_cfg, head_cfg, env_cfg, markers, environment, n_blocks):
@@ -516,9 +574,17 @@ def _new_model(model_cfg, head_cfg, env_cfg, markers, environment, n_blocks):
 
 
 def load_predictor(
-    directory, genotypes: Genotypes | None = None, data_path=None
+    directory,
+    genotypes: Genotypes | None = None,
+    data_path=None,
+    covariates: EnvCovariates | None = None,
 ) -> Predictor:
-    """Load a finetune output directory; checks the marker map of ``genotypes``."""
+    """Load a finetune output directory; checks the marker map of ``genotypes``.
+
+    ``covariates`` (for a model finetuned with covariates) replace or add the
+    covariates of their blocks, so environments never seen in training, with
+    block ids beyond the model's, are predicted too.
+    """
     directory = Path(directory)
     config, markers = load_model_config(directory)
     if config.get("task") != TASK_NAME:
@@ -544,9 +610,19 @@ def load_predictor(
     scaling = Scaling(
         np.array(config["scaling"]["mean"]), np.array(config["scaling"]["sd"])
     )
-    return Predictor(
+    predictor = Predictor(
         members, config["members"], config["finetune"]["objective"], scaling
     )
+    if covariates is not None:
+        if config.get("covariates") is None:
+            raise InputError(
+                covariates.source,
+                None,
+                f"the model in {directory} was finetuned without covariates",
+                "finetune with --covariates, or predict without them",
+            )
+        _new_environments(predictor, covariates, config)
+    return predictor
 
 
 def prediction_table(

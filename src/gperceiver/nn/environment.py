@@ -7,7 +7,7 @@ S environment tokens, L latents, D width, K outputs per block.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -183,6 +183,33 @@ class EnvironmentPhenotypeModel(nn.Module):
             for n, p in self.named_parameters()
             if not n.startswith(("embed.", "encoder."))
         ]
+
+    @torch.no_grad()
+    def set_covariates(self, blocks: Tensor, values: Tensor) -> None:
+        """Give ``blocks`` (E',) the standardised covariates ``values`` (E', T, C).
+
+        Blocks beyond the model's grow the per-block tables with what a block
+        without records has after training: zero intercept and zero tokens.
+        """
+        n_blocks = max(self.head_config.n_blocks, int(blocks.max()) + 1)
+        grow = n_blocks - self.head_config.n_blocks
+        if grow:
+            self.covariates = torch.cat(
+                [self.covariates, self.covariates.new_zeros(grow, *values.shape[1:])]
+            )
+            self.has_covariates = torch.cat(
+                [self.has_covariates, self.has_covariates.new_zeros(grow)]
+            )
+            tokens, intercept = self.block_tokens, self.intercept
+            self.block_tokens = nn.Parameter(
+                torch.cat([tokens, tokens.new_zeros(grow, *tokens.shape[1:])])
+            )
+            self.intercept = nn.Parameter(
+                torch.cat([intercept, intercept.new_zeros(grow, intercept.shape[1])])
+            )
+            self.head_config = replace(self.head_config, n_blocks=n_blocks)
+        self.covariates[blocks] = values.to(self.covariates.dtype)
+        self.has_covariates[blocks] = True
 
     def features(self, alleles: Tensor, marker_idx: Tensor) -> Tensor:
         """Latents next to the mean marker token, (B, L + 1, D)."""
