@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..checkpoint import load_tensors, read_json, save_tensors, write_json
 from ..io import InputError
@@ -125,6 +124,28 @@ def _favor_segment(
     return out, state + totals[:, :, -1]
 
 
+class _RecomputedSegment(torch.autograd.Function):
+    """:func:`_favor_segment` that keeps only its inputs for backward and runs
+    again there (``torch.utils.checkpoint`` kept the feature maps alive here)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, state, projection, chunk):
+        ctx.save_for_backward(q, k, v, state, projection)
+        ctx.chunk = chunk
+        return _favor_segment(q, k, v, state, projection, chunk)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_state):
+        *inputs, projection = ctx.saved_tensors
+        inputs = [t.detach().requires_grad_() for t in inputs]
+        with torch.enable_grad():
+            out, state = _favor_segment(*inputs, projection, ctx.chunk)
+        if grad_state is None:  # the last segment's state feeds nothing
+            grad_state = torch.zeros_like(state)
+        grads = torch.autograd.grad((out, state), inputs, (grad_out, grad_state))
+        return (*grads, None, None)
+
+
 def favor_causal(
     q: Tensor, k: Tensor, v: Tensor, projection: Tensor, chunk: int, segment: int = 1024
 ) -> Tensor:
@@ -132,23 +153,25 @@ def favor_causal(
 
     Position t sees keys 0..t. Segments of ``segment`` positions (rounded up to
     whole chunks) run in order, carrying the running ``phi(k)^T [v, 1]`` state.
-    Under autograd each segment is recomputed in backward from its raw q, k, v and
-    incoming state, so training keeps only those and one (F, K + 1) state per
-    segment: no feature map or C x C block outlives its segment.
+    Under autograd each segment of a longer sequence is recomputed in backward
+    from its raw q, k, v and incoming state, so training keeps only those and one
+    (F, K + 1) state per segment: no feature map or C x C block outlives its
+    segment, and memory beyond q, k, v stays that of one segment.
     """
     b, h, s, width = q.shape
     step = -(-max(segment, chunk) // chunk) * chunk
     state = q.new_zeros(b, h, projection.shape[0], width + 1)
-    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    # one segment's intermediates are bounded by the segment: recompute only when
+    # there are several (the default 1k training window runs at full speed)
+    recompute = (
+        s > step and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    )
+    run = _RecomputedSegment.apply if recompute else _favor_segment
     parts = []
-    for start in range(0, s, step):
-        inputs = [t[:, :, start : start + step] for t in (q, k, v)]
-        if recompute:
-            out, state = checkpoint(
-                _favor_segment, *inputs, state, projection, chunk, use_reentrant=False
-            )
-        else:
-            out, state = _favor_segment(*inputs, state, projection, chunk)
+    # split, not slices: its backward concatenates the segments' gradients once,
+    # where each slice's backward would fill a zero tensor of the full length
+    for inputs in zip(*(t.split(step, 2) for t in (q, k, v)), strict=True):
+        out, state = run(*inputs, state, projection, chunk)
         parts.append(out)
     out = torch.cat(parts, 2)
     return out[..., :-1] / out[..., -1:].clamp_min(1e-12)
