@@ -109,6 +109,20 @@ def test_pretrain__loss_falls(population, tmp_path):
     assert metrics["val_loss"].iloc[-3:].mean() < metrics["val_loss"].iloc[:3].mean()
 
 
+def test_pretrain__time_budget_stops_on_the_clock_and_anneals(population, tmp_path):
+    """The run stops at the first step past the budget, with the LR annealed to
+    its floor on the clock; resuming a spent run trains no further step."""
+    typed = {"epochs": 10_000, "time_budget_s": 1.5, "eval_every": 4, "patience": 10**6}
+    pretrain(population, tmp_path / "m", {**TINY, "warmup_steps": 2}, typed)
+    metrics = pd.read_csv(tmp_path / "m" / "metrics.csv")
+    last = metrics.iloc[-1]
+    assert 1.5 <= last["seconds"] < 5.0 and last["step"] > 4
+    assert last["lr"] < 0.06 * 1e-3  # the cosine floor is 5% of the default lr
+    pretrain(population, tmp_path / "m", {**TINY, "warmup_steps": 2}, typed)
+    again = pd.read_csv(tmp_path / "m" / "metrics.csv")
+    assert again["step"].iloc[-1] == last["step"]
+
+
 def test_save_load__identical_outputs(population, tmp_path):
     model = pretrain(population, tmp_path / "m", TINY, {"max_steps": 3})
     loaded, config = load_masked_model(tmp_path / "m", population)

@@ -109,6 +109,7 @@ def test_seq_pretrain__time_budget_stops_on_the_clock(tmp_path):
     params = dict(
         width=16, depth=1, heads=2, features=16, chunk=16, context=64,
         batch_size=4, warmup_steps=2, eval_every=5, time_budget_s=2.0, progress=False,
+        epochs=1000,  # an upper bound the clock reaches first
     )  # fmt: skip
     (tmp_path / "p.json").write_text(json.dumps(params))
     code = main(

@@ -98,6 +98,14 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--epochs", "--nepochs", dest="epochs", type=int, default=s)
     group.add_argument("--max-steps", type=int, default=s)
     group.add_argument(
+        "--time-budget",
+        dest="time_budget_s",
+        type=float,
+        default=s,
+        help="wall-clock seconds for training: stop at the first step past it, the "
+        "LR annealed on the clock (0: none; impute without --model: 900)",
+    )
+    group.add_argument(
         "--patience",
         "--early-stopping-patience",
         dest="patience",
@@ -174,6 +182,7 @@ TRAINING_KEYS = {
     "batch_size",
     "epochs",
     "max_steps",
+    "time_budget_s",
     "patience",
     "seed",
     "width",
@@ -374,6 +383,12 @@ def cmd_pretrain(args) -> None:
     print(f"wrote the pretrained model to {args.out}")
 
 
+# one-shot `impute` (no --model) pretrains first: like a reference-free imputer it
+# should finish in minutes, so training stops after 15 minutes unless it is done
+# sooner (1,000 x 20,000 markers: BENCHMARKS.md, Imputation)
+ONE_SHOT_IMPUTE = {"time_budget_s": 900.0}
+
+
 def cmd_impute(args) -> None:
     from .pretraining import impute, load_masked_model, pretrain
 
@@ -385,7 +400,8 @@ def cmd_impute(args) -> None:
             f"no --model: pretraining on {args.markers} first (model in {model_dir})",
             file=sys.stderr,
         )
-        pretrain(genotypes, model_dir, file_params(args), typed_options(args))
+        params = {**ONE_SHOT_IMPUTE, **file_params(args)}
+        pretrain(genotypes, model_dir, params, typed_options(args))
     model, config = load_masked_model(model_dir, genotypes, args.markers)
     if config.get("task") == "contrastive":
         raise InputError(

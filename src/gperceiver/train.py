@@ -69,6 +69,11 @@ class TrainConfig:
     )
     seed: int = 0
     progress: bool = True
+    # wall-clock budget in seconds (None or 0: no budget). Training stops at the first
+    # step past it (validated and checkpointed, best weights kept) and the cosine LR
+    # follows the larger of the step and clock shares, so it anneals in time; time
+    # spent before a resume counts. Results then depend on the machine's speed.
+    time_budget_s: float | None = None
 
     def fingerprint(self) -> str:
         keys = {k: v for k, v in asdict(self).items() if k not in ("progress",)}
@@ -93,8 +98,9 @@ class Task(Protocol):
     # ``rng.permutation(rows)``); streamed data keep rows of one read together
 
 
-def lr_at(step: int, total: int, config: TrainConfig) -> float:
-    """Learning rate at optimiser step ``step`` (0-based)."""
+def lr_at(step: int, total: int, config: TrainConfig, spent: float = 0.0) -> float:
+    """Learning rate at optimiser step ``step`` (0-based); ``spent`` is the share
+    of the time budget used (0 without one)."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     floor = config.lr * config.min_lr_ratio
@@ -103,9 +109,8 @@ def lr_at(step: int, total: int, config: TrainConfig) -> float:
     if config.schedule == "cyclic":
         phase = ((step - config.warmup_steps) % config.cycle_steps) / config.cycle_steps
     elif config.schedule == "cosine":
-        phase = min(
-            1.0, (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-        )
+        by_steps = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+        phase = min(1.0, max(by_steps, spent))
     else:
         raise ValueError(
             f"unknown LR schedule {config.schedule!r}: use cosine, cyclic or constant"
@@ -239,6 +244,7 @@ class Trainer:
             "best_step": 0,
             "bad_evals": 0,
             "history": [],
+            "seconds": 0.0,  # training time so far, resumes included
         }
         best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         restored = self._load_checkpoint(optimizer) if rank == 0 else None
@@ -270,7 +276,15 @@ class Trainer:
             leave=False,
         )
         started, stopped_early, running = time.perf_counter(), False, []
-        while state["step"] < total and state["bad_evals"] < config.patience:
+        clock_base = state.get("seconds", 0.0)
+        budget = config.time_budget_s or None  # 0 means none
+        elapsed = clock_base
+        out_of_time = budget is not None and elapsed >= budget  # a spent run resumed
+        while (
+            state["step"] < total
+            and state["bad_evals"] < config.patience
+            and not out_of_time
+        ):
             step = state["step"]
             epoch, offset = divmod(step, steps_per_epoch)
             rng = np.random.default_rng([config.seed, epoch])
@@ -281,8 +295,9 @@ class Trainer:
             generator = torch.Generator().manual_seed(seed)
             torch.manual_seed(seed)  # dropout
 
+            spent = elapsed / budget if budget else 0.0
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total, config)
+                group["lr"] = lr_at(step, total, config, spent)
             model.train()
             if distributed is None:
                 loss, metrics = self.task.loss(model, rows, generator)
@@ -294,7 +309,10 @@ class Trainer:
                 model.parameters(), config.grad_clip
             )
             optimizer.step()
-            values = all_mean([loss.item(), *metrics.values()])
+            # the clock is averaged too, so every rank stops at the same step
+            clock = clock_base + time.perf_counter() - started
+            *values, elapsed = all_mean([loss.item(), *metrics.values(), clock])
+            out_of_time = budget is not None and elapsed >= budget
             running.append(
                 {
                     "loss": values[0],
@@ -306,11 +324,12 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{running[-1]['loss']:.4f}")
 
-            if step % eval_every == 0 or step == total:
+            state["seconds"] = elapsed
+            if step % eval_every == 0 or step == total or out_of_time:
                 row = {
                     "step": step,
                     "epoch": round(step / steps_per_epoch, 3),
-                    "lr": lr_at(step - 1, total, config),
+                    "lr": optimizer.param_groups[0]["lr"],
                 }
                 row.update(
                     {
@@ -324,7 +343,7 @@ class Trainer:
                     monitored = row["val_loss"]
                 else:
                     monitored = row["train_loss"]
-                row["seconds"] = round(time.perf_counter() - started, 2)
+                row["seconds"] = round(clock_base + time.perf_counter() - started, 2)
                 history.append(row)
                 if monitored < state["best_loss"] - config.min_delta:
                     state.update(best_loss=monitored, best_step=step, bad_evals=0)
@@ -340,7 +359,9 @@ class Trainer:
                     if rank == 0:
                         self._save_checkpoint(optimizer, state, best_weights)
                     break
-            if rank == 0 and (step % checkpoint_every == 0 or step == total):
+            if rank == 0 and (
+                step % checkpoint_every == 0 or step == total or out_of_time
+            ):
                 self._save_checkpoint(optimizer, state, best_weights)
         bar.close()
         stopped_early = stopped_early or state["bad_evals"] >= config.patience

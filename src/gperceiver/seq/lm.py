@@ -7,8 +7,6 @@ G or T (ambiguity codes and record separators are predicted but not scored).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
@@ -22,7 +20,7 @@ from safetensors.torch import save_file
 
 from ..io import InputError, atomic_path
 from ..params import resolve
-from ..train import TrainConfig, Trainer, TrainResult, make_optimizer
+from ..train import TrainConfig, Trainer
 from .fasta import Record, read_fasta
 from .model import SeqConfig, SeqLM
 from .tokenizer import SEP, is_base, reverse_complement
@@ -35,10 +33,6 @@ class SeqRunConfig:
     val_fraction: float = 0.01  # tail of every record kept out of training (validation)
     rc_prob: float = 0.5  # share of training windows read from the reverse strand
     val_windows: int = 48  # validation windows per evaluation (fixed, evenly spread)
-    # wall-clock budget in seconds: train until it is spent, the cosine LR following
-    # the clock instead of the step count (max_steps/epochs are then ignored; such a
-    # run depends on the machine's speed and is not resumable)
-    time_budget_s: float | None = None
 
     def __post_init__(self):
         if not 0 <= self.val_fraction < 0.5:
@@ -175,14 +169,9 @@ def pretrain(paths, out, params: dict, resume: bool = True) -> dict:
     model = SeqLM(model_config)
     started = time.perf_counter()
     train_rows, val_rows = task.rows()
-    if data_config.time_budget_s:
-        result = fit_for_seconds(
-            model, task, train_config, data_config.time_budget_s, out
-        )
-    else:
-        result = Trainer(model, task, train_config, out, resume=resume).fit(
-            train_rows, val_rows
-        )
+    result = Trainer(model, task, train_config, out, resume=resume).fit(
+        train_rows, val_rows
+    )
     summary = {
         "files": [str(p) for p in paths],
         "records": len(records),
@@ -203,83 +192,6 @@ def pretrain(paths, out, params: dict, resume: bool = True) -> dict:
         },
     )
     return summary
-
-
-def lr_by_clock(step: int, spent: float, config: TrainConfig) -> float:
-    """Linear warm-up over the first steps, then cosine over the spent share (0..1)
-    of the time budget down to ``min_lr_ratio * lr``."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    floor = config.lr * config.min_lr_ratio
-    return floor + 0.5 * (config.lr - floor) * (1 + math.cos(math.pi * min(1, spent)))
-
-
-def fit_for_seconds(
-    model: SeqLM, task: LanguageModelTask, config: TrainConfig, budget: float, out
-) -> TrainResult:
-    """Train ``model`` until ``budget`` seconds have passed (validation included),
-    keeping the weights of the best validation evaluation; writes
-    ``out/metrics.csv`` like :class:`~gperceiver.train.Trainer`."""
-    train_rows, val_rows = task.rows()
-    optimizer = make_optimizer(model, config)
-    steps_per_epoch = max(1, len(train_rows) // config.batch_size)
-    best_loss, best_step, best_weights = math.inf, 0, None
-    history, running, step = [], [], 0
-    started, out_of_time = time.perf_counter(), False
-    while not out_of_time:  # decided once per step, so the last step is evaluated
-        spent = (time.perf_counter() - started) / budget
-        epoch, offset = divmod(step, steps_per_epoch)
-        order = np.random.default_rng([config.seed, epoch]).permutation(train_rows)
-        rows = order[offset * config.batch_size : (offset + 1) * config.batch_size]
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_by_clock(step, spent, config)
-        model.train()
-        loss, metrics = task.loss(model, rows, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        running.append({"loss": loss.item(), **metrics, "grad_norm": norm.item()})
-        step += 1
-        out_of_time = time.perf_counter() - started >= budget
-        if step % (config.eval_every or steps_per_epoch) and not out_of_time:
-            continue
-        row = {"step": step, "epoch": round(step / steps_per_epoch, 3)}
-        row["lr"] = optimizer.param_groups[0]["lr"]
-        row |= {
-            f"train_{k}": float(np.mean([r[k] for r in running])) for k in running[0]
-        }
-        running = []
-        model.eval()
-        with torch.no_grad():
-            if val_rows is not None:
-                row |= {
-                    f"val_{k}": v
-                    for k, v in task.evaluate(model, val_rows, train_rows).items()
-                }
-        monitored = row.get("val_loss", row["train_loss"])
-        row["seconds"] = round(time.perf_counter() - started, 2)
-        history.append(row)
-        write_metrics(history, Path(out) / "metrics.csv")
-        if monitored < best_loss:
-            best_loss, best_step = monitored, step
-            best_weights = {
-                k: v.detach().clone() for k, v in model.state_dict().items()
-            }
-    if best_weights is not None:
-        model.load_state_dict(best_weights)
-    return TrainResult(history, best_step, best_loss, stopped_early=False)
-
-
-def write_metrics(history: list[dict], path) -> None:
-    keys = list(dict.fromkeys(k for row in history for k in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys, restval="")
-    writer.writeheader()
-    writer.writerows(history)
-    with atomic_path(path) as tmp:
-        tmp.write_text(buffer.getvalue())
 
 
 def sliding_windows(length: int, context: int, overlap: int):
