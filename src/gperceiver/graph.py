@@ -45,11 +45,16 @@ class GraphSettings:
             raise ValueError(f"ld_min_r2 must be in [0, 1], got {self.ld_min_r2}")
 
 
-def _row_blocks(alleles, rows: np.ndarray) -> list[np.ndarray]:
-    """``rows`` (sorted) split so that a streamed store reads each sample block once."""
+def _row_blocks(alleles, rows: np.ndarray):
+    """Per block of ``rows`` (sorted), a function giving their alleles at markers
+    ``a..b-1`` (S, b - a, P). A streamed store is read once per sample block."""
     size = getattr(alleles, "block_samples", 1024)
-    block = rows // size
-    return np.split(rows, np.flatnonzero(np.diff(block)) + 1)
+    for block in np.split(rows, np.flatnonzero(np.diff(rows // size)) + 1):
+        if isinstance(alleles, np.ndarray):
+            yield lambda a, b, block=block: alleles[block, a:b]
+        else:  # (S, M, P) of one sample block: the store decodes it whole anyway
+            part = alleles[block]
+            yield lambda a, b, part=part: part[:, a:b]
 
 
 def _dosage(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,18 +74,17 @@ def ld_scores(genotypes: Genotypes, rows, window: int, chunk: int = 256) -> np.n
     missing entries count as the mean. A constant marker has r = 0 with all.
     """
     alleles = genotypes.alleles
-    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    rows = np.unique(np.asarray(rows, dtype=np.int64))
     if not len(rows):
         raise ValueError("no individual to compute LD from")
     m = genotypes.n_markers
-    blocks = _row_blocks(alleles, rows)
     n_called = np.zeros(m)
     total = np.zeros(m)
     squares = np.zeros(m)
-    for block in blocks:  # pass 1: mean and sd of each marker's dosage
+    for read in _row_blocks(alleles, rows):  # pass 1: mean and sd of each dosage
         for start in range(0, m, 8 * chunk):
             stop = min(start + 8 * chunk, m)
-            dosage, called = _dosage(alleles[block, start:stop])
+            dosage, called = _dosage(read(start, stop))
             n_called[start:stop] += called.sum(0)
             total[start:stop] += dosage.sum(0)
             squares[start:stop] += (dosage**2).sum(0)
@@ -90,12 +94,12 @@ def ld_scores(genotypes: Genotypes, rows, window: int, chunk: int = 256) -> np.n
     band = np.zeros((m, window))  # pass 2: sums of z_i z_{i+d}
     local = np.arange(chunk)[:, None]
     offsets = np.arange(1, window + 1)[None, :]
-    for block in blocks:
+    for read in _row_blocks(alleles, rows):
         for start in range(0, m, chunk):
             stop, end = min(start + chunk, m), min(start + chunk + window, m)
-            dosage, called = _dosage(alleles[block, start:end])
+            dosage, called = _dosage(read(start, end))
+            # float64: r² on a threshold must not depend on how rows are blocked
             z = np.where(called, (dosage - mean[start:end]) * scale[start:end], 0.0)
-            z = z.astype(np.float32)
             products = z[:, : stop - start].T @ z  # (C, C + W)
             cols = local[: stop - start] + offsets  # (C, W)
             inside = cols < end - start
@@ -138,7 +142,8 @@ def ld_graph(
         # r² of (i, j) sits in the row of the left one at distance |i - j|
         left = np.minimum(i, jc)
         scores = r2[left, np.abs(offsets) - 1]
-        ok = inside & (chrom[jc] == chrom[i]) & (scores >= min_r2)
+        # discrete data can put r² exactly on the threshold: rounding must not decide
+        ok = inside & (chrom[jc] == chrom[i]) & (scores >= min_r2 - 1e-9)
         scores = np.where(ok & ~np.isnan(scores), scores, -1.0)
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (C, k)
         chosen = np.take_along_axis(scores, best, 1)
