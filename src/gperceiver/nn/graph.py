@@ -35,7 +35,7 @@ class GraphAttention(nn.Module):
         heads: int,
         ff_mult: int = 2,
         dropout: float = 0.0,
-        chunk: int = 16384,
+        chunk: int = 65536,
         checkpoint: bool = True,
     ):
         super().__init__()
@@ -53,8 +53,7 @@ class GraphAttention(nn.Module):
     def _attend(
         self,
         q: Tensor,
-        k: Tensor,
-        v: Tensor,
+        kv: Tensor,
         src: Tensor,
         dst: Tensor,
         bias: Tensor,
@@ -62,12 +61,13 @@ class GraphAttention(nn.Module):
     ) -> Tensor:
         """Attention output (C, H, D / H) of markers ``lo..lo+C-1`` (queries ``q``
         (C, H, D / H)), whose incoming edges are ``src -> dst`` (``dst`` counted
-        from ``lo``); ``k, v`` (M, H, D / H) hold every marker."""
+        from ``lo``); ``kv`` (M, 2, H, D / H) holds every marker's key and value."""
         n = q.shape[0]
         scale = q.shape[-1] ** -0.5
-        own_k, own_v = k[lo : lo + n], v[lo : lo + n]
+        own_k, own_v = kv[lo : lo + n].unbind(1)
+        k, v = kv.index_select(0, src).unbind(1)  # (E, H, D / H) each
         own = (q * own_k).sum(-1) * scale  # (C, H): a marker reading itself
-        edge = (q[dst] * k[src]).sum(-1) * scale + bias  # (E, H)
+        edge = (q.index_select(0, dst) * k).sum(-1) * scale + bias  # (E, H)
         with torch.no_grad():  # the softmax shift cancels; no gradient needed
             top = own.scatter_reduce(
                 0, dst[:, None].expand_as(edge), edge, "amax", include_self=True
@@ -75,14 +75,15 @@ class GraphAttention(nn.Module):
         own_e, edge_e = (own - top).exp(), (edge - top[dst]).exp()
         total = own_e.index_add(0, dst, edge_e)  # (C, H)
         out = (own_e[..., None] * own_v).index_add(
-            0, dst, edge_e[..., None] * v[src]
+            0, dst, edge_e[..., None] * v
         )  # (C, H, D / H)
         return out / total[..., None]
 
     def forward(self, x: Tensor, src: Tensor, dst: Tensor, weight: Tensor) -> Tensor:
         """Refined table (M, D) of ``x`` (M, D); edges (E,) sorted by ``dst``."""
         m, d = x.shape
-        q, k, v = self.qkv(self.norm(x)).view(m, 3, self.heads, -1).unbind(1)
+        qkv = self.qkv(self.norm(x)).view(m, 3, self.heads, -1)
+        q, kv = qkv[:, 0], qkv[:, 1:]  # (M, H, D / H), (M, 2, H, D / H)
         bias = weight.log()[:, None] * self.slope  # (E, H)
         bounds = torch.searchsorted(
             dst, torch.arange(0, m + self.chunk, self.chunk, device=dst.device)
@@ -92,7 +93,7 @@ class GraphAttention(nn.Module):
             hi = min(lo + self.chunk, m)
             a, b = bounds[i], bounds[i + 1]
             # keys and values of every marker: edges come from anywhere in the map
-            args = (q[lo:hi], k, v, src[a:b], dst[a:b] - lo, bias[a:b], lo)
+            args = (q[lo:hi], kv, src[a:b], dst[a:b] - lo, bias[a:b], lo)
             if self.checkpoint and torch.is_grad_enabled():
                 parts.append(checkpoint(self._attend, *args, use_reentrant=False))
             else:
