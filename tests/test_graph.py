@@ -20,6 +20,7 @@ from gperceiver.io import (
 from gperceiver.io.variants import blocks_from_genotypes
 from gperceiver.io.vcf import placeholder_alleles
 from gperceiver.io.zarr_store import ZarrGenotypes, write_zarr
+from gperceiver.nn.embeddings import MarkerEmbedding
 from gperceiver.nn.graph import GraphAttention
 from gperceiver.nn.perceiver import MaskedMarkerModel, PerceiverConfig
 from gperceiver.pretraining import load_masked_model, pretrain
@@ -197,6 +198,32 @@ def test_graph_attention__weights_steer_attention():
         swapped = layer(x, src, dst, torch.tensor([0.1, 0.9]))
     assert out[0, 0] > out[0, 1] + 0.5
     assert swapped[0, 1] > swapped[0, 0] + 0.5
+
+
+def test_position_table__reused_in_inference_until_weights_change():
+    torch.manual_seed(0)
+    embed = MarkerEmbedding(
+        2,
+        16,
+        np.linspace(0, 1, 12),
+        np.zeros(12, int),
+        n_chroms=1,
+        n_graph_edges=4,
+        graph_layers=1,
+    )
+    embed.set_graph([1, 0, 3, 2], [0, 1, 2, 3], [0.5, 0.5, 0.9, 0.9])
+    embed.eval()
+    with torch.no_grad():
+        first = embed.position_table()
+        assert embed.position_table() is first  # one table for every batch
+        embed.chrom_embed.weight.add_(1.0)  # e.g. an optimiser step
+        changed = embed.position_table()
+    assert changed is not first and not torch.allclose(changed, first)
+    fresh = embed.position_table()  # with gradients: never cached
+    torch.testing.assert_close(fresh.detach(), changed)
+    embed.train()
+    with torch.no_grad():  # dropout may be on in training mode: no reuse
+        assert embed.position_table() is not embed.position_table()
 
 
 @pytest.fixture(scope="module")

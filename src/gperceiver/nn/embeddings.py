@@ -174,6 +174,7 @@ class MarkerEmbedding(nn.Module):
             else None
         )
         self.graph = None
+        self._frozen_table: tuple[tuple, Tensor] | None = None  # see position_table
         if n_graph_edges:
             for name, dtype in (("src", torch.long), ("dst", torch.long)):
                 self.register_buffer(
@@ -239,14 +240,25 @@ class MarkerEmbedding(nn.Module):
         (positions are then computed per index, for the markers of a batch only).
 
         Compute it once per forward and pass it to :meth:`position` /
-        :meth:`forward` of that forward.
+        :meth:`forward` of that forward. In eval mode without gradients the table
+        is kept until a parameter or buffer changes (in place or replaced), so
+        inference batches share one.
         """
         if not self.graph:
             return None
+        frozen = not self.training and not torch.is_grad_enabled()
+        if frozen:
+            key = tuple((t.data_ptr(), t._version) for t in self._state_tensors())
+            if self._frozen_table is not None and self._frozen_table[0] == key:
+                return self._frozen_table[1]
         table = self._base_position(torch.arange(len(self.marker_chrom)))
         for layer in self.graph:
             table = layer(table, self.graph_src, self.graph_dst, self.graph_weight)
+        self._frozen_table = (key, table) if frozen else None
         return table
+
+    def _state_tensors(self) -> list[Tensor]:
+        return [*self.parameters(), *self.buffers()]
 
     def position(self, marker_idx: Tensor, table: Tensor | None = None) -> Tensor:
         """Position encoding: (M',) -> (M', D) or (B, M') -> (B, M', D).
