@@ -16,6 +16,10 @@ the same folds.
     OMP_NUM_THREADS=1 python benchmarks/ablation.py --workdir /tmp/ablation \\
         --datasets wheat,sim --seeds 0,1,2
 
+With the default additive path (GBLUP inside the model, the network learning a
+correction) short runs come back as GBLUP itself; ``--finetune-params
+'{"additive": false}'`` compares the networks alone.
+
 Results go to WORKDIR/predictions.tsv (one row per held-out record, data set, arm
 and seed), WORKDIR/timing.tsv and a markdown summary (printed and written to
 WORKDIR/summary.md); finished runs are read back from WORKDIR, so an
