@@ -428,13 +428,3 @@ class MarkerAnnotations:
         z = (self.numeric - mean) / np.where(sd > 0, sd, 1.0)
         z[missing] = 0.0
         return z.astype(np.float32), missing.astype(np.float32)
-
-    def permuted(self, order: np.ndarray) -> MarkerAnnotations:
-        """Marker ``m`` gets the annotations of marker ``order[m]`` (a control)."""
-        return MarkerAnnotations(
-            self.numeric_names,
-            self.numeric[order],
-            self.categorical_names,
-            self.codes[order],
-            self.categories,
-        )
