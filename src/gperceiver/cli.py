@@ -121,6 +121,25 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         "--chunk-size", type=int, default=s, help="markers per attention chunk"
     )
     group.add_argument(
+        "--marker-graph",
+        default=s,
+        metavar="ld|FILE",
+        help="refine the marker embeddings over a marker graph: 'ld' (r² among the "
+        "training individuals) or a TSV marker_a, marker_b, weight",
+    )
+    group.add_argument(
+        "--graph-layers",
+        type=int,
+        default=s,
+        help="graph-attention layers with --marker-graph (default 2)",
+    )
+    group.add_argument(
+        "--annotations",
+        default=s,
+        metavar="FILE",
+        help="TSV marker, <numeric or text columns> added to each marker token",
+    )
+    group.add_argument(
         "--no-progress", dest="progress", action="store_false", default=s
     )
 
@@ -189,6 +208,9 @@ TRAINING_KEYS = {
     "n_latents",
     "encode_iters",
     "chunk_size",
+    "marker_graph",
+    "graph_layers",
+    "annotations",
     "progress",
     "input_fraction",
     "target_fraction",

@@ -371,3 +371,60 @@ class EnvCovariates:
         windows = np.array_split(np.arange(self.values.shape[1]), n_windows)
         means = [self.values[:, w].mean(1) for w in windows]  # each (E, C)
         return np.stack(means, axis=2).reshape(len(self.blocks), -1)
+
+
+@dataclass
+class MarkerGraph:
+    """Directed edges between markers of a map: marker ``dst[e]`` reads ``src[e]``.
+
+    ``weight`` (E,) float32 > 0 is the strength of the link (r² for LD, the file's
+    weight otherwise); every marker also reads itself with weight 1, which is not
+    stored. Edges are sorted by ``dst`` (then ``src``) and unique.
+    """
+
+    src: np.ndarray  # (E,) int64 marker index
+    dst: np.ndarray  # (E,) int64 marker index
+    weight: np.ndarray  # (E,) float32
+
+    def __post_init__(self):
+        order = np.lexsort((self.src, self.dst))
+        self.src = np.asarray(self.src, dtype=np.int64)[order]
+        self.dst = np.asarray(self.dst, dtype=np.int64)[order]
+        self.weight = np.asarray(self.weight, dtype=np.float32)[order]
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def neighbours(self, marker: int) -> dict[int, float]:
+        """Markers ``marker`` reads, with their weights."""
+        sel = self.dst == marker
+        return dict(zip(self.src[sel].tolist(), self.weight[sel].tolist(), strict=True))
+
+
+@dataclass
+class MarkerAnnotations:
+    """Per-marker annotations aligned to a marker map (M rows).
+
+    ``numeric`` (M, C) float64 holds numeric columns (NaN = missing);
+    ``codes`` (M, K) int64 categorical columns as ``1..levels[k]`` (0 = missing),
+    ``categories[k]`` the level names of column k in code order.
+    """
+
+    numeric_names: list[str]
+    numeric: np.ndarray  # (M, C) float64
+    categorical_names: list[str]
+    codes: np.ndarray  # (M, K) int64
+    categories: list[list[str]]
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        return tuple(len(c) for c in self.categories)
+
+    def scaled(self) -> tuple[np.ndarray, np.ndarray]:
+        """Numeric columns standardised over the markers that have a value, missing
+        set to 0, ``(M, C)`` float32, and the missing flags ``(M, C)`` float32."""
+        missing = np.isnan(self.numeric)
+        mean, sd = np.nanmean(self.numeric, 0), np.nanstd(self.numeric, 0)
+        z = (self.numeric - mean) / np.where(sd > 0, sd, 1.0)
+        z[missing] = 0.0
+        return z.astype(np.float32), missing.astype(np.float32)

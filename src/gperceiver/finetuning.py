@@ -24,6 +24,7 @@ from .checkpoint import (
     write_json,
 )
 from .data import EnvCovariates, Genotypes, Phenotypes
+from .graph import GraphSettings, attach, marker_inputs, marker_sizes
 from .io import InputError, write_chroms
 from .nn.environment import EnvironmentConfig, EnvironmentPhenotypeModel
 from .nn.heads import HeadConfig, PhenotypeModel
@@ -277,12 +278,13 @@ def finetune(
     """Train phenotype model(s) and save them to ``out``; returns the ensemble members.
 
     ``params``/``typed`` are flat dicts of :class:`PerceiverConfig`,
-    :class:`HeadConfig`, :class:`TrainConfig` and :class:`FinetuneSettings` fields
-    (and :class:`EnvironmentConfig` ones with covariates).
+    :class:`HeadConfig`, :class:`TrainConfig`, :class:`FinetuneSettings` and
+    :class:`~gperceiver.graph.GraphSettings` fields (and :class:`EnvironmentConfig`
+    ones with covariates); an LD graph uses the training individuals only.
     With ``pretrained`` (a pretrain output directory) the encoder architecture and
-    weights come from there. With ``covariates`` one joint
-    :class:`EnvironmentPhenotypeModel` per ensemble seed predicts every block that
-    has covariates, including blocks without training records.
+    weights, marker graph and annotations included, come from there. With
+    ``covariates`` one joint :class:`EnvironmentPhenotypeModel` per ensemble seed
+    predicts every block that has covariates, including blocks without training records.
     """
     params, typed = dict(params or {}), dict(typed or {})
     sizes = data_sizes(genotypes)
@@ -316,7 +318,13 @@ def finetune(
         "n_outputs": n_outputs(objective, n_classes),
         "n_classes": n_classes if objective == "ordinal" else 0,
     }
-    classes = (PerceiverConfig, HeadConfig, TrainConfig, FinetuneSettings)
+    classes = (
+        PerceiverConfig,
+        HeadConfig,
+        TrainConfig,
+        FinetuneSettings,
+        GraphSettings,
+    )
     env_sizes = {}
     if environment is not None:
         classes += (EnvironmentConfig,)
@@ -324,7 +332,7 @@ def finetune(
             "n_times": covariates.values.shape[1],
             "n_covariates": len(covariates.names),
         }
-    model_cfg, head_cfg, train_cfg, settings, *env_cfg = resolve(
+    model_cfg, head_cfg, train_cfg, settings, graph_cfg, *env_cfg = resolve(
         classes,
         FINETUNE_DEFAULTS,
         params,
@@ -353,6 +361,10 @@ def finetune(
         by_environment,
     )
     held = val if by_environment and cv is None else None  # training environments
+    graph = annotations = None
+    if pretrained is None:  # a pretrained encoder brings its own
+        graph, annotations = marker_inputs(graph_cfg, genotypes, train.rows)
+        model_cfg = replace(model_cfg, **marker_sizes(graph, annotations))
     if settings.objective not in ("mse", "huber"):
         scaling = Scaling.identity(n_blocks)
     elif environment is None:
@@ -377,6 +389,7 @@ def finetune(
             model = _new_model(
                 model_cfg, head_cfg, env_cfg, genotypes.markers, environment, n_blocks
             )
+            attach(model.embed, graph, annotations)
             if pretrained_state is not None:
                 model.load_state_dict(pretrained_state, strict=False)
             _train_member(
@@ -401,6 +414,7 @@ def finetune(
             "head": head_cfg.to_dict(),
             "train": asdict(train_cfg),
             "finetune": asdict(settings),
+            "graph": asdict(graph_cfg),
             "scaling": {"mean": scaling.mean.tolist(), "sd": scaling.sd.tolist()},
             "members": layout,
             "environment": None if env_cfg is None else env_cfg.to_dict(),

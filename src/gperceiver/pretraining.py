@@ -7,7 +7,7 @@ test lines included; the held-out individuals only steer early stopping.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import check_markers, load_model_config, load_weights, save_model
 from .data import MISSING, Genotypes
+from .graph import GraphSettings, attach, marker_inputs, marker_sizes
 from .io import InputError
 from .nn.embeddings import count_targets
 from .nn.perceiver import MaskedMarkerModel, PerceiverConfig
@@ -89,8 +90,9 @@ def pretrain(
 
     ``params`` (e.g. a ``--params`` JSON) and ``typed`` (command-line options) are
     flat dictionaries of :class:`PerceiverConfig`, :class:`TrainConfig`,
-    :class:`MaskedConfig`, :class:`ContrastiveConfig` and :class:`PretrainSettings`
-    fields.
+    :class:`MaskedConfig`, :class:`ContrastiveConfig`, :class:`PretrainSettings`
+    and :class:`~gperceiver.graph.GraphSettings` fields. An LD graph is computed
+    from the training individuals (not the held-out ones).
     """
     classes = (
         PerceiverConfig,
@@ -98,19 +100,23 @@ def pretrain(
         MaskedConfig,
         ContrastiveConfig,
         PretrainSettings,
+        GraphSettings,
     )
-    model_cfg, train_cfg, masked_cfg, contrastive_cfg, settings = resolve(
+    model_cfg, train_cfg, masked_cfg, contrastive_cfg, settings, graph_cfg = resolve(
         classes,
         {},
         params or {},
         {**(typed or {}), **data_sizes(genotypes)},
         also_known=also_known,
     )
-    torch.manual_seed(train_cfg.seed)
-    model = build_model(model_cfg, genotypes, settings.task)
     train_rows, val_rows = split_individuals(
         genotypes.n_individuals, settings.val_fraction, train_cfg.seed
     )
+    graph, annotations = marker_inputs(graph_cfg, genotypes, train_rows)
+    model_cfg = replace(model_cfg, **marker_sizes(graph, annotations))
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(model_cfg, genotypes, settings.task)
+    attach(model.embed, graph, annotations)
     frequencies = genotypes.allele_frequencies(train_rows)
     if settings.task == "masked":
         task = MaskedMarkerTask(genotypes, frequencies, masked_cfg)
@@ -135,6 +141,7 @@ def pretrain(
         "masked": asdict(masked_cfg),
         "contrastive": asdict(contrastive_cfg),
         "pretrain": asdict(settings),
+        "graph": asdict(graph_cfg),
         "result": {
             "best_step": result.best_step,
             "best_val_loss": result.best_loss,
@@ -198,6 +205,7 @@ def impute(
     filled = genotypes.alleles.copy()
     out_rows, out_loci, out_probs = [], [], []
     marker_idx = torch.arange(genotypes.n_markers)
+    table = model.embed.position_table()  # fixed weights: once for every batch
     incomplete = (genotypes.alleles == MISSING).any(-1)  # (N, M)
     todo = np.flatnonzero(incomplete.any(1))
     for start in tqdm(
@@ -208,12 +216,14 @@ def impute(
         hidden = torch.from_numpy(incomplete[rows])
         observed = count_targets(alleles, a)  # (B, M, A)
         masked = alleles.masked_fill(hidden[..., None], a + 1)
-        latents, tokens = model.encode(masked, marker_idx, return_tokens=True)
+        latents, tokens = model.encode(
+            masked, marker_idx, return_tokens=True, table=table
+        )
         for b, row in enumerate(rows):
             loci = torch.nonzero(hidden[b]).squeeze(1)
             for chunk in loci.split(max_targets):
                 logits = model.decode(
-                    latents[b : b + 1], tokens[b : b + 1], marker_idx, chunk
+                    latents[b : b + 1], tokens[b : b + 1], marker_idx, chunk, table
                 )[0]
                 log_p = genotype_log_probs(logits, complete)  # (T, G)
                 if frequency_scaler:

@@ -11,9 +11,11 @@ from .formats import (
 )
 from .tables import (
     match_phenotypes,
+    read_annotations,
     read_chroms,
     read_covariates,
     read_dosages,
+    read_marker_graph,
     read_markers,
     read_phenotypes,
     write_chroms,
@@ -34,9 +36,11 @@ __all__ = [
     "stream_to_zarr",
     "write_genotype_file",
     "match_phenotypes",
+    "read_annotations",
     "read_chroms",
     "read_covariates",
     "read_dosages",
+    "read_marker_graph",
     "read_markers",
     "read_phenotypes",
     "write_chroms",

@@ -99,6 +99,20 @@ class PerceiverConfig:
     # storing them: activations shrink to ~3 (B, M, D) tensors (tokens + shared
     # K/V) for little time at these widths; 500k markers x batch 8 fit in ~7 GB.
     checkpoint_attention: bool = True
+    # Fourier features of the position; off leaves chromosome + learned vectors
+    # (with learned_marker_embedding) for the position-encoding ablation.
+    fourier_position: bool = True
+    # edges of the marker graph (from the data; 0: no graph, see gperceiver.graph)
+    n_graph_edges: int = 0
+    # graph-attention layers refining the (M, D) position table once per forward
+    # when there is a graph: two reach neighbours of neighbours; each costs
+    # O(edges * D), not per individual.
+    graph_layers: int = 2
+    # heads of the graph attention (16 channels each at the default width)
+    graph_heads: int = 4
+    # numeric annotation columns and levels of each categorical one (from the data)
+    n_annotations: int = 0
+    annotation_levels: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.marker_allele_embedding is None:
@@ -108,6 +122,16 @@ class PerceiverConfig:
         for name in _POSITIVE:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self.annotation_levels = tuple(int(n) for n in self.annotation_levels)
+        for name in ("n_graph_edges", "graph_layers", "n_annotations"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if any(n < 1 for n in self.annotation_levels):
+            raise ValueError("every categorical annotation needs a level")
+        if self.graph_heads < 1 or self.width % self.graph_heads:
+            raise ValueError(
+                f"width {self.width} does not split into {self.graph_heads} heads"
+            )
         if self.self_layers < 0:
             raise ValueError(f"self_layers must be >= 0, got {self.self_layers}")
         for heads in (self.cross_heads, self.self_heads):
@@ -154,6 +178,15 @@ def marker_embedding(
         n_fourier=config.n_fourier,
         learned_marker_embedding=config.learned_marker_embedding,
         marker_allele_embedding=config.marker_allele_embedding,
+        fourier_position=config.fourier_position,
+        n_graph_edges=config.n_graph_edges,
+        graph_layers=config.graph_layers,
+        graph_heads=config.graph_heads,
+        ff_mult=config.ff_mult,
+        dropout=config.dropout,
+        checkpoint=config.checkpoint_attention,
+        n_annotations=config.n_annotations,
+        annotation_levels=config.annotation_levels,
     )
 
 
@@ -302,32 +335,41 @@ class MaskedMarkerModel(nn.Module):
         mask: Tensor | None = None,
         extra_latents: Tensor | None = None,
         return_tokens: bool = False,
+        table: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Latents (B, L + E, D) of allele ids (B, M, P) at ``marker_idx``.
 
         ``marker_idx`` (M,) or (B, M) indexes the marker map; ``mask`` and
         ``extra_latents`` as in :meth:`PerceiverEncoder.forward`. With
         ``return_tokens`` also the marker tokens (B, M, D) the decoder reads.
+        ``table``: ``self.embed.position_table()`` when the caller also decodes
+        (computed once, used by both).
         """
         if alleles.shape[-1] != self.config.ploidy:
             raise ValueError(
                 f"alleles have ploidy {alleles.shape[-1]}, "
                 f"the model was built for {self.config.ploidy}"
             )
-        tokens = self.embed(alleles, marker_idx)
+        tokens = self.embed(alleles, marker_idx, table)
         latents = self.encoder(tokens, mask, extra_latents)
         return (latents, tokens) if return_tokens else latents
 
     def decode(
-        self, latents: Tensor, tokens: Tensor, marker_idx: Tensor, target_pos: Tensor
+        self,
+        latents: Tensor,
+        tokens: Tensor,
+        marker_idx: Tensor,
+        target_pos: Tensor,
+        table: Tensor | None = None,
     ) -> Tensor:
         """Copy-count logits (B, T, A, P + 1) at input positions ``target_pos``.
 
         ``target_pos`` (B, T) or (T,) indexes the input sequence of ``tokens``
-        (B, M, D), whose marker indices are ``marker_idx`` (M,) or (B, M).
+        (B, M, D), whose marker indices are ``marker_idx`` (M,) or (B, M);
+        ``table`` as in :meth:`encode`.
         """
         queries = self.target_queries(
-            latents, tokens, marker_idx, target_pos, self.local, self.decoder
+            latents, tokens, marker_idx, target_pos, self.local, self.decoder, table
         )
         logits = self.head(self.decoder_norm(queries))  # (B, T, A * (P + 1))
         return logits.unflatten(-1, (self.config.n_alleles, self.config.ploidy + 1))
@@ -340,13 +382,14 @@ class MaskedMarkerModel(nn.Module):
         target_pos: Tensor,
         local: nn.ModuleList,
         blocks: nn.ModuleList,
+        table: Tensor | None = None,
     ) -> Tensor:
         """Target queries (B, T, D) after the decoder layers ``local`` and ``blocks``
         (from :func:`target_decoder_layers`); arguments as in :meth:`decode`."""
         b, m = tokens.shape[:2]
         target_pos = target_pos.expand(b, -1)  # (B, T)
         target_idx = marker_idx.expand(b, m).gather(1, target_pos)  # (B, T)
-        queries = self.embed.position(target_idx)  # (B, T, D)
+        queries = self.embed.position(target_idx, table)  # (B, T, D)
         for i, block in enumerate(blocks):
             if local:
                 queries = self._run(local[i], queries, tokens, target_pos)
@@ -368,5 +411,8 @@ class MaskedMarkerModel(nn.Module):
         mask: Tensor | None = None,
     ) -> Tensor:
         """Logits (B, T, A, P + 1) at input positions ``target_pos`` (B, T) or (T,)."""
-        latents, tokens = self.encode(alleles, marker_idx, mask, return_tokens=True)
-        return self.decode(latents, tokens, marker_idx, target_pos)
+        table = self.embed.position_table()
+        latents, tokens = self.encode(
+            alleles, marker_idx, mask, return_tokens=True, table=table
+        )
+        return self.decode(latents, tokens, marker_idx, target_pos, table)

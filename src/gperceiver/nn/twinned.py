@@ -49,18 +49,29 @@ class TwinnedModel(MaskedMarkerModel):
             module.apply(init_weights)
 
     def decode_pairs(
-        self, latents: Tensor, tokens: Tensor, marker_idx: Tensor, target_pos: Tensor
+        self,
+        latents: Tensor,
+        tokens: Tensor,
+        marker_idx: Tensor,
+        target_pos: Tensor,
+        table: Tensor | None = None,
     ) -> Tensor:
         """Shared-copy logits (K, T, P + 1) of the pairs (rows 2k, 2k + 1).
 
         ``latents`` (B, L, D) and ``tokens`` (B, M, D) come from :meth:`encode`;
         ``target_pos`` (B, T) indexes the input sequence and must be the same for
-        both rows of a pair.
+        both rows of a pair; ``table`` as in :meth:`encode`.
         """
         if tokens.shape[0] % 2:
             raise ValueError(f"pairs need an even batch, got {tokens.shape[0]} rows")
         queries = self.target_queries(
-            latents, tokens, marker_idx, target_pos, self.pair_local, self.pair_decoder
+            latents,
+            tokens,
+            marker_idx,
+            target_pos,
+            self.pair_local,
+            self.pair_decoder,
+            table,
         )
         queries = self.pair_norm(queries).unflatten(0, (-1, 2))  # (K, 2, T, D)
         first, second = queries.unbind(1)  # (K, T, D) each
@@ -78,5 +89,8 @@ class TwinnedModel(MaskedMarkerModel):
     ) -> Tensor:
         """Shared-copy logits (K, T, P + 1) of allele ids (B, M, P), pairs as rows
         2k and 2k + 1, at input positions ``target_pos`` (B, T)."""
-        latents, tokens = self.encode(alleles, marker_idx, mask, return_tokens=True)
-        return self.decode_pairs(latents, tokens, marker_idx, target_pos)
+        table = self.embed.position_table()
+        latents, tokens = self.encode(
+            alleles, marker_idx, mask, return_tokens=True, table=table
+        )
+        return self.decode_pairs(latents, tokens, marker_idx, target_pos, table)

@@ -118,8 +118,9 @@ class TwinnedTask(MaskedMarkerTask):
         if len(rows) < 2:
             raise ValueError("the twinned task needs at least two individuals a batch")
         masked, inputs, targets, valid, shared, counts = self.batch(rows, generator)
-        latents, tokens = model.encode(masked, inputs, return_tokens=True)
-        logits = model.decode_pairs(latents, tokens, inputs, targets)  # (K, T, P + 1)
+        table = model.embed.position_table()  # once for encoder and both decoders
+        latents, tokens = model.encode(masked, inputs, return_tokens=True, table=table)
+        logits = model.decode_pairs(latents, tokens, inputs, targets, table)
         pair_valid = valid[0::2]  # (K, T)
         losses = F.cross_entropy(
             logits.flatten(0, 1), shared.flatten(), reduction="none"
@@ -131,7 +132,7 @@ class TwinnedTask(MaskedMarkerTask):
             accuracy = right.sum() / pair_valid.sum().clamp(min=1)
         metrics = {"shared_loss": loss.item(), "shared_accuracy": accuracy.item()}
         if self.masked_weight > 0:
-            count_logits = model.decode(latents, tokens, inputs, targets)
+            count_logits = model.decode(latents, tokens, inputs, targets, table)
             masked_loss, masked_accuracy = allele_count_loss(
                 count_logits, counts, valid, self.complete
             )
