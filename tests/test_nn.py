@@ -337,6 +337,55 @@ def test_masked_marker_model__raises_on_wrong_ploidy():
         model.encode(random_alleles((1, 60), 4, 2), torch.arange(60))
 
 
+def local_attention_by_loops(layer, queries, tokens, centers):
+    """Each query's softmax over its in-range neighbours (centre skipped), one query
+    and one head at a time: keys LN(x) W_k + b_k + offset, values LN(x) W_v + b_v."""
+    b, t, d = queries.shape
+    h, c = layer.heads, d // layer.heads
+    kv = layer.to_kv(layer.norm_kv(tokens))
+    q = layer.to_q(layer.norm_q(queries))
+    out = torch.zeros(b, t, d, dtype=queries.dtype)
+    for i in range(b):
+        for j in range(t):
+            picks = [
+                (w, int(centers[i, j]) + o)
+                for w, o in enumerate(layer.offsets.tolist())
+                if 0 <= int(centers[i, j]) + o < tokens.shape[1]
+            ]
+            for head in range(h):
+                part = slice(head * c, (head + 1) * c)
+                if not picks:
+                    continue
+                keys = torch.stack(
+                    [
+                        kv[i, p, :d][part] + layer.offset.weight[w][part]
+                        for w, p in picks
+                    ]
+                )
+                values = torch.stack([kv[i, p, d:][part] for _, p in picks])
+                weights = torch.softmax(keys @ q[i, j, part] / c**0.5, 0)
+                out[i, j, part] = weights @ values
+    return queries + layer.out(out)
+
+
+def test_local_attention__equals_the_per_query_definition():
+    torch.manual_seed(0)
+    layer = LocalAttention(W, 2, window=3).double().eval()
+    gen = torch.Generator().manual_seed(5)
+    tokens = torch.randn(2, 12, W, generator=gen, dtype=torch.float64)
+    queries = torch.randn(2, 7, W, generator=gen, dtype=torch.float64)
+    centers = torch.tensor([[0, 1, 5, 11, 10, 6, 6], [2, 3, 0, 9, 11, 4, 7]])
+    with torch.no_grad():
+        got = layer(queries, tokens, centers)
+        want = local_attention_by_loops(layer, queries, tokens, centers)
+        lone = layer(
+            queries[:1, :2], tokens[:1, :1], torch.zeros(1, 2, dtype=torch.long)
+        )
+    torch.testing.assert_close(got, want)
+    # a sequence of one token: nothing to read, the query passes through
+    torch.testing.assert_close(lone, queries[:1, :2] + layer.out.bias)
+
+
 @pytest.mark.parametrize("checkpoint", [False, True])
 def test_local_attention__target_chunks_match_one_pass(checkpoint):
     torch.manual_seed(0)

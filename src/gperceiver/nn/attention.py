@@ -302,7 +302,7 @@ class LocalAttention(nn.Module):
     (B, S, D); the centre token itself is skipped. Keys carry a learned embedding of
     their offset, so the query knows which neighbour is adjacent. Targets are
     processed ``target_chunk`` at a time (recomputed in backward when
-    ``checkpoint``), so besides the projected tokens (B, S, 2D) memory is
+    ``checkpoint``), so besides the normed tokens (B, S, D) memory is
     ``B * target_chunk * 2 * window * D``, whatever the number of targets.
     """
 
@@ -331,32 +331,44 @@ class LocalAttention(nn.Module):
         self.register_buffer("offsets", offsets, persistent=False)  # (W,)
 
     def forward(self, queries: Tensor, tokens: Tensor, centers: Tensor) -> Tensor:
-        kv = self.to_kv(self.norm_kv(tokens))  # (B, S, 2D), projected once
+        normed = self.norm_kv(tokens)  # (B, S, D); K/V maps are applied per target
         parts = []
         for start in range(0, queries.shape[1], self.target_chunk):
             part = slice(start, start + self.target_chunk)
-            args = (queries[:, part], kv, centers[:, part])
+            args = (queries[:, part], normed, centers[:, part])
             if self.checkpoint and torch.is_grad_enabled():
                 parts.append(checkpoint(self._attend, *args, use_reentrant=False))
             else:
                 parts.append(self._attend(*args))
         return torch.cat(parts, dim=1)
 
-    def _attend(self, queries: Tensor, kv: Tensor, centers: Tensor) -> Tensor:
-        """One chunk of targets: queries (B, T', D), centres (B, T')."""
+    def _attend(self, queries: Tensor, normed: Tensor, centers: Tensor) -> Tensor:
+        """One chunk of targets: queries (B, T', D), normed tokens (B, S, D),
+        centres (B, T').
+
+        Attention runs in token space: ``q . (W_k x + b_k)`` is ``(W_k^T q) . x``
+        plus a per-head constant that the softmax drops, and ``sum_w a_w (W_v x_w +
+        b_v) = W_v (sum_w a_w x_w) + b_v sum_w a_w``. So only the D-wide normed
+        tokens are gathered (not 2D-wide keys and values), and no token outside
+        the windows is ever projected.
+        """
         b, t, d = queries.shape
-        s, h = kv.shape[1], self.heads
+        s, h = normed.shape[1], self.heads
+        c = d // h
+        w_k, w_v = self.to_kv.weight.view(2, h, c, d).unbind(0)  # (H, D/H, D)
+        b_v = self.to_kv.bias.view(2, h, c)[1]  # (H, D/H)
         positions = centers[..., None] + self.offsets  # (B, T', W)
         inside = (positions >= 0) & (positions < s)
-        rows = torch.arange(b, device=kv.device)[:, None, None]
-        near = kv[rows, positions.clamp(0, s - 1)]  # (B, T', W, 2D), row gathers
-        k, v = near.chunk(2, dim=-1)
-        k = (k + self.offset.weight).unflatten(-1, (h, d // h))  # (B, T', W, H, D/H)
-        v = v.unflatten(-1, (h, d // h))
-        q = self.to_q(self.norm_q(queries)).unflatten(-1, (h, d // h))
-        # a few dozen keys per query: plain einsum beats many tiny SDPA calls
-        scores = torch.einsum("bthc,btwhc->bthw", q, k) * (d // h) ** -0.5
+        rows = torch.arange(b, device=normed.device)[:, None, None]
+        near = normed[rows, positions.clamp(0, s - 1)]  # (B, T', W, D), row gathers
+        q = self.to_q(self.norm_q(queries)).unflatten(-1, (h, c)) * c**-0.5
+        q_tokens = torch.einsum("bthc,hcd->bthd", q, w_k)  # (B, T', H, D)
+        offsets = self.offset.weight.view(-1, h, c)  # (W, H, D/H)
+        scores = q_tokens @ near.transpose(-1, -2)  # (B, T', H, W)
+        scores = scores + torch.einsum("bthc,whc->bthw", q, offsets)
         scores = scores.masked_fill(~inside[:, :, None, :], -torch.inf)
         weights = torch.nan_to_num(scores.softmax(-1))  # a lone token: no neighbour
-        attended = torch.einsum("bthw,btwhc->bthc", weights, v).reshape(b, t, d)
-        return queries + self.drop(self.out(attended))
+        mixed = weights @ near  # (B, T', H, D)
+        attended = torch.einsum("bthd,hcd->bthc", mixed, w_v)
+        attended = attended + weights.sum(-1, keepdim=True) * b_v
+        return queries + self.drop(self.out(attended.reshape(b, t, d)))

@@ -87,8 +87,9 @@ class PerceiverConfig:
     # neighbouring input tokens (each side) a decoder query reads besides the
     # latents: linkage is local, and a bottleneck of L latents cannot carry every
     # haplotype, so imputation needs this short-range path; 0 switches it off.
-    # None (auto): 16 up to 100k markers, off above, where its projected tokens
-    # (B, M, 2D) would break the 8 GB budget at 500k markers (BENCHMARKS.md).
+    # None (auto): 16 up to 100k markers, off above, where its per-layer copy of
+    # the tokens (B, M, D; 2D before 2026-11-25) strained the 8 GB budget at 500k
+    # markers (BENCHMARKS.md, Scale).
     decoder_window: int | None = None
     # residual dropout; phenotyped sets are small, so a little regularisation.
     dropout: float = 0.1
@@ -397,8 +398,8 @@ class MaskedMarkerModel(nn.Module):
         return queries
 
     def _run(self, layer, *args):
-        """Run ``layer``, recomputing it in backward when checkpointing: its projected
-        tokens (B, M, 2D) then exist only while it runs."""
+        """Run ``layer``, recomputing it in backward when checkpointing: its normed
+        tokens (B, M, D) then exist only while it runs."""
         if self.config.checkpoint_attention and torch.is_grad_enabled():
             return checkpoint(layer, *args, use_reentrant=False)
         return layer(*args)
