@@ -88,8 +88,7 @@ class PerceiverConfig:
     # latents: linkage is local, and a bottleneck of L latents cannot carry every
     # haplotype, so imputation needs this short-range path; 0 switches it off.
     # None (auto): 16 up to 100k markers, off above, where its per-layer copy of
-    # the tokens (B, M, D; 2D before 2026-11-25) strained the 8 GB budget at 500k
-    # markers (BENCHMARKS.md, Scale).
+    # the tokens (B, M, D) strains the 8 GB budget at 500k markers (BENCHMARKS.md).
     decoder_window: int | None = None
     # residual dropout; phenotyped sets are small, so a little regularisation.
     dropout: float = 0.1
