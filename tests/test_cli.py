@@ -160,4 +160,4 @@ def test_impute__one_shot_writes_complete_dosages(simulated, tmp_path):
     assert np.array_equal(filled.alleles[complete], original.alleles[complete])
     # the one-shot pretraining is bounded in time unless told otherwise
     config = json.loads((tmp_path / "imputed.tsv.model" / "config.json").read_text())
-    assert config["train"]["time_budget_s"] == 900.0
+    assert config["train"]["time_budget_s"] == 1800.0
