@@ -36,13 +36,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from pretraining_study import wheat
+from pretraining_study import held_out_predictions, wheat
 
 from gperceiver import io
 from gperceiver.checkpoint import read_json, write_json
 from gperceiver.data import Genotypes, Phenotypes
 from gperceiver.evaluate import POOLED, accuracy_table, cross_validate
-from gperceiver.finetuning import finetune, load_predictor
 from gperceiver.pretraining import pretrain
 from gperceiver.simulate import SimulationConfig, simulate
 
@@ -112,30 +111,16 @@ def pretrained_model(dataset, task, seed, genotypes, params, workdir) -> Path:
 def fold_predictions(run: dict, fold: str, genotypes, phenotypes) -> pd.DataFrame:
     """Held-out predictions of fold ``fold`` for one (data set, arm, seed) ``run``,
     with the finetuning time (cached in the run's directory)."""
-    out = run["dir"] / f"fold{fold}"
-    result = out / "predictions.tsv"
-    if not result.exists():
-        started = time.perf_counter()
-        train, validation = phenotypes.split(str(fold))
-        finetune(
-            Phenotypes(train, "training folds"),
-            genotypes,
-            out,
-            run["params"],
-            {"seed": run["seed"]},
-            pretrained=run["pretrained"],
-        )
-        predictor = load_predictor(out)
-        rows = genotypes.index_of(validation["name"])
-        values = predictor.predict(genotypes, rows).mean(-1)  # (n, E)
-        part = validation[["name", "block", "cv", "response"]].copy()
-        part["prediction"] = values[np.arange(len(rows)), part["block"].to_numpy()]
-        part["seconds"] = time.perf_counter() - started
-        io.write_table(part, result)
-    part = pd.read_csv(result, sep="\t")
-    return part.assign(
-        method=f"{run['arm']} seed {run['seed']}", cv=part["cv"].astype(str)
+    part = held_out_predictions(
+        run["dir"] / f"fold{fold}",
+        fold,
+        genotypes,
+        phenotypes,
+        run["params"],
+        run["seed"],
+        run["pretrained"],
     )
+    return part.assign(method=f"{run['arm']} seed {run['seed']}")
 
 
 def summary(predictions: pd.DataFrame, timing: pd.DataFrame) -> str:

@@ -103,15 +103,16 @@ def pretrained_model(task, seed, genotypes, hidden_genotypes, args, workdir):
     return directory, row
 
 
-def fold_predictions(pretraining, seed, fold, genotypes, phenotypes, pretrained, args):
-    """Predictions for held-out fold ``fold``: its phenotype rows plus
-    ``method`` (``<pretraining> seed <seed>``) and ``prediction`` (cached)."""
-    out = args.workdir / "finetune" / f"{pretraining}-seed{seed}-fold{fold}"
+def held_out_predictions(
+    out: Path, fold, genotypes, phenotypes, params: dict, seed: int, pretrained
+) -> pd.DataFrame:
+    """Finetune on every fold but ``fold`` into ``out`` and predict ``fold``: its
+    phenotype rows plus ``prediction`` and the finetuning ``seconds`` (cached in
+    ``out/predictions.tsv``)."""
     result = out / "predictions.tsv"
     if not result.exists():
         started = time.perf_counter()
         train, validation = phenotypes.split(str(fold))
-        params = {**args.finetune_params, "progress": False}
         finetune(
             Phenotypes(train, "training folds"),
             genotypes,
@@ -128,7 +129,17 @@ def fold_predictions(pretraining, seed, fold, genotypes, phenotypes, pretrained,
         part["seconds"] = time.perf_counter() - started
         io.write_table(part, result)
     part = pd.read_csv(result, sep="\t")
-    return part.assign(method=f"{pretraining} seed {seed}", cv=part["cv"].astype(str))
+    return part.assign(cv=part["cv"].astype(str))
+
+
+def fold_predictions(pretraining, seed, fold, genotypes, phenotypes, pretrained, args):
+    """:func:`held_out_predictions` of one (pretraining, seed), with ``method``."""
+    out = args.workdir / "finetune" / f"{pretraining}-seed{seed}-fold{fold}"
+    params = {**args.finetune_params, "progress": False}
+    part = held_out_predictions(
+        out, fold, genotypes, phenotypes, params, seed, pretrained
+    )
+    return part.assign(method=f"{pretraining} seed {seed}")
 
 
 def summary(predictions: pd.DataFrame, imputation: pd.DataFrame) -> str:
