@@ -87,8 +87,11 @@ def pretrained_model(task, seed, genotypes, hidden_genotypes, args, workdir):
     seconds = read_json(timing)["seconds"]
     row = {"pretraining": task, "seed": seed, "pretrain_seconds": round(seconds, 1)}
     if task != "contrastive":
-        model, _ = load_masked_model(directory, hidden_genotypes)
-        filled = impute(model, hidden_genotypes, progress=False).genotypes.alleles
+        model, config = load_masked_model(directory, hidden_genotypes)
+        scaler = config["masked"]["frequency_scaler"]  # prior divided out, as impute
+        filled = impute(
+            model, hidden_genotypes, progress=False, frequency_scaler=scaler
+        ).genotypes.alleles
         mask = (hidden_genotypes.alleles == MISSING).all(-1) & (
             genotypes.alleles != MISSING
         ).all(-1)
