@@ -9,7 +9,7 @@ from gperceiver.cli import main, seed_finetune
 from gperceiver.data import Phenotypes
 from gperceiver.evaluate import cross_validate, pearson
 from gperceiver.finetuning import finetune, load_predictor, prediction_table
-from gperceiver.io import write_chroms, write_markers, write_phenotypes
+from gperceiver.io import InputError, write_chroms, write_markers, write_phenotypes
 from gperceiver.nn.heads import HeadConfig, PhenotypeModel
 from gperceiver.nn.perceiver import PerceiverConfig
 from gperceiver.pretraining import data_sizes, pretrain
@@ -245,6 +245,25 @@ def test_finetune__from_pretrained_with_frozen_head_phase(sim, tmp_path):
     assert {"name", "block", "prediction", "sd"} <= set(table.columns)
     assert len(table) == g.n_individuals * 2
     assert table["prediction"].notna().all() and (table["sd"] > 0).all()
+
+
+def test_finetune__refuses_typed_options_that_reshape_the_pretrained_encoder(
+    sim, tmp_path
+):
+    g = sim.genotypes
+    pretrain(g, tmp_path / "pre", SMALL, {"max_steps": 1})
+    with pytest.raises(InputError, match="differs from the pretrained encoder"):
+        finetune(
+            sim.phenotypes, g, tmp_path / "ft", {"epochs": 1, "progress": False},
+            {"n_latents": SMALL["n_latents"] * 2}, pretrained=tmp_path / "pre",
+        )  # fmt: skip
+    assert not (tmp_path / "ft").exists()
+    # a runtime knob and a value equal to the pretrained one are accepted
+    typed = {"chunk_size": 64, "n_latents": SMALL["n_latents"]}
+    finetune(
+        sim.phenotypes, g, tmp_path / "ok", {"epochs": 1, "progress": False},
+        typed, pretrained=tmp_path / "pre",
+    )  # fmt: skip
 
 
 def test_finetune__separate_blocks_train_each_block_on_its_records_only(sim, tmp_path):

@@ -300,6 +300,7 @@ def finetune(
             **pre_config["model"],
             **{k: v for k, v in params.items() if k not in pre_config["model"]},
         }
+        _check_typed_architecture(typed, pre_config["model"], pretrained)
     objective = {**params, **typed}.get("objective", FinetuneSettings.objective)
     environment = None if covariates is None else _environment_inputs(covariates)
     if environment is not None and objective == "ordinal":
@@ -477,6 +478,26 @@ class Predictor:
             columns = slice(None) if entry["block"] is None else entry["block"]
             out[:, columns, entry["seed_index"]] = values[:, columns]
         return out
+
+
+# model keys that change no weight: free to differ from the pretrained encoder's
+RUNTIME_MODEL_KEYS = {"chunk_size", "checkpoint_attention", "dropout"}
+
+
+def _check_typed_architecture(typed: dict, pretrained_model: dict, directory) -> None:
+    """Refuse a typed option that would change the pretrained encoder's shape (its
+    weights would not fit, or would be dropped without a word)."""
+    for key, value in typed.items():
+        if key in RUNTIME_MODEL_KEYS or key not in pretrained_model:
+            continue
+        if value != pretrained_model[key]:
+            raise InputError(
+                f"option for {key!r}",
+                None,
+                f"{value!r} differs from the pretrained encoder in {directory} "
+                f"({pretrained_model[key]!r})",
+                "drop the option to use the pretrained value, or pretrain again",
+            )
 
 
 # -- environment covariates (used only when covariates are given) -------------------
