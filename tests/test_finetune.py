@@ -9,7 +9,13 @@ from gperceiver.cli import main, seed_finetune
 from gperceiver.data import Phenotypes
 from gperceiver.evaluate import cross_validate, pearson
 from gperceiver.finetuning import finetune, load_predictor, prediction_table
-from gperceiver.io import InputError, write_chroms, write_markers, write_phenotypes
+from gperceiver.io import (
+    InputError,
+    InputWarning,
+    write_chroms,
+    write_markers,
+    write_phenotypes,
+)
 from gperceiver.nn.heads import HeadConfig, PhenotypeModel
 from gperceiver.nn.perceiver import PerceiverConfig
 from gperceiver.pretraining import data_sizes, pretrain
@@ -264,6 +270,16 @@ def test_finetune__refuses_typed_options_that_reshape_the_pretrained_encoder(
         sim.phenotypes, g, tmp_path / "ok", {"epochs": 1, "progress": False},
         typed, pretrained=tmp_path / "pre",
     )  # fmt: skip
+
+
+def test_finetune__warns_when_a_pretrained_encoder_lacks_the_asked_graph(sim, tmp_path):
+    g = sim.genotypes
+    pretrain(g, tmp_path / "pre", SMALL, {"max_steps": 1})
+    with pytest.warns(InputWarning, match="--marker-graph ignored"):
+        finetune(
+            sim.phenotypes, g, tmp_path / "ft", {"epochs": 1, "progress": False},
+            {"marker_graph": "ld"}, pretrained=tmp_path / "pre",
+        )  # fmt: skip
 
 
 def test_finetune__separate_blocks_train_each_block_on_its_records_only(sim, tmp_path):

@@ -7,6 +7,7 @@ explicit choice; ``evaluate`` never does this, it splits the training folds).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from .checkpoint import (
 )
 from .data import EnvCovariates, Genotypes, Phenotypes
 from .graph import GraphSettings, attach, marker_inputs, marker_sizes
-from .io import InputError, write_chroms
+from .io import InputError, InputWarning, write_chroms
 from .nn.environment import EnvironmentConfig, EnvironmentPhenotypeModel
 from .nn.heads import HeadConfig, PhenotypeModel
 from .nn.perceiver import PerceiverConfig
@@ -366,6 +367,8 @@ def finetune(
     if pretrained is None:  # a pretrained encoder brings its own
         graph, annotations = marker_inputs(graph_cfg, genotypes, train.rows)
         model_cfg = replace(model_cfg, **marker_sizes(graph, annotations))
+    else:
+        _warn_unused_marker_inputs(graph_cfg, model_cfg, pretrained)
     if settings.objective not in ("mse", "huber"):
         scaling = Scaling.identity(n_blocks)
     elif environment is None:
@@ -498,6 +501,25 @@ def _check_typed_architecture(typed: dict, pretrained_model: dict, directory) ->
                 f"({pretrained_model[key]!r})",
                 "drop the option to use the pretrained value, or pretrain again",
             )
+
+
+def _warn_unused_marker_inputs(graph_cfg, model_cfg, pretrained) -> None:
+    """Say so when a marker graph or annotations are asked for but the pretrained
+    encoder, which keeps its own marker inputs, was pretrained without them."""
+    unused = []
+    if graph_cfg.marker_graph and not model_cfg.n_graph_edges:
+        unused.append("--marker-graph")
+    if graph_cfg.annotations and not (
+        model_cfg.n_annotations or model_cfg.annotation_levels
+    ):
+        unused.append("--annotations")
+    if unused:
+        warnings.warn(
+            f"{' and '.join(unused)} ignored: the pretrained encoder in {pretrained} "
+            "was pretrained without them (pretrain with them to use them)",
+            InputWarning,
+            stacklevel=3,
+        )
 
 
 # -- environment covariates (used only when covariates are given) -------------------
