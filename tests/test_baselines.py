@@ -6,12 +6,14 @@ import pytest
 from scipy import optimize
 
 from gperceiver.baselines import (
+    DEFAULT_BANDWIDTHS,
     GBLUP,
     RKHS,
     Kernel,
     additive_effects,
     gaussian_kernel,
     genomic_relationship,
+    kernel_effects,
     reml,
 )
 from gperceiver.data import MISSING, Genotypes, MarkerMap
@@ -262,6 +264,48 @@ def test_additive_effects_predict_new_individuals_exactly_as_gblup():
     held = g.index_of(table.loc[~train, "name"])
     assert np.allclose(direct[held], gblup.predict(g.names[held]), atol=1e-6)
     assert abs(fit.h2 - gblup.fit_.h2) < 1e-9
+
+
+def test_kernel_effects_predict_new_individuals_as_the_rkhs_blup():
+    """A kernel fit on the training individuals predicts held-out ones exactly as
+    the BLUP ``K[held, train] H^-1 (y - X b)`` of the same Gaussian kernel written
+    over every individual (tetraploid, 3 alleles, missing copies), and its
+    leave-one-out predictions are those of refits without each record."""
+    config = SimulationConfig(
+        n_individuals=120,
+        n_markers=300,
+        ploidy=4,
+        n_alleles=3,
+        missing_rate=0.05,
+        n_environments=1,
+        epistasis_variance=0.5,
+        seed=5,
+    )
+    data = simulate(config)
+    g, table = data.genotypes, data.phenotypes.table
+    train = (table["cv"].astype(int) >= 2).to_numpy()
+    train_rows = g.index_of(table.loc[train, "name"])
+    held = g.index_of(table.loc[~train, "name"])
+    frequencies = g.allele_frequencies(train_rows)
+    y = table.loc[train, "response"].to_numpy()
+    fit = kernel_effects(g.subset(individuals=train_rows), y, frequencies)
+    # the same kernel over all individuals, its scale fixed by the training pairs
+    relationship = genomic_relationship(g, frequencies)
+    diag = np.diag(relationship)
+    d2 = np.maximum(diag[:, None] + diag[None, :] - 2 * relationship, 0.0)
+    train_d2 = d2[np.ix_(train_rows, train_rows)]
+    median = np.median(train_d2[np.triu_indices(len(train_rows), k=1)])
+    kernel = np.exp(-d2 / (fit.bandwidth * median))
+    direct = reml(y, kernel[np.ix_(train_rows, train_rows)], np.arange(len(y)))
+    blup = direct.beta[0] + kernel[np.ix_(held, train_rows)] @ direct.weights
+    assert fit.bandwidth in DEFAULT_BANDWIDTHS
+    assert np.allclose(fit.predict(g.subset(individuals=held)), blup, atol=1e-6)
+    refit = reml(
+        y[1:], kernel[np.ix_(train_rows[1:], train_rows[1:])], np.arange(len(y) - 1),
+        delta=direct.delta,
+    )  # fmt: skip
+    left_out = refit.beta[0] + kernel[train_rows[0], train_rows[1:]] @ refit.weights
+    assert np.isclose(fit.loo_predictions[0], left_out, atol=1e-6)
 
 
 def test_reml_leave_one_out_residuals_equal_refits_without_the_record(tiny_mixed_model):

@@ -465,6 +465,99 @@ def additive_effects(
     )
 
 
+@dataclass(frozen=True)
+class KernelFit:
+    """RKHS regression (Gaussian kernel) on the fitted individuals, kept so that any
+    genotype can be predicted.
+
+    ``prediction = intercept + exp(-|z - z_i|^2 * scale) @ weights`` over the
+    fitted individuals ``i``, with ``z`` the centred dosages (``frequencies``,
+    missing copies mean-imputed, monomorphic allele columns dropped) divided by
+    ``sqrt(denominator)``, so that ``z z'`` is :func:`genomic_relationship`.
+    Memory is that of ``features``, ``(n, M * A)``.
+    """
+
+    intercept: float
+    weights: np.ndarray  # (n,) H^-1 (y - X b) of the chosen kernel
+    features: np.ndarray  # (n, F) scaled centred dosages of the fitted individuals
+    keep: np.ndarray  # (M * A,) bool, allele columns with variance > 0
+    frequencies: np.ndarray  # (M, A)
+    denominator: float
+    scale: float  # 1 / (bandwidth * median squared distance among the fitted)
+    bandwidth: float
+    h2: float
+    loo_predictions: np.ndarray  # (n,) of the fitted individuals, each left out
+
+    def predict(self, genotypes: Genotypes) -> np.ndarray:
+        """Predictions ``(N,)`` for every individual of ``genotypes`` (same map)."""
+        z = _kernel_features(genotypes, self.frequencies, self.keep, self.denominator)
+        d2 = (
+            (z**2).sum(1)[:, None]
+            + (self.features**2).sum(1)[None, :]
+            - 2.0 * z @ self.features.T
+        )
+        return self.intercept + np.exp(-np.maximum(d2, 0.0) * self.scale) @ self.weights
+
+
+def _kernel_features(genotypes, frequencies, keep, denominator) -> np.ndarray:
+    """Centred dosages ``(N, F)`` of the ``keep`` allele columns over
+    ``sqrt(denominator)``."""
+    z = np.concatenate(
+        [
+            z.reshape(len(z), -1)
+            for z, _ in _centred_dosages(genotypes, frequencies, chunk=4096)
+        ],
+        axis=1,
+    )
+    return z[:, keep] / np.sqrt(denominator)
+
+
+def kernel_effects(
+    genotypes: Genotypes,
+    y: np.ndarray,
+    frequencies: np.ndarray | None = None,
+    bandwidths: tuple[float, ...] = DEFAULT_BANDWIDTHS,
+) -> KernelFit:
+    """REML RKHS on the individuals of ``genotypes`` (one response each, ``(N,)``),
+    the bandwidth chosen as in :class:`RKHS` (highest restricted likelihood) and
+    the median distance taken among these individuals only, returned as a
+    :class:`KernelFit` that predicts new genotypes."""
+    if frequencies is None:
+        frequencies = genotypes.allele_frequencies()
+    y = np.asarray(y, dtype=np.float64)
+    variance = genotypes.ploidy * frequencies * (1.0 - frequencies)
+    keep = variance.ravel() > 0
+    denominator = float(variance.ravel()[keep].sum())
+    if denominator == 0:
+        raise ValueError("no polymorphic marker: the kernel is undefined")
+    features = _kernel_features(genotypes, frequencies, keep, denominator)
+    relationship = features @ features.T
+    diag = np.diag(relationship)
+    d2 = np.maximum(diag[:, None] + diag[None, :] - 2.0 * relationship, 0.0)
+    median = float(np.median(d2[np.triu_indices(len(d2), k=1)]))
+    if not median > 0:
+        raise ValueError("individuals are identical: the median distance is zero")
+    individuals = np.arange(genotypes.n_individuals)
+    best = None
+    for h in bandwidths:
+        fit = reml(y, np.exp(-d2 / (h * median)), individuals)
+        if best is None or fit.log_likelihood > best[1].log_likelihood:
+            best = (h, fit)
+    h, fit = best
+    return KernelFit(
+        intercept=float(fit.beta[0]),
+        weights=fit.weights,
+        features=features,
+        keep=keep,
+        frequencies=frequencies,
+        denominator=denominator,
+        scale=1.0 / (h * median),
+        bandwidth=h,
+        h2=fit.h2,
+        loo_predictions=y - fit.loo_residuals,
+    )
+
+
 class RKHS(GBLUP):
     """RKHS regression with a Gaussian kernel over centred dosages.
 
