@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
+from gperceiver.baselines import kernel_effects
 from gperceiver.cli import main, seed_finetune
 from gperceiver.data import Phenotypes
 from gperceiver.evaluate import cross_validate, pearson
@@ -118,6 +119,39 @@ def test_additive_path__starts_as_gblup_marker_effects():
             torch.from_numpy(g.alleles.astype(np.int64)), torch.arange(g.n_markers)
         )
     assert np.allclose(out[..., 0].numpy(), np.stack(expected, 1), atol=1e-3)
+
+
+def test_gaussian_additive_path__predicts_as_the_rkhs_kernel_fit(tmp_path):
+    """With ``additive_kernel: gaussian`` the saved model's additive path predicts
+    new individuals exactly as an RKHS fit on the same records (tetraploid, 3
+    alleles, missing copies), and the whole model starts there."""
+    data = simulate(
+        SimulationConfig(
+            n_individuals=80, n_markers=60, ploidy=4, n_alleles=3, n_qtl=10,
+            missing_rate=0.1, n_environments=2, epistasis_variance=0.5, n_folds=4,
+            seed=5,
+        )
+    )  # fmt: skip
+    g, table = data.genotypes, data.phenotypes.table
+    train = table[table["cv"].astype(int) != 0]
+    params = {**SMALL, "additive_kernel": "gaussian", "epochs": 1, "val_fraction": 0}
+    finetune(Phenotypes(train, "train"), g, tmp_path / "m", params)
+    model = load_predictor(tmp_path / "m", g).members[0].eval()
+    held = g.index_of(table.loc[table["cv"].astype(int) == 0, "name"].unique())
+    alleles = torch.from_numpy(g.alleles[held].astype(np.int64))
+    with torch.no_grad():
+        path = model.additive(alleles, torch.arange(g.n_markers)).numpy()
+    rows = g.index_of(train["name"].unique())
+    frequencies = g.allele_frequencies(rows)
+    for block in (0, 1):
+        part = train[train["block"] == block]
+        y = part["response"].to_numpy()
+        y = (y - y.mean()) / y.std()
+        fit = kernel_effects(
+            g.subset(individuals=g.index_of(part["name"])), y, frequencies
+        )
+        expected = fit.predict(g.subset(individuals=held))
+        assert np.allclose(path[:, block], expected, atol=1e-4)
 
 
 def test_ranking_loss__compares_within_block_only():

@@ -490,7 +490,7 @@ class KernelFit:
 
     def predict(self, genotypes: Genotypes) -> np.ndarray:
         """Predictions ``(N,)`` for every individual of ``genotypes`` (same map)."""
-        z = _kernel_features(genotypes, self.frequencies, self.keep, self.denominator)
+        z = kernel_features(genotypes, self.frequencies, self.keep, self.denominator)
         d2 = (
             (z**2).sum(1)[:, None]
             + (self.features**2).sum(1)[None, :]
@@ -499,7 +499,18 @@ class KernelFit:
         return self.intercept + np.exp(-np.maximum(d2, 0.0) * self.scale) @ self.weights
 
 
-def _kernel_features(genotypes, frequencies, keep, denominator) -> np.ndarray:
+def kernel_columns(frequencies: np.ndarray, ploidy: int) -> tuple[np.ndarray, float]:
+    """The polymorphic allele columns ``(M * A,)`` bool and the denominator of
+    :func:`genomic_relationship` for allele ``frequencies`` ``(M, A)``."""
+    variance = ploidy * frequencies * (1.0 - frequencies)
+    keep = variance.ravel() > 0
+    denominator = float(variance.ravel()[keep].sum())
+    if denominator == 0:
+        raise ValueError("no polymorphic marker: the kernel is undefined")
+    return keep, denominator
+
+
+def kernel_features(genotypes, frequencies, keep, denominator) -> np.ndarray:
     """Centred dosages ``(N, F)`` of the ``keep`` allele columns over
     ``sqrt(denominator)``."""
     z = np.concatenate(
@@ -525,12 +536,8 @@ def kernel_effects(
     if frequencies is None:
         frequencies = genotypes.allele_frequencies()
     y = np.asarray(y, dtype=np.float64)
-    variance = genotypes.ploidy * frequencies * (1.0 - frequencies)
-    keep = variance.ravel() > 0
-    denominator = float(variance.ravel()[keep].sum())
-    if denominator == 0:
-        raise ValueError("no polymorphic marker: the kernel is undefined")
-    features = _kernel_features(genotypes, frequencies, keep, denominator)
+    keep, denominator = kernel_columns(frequencies, genotypes.ploidy)
+    features = kernel_features(genotypes, frequencies, keep, denominator)
     relationship = features @ features.T
     diag = np.diag(relationship)
     d2 = np.maximum(diag[:, None] + diag[None, :] - 2.0 * relationship, 0.0)

@@ -15,7 +15,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .baselines import additive_effects
+from .baselines import (
+    additive_effects,
+    kernel_columns,
+    kernel_effects,
+    kernel_features,
+)
 from .checkpoint import (
     FORMAT_VERSION,
     check_markers,
@@ -28,7 +33,7 @@ from .data import EnvCovariates, Genotypes, Phenotypes
 from .graph import GraphSettings, attach, marker_inputs, marker_sizes
 from .io import InputError, InputWarning, write_chroms
 from .nn.environment import EnvironmentConfig, EnvironmentPhenotypeModel
-from .nn.heads import HeadConfig, PhenotypeModel
+from .nn.heads import GaussianEffects, HeadConfig, PhenotypeModel
 from .nn.perceiver import PerceiverConfig
 from .params import resolve
 from .pretraining import data_sizes, load_masked_model, split_individuals
@@ -186,15 +191,19 @@ def fit_additive(
     what the additive path predicts for an individual it was not fitted on.
     """
     loo = np.full(records.response.shape, np.nan)
+    gaussian = isinstance(model.additive, GaussianEffects)
     for block in np.flatnonzero(records.weight.sum(0) > 0):
         seen = records.weight[:, block] > 0
         y = (records.response[seen, block] - scaling.mean[block]) / scaling.sd[block]
-        fit = additive_effects(
-            genotypes.subset(individuals=records.rows[seen]), y, frequencies
-        )
-        model.additive.set_block(
-            block, fit.intercept, fit.effects, frequencies, genotypes.ploidy
-        )
+        part = genotypes.subset(individuals=records.rows[seen])
+        if gaussian:  # records.rows are the first rows of the kept individuals
+            fit = kernel_effects(part, y, frequencies)
+            model.additive.set_block(block, np.flatnonzero(seen), fit)
+        else:
+            fit = additive_effects(part, y, frequencies)
+            model.additive.set_block(
+                block, fit.intercept, fit.effects, frequencies, genotypes.ploidy
+            )
         loo[seen, block] = fit.loo_predictions
     return loo
 
@@ -235,6 +244,11 @@ def _train_member(
     additive = getattr(model, "additive", None)  # environment models have none
     if additive is not None:
         frequencies = genotypes.allele_frequencies(both.rows)
+        if isinstance(additive, GaussianEffects):  # keeps every record's genotypes
+            keep, denominator = kernel_columns(frequencies, genotypes.ploidy)
+            kept = genotypes.subset(individuals=both.rows)
+            features = kernel_features(kept, frequencies, keep, denominator)
+            additive.set_data(features, keep, frequencies, denominator)
         loo = fit_additive(model, genotypes, train, scaling, frequencies)
         offset = additive_offsets(model, genotypes, both.rows)  # (N, E)
         seen = ~np.isnan(loo)  # training records get their leave-one-out value
@@ -344,6 +358,15 @@ def finetune(
     if settings.objective not in ("mse", "huber") or environment is not None:
         # GBLUP is a regression fitted per seen block; environments can be new
         head_cfg = replace(head_cfg, additive=False)
+    if head_cfg.additive and head_cfg.additive_kernel == "gaussian":
+        if settings.separate_blocks:
+            raise InputError(
+                "--params",
+                "key 'additive_kernel'",
+                "the gaussian additive path needs one joint model",
+                "set separate_blocks false or additive_kernel linear",
+            )
+
     env_cfg = env_cfg[0] if env_cfg else None
     by_environment = settings.val_split == "environments"
     if by_environment and environment is None:
@@ -363,6 +386,14 @@ def finetune(
         by_environment,
     )
     held = val if by_environment and cv is None else None  # training environments
+    if head_cfg.additive and head_cfg.additive_kernel == "gaussian":
+        # the kernel keeps the genotypes of every training and validation record
+        kept = train.join(val).rows
+        frequencies = genotypes.allele_frequencies(kept)
+        keep, _ = kernel_columns(frequencies, genotypes.ploidy)
+        head_cfg = replace(
+            head_cfg, kernel_rows=len(kept), kernel_features=int(keep.sum())
+        )
     graph = annotations = None
     if pretrained is None:  # a pretrained encoder brings its own
         graph, annotations = marker_inputs(graph_cfg, genotypes, train.rows)

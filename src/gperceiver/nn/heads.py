@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -32,10 +33,21 @@ class HeadConfig:
     # training individuals, as allele effects) beside the network, which starts at
     # zero and learns what the additive model misses
     additive: bool = True
+    # the additive path's kernel: "linear" (GBLUP as allele effects) or "gaussian"
+    # (RKHS over the training individuals, which captures some epistasis; it keeps
+    # their genotypes, (kernel_rows, kernel_features) floats)
+    additive_kernel: str = "linear"
+    kernel_rows: int = 0  # gaussian: training individuals kept (set by finetune)
+    kernel_features: int = 0  # gaussian: polymorphic allele columns kept
 
     def __post_init__(self):
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.additive_kernel not in ("linear", "gaussian"):
+            raise ValueError(
+                "additive_kernel must be linear or gaussian, "
+                f"got {self.additive_kernel!r}"
+            )
         if self.n_blocks < 1 or self.n_outputs < 1:
             raise ValueError("n_blocks and n_outputs must be positive")
 
@@ -74,6 +86,62 @@ class MarkerEffects(nn.Module):
             rows = marker_idx[start : start + chunk][None, :, None]
             out += self.table[rows, ids].sum((1, 2))
         return out
+
+
+class GaussianEffects(nn.Module):
+    """A fixed RKHS model per block: ``(B, M, P)`` allele ids -> ``(B, E)``.
+
+    ``offset[e] + sum_r weights[r, e] exp(-|z - z_r|^2 scale[e])`` over the kept
+    training individuals ``r``, with ``z`` the centred dosages (missing copies
+    mean-imputed) of the ``keep`` allele columns over ``sqrt(denominator)``, as
+    :class:`~gperceiver.baselines.KernelFit`. Buffers, set from REML fits.
+    """
+
+    def __init__(self, n_markers, n_alleles, n_blocks, n_rows, n_features):
+        super().__init__()
+        self.register_buffer("frequencies", torch.zeros(n_markers, n_alleles))
+        self.register_buffer("keep", torch.zeros(n_features, dtype=torch.long))
+        self.register_buffer("denominator", torch.ones(()))
+        self.register_buffer("features", torch.zeros(n_rows, n_features))
+        self.register_buffer("weights", torch.zeros(n_rows, n_blocks))
+        self.register_buffer("scale", torch.zeros(n_blocks))
+        self.register_buffer("offset", torch.zeros(n_blocks))
+
+    @torch.no_grad()
+    def set_data(self, features, keep, frequencies, denominator) -> None:
+        """The kept individuals' features (R, F) and how any genotype gets them."""
+        self.features.copy_(torch.as_tensor(features))
+        self.keep.copy_(torch.as_tensor(np.flatnonzero(keep)))
+        self.frequencies.copy_(torch.as_tensor(frequencies))
+        self.denominator.fill_(float(denominator))
+
+    @torch.no_grad()
+    def set_block(self, block: int, rows, fit) -> None:
+        """Block ``block`` from a :class:`~gperceiver.baselines.KernelFit` fitted on
+        the kept individuals ``rows`` (indices into ``features``)."""
+        self.weights[:, block] = 0.0
+        self.weights[torch.as_tensor(rows), block] = torch.as_tensor(
+            fit.weights, dtype=self.weights.dtype
+        )
+        self.scale[block] = fit.scale
+        self.offset[block] = fit.intercept
+
+    def forward(self, alleles: Tensor, marker_idx: Tensor) -> Tensor:
+        if marker_idx.dim() != 1 or len(marker_idx) != len(self.frequencies):
+            raise ValueError("the Gaussian additive path needs every marker, in order")
+        a = self.frequencies.shape[1]
+        counts = torch.stack([(alleles == k + 1).sum(-1) for k in range(a)], -1)
+        missing = (alleles == 0).sum(-1, keepdim=True)
+        ploidy = alleles.shape[-1]
+        z = counts + (missing - ploidy) * self.frequencies  # centred, (B, M, A)
+        z = z.flatten(1)[:, self.keep] / self.denominator.sqrt()
+        d2 = (
+            (z**2).sum(1, keepdim=True)
+            + (self.features**2).sum(1)[None]
+            - 2.0 * z @ self.features.T
+        ).clamp_min(0.0)  # (B, R)
+        kernel = torch.exp(-d2[..., None] * self.scale)  # (B, R, E)
+        return self.offset + (kernel * self.weights).sum(1)
 
 
 class PhenotypeModel(nn.Module):
@@ -119,8 +187,13 @@ class PhenotypeModel(nn.Module):
         if head.head == "pool":
             init_weights(self.block_embed)
         self.additive = None
-        if head.additive:
+        if head.additive and head.additive_kernel == "gaussian":
+            self.additive = GaussianEffects(
+                c.n_markers, c.n_alleles, e, head.kernel_rows, head.kernel_features
+            )
+        elif head.additive:
             self.additive = MarkerEffects(c.n_markers, c.n_alleles + 1, e)
+        if head.additive:
             final = self.readout[-1]  # the network starts as "no correction"
             nn.init.zeros_(final.weight)
             nn.init.zeros_(final.bias)
