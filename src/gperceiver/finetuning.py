@@ -386,14 +386,24 @@ def finetune(
         by_environment,
     )
     held = val if by_environment and cv is None else None  # training environments
-    if head_cfg.additive and head_cfg.additive_kernel == "gaussian":
+    if head_cfg.additive and head_cfg.additive_kernel in (None, "gaussian"):
         # the kernel keeps the genotypes of every training and validation record
         kept = train.join(val).rows
         frequencies = genotypes.allele_frequencies(kept)
         keep, _ = kernel_columns(frequencies, genotypes.ploidy)
-        head_cfg = replace(
-            head_cfg, kernel_rows=len(kept), kernel_features=int(keep.sum())
-        )
+        auto = head_cfg.additive_kernel is None
+        too_big = len(kept) * int(keep.sum()) > AUTO_GAUSSIAN_FLOATS
+        if auto and (settings.separate_blocks or too_big):
+            head_cfg = replace(head_cfg, additive_kernel="linear")
+        else:
+            head_cfg = replace(
+                head_cfg,
+                additive_kernel="gaussian",
+                kernel_rows=len(kept),
+                kernel_features=int(keep.sum()),
+            )
+    elif head_cfg.additive_kernel is None:
+        head_cfg = replace(head_cfg, additive_kernel="linear")
     graph = annotations = None
     if pretrained is None:  # a pretrained encoder brings its own
         graph, annotations = marker_inputs(graph_cfg, genotypes, train.rows)
@@ -513,6 +523,10 @@ class Predictor:
             out[:, columns, entry["seed_index"]] = values[:, columns]
         return out
 
+
+# the auto additive path is gaussian while the kept genotypes (individuals x
+# polymorphic allele columns) take at most this many floats (200 MB)
+AUTO_GAUSSIAN_FLOATS = 50_000_000
 
 # model keys that change no weight: free to differ from the pretrained encoder's
 RUNTIME_MODEL_KEYS = {"chunk_size", "checkpoint_attention", "dropout"}

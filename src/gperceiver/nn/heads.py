@@ -35,17 +35,20 @@ class HeadConfig:
     additive: bool = True
     # the additive path's kernel: "linear" (GBLUP as allele effects) or "gaussian"
     # (RKHS over the training individuals, which captures some epistasis; it keeps
-    # their genotypes, (kernel_rows, kernel_features) floats)
-    additive_kernel: str = "linear"
+    # their genotypes, (kernel_rows, kernel_features) floats). None (auto): finetune
+    # picks gaussian while those genotypes take <= 50M floats, else linear (a model
+    # built directly gets linear); on wheat the gaussian path had the lower
+    # inner-validation loss (BENCHMARKS.md)
+    additive_kernel: str | None = None
     kernel_rows: int = 0  # gaussian: training individuals kept (set by finetune)
     kernel_features: int = 0  # gaussian: polymorphic allele columns kept
 
     def __post_init__(self):
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        if self.additive_kernel not in ("linear", "gaussian"):
+        if self.additive_kernel not in (None, "linear", "gaussian"):
             raise ValueError(
-                "additive_kernel must be linear or gaussian, "
+                "additive_kernel must be linear, gaussian or None (auto), "
                 f"got {self.additive_kernel!r}"
             )
         if self.n_blocks < 1 or self.n_outputs < 1:
