@@ -237,9 +237,10 @@ def test_rkhs_keeps_the_most_likely_bandwidth(additive_simulation):
     assert np.corrcoef(model.predict(records["name"]), truth)[0, 1] >= 0.9
 
 
-def test_additive_effects_predict_new_individuals_exactly_as_gblup():
-    """Marker effects from the training individuals give GBLUP's BLUPs of held-out
-    individuals (tetraploid, 3 alleles, missing copies), G centred the same way."""
+def tetraploid_split(seed: int, **options):
+    """Tetraploid, 3-allele genotypes with missing copies, one trait: genotypes,
+    phenotype table, training mask (cv >= 2), training and held-out rows and the
+    training individuals' allele frequencies."""
     config = SimulationConfig(
         n_individuals=120,
         n_markers=300,
@@ -247,13 +248,21 @@ def test_additive_effects_predict_new_individuals_exactly_as_gblup():
         n_alleles=3,
         missing_rate=0.05,
         n_environments=1,
-        seed=3,
+        seed=seed,
+        **options,
     )
     data = simulate(config)
     g, table = data.genotypes, data.phenotypes.table
-    train = table["cv"].astype(int) >= 2
+    train = (table["cv"].astype(int) >= 2).to_numpy()
     train_rows = g.index_of(table.loc[train, "name"])
-    frequencies = g.allele_frequencies(train_rows)
+    held = g.index_of(table.loc[~train, "name"])
+    return g, table, train, train_rows, held, g.allele_frequencies(train_rows)
+
+
+def test_additive_effects_predict_new_individuals_exactly_as_gblup():
+    """Marker effects from the training individuals give GBLUP's BLUPs of held-out
+    individuals (tetraploid, 3 alleles, missing copies), G centred the same way."""
+    g, table, train, train_rows, held, frequencies = tetraploid_split(3)
     fit = additive_effects(
         g.subset(individuals=train_rows), table.loc[train, "response"], frequencies
     )
@@ -261,7 +270,6 @@ def test_additive_effects_predict_new_individuals_exactly_as_gblup():
     gblup = GBLUP(kernel).fit(table[train], None)
     z = g.dosages(frequencies) - g.ploidy * frequencies
     direct = fit.intercept + np.einsum("nma,ma->n", z, fit.effects)
-    held = g.index_of(table.loc[~train, "name"])
     assert np.allclose(direct[held], gblup.predict(g.names[held]), atol=1e-6)
     assert abs(fit.h2 - gblup.fit_.h2) < 1e-9
 
@@ -271,22 +279,9 @@ def test_kernel_effects_predict_new_individuals_as_the_rkhs_blup():
     the BLUP ``K[held, train] H^-1 (y - X b)`` of the same Gaussian kernel written
     over every individual (tetraploid, 3 alleles, missing copies), and its
     leave-one-out predictions are those of refits without each record."""
-    config = SimulationConfig(
-        n_individuals=120,
-        n_markers=300,
-        ploidy=4,
-        n_alleles=3,
-        missing_rate=0.05,
-        n_environments=1,
-        epistasis_variance=0.5,
-        seed=5,
+    g, table, train, train_rows, held, frequencies = tetraploid_split(
+        5, epistasis_variance=0.5
     )
-    data = simulate(config)
-    g, table = data.genotypes, data.phenotypes.table
-    train = (table["cv"].astype(int) >= 2).to_numpy()
-    train_rows = g.index_of(table.loc[train, "name"])
-    held = g.index_of(table.loc[~train, "name"])
-    frequencies = g.allele_frequencies(train_rows)
     y = table.loc[train, "response"].to_numpy()
     fit = kernel_effects(g.subset(individuals=train_rows), y, frequencies)
     # the same kernel over all individuals, its scale fixed by the training pairs
