@@ -366,7 +366,6 @@ def finetune(
                 "the gaussian additive path needs one joint model",
                 "set separate_blocks false or additive_kernel linear",
             )
-
     env_cfg = env_cfg[0] if env_cfg else None
     by_environment = settings.val_split == "environments"
     if by_environment and environment is None:
