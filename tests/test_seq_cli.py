@@ -11,6 +11,15 @@ from gperceiver.seq import SeqLM
 from seq_helpers import entropy_rate, order2_chain, write_fasta
 
 
+def seq_pretrain(fasta, out, params: dict) -> int:
+    """``gperceiver seq pretrain FASTA --out OUT --params JSON``; the exit code."""
+    path = out.with_name(out.name + "-params.json")
+    path.write_text(json.dumps(params))
+    return main(
+        ["seq", "pretrain", str(fasta), "--out", str(out), "--params", str(path)]
+    )
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("seq")
@@ -24,12 +33,7 @@ def trained(tmp_path_factory):
         max_steps=150, batch_size=8, lr=3e-3, warmup_steps=10, eval_every=50,
         progress=False,
     )  # fmt: skip
-    (root / "params.json").write_text(json.dumps(params))
-    code = main(
-        ["seq", "pretrain", str(root / "train.fa"), "--out", str(root / "model"),
-         "--params", str(root / "params.json")]
-    )  # fmt: skip
-    assert code == 0
+    assert seq_pretrain(root / "train.fa", root / "model", params) == 0
     return root
 
 
@@ -111,12 +115,7 @@ def test_seq_pretrain__time_budget_stops_on_the_clock(tmp_path):
         batch_size=4, warmup_steps=2, eval_every=5, time_budget_s=2.0, progress=False,
         epochs=1000,  # an upper bound the clock reaches first
     )  # fmt: skip
-    (tmp_path / "p.json").write_text(json.dumps(params))
-    code = main(
-        ["seq", "pretrain", str(tmp_path / "train.fa"), "--out", str(tmp_path / "m"),
-         "--params", str(tmp_path / "p.json")]
-    )  # fmt: skip
-    assert code == 0
+    assert seq_pretrain(tmp_path / "train.fa", tmp_path / "m", params) == 0
     summary = json.loads((tmp_path / "m" / "config.json").read_text())["summary"]
     metrics = (tmp_path / "m" / "metrics.csv").read_text().splitlines()
     last = dict(zip(metrics[0].split(","), metrics[-1].split(","), strict=True))
