@@ -188,7 +188,7 @@ def main() -> None:
         "--pretrain-params", type=json.loads, default={}, help="JSON for pretrain"
     )
     parser.add_argument("--sim-individuals", type=int, default=600)
-    parser.add_argument("--sim-markers", type=int, default=2000)
+    parser.add_argument("--sim-markers", type=int, default=1000)
     parser.add_argument("--sim-chromosomes", type=int, default=5)
     parser.add_argument("--sim-qtl", type=int, default=40)
     parser.add_argument("--sim-environments", type=int, default=2)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from gperceiver.data import MISSING, MarkerMap
+from gperceiver.nn import attention
 from gperceiver.nn import (
     CrossAttention,
     LocalAttention,
@@ -329,6 +330,29 @@ def test_masked_marker_model__checkpointed_activations_linear_in_markers():
     # tokens plus the shared layer's cached K/V, with a little left over
     assert per_marker[1] < 3.5
     assert per_marker[1] < per_marker[0]  # no term that grows faster than M
+
+
+def test_masked_marker_model__auto_checkpoint_recomputes_only_large_batches(
+    monkeypatch,
+):
+    """checkpoint_attention None keeps activations while the tokens (B, M, D) are
+    below RECOMPUTE_MIN_FLOATS and saves as little as True above it."""
+    n = 2000
+    alleles = random_alleles((2, n), 2, 2)
+    saved = {}
+    for setting in (True, False, None):
+        torch.manual_seed(0)
+        model = tiny_model(
+            n_markers=n, width=64, chunk_size=500, checkpoint_attention=setting
+        ).train()
+        for limit in (2 * n * 64, 2 * n * 64 + 1):  # tokens at / below the limit
+            monkeypatch.setattr(attention, "RECOMPUTE_MIN_FLOATS", limit)
+            saved[setting, limit] = saved_activation_bytes(
+                model, alleles, torch.arange(n), torch.arange(8)
+            )
+    small, large = 2 * n * 64 + 1, 2 * n * 64
+    assert saved[None, large] == saved[True, large] < saved[False, large] / 2
+    assert saved[None, small] == saved[False, small]
 
 
 def test_masked_marker_model__raises_on_wrong_ploidy():

@@ -20,6 +20,19 @@ from torch.utils.checkpoint import checkpoint
 
 KeyValues = list[tuple[Tensor, Tensor]]  # per chunk: keys, values (B, H, C, D / H)
 
+# ``checkpoint=None`` (auto) recomputes in backward only when the tensor a layer
+# reads holds at least this many floats (64 MiB); below it, keeping activations
+# is cheap and recomputing them costs ~20% of a step (wheat finetuning)
+RECOMPUTE_MIN_FLOATS = 1 << 24
+
+
+def recompute(checkpoint: bool | None, x: Tensor) -> bool:
+    """Whether a layer reading ``x`` recomputes in backward: never without
+    gradients, else ``checkpoint``, or (None) when ``x`` is large."""
+    if not torch.is_grad_enabled():
+        return False
+    return x.numel() >= RECOMPUTE_MIN_FLOATS if checkpoint is None else checkpoint
+
 
 def init_weights(module: nn.Module) -> None:
     """Truncated normal (std 0.02) weights and zero biases for linears and tables."""
@@ -133,7 +146,7 @@ class CrossAttention(nn.Module):
         heads: int,
         dropout: float = 0.0,
         chunk_size: int | None = None,
-        checkpoint: bool = False,
+        checkpoint: bool | None = False,
     ):
         super().__init__()
         if width % heads:
@@ -159,10 +172,10 @@ class CrossAttention(nn.Module):
         values from the tokens, so the cache is freed after the forward pass
         instead of living (with its gradients) until the end of backward.
         """
-        if self.checkpoint and torch.is_grad_enabled():
+        if recompute(self.checkpoint, tokens):
             with torch.no_grad():
                 return [self._kv(x) for x in self._chunks(tokens, 1)]
-        return [self._run(self._kv, x) for x in self._chunks(tokens, 1)]
+        return [self._kv(x) for x in self._chunks(tokens, 1)]
 
     def forward(
         self,
@@ -183,7 +196,8 @@ class CrossAttention(nn.Module):
             masks = [None] * len(chunks)
         else:
             masks = self._chunks(mask[:, None, None, :], -1)  # (B, 1, 1, C) each
-        if kv is not None and self.checkpoint and torch.is_grad_enabled():
+        again = recompute(self.checkpoint, tokens)
+        if kv is not None and again:
             params = [*self.norm_kv.parameters(), *self.to_kv.parameters()]
             parts = [
                 _CachedChunk.apply(self, q, x, k.detach(), v.detach(), m, *params)
@@ -196,10 +210,9 @@ class CrossAttention(nn.Module):
             items = kv if kv is not None else [(x,) for x in chunks]
             if kv is None:
                 attend = partial(self._projected, attend)
-            parts = [
-                self._run(attend, q, *item, m)
-                for item, m in zip(items, masks, strict=True)
-            ]
+            if again:
+                attend = partial(checkpoint, attend, use_reentrant=False)
+            parts = [attend(q, *item, m) for item, m in zip(items, masks, strict=True)]
             attended = parts[0] if whole else _merge(parts)
         return queries + self.drop(self.out(_merge_heads(attended)))
 
@@ -221,11 +234,6 @@ class CrossAttention(nn.Module):
     def _chunks(self, x: Tensor, dim: int) -> list[Tensor]:
         # split() gives views with a single backward node that concatenates grads
         return list(x.split(self.chunk_size, dim)) if self.chunk_size else [x]
-
-    def _run(self, fn, *args):
-        if self.checkpoint and torch.is_grad_enabled():
-            return checkpoint(fn, *args, use_reentrant=False)
-        return fn(*args)
 
 
 class _CachedChunk(torch.autograd.Function):
@@ -267,7 +275,7 @@ class CrossBlock(nn.Module):
         ff_mult: int = 2,
         dropout: float = 0.0,
         chunk_size: int | None = None,
-        checkpoint: bool = False,
+        checkpoint: bool | None = False,
     ):
         super().__init__()
         self.attn = CrossAttention(width, heads, dropout, chunk_size, checkpoint)
@@ -313,7 +321,7 @@ class LocalAttention(nn.Module):
         window: int,
         dropout: float = 0.0,
         target_chunk: int = 2048,
-        checkpoint: bool = False,
+        checkpoint: bool | None = False,
     ):
         super().__init__()
         if width % heads:
@@ -336,7 +344,7 @@ class LocalAttention(nn.Module):
         for start in range(0, queries.shape[1], self.target_chunk):
             part = slice(start, start + self.target_chunk)
             args = (queries[:, part], normed, centers[:, part])
-            if self.checkpoint and torch.is_grad_enabled():
+            if recompute(self.checkpoint, normed):
                 parts.append(checkpoint(self._attend, *args, use_reentrant=False))
             else:
                 parts.append(self._attend(*args))

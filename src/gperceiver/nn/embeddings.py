@@ -137,7 +137,7 @@ class MarkerEmbedding(nn.Module):
         graph_heads: int = 4,
         ff_mult: int = 2,
         dropout: float = 0.0,
-        checkpoint: bool = True,
+        checkpoint: bool | None = None,
         n_annotations: int = 0,
         annotation_levels=(),
     ):

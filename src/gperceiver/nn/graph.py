@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from gperceiver.nn.attention import FeedForward, init_weights
+from gperceiver.nn.attention import FeedForward, init_weights, recompute
 
 
 class GraphAttention(nn.Module):
@@ -36,7 +36,7 @@ class GraphAttention(nn.Module):
         ff_mult: int = 2,
         dropout: float = 0.0,
         chunk: int = 65536,
-        checkpoint: bool = True,
+        checkpoint: bool | None = True,
     ):
         super().__init__()
         if width % heads:
@@ -94,7 +94,7 @@ class GraphAttention(nn.Module):
             a, b = bounds[i], bounds[i + 1]
             # keys and values of every marker: edges come from anywhere in the map
             args = (q[lo:hi], kv, src[a:b], dst[a:b] - lo, bias[a:b], lo)
-            if self.checkpoint and torch.is_grad_enabled():
+            if recompute(self.checkpoint, x):
                 parts.append(checkpoint(self._attend, *args, use_reentrant=False))
             else:
                 parts.append(self._attend(*args))

@@ -20,6 +20,7 @@ from gperceiver.nn.attention import (
     LocalAttention,
     SelfBlock,
     init_weights,
+    recompute,
 )
 from gperceiver.nn.embeddings import MarkerEmbedding
 
@@ -97,8 +98,10 @@ class PerceiverConfig:
     chunk_size: int | None = 16384
     # recompute each chunk's LN, K/V projection and scores in backward instead of
     # storing them: activations shrink to ~3 (B, M, D) tensors (tokens + shared
-    # K/V) for little time at these widths; 500k markers x batch 8 fit in ~7 GB.
-    checkpoint_attention: bool = True
+    # K/V); 500k markers x batch 8 fit in ~7 GB. None (auto): only for batches
+    # whose tokens hold >= 16M floats (64 MiB), since at wheat's size (32 x 1279
+    # x 64) recomputing costs ~20% of the step and saves little.
+    checkpoint_attention: bool | None = None
     # Fourier features of the position; off leaves chromosome + learned vectors
     # (with learned_marker_embedding) for the position-encoding ablation.
     fourier_position: bool = True
@@ -399,7 +402,7 @@ class MaskedMarkerModel(nn.Module):
     def _run(self, layer, *args):
         """Run ``layer``, recomputing it in backward when checkpointing: its normed
         tokens (B, M, D) then exist only while it runs."""
-        if self.config.checkpoint_attention and torch.is_grad_enabled():
+        if recompute(self.config.checkpoint_attention, args[1]):
             return checkpoint(layer, *args, use_reentrant=False)
         return layer(*args)
 
