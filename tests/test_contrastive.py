@@ -19,14 +19,7 @@ from gperceiver.pretraining import data_sizes, impute, load_masked_model, pretra
 from gperceiver.simulate import SimulationConfig, simulate
 from gperceiver.tasks.contrastive import TwinnedTask, shared_copies
 from gperceiver.tasks.masked import MaskedConfig
-
-TINY = {
-    "width": 32,
-    "n_latents": 8,
-    "self_layers": 1,
-    "encode_iters": 1,
-    "progress": False,
-}
+from pretrain_helpers import TINY
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from gperceiver.data import MISSING, MarkerMap
-from gperceiver.nn import attention
 from gperceiver.nn import (
     CrossAttention,
     LocalAttention,
@@ -13,6 +12,7 @@ from gperceiver.nn import (
     MaskedMarkerModel,
     PerceiverConfig,
     PerceiverEncoder,
+    attention,
     count_targets,
 )
 

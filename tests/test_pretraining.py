@@ -29,14 +29,7 @@ from gperceiver.tasks.masked import (
     sample_targets,
     target_log_weights,
 )
-
-TINY = {
-    "width": 32,
-    "n_latents": 8,
-    "self_layers": 1,
-    "encode_iters": 1,
-    "progress": False,
-}
+from pretrain_helpers import TINY
 
 
 @pytest.fixture(scope="module")
