@@ -94,10 +94,25 @@ def test_ld_scores__match_numpy_correlations_across_chunks():
     r = ld_scores(g, np.arange(40), window, chunk=5)  # chunks cut the band
     expected = np.corrcoef(dosage.T)
     for d in range(1, window + 1):
-        # r of the allele-1 dosages (2 - d) equals r of the allele-2 ones
-        np.testing.assert_allclose(r[: 23 - d, d - 1], np.diag(expected, d), atol=1e-5)
+        # r² of the major-allele dosages equals that of any allele's (biallelic)
+        np.testing.assert_allclose(
+            r[: 23 - d, d - 1] ** 2, np.diag(expected, d) ** 2, atol=1e-5
+        )
         assert np.isnan(r[23 - d :, d - 1]).all()
-    assert r[4, 0] == pytest.approx(1.0, abs=1e-5)
+    assert r[4, 0] ** 2 == pytest.approx(1.0, abs=1e-5)
+
+
+def test_ld_graph__multi_allelic_marker_scored_by_its_major_allele():
+    """m0 carries alleles 2 and 3 only (allele 1 is absent, so its allele-1 dosage
+    is constant) and its allele-2 dosage equals m1's: r² = 1, an edge."""
+    copies = np.array([0, 1, 2, 2, 1, 0, 2, 1])  # m0's copies of allele 2
+    m0 = np.stack([np.where(copies >= 1, 2, 3), np.where(copies >= 2, 2, 3)], -1)
+    m1 = genotypes_of(2 - copies[:, None], ["1"]).alleles[:, 0]
+    alleles = np.sort(np.stack([m0, m1], 1), -1).astype(np.uint8)  # (8, 2, 2)
+    markers, _ = MarkerMap.from_columns(["1", "1"], ["m0", "m1"], [1, 2])
+    g = Genotypes(alleles, np.array([f"i{i}" for i in range(8)]), markers, 3)
+    assert ld_scores(g, np.arange(8), 1)[0, 0] ** 2 == pytest.approx(1.0)
+    assert ld_graph(g, np.arange(8), window=1).neighbours(0) == {1: 1.0}
 
 
 def test_ld_scores__missing_entries_count_as_the_mean():
@@ -107,7 +122,7 @@ def test_ld_scores__missing_entries_count_as_the_mean():
     x = np.where(called, dosage[:, 0], dosage[called, 0].mean())
     x = np.where(called, (x - x[called].mean()) / x[called].std(), 0.0)
     y = (dosage[:, 1] - dosage[:, 1].mean()) / dosage[:, 1].std()
-    assert r[0, 0] == pytest.approx((x * y).mean(), abs=1e-6)
+    assert abs(r[0, 0]) == pytest.approx(abs((x * y).mean()), abs=1e-6)
 
 
 def test_ld_graph__streamed_store_equals_in_memory(sim, tmp_path):

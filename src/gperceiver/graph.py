@@ -57,11 +57,12 @@ def _row_blocks(alleles, rows: np.ndarray):
             yield lambda a, b, part=part: part[:, a:b]
 
 
-def _dosage(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Copies of allele 1 (S, C) float64 (0 where missing) and called (S, C) bool."""
+def _dosage(part: np.ndarray, allele: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of each marker's ``allele`` (C,) in ``part`` (S, C, P): (S, C) float64
+    (0 where missing) and called (S, C) bool."""
     called = (part != MISSING).all(-1)
-    dosage = np.where(called, (part == 1).sum(-1), 0).astype(np.float64)
-    return dosage, called
+    copies = (part == allele[None, :, None]).sum(-1)
+    return np.where(called, copies, 0).astype(np.float64), called
 
 
 def ld_scores(genotypes: Genotypes, rows, window: int, chunk: int = 256) -> np.ndarray:
@@ -69,35 +70,44 @@ def ld_scores(genotypes: Genotypes, rows, window: int, chunk: int = 256) -> np.n
 
     Entry ``[i, d - 1]`` is r between markers ``i`` and ``i + d`` (NaN past the
     end of the map) over the individuals ``rows``; chromosomes are not looked at
-    here. Each marker is scored by its dosage of allele 1 (for biallelic markers
-    r² does not depend on the allele), standardised over its called copies;
-    missing entries count as the mean. A constant marker has r = 0 with all.
+    here. Each marker is scored by its dosage of its most frequent allele among
+    ``rows`` (for biallelic markers r² does not depend on the allele; for
+    multi-allelic ones the major allele carries the largest contrast),
+    standardised over its called copies; missing entries count as the mean. A
+    constant marker has r = 0 with all.
     """
     alleles = genotypes.alleles
     rows = np.unique(np.asarray(rows, dtype=np.int64))
     if not len(rows):
         raise ValueError("no individual to compute LD from")
-    m = genotypes.n_markers
+    m, n_alleles = genotypes.n_markers, genotypes.n_alleles
     n_called = np.zeros(m)
-    total = np.zeros(m)
-    squares = np.zeros(m)
-    for read in _row_blocks(alleles, rows):  # pass 1: mean and sd of each dosage
+    total = np.zeros((n_alleles, m))  # per allele id 1..A: sums of its dosage
+    squares = np.zeros((n_alleles, m))
+    for read in _row_blocks(alleles, rows):  # pass 1: every allele's mean and sd
         for start in range(0, m, 8 * chunk):
             stop = min(start + 8 * chunk, m)
-            dosage, called = _dosage(read(start, stop))
+            part = read(start, stop)
+            for a in range(n_alleles):
+                allele = np.full(stop - start, a + 1)
+                dosage, called = _dosage(part, allele)
+                total[a, start:stop] += dosage.sum(0)
+                squares[a, start:stop] += (dosage**2).sum(0)
             n_called[start:stop] += called.sum(0)
-            total[start:stop] += dosage.sum(0)
-            squares[start:stop] += (dosage**2).sum(0)
-    mean = total / np.maximum(n_called, 1)
-    sd = np.sqrt(np.maximum(squares / np.maximum(n_called, 1) - mean**2, 0.0))
+    major = total.argmax(0)  # (M,) index of the most frequent allele
+    markers = np.arange(m)
+    mean = total[major, markers] / np.maximum(n_called, 1)
+    sd = squares[major, markers] / np.maximum(n_called, 1) - mean**2
+    sd = np.sqrt(np.maximum(sd, 0.0))
     scale = np.where(sd > 1e-6, 1.0 / np.where(sd > 1e-6, sd, 1.0), 0.0)
+    major += 1  # allele ids
     band = np.zeros((m, window))  # pass 2: sums of z_i z_{i+d}
     local = np.arange(chunk)[:, None]
     offsets = np.arange(1, window + 1)[None, :]
     for read in _row_blocks(alleles, rows):
         for start in range(0, m, chunk):
             stop, end = min(start + chunk, m), min(start + chunk + window, m)
-            dosage, called = _dosage(read(start, end))
+            dosage, called = _dosage(read(start, end), major[start:end])
             # float64: r² on a threshold must not depend on how rows are blocked
             z = np.where(called, (dosage - mean[start:end]) * scale[start:end], 0.0)
             products = z[:, : stop - start].T @ z  # (C, C + W)
