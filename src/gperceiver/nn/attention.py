@@ -196,8 +196,8 @@ class CrossAttention(nn.Module):
             masks = [None] * len(chunks)
         else:
             masks = self._chunks(mask[:, None, None, :], -1)  # (B, 1, 1, C) each
-        again = recompute(self.checkpoint, tokens)
-        if kv is not None and again:
+        recomputing = recompute(self.checkpoint, tokens)
+        if kv is not None and recomputing:
             params = [*self.norm_kv.parameters(), *self.to_kv.parameters()]
             parts = [
                 _CachedChunk.apply(self, q, x, k.detach(), v.detach(), m, *params)
@@ -210,7 +210,7 @@ class CrossAttention(nn.Module):
             items = kv if kv is not None else [(x,) for x in chunks]
             if kv is None:
                 attend = partial(self._projected, attend)
-            if again:
+            if recomputing:
                 attend = partial(checkpoint, attend, use_reentrant=False)
             parts = [attend(q, *item, m) for item, m in zip(items, masks, strict=True)]
             attended = parts[0] if whole else _merge(parts)
