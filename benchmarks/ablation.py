@@ -8,7 +8,8 @@ vs pool), pretraining (none = default, masked, both; one pretraining per seed on
 all genotypes, no phenotypes, as ``perceiver-pretrained`` does) and, on the
 simulated data only, marker annotations: none (default), the true QTL indicator,
 a noisy score (indicator + N(0, 1)) and the indicator shuffled over markers (a
-control that must not help). For each data set, seed and arm a model is
+control that must not help); GBLUP on the QTL alone shows how much the
+annotations know. For each data set, seed and arm a model is
 finetuned on the training folds of each split and predicts the held-out fold;
 Pearson r per block pools the held-out predictions of all folds, beside GBLUP and
 RKHS on the same folds.
@@ -67,6 +68,7 @@ ARMS = {
 }
 ANNOTATIONS = ("qtl", "noisy", "shuffled")
 REFERENCES = ("gblup", "rkhs")
+ORACLE = "gblup on the QTL only"
 
 
 def simulated(args) -> tuple[Genotypes, Phenotypes, np.ndarray]:
@@ -155,12 +157,12 @@ def summary(predictions: pd.DataFrame, timing: pd.DataFrame) -> str:
             + " | finetune s/fold | pretrain s |",
             "|---|---|---|---|" + "---|" * len(blocks) + "---|---|",
         ]
-        arms = [a for a in (*REFERENCES, *ARMS) if a in set(pooled["arm"])]
+        arms = [a for a in (*REFERENCES, ORACLE, *ARMS) if a in set(pooled["arm"])]
         for arm in arms:
             seeds = per_seed[arm]
             sd = seeds.std(ddof=1) if len(seeds) > 1 else float("nan")
             diff = ""
-            if default is not None and arm not in (*REFERENCES, "default"):
+            if default is not None and arm not in (*REFERENCES, ORACLE, "default"):
                 paired = (seeds - default).dropna()
                 diff = f"{paired.mean():+.4f} ({len(paired)})" if len(paired) else ""
             per_block = pooled[pooled["arm"] == arm].groupby("block")["pearson_r"]
@@ -230,6 +232,21 @@ def main() -> None:
         else:
             parser.error(f"unknown data set {dataset!r}")
         parts.append(reference_predictions(phenotypes, genotypes, folds, dataset))
+        if qtl is not None:  # what the annotations know: GBLUP on the causal markers
+            oracle, _ = cross_validate(
+                phenotypes,
+                genotypes.subset(markers=np.sort(qtl)),
+                ["gblup"],
+                False,
+                folds=folds,
+            )
+            parts.append(
+                oracle.assign(
+                    method=f"{ORACLE} seed -",
+                    cv=oracle["cv"].astype(str),
+                    dataset=dataset,
+                )
+            )
         for seed in seeds:
             for arm in arms:
                 params, task, annotations = ARMS[arm]
