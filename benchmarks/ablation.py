@@ -127,11 +127,14 @@ def fold_predictions(run: dict, fold: str, genotypes, phenotypes) -> pd.DataFram
     return part.assign(method=f"{run['arm']} seed {run['seed']}")
 
 
-def reference_predictions(phenotypes, genotypes, folds, dataset) -> pd.DataFrame:
-    """GBLUP and RKHS held-out predictions on the same folds: GBLUP is the field's
-    standard, RKHS the kernel the default model's additive path fits."""
-    table, _ = cross_validate(phenotypes, genotypes, REFERENCES, False, folds=folds)
-    method = table["method"] + " seed -"
+def reference_predictions(
+    phenotypes, genotypes, folds, dataset, methods=REFERENCES, label=None
+) -> pd.DataFrame:
+    """Held-out predictions of the baseline ``methods`` on the same folds (named
+    ``label`` if given): GBLUP is the field's standard, RKHS the kernel the
+    default model's additive path fits."""
+    table, _ = cross_validate(phenotypes, genotypes, list(methods), False, folds=folds)
+    method = (table["method"] if label is None else label) + " seed -"
     return table.assign(method=method, cv=table["cv"].astype(str), dataset=dataset)
 
 
@@ -233,18 +236,10 @@ def main() -> None:
             parser.error(f"unknown data set {dataset!r}")
         parts.append(reference_predictions(phenotypes, genotypes, folds, dataset))
         if qtl is not None:  # what the annotations know: GBLUP on the causal markers
-            oracle, _ = cross_validate(
-                phenotypes,
-                genotypes.subset(markers=np.sort(qtl)),
-                ["gblup"],
-                False,
-                folds=folds,
-            )
+            causal = genotypes.subset(markers=np.sort(qtl))
             parts.append(
-                oracle.assign(
-                    method=f"{ORACLE} seed -",
-                    cv=oracle["cv"].astype(str),
-                    dataset=dataset,
+                reference_predictions(
+                    phenotypes, causal, folds, dataset, ["gblup"], ORACLE
                 )
             )
         for seed in seeds:
