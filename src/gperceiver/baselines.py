@@ -118,12 +118,19 @@ def gaussian_kernel(relationship: np.ndarray, bandwidth: float) -> np.ndarray:
            [0.368, 1.   , 0.368],
            [0.135, 0.368, 1.   ]])
     """
+    d2, median = _squared_distances(relationship)
+    return np.exp(-d2 / (bandwidth * median))
+
+
+def _squared_distances(relationship: np.ndarray) -> tuple[np.ndarray, float]:
+    """``D2_ij = G_ii + G_jj - 2 G_ij`` ``(N, N)`` and its median over pairs
+    ``i < j`` (positive, else the individuals are all identical)."""
     diag = np.diag(relationship)
     d2 = np.maximum(diag[:, None] + diag[None, :] - 2.0 * relationship, 0.0)
-    median = np.median(d2[np.triu_indices(len(d2), k=1)])
+    median = float(np.median(d2[np.triu_indices(len(d2), k=1)]))
     if not median > 0:
         raise ValueError("individuals are identical: the median distance is zero")
-    return np.exp(-d2 / (bandwidth * median))
+    return d2, median
 
 
 @dataclass(frozen=True)
@@ -538,12 +545,7 @@ def kernel_effects(
     y = np.asarray(y, dtype=np.float64)
     keep, denominator = kernel_columns(frequencies, genotypes.ploidy)
     features = kernel_features(genotypes, frequencies, keep, denominator)
-    relationship = features @ features.T
-    diag = np.diag(relationship)
-    d2 = np.maximum(diag[:, None] + diag[None, :] - 2.0 * relationship, 0.0)
-    median = float(np.median(d2[np.triu_indices(len(d2), k=1)]))
-    if not median > 0:
-        raise ValueError("individuals are identical: the median distance is zero")
+    d2, median = _squared_distances(features @ features.T)
     individuals = np.arange(genotypes.n_individuals)
     best = None
     for h in bandwidths:

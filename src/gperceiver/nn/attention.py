@@ -22,7 +22,7 @@ KeyValues = list[tuple[Tensor, Tensor]]  # per chunk: keys, values (B, H, C, D /
 
 # ``checkpoint=None`` (auto) recomputes in backward only when the tensor a layer
 # reads holds at least this many floats (64 MiB); below it, keeping activations
-# is cheap and recomputing them costs ~20% of a step (wheat finetuning)
+# is cheap and recomputing them costs a third of a step (BENCHMARKS.md, Scale)
 RECOMPUTE_MIN_FLOATS = 1 << 24
 
 

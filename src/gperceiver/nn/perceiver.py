@@ -100,7 +100,7 @@ class PerceiverConfig:
     # storing them: activations shrink to ~3 (B, M, D) tensors (tokens + shared
     # K/V); 500k markers x batch 8 fit in ~7 GB. None (auto): only for batches
     # whose tokens hold >= 16M floats (64 MiB), since at wheat's size (32 x 1279
-    # x 64) recomputing costs ~20% of the step and saves little.
+    # x 64) recomputing costs time and saves little (BENCHMARKS.md, Scale).
     checkpoint_attention: bool | None = None
     # Fourier features of the position; off leaves chromosome + learned vectors
     # (with learned_marker_embedding) for the position-encoding ablation.
