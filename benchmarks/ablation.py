@@ -6,10 +6,12 @@ position encoding (learned only, Fourier only, both = default, refined over the
 LD graph), number of latents, encode iterations and weight sharing, head (latent
 vs pool), pretraining (none = default, masked, both; one pretraining per seed on
 all genotypes, no phenotypes, as ``perceiver-pretrained`` does) and, on the
-simulated data only, marker annotations: none (default), the true QTL indicator,
-a noisy score (indicator + N(0, 1)) and the indicator shuffled over markers (a
-control that must not help); GBLUP on the QTL alone shows how much the
-annotations know. For each data set, seed and arm a model is
+simulated data only, prior knowledge of the QTL: as marker annotations (added to
+the marker tokens) or as marker weights (of the additive path's kernel, REML
+choosing how much they count), each the true QTL indicator, a noisy score
+(indicator + N(0, 1); clipped at 0 as weights) or the indicator shuffled over
+markers (a control that must not help); GBLUP on the QTL alone shows how much
+the prior knows. For each data set, seed and arm a model is
 finetuned on the training folds of each split and predicts the held-out fold;
 Pearson r per block pools the held-out predictions of all folds, beside GBLUP and
 RKHS on the same folds.
@@ -47,7 +49,8 @@ from gperceiver.evaluate import POOLED, accuracy_table, cross_validate
 from gperceiver.pretraining import pretrain
 from gperceiver.simulate import SimulationConfig, simulate
 
-# arm -> (hyper-parameters, pretraining task or None, annotations or None)
+# arm -> (hyper-parameters, pretraining task or None, prior or None); a prior is
+# (kind of QTL score, the finetune parameter that takes its file)
 ARMS = {
     "default": ({}, None, None),
     "position learned": ({"fourier_position": False}, None, None),
@@ -62,13 +65,17 @@ ARMS = {
     "head latent": ({"head": "latent"}, None, None),
     "pretrain masked": ({}, "masked", None),
     "pretrain both": ({}, "both", None),
-    "annotations qtl": ({}, None, "qtl"),
-    "annotations noisy": ({}, None, "noisy"),
-    "annotations shuffled": ({}, None, "shuffled"),
+    "annotations qtl": ({}, None, ("qtl", "annotations")),
+    "annotations noisy": ({}, None, ("noisy", "annotations")),
+    "annotations shuffled": ({}, None, ("shuffled", "annotations")),
+    "weights qtl": ({}, None, ("qtl", "marker_weights")),
+    "weights noisy": ({}, None, ("noisy-clipped", "marker_weights")),
+    "weights shuffled": ({}, None, ("shuffled", "marker_weights")),
 }
-ANNOTATIONS = ("qtl", "noisy", "shuffled")
 REFERENCES = ("gblup", "rkhs")
 ORACLE = "gblup on the QTL only"
+PRIORS = ("qtl", "noisy-clipped", "shuffled")  # weighted GBLUP reference rows
+WEIGHTED = [f"gblup weights {kind}" for kind in PRIORS]
 
 
 def simulated(args) -> tuple[Genotypes, Phenotypes, np.ndarray]:
@@ -87,14 +94,17 @@ def simulated(args) -> tuple[Genotypes, Phenotypes, np.ndarray]:
     return data.genotypes, data.phenotypes, data.qtl
 
 
-def write_annotations(kind: str, genotypes: Genotypes, qtl, path: Path) -> None:
-    """``marker, qtl_score``: the QTL indicator, indicator + N(0, 1), or the
-    indicator permuted over markers (seeded, the same for every model seed)."""
+def write_prior(kind: str, genotypes: Genotypes, qtl, path: Path) -> None:
+    """``marker, qtl_score``: the QTL indicator, indicator + N(0, 1) (clipped at 0
+    for ``noisy-clipped``), or the indicator permuted over markers (seeded, the
+    same for every model seed)."""
     indicator = np.zeros(genotypes.n_markers)
     indicator[qtl] = 1.0
     rng = np.random.default_rng(17)
-    if kind == "noisy":
+    if kind.startswith("noisy"):
         indicator = indicator + rng.standard_normal(len(indicator))
+        if kind == "noisy-clipped":
+            indicator = np.maximum(indicator, 0.0)
     elif kind == "shuffled":
         indicator = rng.permutation(indicator)
     frame = pd.DataFrame({"marker": genotypes.markers.names, "qtl_score": indicator})
@@ -128,12 +138,14 @@ def fold_predictions(run: dict, fold: str, genotypes, phenotypes) -> pd.DataFram
 
 
 def reference_predictions(
-    phenotypes, genotypes, folds, dataset, methods=REFERENCES, label=None
+    phenotypes, genotypes, folds, dataset, methods=REFERENCES, label=None, options=None
 ) -> pd.DataFrame:
     """Held-out predictions of the baseline ``methods`` on the same folds (named
     ``label`` if given): GBLUP is the field's standard, RKHS the kernel the
     default model's additive path fits."""
-    table, _ = cross_validate(phenotypes, genotypes, list(methods), False, folds=folds)
+    table, _ = cross_validate(
+        phenotypes, genotypes, list(methods), False, options, folds=folds
+    )
     method = (table["method"] if label is None else label) + " seed -"
     return table.assign(method=method, cv=table["cv"].astype(str), dataset=dataset)
 
@@ -160,12 +172,13 @@ def summary(predictions: pd.DataFrame, timing: pd.DataFrame) -> str:
             + " | finetune s/fold | pretrain s |",
             "|---|---|---|---|" + "---|" * len(blocks) + "---|---|",
         ]
-        arms = [a for a in (*REFERENCES, ORACLE, *ARMS) if a in set(pooled["arm"])]
+        references = (*REFERENCES, ORACLE, *WEIGHTED)
+        arms = [a for a in (*references, *ARMS) if a in set(pooled["arm"])]
         for arm in arms:
             seeds = per_seed[arm]
             sd = seeds.std(ddof=1) if len(seeds) > 1 else float("nan")
             diff = ""
-            if default is not None and arm not in (*REFERENCES, ORACLE, "default"):
+            if default is not None and arm not in (*references, "default"):
                 paired = (seeds - default).dropna()
                 diff = f"{paired.mean():+.4f} ({len(paired)})" if len(paired) else ""
             per_block = pooled[pooled["arm"] == arm].groupby("block")["pearson_r"]
@@ -189,8 +202,8 @@ def main() -> None:
     parser.add_argument(
         "--arms",
         default="all",
-        help="comma-separated arm names (see ARMS) or 'all'; annotation arms run "
-        "on the simulated data only",
+        help="comma-separated arm names (see ARMS) or 'all'; annotation and "
+        "weight arms run on the simulated data only",
     )
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument(
@@ -242,16 +255,27 @@ def main() -> None:
                     phenotypes, causal, folds, dataset, ["gblup"], ORACLE
                 )
             )
+            for kind, label in zip(PRIORS, WEIGHTED, strict=True):
+                path = args.workdir / dataset / f"prior-{kind}.tsv"
+                write_prior(kind, genotypes, qtl, path)
+                options = {"params": {"marker_weights": str(path)}}
+                parts.append(
+                    reference_predictions(
+                        phenotypes, genotypes, folds, dataset, ["gblup-weighted"],
+                        label, options,
+                    )
+                )  # fmt: skip
         for seed in seeds:
             for arm in arms:
-                params, task, annotations = ARMS[arm]
-                if annotations and qtl is None:
+                params, task, prior = ARMS[arm]
+                if prior and qtl is None:
                     continue  # no known causal markers
                 params = {**args.finetune_params, **params, "progress": False}
-                if annotations:
-                    path = args.workdir / dataset / f"annotations-{annotations}.tsv"
-                    write_annotations(annotations, genotypes, qtl, path)
-                    params["annotations"] = str(path)
+                if prior:
+                    kind, key = prior
+                    path = args.workdir / dataset / f"prior-{kind}.tsv"
+                    write_prior(kind, genotypes, qtl, path)
+                    params[key] = str(path)
                 run_dir = args.workdir / dataset / arm.replace(" ", "-") / f"seed{seed}"
                 done = all(
                     (run_dir / f"fold{f}" / "predictions.tsv").exists() for f in folds

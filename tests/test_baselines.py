@@ -14,6 +14,7 @@ from gperceiver.baselines import (
     gaussian_kernel,
     genomic_relationship,
     kernel_effects,
+    mixed_weights,
     reml,
 )
 from gperceiver.data import MISSING, Genotypes, MarkerMap
@@ -301,6 +302,83 @@ def test_kernel_effects_predict_new_individuals_as_the_rkhs_blup():
     )  # fmt: skip
     left_out = refit.beta[0] + kernel[train_rows[0], train_rows[1:]] @ refit.weights
     assert np.isclose(fit.loo_predictions[0], left_out, atol=1e-6)
+
+
+def every_third_marker(g: Genotypes) -> tuple[np.ndarray, np.ndarray]:
+    """Markers 0, 3, 6, ... and their 0/1 indicator ``(M,)``."""
+    chosen = np.arange(0, g.n_markers, 3)
+    indicator = np.zeros(g.n_markers)
+    indicator[chosen] = 1.0
+    return chosen, indicator
+
+
+def test_mixed_weights__mean_one_from_uniform_to_the_prior():
+    values = np.array([0.0, 1.0, 3.0, 0.0])
+    assert np.allclose(mixed_weights(values, 0.0), 1.0)
+    assert np.allclose(mixed_weights(values, 1.0), values / values.mean())
+    for mix in (0.25, 0.9):
+        assert np.isclose(mixed_weights(values, mix).mean(), 1.0)
+
+
+def test_weighted_relationship__zero_weight_drops_a_marker_and_scale_cancels():
+    g, *_, frequencies = tetraploid_split(3)
+    chosen, indicator = every_third_marker(g)
+    alone = genomic_relationship(g.subset(markers=chosen), frequencies[chosen])
+    weighted = genomic_relationship(g, frequencies, marker_weights=indicator)
+    assert np.allclose(weighted, alone)
+    doubled = genomic_relationship(
+        g, frequencies, marker_weights=np.full(g.n_markers, 2.0)
+    )
+    assert np.allclose(doubled, genomic_relationship(g, frequencies))
+
+
+def test_weighted_additive_effects_predict_as_weighted_gblup():
+    """Allele effects of weighted GBLUP (prior mix 0.5) give the BLUPs of held-out
+    individuals under the weighted relationship ``Z W Z' / c``."""
+    g, table, train, train_rows, held, frequencies = tetraploid_split(3)
+    weights = mixed_weights(every_third_marker(g)[1], 0.5)
+    fit = additive_effects(
+        g.subset(individuals=train_rows),
+        table.loc[train, "response"],
+        frequencies,
+        marker_weights=weights,
+    )
+    kernel = Kernel(
+        genomic_relationship(g, frequencies, marker_weights=weights), g.names
+    )
+    gblup = GBLUP(kernel).fit(table[train], None)
+    z = g.dosages(frequencies) - g.ploidy * frequencies
+    direct = fit.intercept + np.einsum("nma,ma->n", z, fit.effects)
+    assert np.allclose(direct[held], gblup.predict(g.names[held]), atol=1e-6)
+    assert np.isclose(fit.log_likelihood, gblup.fit_.log_likelihood)
+
+
+def test_prior_alone_fits_equal_fits_on_the_prior_markers():
+    """A 0/1 prior at mix 1 is GBLUP / RKHS on the markers it selects: the same
+    held-out predictions, likelihood and leave-one-out predictions."""
+    g, table, train, train_rows, held, frequencies = tetraploid_split(
+        5, epistasis_variance=0.5
+    )
+    chosen, indicator = every_third_marker(g)
+    y = table.loc[train, "response"].to_numpy()
+    part = g.subset(individuals=train_rows)
+    z = g.dosages(frequencies) - g.ploidy * frequencies  # (N, M, A)
+    weights = mixed_weights(indicator, 1.0)
+    weighted = additive_effects(part, y, frequencies, marker_weights=weights)
+    alone = additive_effects(part.subset(markers=chosen), y, frequencies[chosen])
+    assert np.allclose(
+        np.einsum("nma,ma->n", z[held], weighted.effects),
+        np.einsum("nma,ma->n", z[held][:, chosen], alone.effects),
+    )
+    weighted_rkhs = kernel_effects(part, y, frequencies, marker_weights=weights)
+    alone_rkhs = kernel_effects(part.subset(markers=chosen), y, frequencies[chosen])
+    assert np.allclose(
+        weighted_rkhs.predict(g.subset(individuals=held)),
+        alone_rkhs.predict(g.subset(individuals=held, markers=chosen)),
+    )
+    for a, b in ((weighted, alone), (weighted_rkhs, alone_rkhs)):
+        assert np.isclose(a.log_likelihood, b.log_likelihood)
+        assert np.allclose(a.loo_predictions, b.loo_predictions)
 
 
 def test_reml_leave_one_out_residuals_equal_refits_without_the_record(tiny_mixed_model):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from gperceiver.checkpoint import read_json
+from gperceiver.checkpoint import FORMAT_VERSION, read_json
 from gperceiver.cli import main, seed_pretrain
 from gperceiver.data import Genotypes, MarkerMap
 from gperceiver.finetuning import finetune
@@ -214,7 +214,9 @@ def test_pretrain_contrastive__learns_shared_copies_beyond_the_class_prior(tmp_p
     prior = np.bincount(shared).max() / len(shared)
     assert metrics["val_shared_accuracy"].iloc[-3:].mean() > prior + 0.2
     config = read_json(tmp_path / "pre" / "config.json")
-    assert config["task"] == "contrastive" and config["format_version"] == 1
+    assert (
+        config["task"] == "contrastive" and config["format_version"] == FORMAT_VERSION
+    )
 
 
 def test_finetune__reads_the_encoder_of_a_contrastive_model(sim, tmp_path):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from gperceiver.checkpoint import load_tensors
+from gperceiver.checkpoint import FORMAT_VERSION, load_tensors
 from gperceiver.data import Genotypes, MarkerMap, allele_decoder
 from gperceiver.io import (
     InputError,
@@ -125,7 +125,7 @@ def test_save_load__identical_outputs(population, tmp_path):
     targets = torch.tensor([0, 7, 99])
     with torch.no_grad():
         assert torch.equal(model(x, idx, targets), loaded(x, idx, targets))
-    assert config["format_version"] == 1 and config["task"] == "masked"
+    assert config["format_version"] == FORMAT_VERSION and config["task"] == "masked"
 
 
 def test_load_masked_model__raises_on_other_marker_map(population, tmp_path):

@@ -24,10 +24,16 @@ from .data import EnvCovariates, Genotypes
 LOG_DELTA_BOUNDS = (-10.0, 10.0)  # search range of log(s2e / s2g)
 N_GRID = 100  # grid points over LOG_DELTA_BOUNDS before Brent refinement
 DEFAULT_BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)  # RKHS grid, in median-distance units
+# prior weight mixes tried by weighted GBLUP/RKHS (see mixed_weights): 0 ignores
+# the prior, 1 uses it alone; finer near 1, where a sparse prior's kernel changes most
+KERNEL_WEIGHT_MIXES = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
 def genomic_relationship(
-    genotypes: Genotypes, frequencies: np.ndarray | None = None, chunk: int = 1024
+    genotypes: Genotypes,
+    frequencies: np.ndarray | None = None,
+    chunk: int = 1024,
+    marker_weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """VanRaden's genomic relationship matrix, generalised to any ploidy and alleles.
 
@@ -47,6 +53,9 @@ def genomic_relationship(
         ``(M, A)`` reference allele frequencies; default: those of ``genotypes``.
     chunk : int
         Markers per chunk.
+    marker_weights : ndarray, optional
+        ``(M,)`` non-negative weights ``w``: weighted GBLUP,
+        ``G = Z W Z' / sum_{m,a} w_m P p_ma (1 - p_ma)`` (see :func:`mixed_weights`).
 
     Returns
     -------
@@ -66,7 +75,7 @@ def genomic_relationship(
     """
     numerator = np.zeros((genotypes.n_individuals,) * 2, dtype=np.float64)
     denominator = 0.0
-    for z, variance in _centred_dosages(genotypes, frequencies, chunk):
+    for z, variance in _centred_dosages(genotypes, frequencies, chunk, marker_weights):
         keep = variance.ravel() > 0
         z = z.reshape(len(z), -1)[:, keep]
         numerator += z @ z.T
@@ -76,9 +85,16 @@ def genomic_relationship(
     return numerator / denominator
 
 
-def _centred_dosages(genotypes: Genotypes, frequencies: np.ndarray | None, chunk: int):
+def _centred_dosages(
+    genotypes: Genotypes,
+    frequencies: np.ndarray | None,
+    chunk: int,
+    marker_weights: np.ndarray | None = None,
+):
     """Chunks over markers: centred dosages ``(N, c, A)`` float64 (missing copies
-    mean-imputed, so they centre to 0) and allele variances ``P p (1 - p)`` ``(c, A)``.
+    mean-imputed, so they centre to 0) and allele variances ``P p (1 - p)`` ``(c, A)``;
+    with ``marker_weights`` ``w`` ``(M,)``, dosages times ``sqrt(w)`` and variances
+    times ``w``.
     """
     if frequencies is None:
         frequencies = genotypes.allele_frequencies()
@@ -87,7 +103,23 @@ def _centred_dosages(genotypes: Genotypes, frequencies: np.ndarray | None, chunk
         index = np.arange(start, min(start + chunk, genotypes.n_markers))
         p = frequencies[index]  # (c, A)
         dosage = genotypes.subset(markers=index).dosages(p).astype(np.float64)
-        yield dosage - ploidy * p[None], ploidy * p * (1.0 - p)
+        z, variance = dosage - ploidy * p[None], ploidy * p * (1.0 - p)
+        if marker_weights is not None:
+            w = marker_weights[index][:, None]  # (c, 1)
+            z, variance = z * np.sqrt(w)[None], variance * w
+        yield z, variance
+
+
+def mixed_weights(values: np.ndarray, mix: float) -> np.ndarray:
+    """Marker weights ``(M,)`` with mean 1: ``(1 - mix) + mix * values / mean(values)``.
+
+    ``mix`` 0 weighs every marker alike (plain GBLUP/RKHS), 1 by the prior
+    ``values`` alone (non-negative, some positive: a QTL indicator, a GWAS score
+    from other data). In between, about a share ``mix`` of the kernel's variance
+    follows the prior.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    return (1.0 - mix) + mix * values / values.mean()
 
 
 def gaussian_kernel(relationship: np.ndarray, bandwidth: float) -> np.ndarray:
@@ -439,6 +471,7 @@ class AdditiveFit:
     effects: np.ndarray  # (M, A) per allele copy
     frequencies: np.ndarray  # (M, A) centring
     h2: float
+    log_likelihood: float  # restricted, see MixedModelFit
     loo_predictions: np.ndarray  # (N,) of the fitted individuals, each left out
 
 
@@ -447,28 +480,36 @@ def additive_effects(
     y: np.ndarray,
     frequencies: np.ndarray | None = None,
     chunk: int = 4096,
+    marker_weights: np.ndarray | None = None,
 ) -> AdditiveFit:
     """REML GBLUP on the individuals of ``genotypes`` (one response each, ``(N,)``),
-    returned as allele effects.
+    returned as allele effects; weighted GBLUP with ``marker_weights`` ``(M,)``.
 
-    With centred dosages ``Z`` and ``G = Z Z' / c``, the BLUP of a new individual
-    is ``z' Z' H^-1 (y - X b) / c``, so ``effects = Z' H^-1 (y - X b) / c``. Memory
-    is ``O(N^2 + N * chunk * A)``.
+    With centred dosages ``Z``, weights ``W`` and ``G = Z W Z' / c``, the BLUP of a
+    new individual is ``z' W Z' H^-1 (y - X b) / c``, so
+    ``effects = W Z' H^-1 (y - X b) / c``. Memory is ``O(N^2 + N * chunk * A)``.
     """
     if frequencies is None:
         frequencies = genotypes.allele_frequencies()
+    weights = np.ones(genotypes.n_markers) if marker_weights is None else marker_weights
     y = np.asarray(y, dtype=np.float64)
-    relationship = genomic_relationship(genotypes, frequencies, chunk)
+    relationship = genomic_relationship(genotypes, frequencies, chunk, weights)
     fit = reml(y, relationship, np.arange(genotypes.n_individuals))
-    denominator = float((genotypes.ploidy * frequencies * (1 - frequencies)).sum())
+    variance = genotypes.ploidy * frequencies * (1 - frequencies)
+    denominator = float((variance * weights[:, None]).sum())
     effects = np.concatenate(
         [
-            np.einsum("n,nca->ca", fit.weights, z) / denominator
+            np.einsum("n,nca->ca", fit.weights, z)
             for z, _ in _centred_dosages(genotypes, frequencies, chunk)
         ]
     )
     return AdditiveFit(
-        float(fit.beta[0]), effects, frequencies, fit.h2, y - fit.loo_residuals
+        float(fit.beta[0]),
+        effects * weights[:, None] / denominator,
+        frequencies,
+        fit.h2,
+        fit.log_likelihood,
+        y - fit.loo_residuals,
     )
 
 
@@ -479,9 +520,10 @@ class KernelFit:
 
     ``prediction = intercept + exp(-|z - z_i|^2 * scale) @ weights`` over the
     fitted individuals ``i``, with ``z`` the centred dosages (``frequencies``,
-    missing copies mean-imputed, monomorphic allele columns dropped) divided by
-    ``sqrt(denominator)``, so that ``z z'`` is :func:`genomic_relationship`.
-    Memory is that of ``features``, ``(n, M * A)``.
+    missing copies mean-imputed, monomorphic allele columns dropped) times
+    ``column_scale``, so that ``z z'`` is :func:`genomic_relationship` (weighted
+    by the marker weights the scale holds). Memory is that of ``features``,
+    ``(n, M * A)``.
     """
 
     intercept: float
@@ -489,15 +531,16 @@ class KernelFit:
     features: np.ndarray  # (n, F) scaled centred dosages of the fitted individuals
     keep: np.ndarray  # (M * A,) bool, allele columns with variance > 0
     frequencies: np.ndarray  # (M, A)
-    denominator: float
+    column_scale: np.ndarray  # (F,) see kernel_columns
     scale: float  # 1 / (bandwidth * median squared distance among the fitted)
     bandwidth: float
     h2: float
+    log_likelihood: float  # restricted, see MixedModelFit
     loo_predictions: np.ndarray  # (n,) of the fitted individuals, each left out
 
     def predict(self, genotypes: Genotypes) -> np.ndarray:
         """Predictions ``(N,)`` for every individual of ``genotypes`` (same map)."""
-        z = kernel_features(genotypes, self.frequencies, self.keep, self.denominator)
+        z = kernel_features(genotypes, self.frequencies, self.keep, self.column_scale)
         d2 = (
             (z**2).sum(1)[:, None]
             + (self.features**2).sum(1)[None, :]
@@ -506,20 +549,29 @@ class KernelFit:
         return self.intercept + np.exp(-np.maximum(d2, 0.0) * self.scale) @ self.weights
 
 
-def kernel_columns(frequencies: np.ndarray, ploidy: int) -> tuple[np.ndarray, float]:
-    """The polymorphic allele columns ``(M * A,)`` bool and the denominator of
-    :func:`genomic_relationship` for allele ``frequencies`` ``(M, A)``."""
+def kernel_columns(
+    frequencies: np.ndarray, ploidy: int, marker_weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The polymorphic allele columns ``(M * A,)`` bool of allele ``frequencies``
+    ``(M, A)`` and the scale ``(F,)`` of each kept column: ``sqrt(w_m / c)``, with
+    ``c`` the (weighted) denominator of :func:`genomic_relationship` and ``w``
+    ``marker_weights`` (default 1). A marker of weight 0 keeps its columns, scaled
+    by 0, so every weighting has the same columns."""
     variance = ploidy * frequencies * (1.0 - frequencies)
     keep = variance.ravel() > 0
-    denominator = float(variance.ravel()[keep].sum())
+    weights = np.ones(len(frequencies)) if marker_weights is None else marker_weights
+    column_weights = np.broadcast_to(weights[:, None], variance.shape).ravel()[keep]
+    denominator = float((variance.ravel()[keep] * column_weights).sum())
     if denominator == 0:
-        raise ValueError("no polymorphic marker: the kernel is undefined")
-    return keep, denominator
+        raise ValueError(
+            "no polymorphic marker with a positive weight: the kernel is undefined"
+        )
+    return keep, np.sqrt(column_weights / denominator)
 
 
-def kernel_features(genotypes, frequencies, keep, denominator) -> np.ndarray:
-    """Centred dosages ``(N, F)`` of the ``keep`` allele columns over
-    ``sqrt(denominator)``."""
+def kernel_features(genotypes, frequencies, keep, column_scale) -> np.ndarray:
+    """Centred dosages ``(N, F)`` of the ``keep`` allele columns times
+    ``column_scale`` (:func:`kernel_columns`)."""
     z = np.concatenate(
         [
             z.reshape(len(z), -1)
@@ -527,7 +579,7 @@ def kernel_features(genotypes, frequencies, keep, denominator) -> np.ndarray:
         ],
         axis=1,
     )
-    return z[:, keep] / np.sqrt(denominator)
+    return z[:, keep] * column_scale
 
 
 def kernel_effects(
@@ -535,16 +587,18 @@ def kernel_effects(
     y: np.ndarray,
     frequencies: np.ndarray | None = None,
     bandwidths: tuple[float, ...] = DEFAULT_BANDWIDTHS,
+    marker_weights: np.ndarray | None = None,
 ) -> KernelFit:
     """REML RKHS on the individuals of ``genotypes`` (one response each, ``(N,)``),
     the bandwidth chosen as in :class:`RKHS` (highest restricted likelihood) and
     the median distance taken among these individuals only, returned as a
-    :class:`KernelFit` that predicts new genotypes."""
+    :class:`KernelFit` that predicts new genotypes. ``marker_weights`` ``(M,)``
+    weigh the markers' dosages in the distances."""
     if frequencies is None:
         frequencies = genotypes.allele_frequencies()
     y = np.asarray(y, dtype=np.float64)
-    keep, denominator = kernel_columns(frequencies, genotypes.ploidy)
-    features = kernel_features(genotypes, frequencies, keep, denominator)
+    keep, column_scale = kernel_columns(frequencies, genotypes.ploidy, marker_weights)
+    features = kernel_features(genotypes, frequencies, keep, column_scale)
     d2, median = _squared_distances(features @ features.T)
     individuals = np.arange(genotypes.n_individuals)
     best = None
@@ -559,10 +613,11 @@ def kernel_effects(
         features=features,
         keep=keep,
         frequencies=frequencies,
-        denominator=denominator,
+        column_scale=column_scale,
         scale=1.0 / (h * median),
         bandwidth=h,
         h2=fit.h2,
+        log_likelihood=fit.log_likelihood,
         loo_predictions=y - fit.loo_residuals,
     )
 

@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 from .data import MarkerMap
 from .io import InputError, atomic_path, read_chroms, write_chroms
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written; 2: the Gaussian additive path scales each column
+READABLE_VERSIONS = (1, 2)  # read (format 1 is upgraded on load)
 
 
 def write_json(obj, path) -> None:
@@ -61,20 +62,32 @@ def load_model_config(directory) -> tuple[dict, MarkerMap]:
         )
     config = read_json(path)
     version = config.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise InputError(
             path,
             "format_version",
             f"model format {version} is not supported "
-            f"(this gperceiver reads {FORMAT_VERSION})",
+            f"(this gperceiver reads {', '.join(map(str, READABLE_VERSIONS))})",
             "retrain the model with this version",
         )
     return config, read_chroms(directory / "markers.tsv")
 
 
 def load_weights(directory, model: torch.nn.Module) -> torch.nn.Module:
-    model.load_state_dict(load_tensors(Path(directory) / "model.safetensors"))
+    state = _upgrade(load_tensors(Path(directory) / "model.safetensors"))
+    model.load_state_dict(state)
     return model
+
+
+def _upgrade(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Format 1 -> 2: the Gaussian additive path's one ``denominator`` becomes a
+    ``column_scale`` of ``1 / sqrt(denominator)`` for each kept column."""
+    for key in [k for k in state if k.endswith("additive.denominator")]:
+        prefix = key[: -len("denominator")]
+        columns = len(state[prefix + "keep"])
+        scale = state.pop(key).rsqrt().expand(columns).clone()
+        state[prefix + "column_scale"] = scale
+    return state
 
 
 def check_markers(

@@ -223,6 +223,7 @@ TRAINING_KEYS = {
     "ensemble",
     "head_epochs",
     "unfreeze",
+    "marker_weights",
 }
 
 
@@ -266,6 +267,14 @@ def add_finetune_options(parser: argparse.ArgumentParser) -> None:
         "--unfreeze",
         default=s,
         help="parts trained after the head phase: '', encoder, embed,encoder",
+    )
+    group.add_argument(
+        "--marker-weights",
+        default=s,
+        metavar="FILE",
+        help="TSV marker, weight: non-negative prior weights of markers (a QTL "
+        "indicator, GWAS scores from other data) in the additive GBLUP/RKHS path; "
+        "REML on the training records chooses how much they count (0: not at all)",
     )
     group.add_argument(
         "--val-fraction",

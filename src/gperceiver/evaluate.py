@@ -28,7 +28,15 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .baselines import GBLUP, RKHS, Kernel, ReactionNorm, environment_kernel
+from .baselines import (
+    GBLUP,
+    KERNEL_WEIGHT_MIXES,
+    RKHS,
+    Kernel,
+    ReactionNorm,
+    environment_kernel,
+    mixed_weights,
+)
 from .data import Genotypes, Phenotypes, natural_key
 
 Method = Callable[[pd.DataFrame, pd.DataFrame, Genotypes, dict], np.ndarray]
@@ -55,6 +63,37 @@ def _gblup(train, genotypes, names, cache) -> np.ndarray:
 def _rkhs(train, genotypes, names, cache) -> np.ndarray:
     model = RKHS(relationship=_relationship(genotypes, cache))
     return model.fit(train, genotypes).predict(names)
+
+
+def _weighted_relationships(genotypes: Genotypes, cache: dict) -> list[Kernel]:
+    """Weighted G of all genotypes for each mix of ``KERNEL_WEIGHT_MIXES``, from the
+    ``marker_weights`` file of the neural options, computed once per data set."""
+    if "weighted_relationships" not in cache:
+        from .io import InputError, read_marker_weights
+
+        options = {**cache.get("params", {}), **cache.get("typed", {})}
+        if not options.get("marker_weights"):
+            raise InputError(
+                "--methods",
+                None,
+                "gblup-weighted needs a prior",
+                "pass --marker-weights FILE (a TSV marker, weight)",
+            )
+        prior = read_marker_weights(options["marker_weights"], genotypes.markers)
+        cache["weighted_relationships"] = [
+            Kernel.relationship(genotypes, marker_weights=mixed_weights(prior, mix))
+            for mix in KERNEL_WEIGHT_MIXES
+        ]
+    return cache["weighted_relationships"]
+
+
+def _gblup_weighted(train, genotypes, names, cache) -> np.ndarray:
+    fits = [
+        GBLUP(relationship=kernel).fit(train, genotypes)
+        for kernel in _weighted_relationships(genotypes, cache)
+    ]
+    best = max(fits, key=lambda model: model.fit_.log_likelihood)
+    return best.predict(names)
 
 
 def _across_environments(train, validation, genotypes, cache, interaction):
@@ -114,12 +153,16 @@ def _perceiver_pretrained(train, validation, genotypes, cache) -> np.ndarray:
 METHODS: dict[str, Method] = {
     "gblup": per_block(_gblup),
     "rkhs": per_block(_rkhs),
+    "gblup-weighted": per_block(_gblup_weighted),
     "gblup-main": _gblup_main,
     "gblup-rn": _gblup_rn,
     "perceiver": _perceiver,
     "perceiver-pretrained": _perceiver_pretrained,
 }
 NOTES = {
+    "gblup-weighted": "GBLUP with the --marker-weights prior, how much it counts "
+    "chosen by REML per block on the training records (as the perceiver's "
+    "additive path)",
     "gblup-main": "main-effect GBLUP on every environment at once "
     "(environment means fixed)",
     "gblup-rn": "reaction-norm GBLUP: G, G o Omega kernels, Omega from the "

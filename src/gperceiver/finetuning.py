@@ -16,10 +16,12 @@ import pandas as pd
 import torch
 
 from .baselines import (
+    KERNEL_WEIGHT_MIXES,
     additive_effects,
     kernel_columns,
     kernel_effects,
     kernel_features,
+    mixed_weights,
 )
 from .checkpoint import (
     FORMAT_VERSION,
@@ -31,7 +33,7 @@ from .checkpoint import (
 )
 from .data import EnvCovariates, Genotypes, Phenotypes
 from .graph import GraphSettings, attach, marker_inputs, marker_sizes
-from .io import InputError, InputWarning, write_chroms
+from .io import InputError, InputWarning, read_marker_weights, write_chroms
 from .nn.environment import EnvironmentConfig, EnvironmentPhenotypeModel
 from .nn.heads import GaussianEffects, HeadConfig, PhenotypeModel
 from .nn.perceiver import PerceiverConfig
@@ -76,6 +78,11 @@ class FinetuneSettings:
     # whole training blocks held out, the target of predicting new environments
     # (needs covariates; evaluate uses it for cv0 and cv00)
     val_split: str = "individuals"
+    # None, or a TSV ``marker, weight`` of non-negative prior marker weights (a QTL
+    # indicator, GWAS scores from other data) for the additive path: weighted
+    # GBLUP/RKHS, with how much the prior counts (KERNEL_WEIGHT_MIXES, 0: not at
+    # all) chosen by REML on the training records, jointly over blocks
+    marker_weights: str | None = None
 
     def __post_init__(self):
         if self.val_split not in ("individuals", "environments"):
@@ -182,41 +189,65 @@ def encoder_features(
 
 
 def fit_additive(
-    model: PhenotypeModel, genotypes: Genotypes, records: Records, scaling, frequencies
-) -> np.ndarray:
-    """Set the model's additive path: per block, REML GBLUP on the individuals with
-    a record (their mean response, scaled), as allele effects.
+    additive, genotypes: Genotypes, records: Records, scaling, frequencies, kept, prior
+) -> tuple[np.ndarray, float]:
+    """Set the additive path: per block, REML GBLUP (``MarkerEffects``) or RKHS
+    (``GaussianEffects``, over the individuals ``kept``, of which ``records.rows``
+    come first) on the individuals with a record (their mean response, scaled).
 
+    With a ``prior`` ``(M,)``, markers are weighted by :func:`mixed_weights` at the
+    mix of ``KERNEL_WEIGHT_MIXES`` with the highest restricted likelihood summed
+    over blocks (same responses for every mix, so the likelihoods compare).
     Returns the leave-one-out predictions (N, E) of the records (NaN where none):
-    what the additive path predicts for an individual it was not fitted on.
+    what the additive path predicts for an individual it was not fitted on; and
+    the mix.
     """
+    gaussian = isinstance(additive, GaussianEffects)
+    blocks = np.flatnonzero(records.weight.sum(0) > 0)
+    best = None
+    for mix in (0.0,) if prior is None else KERNEL_WEIGHT_MIXES:
+        weights = None if prior is None else mixed_weights(prior, mix)
+        fits = {}
+        for block in blocks:
+            seen = records.weight[:, block] > 0
+            y = (records.response[seen, block] - scaling.mean[block]) / scaling.sd[
+                block
+            ]
+            part = genotypes.subset(individuals=records.rows[seen])
+            fit = kernel_effects if gaussian else additive_effects
+            fits[block] = fit(part, y, frequencies, marker_weights=weights)
+        likelihood = sum(fit.log_likelihood for fit in fits.values())
+        if best is None or likelihood > best[0]:
+            best = (likelihood, mix, weights, fits)
+    _, mix, weights, fits = best
+    if gaussian:
+        keep, column_scale = kernel_columns(frequencies, genotypes.ploidy, weights)
+        features = kernel_features(
+            genotypes.subset(individuals=kept), frequencies, keep, column_scale
+        )
+        additive.set_data(features, keep, frequencies, column_scale)
     loo = np.full(records.response.shape, np.nan)
-    gaussian = isinstance(model.additive, GaussianEffects)
-    for block in np.flatnonzero(records.weight.sum(0) > 0):
+    for block, fit in fits.items():
         seen = records.weight[:, block] > 0
-        y = (records.response[seen, block] - scaling.mean[block]) / scaling.sd[block]
-        part = genotypes.subset(individuals=records.rows[seen])
-        if gaussian:  # records.rows are the first rows of the kept individuals
-            fit = kernel_effects(part, y, frequencies)
-            model.additive.set_block(block, np.flatnonzero(seen), fit)
+        if gaussian:
+            additive.set_block(block, np.flatnonzero(seen), fit)
         else:
-            fit = additive_effects(part, y, frequencies)
-            model.additive.set_block(
+            additive.set_block(
                 block, fit.intercept, fit.effects, frequencies, genotypes.ploidy
             )
         loo[seen, block] = fit.loo_predictions
-    return loo
+    return loo, mix
 
 
 @torch.no_grad()
 def additive_offsets(
-    model: PhenotypeModel, genotypes: Genotypes, rows: np.ndarray, batch_size=256
+    additive, genotypes: Genotypes, rows: np.ndarray, batch_size=256
 ) -> torch.Tensor:
     """The additive path's outputs (N, E) for genotype ``rows``."""
     marker_idx = torch.arange(genotypes.n_markers)
     return torch.cat(
         [
-            model.additive(
+            additive(
                 torch.from_numpy(genotypes.alleles[rows[i : i + batch_size]]).long(),
                 marker_idx,
             )
@@ -225,34 +256,71 @@ def additive_offsets(
     )
 
 
-def _train_member(
-    model, genotypes, train, val, settings, train_cfg, scaling, directory, pretrained
-):
-    """Train one model in place (two phases when pretrained).
+@dataclass
+class AdditivePath:
+    """The additive path of one training group, fitted once for all ensemble
+    members (it depends on the records only)."""
 
-    With an additive path, GBLUP is fitted on the training records first and the
-    network learns what it misses *out of sample*: its targets are the residuals of
-    leave-one-out GBLUP predictions (in-sample GBLUP fits its own training records
-    far better than new ones). It stops early on ``val``; GBLUP is refitted on
-    training and validation records at the end.
+    trained: dict[str, torch.Tensor]  # state fitted on the training records
+    # (N, E) targets' offsets over train.join(val) rows: leave-one-out values for
+    # training records, the path's predictions for validation ones
+    offset: torch.Tensor
+    final: dict[str, torch.Tensor]  # state refitted on training + validation records
+    mix: float | None  # prior weight mix of the final fit (None: no prior)
+
+
+def fit_additive_path(
+    additive, genotypes: Genotypes, train: Records, val, scaling, prior
+) -> AdditivePath:
+    """Fit ``additive`` (a model's additive path, left in its final state)."""
+    both = train.join(val)
+    frequencies = genotypes.allele_frequencies(both.rows)
+
+    def state():
+        return {k: v.clone() for k, v in additive.state_dict().items()}
+
+    loo, mix = fit_additive(
+        additive, genotypes, train, scaling, frequencies, both.rows, prior
+    )
+    trained = state()
+    offset = additive_offsets(additive, genotypes, both.rows)  # (N, E)
+    seen = ~np.isnan(loo)  # training records get their leave-one-out value
+    offset[: len(loo)][torch.from_numpy(seen)] = torch.from_numpy(loo[seen]).float()
+    if val is not None:
+        _, mix = fit_additive(
+            additive, genotypes, both, scaling, frequencies, both.rows, prior
+        )
+    return AdditivePath(trained, offset, state(), None if prior is None else mix)
+
+
+def _train_member(
+    model,
+    genotypes,
+    train,
+    val,
+    settings,
+    train_cfg,
+    scaling,
+    directory,
+    pretrained: bool,
+    additive: AdditivePath | None,
+):
+    """Train one model in place (two phases when ``pretrained``).
+
+    With an ``additive`` path, the model starts from its fit on the training
+    records and the network learns what it misses *out of sample*: its targets
+    are the residuals of leave-one-out GBLUP predictions (in-sample GBLUP fits its
+    own training records far better than new ones). It stops early on ``val``;
+    the path refitted on training and validation records is put in at the end.
     """
     val_rows = None if val is None else np.arange(len(val.rows))
     both = train.join(val)
     fit_rows = np.arange(len(train.rows))
     shifted_val = None if val is None else val_rows + len(train.rows)
     offset = None
-    additive = getattr(model, "additive", None)  # environment models have none
     if additive is not None:
-        frequencies = genotypes.allele_frequencies(both.rows)
-        if isinstance(additive, GaussianEffects):  # keeps every record's genotypes
-            keep, denominator = kernel_columns(frequencies, genotypes.ploidy)
-            kept = genotypes.subset(individuals=both.rows)
-            features = kernel_features(kept, frequencies, keep, denominator)
-            additive.set_data(features, keep, frequencies, denominator)
-        loo = fit_additive(model, genotypes, train, scaling, frequencies)
-        offset = additive_offsets(model, genotypes, both.rows)  # (N, E)
-        seen = ~np.isnan(loo)  # training records get their leave-one-out value
-        offset[: len(loo)][torch.from_numpy(seen)] = torch.from_numpy(loo[seen]).float()
+        model.additive.load_state_dict(additive.trained)
+        offset = additive.offset
     if pretrained:
         _freeze(model, set())
         features = None
@@ -276,8 +344,8 @@ def _train_member(
     model.eval()
     with torch.no_grad():
         task.evaluate(model, fit_rows[:1], train_rows=fit_rows)  # final calibration
-    if additive is not None and val is not None:
-        fit_additive(model, genotypes, both, scaling, frequencies)
+    if additive is not None:
+        model.additive.load_state_dict(additive.final)
 
 
 def finetune(
@@ -366,6 +434,18 @@ def finetune(
                 "the gaussian additive path needs one joint model",
                 "set separate_blocks false or additive_kernel linear",
             )
+    prior = None
+    if settings.marker_weights:
+        if not head_cfg.additive:
+            raise InputError(
+                "--params",
+                "key 'marker_weights'",
+                "marker weights act on the additive GBLUP/RKHS path, which is off "
+                "here (additive false, an objective other than mse/huber, or "
+                "covariates)",
+                "remove marker_weights or use the additive path",
+            )
+        prior = read_marker_weights(settings.marker_weights, genotypes.markers)
     env_cfg = env_cfg[0] if env_cfg else None
     by_environment = settings.val_split == "environments"
     if by_environment and environment is None:
@@ -424,7 +504,7 @@ def finetune(
         )
     joint = not settings.separate_blocks or environment is not None
     groups = [None] if joint else trained_blocks
-    members, layout = [], []
+    members, layout, additive_paths = [], [], {}
     for k in range(settings.ensemble):
         member_cfg = TrainConfig(**{**asdict(train_cfg), "seed": train_cfg.seed + k})
         for block in groups:
@@ -436,20 +516,34 @@ def finetune(
             attach(model.embed, graph, annotations)
             if pretrained_state is not None:
                 model.load_state_dict(pretrained_state, strict=False)
+            group_train, group_val = _only_block(train, block), _only_block(val, block)
+            if head_cfg.additive and block not in additive_paths:
+                additive_paths[block] = fit_additive_path(
+                    model.additive, genotypes, group_train, group_val, scaling, prior
+                )
+            additive = additive_paths.get(block)
             _train_member(
                 model,
                 genotypes,
-                _only_block(train, block),
-                _only_block(val, block),
+                group_train,
+                group_val,
                 settings,
                 member_cfg,
                 scaling,
                 out / name,
                 pretrained_state is not None,
+                additive,
             )
             save_model(out / name, model.eval(), {"task": TASK_NAME}, genotypes.markers)
             members.append(model)
-            layout.append({"dir": name, "seed_index": k, "block": block})
+            layout.append(
+                {
+                    "dir": name,
+                    "seed_index": k,
+                    "block": block,
+                    "marker_weight_mix": None if additive is None else additive.mix,
+                }
+            )
     write_json(
         {
             "task": TASK_NAME,

@@ -562,6 +562,38 @@ def read_annotations(path, markers: MarkerMap) -> MarkerAnnotations:
     )
 
 
+def read_marker_weights(path, markers: MarkerMap) -> np.ndarray:
+    """Read ``marker, <one numeric column>`` of non-negative prior weights (a QTL
+    indicator, a GWAS score from other data) into ``(M,)`` float64 aligned to
+    ``markers``; markers without a value get the mean weight."""
+    table = read_annotations(path, markers)
+    if table.codes.shape[1] or table.numeric.shape[1] != 1:
+        names = table.numeric_names + table.categorical_names
+        raise InputError(
+            path,
+            "line 1",
+            f"marker weights need one numeric column, found {names}",
+            "keep 'marker' and one column of non-negative numbers",
+        )
+    values = table.numeric[:, 0]
+    negative = np.flatnonzero(values < 0)
+    if len(negative):
+        raise InputError(
+            path,
+            f"marker {str(markers.names[negative[0]])!r}",
+            f"weight {values[negative[0]]:g} is negative",
+            "use non-negative weights (for a signed score, its absolute value)",
+        )
+    if not np.nansum(values) > 0:
+        raise InputError(
+            path,
+            f"column {table.numeric_names[0]!r}",
+            "every weight is 0",
+            "give the markers of interest a positive weight",
+        )
+    return np.where(np.isnan(values), np.nanmean(values), values)
+
+
 def match_phenotypes(phenotypes: Phenotypes, genotypes: Genotypes) -> Phenotypes:
     """Keep rows whose name has genotypes; warn with a count, raise if none match."""
     known = genotypes.index_of(phenotypes.table["name"]) >= 0

@@ -96,27 +96,28 @@ class GaussianEffects(nn.Module):
 
     ``offset[e] + sum_r weights[r, e] exp(-|z - z_r|^2 scale[e])`` over the kept
     training individuals ``r``, with ``z`` the centred dosages (missing copies
-    mean-imputed) of the ``keep`` allele columns over ``sqrt(denominator)``, as
-    :class:`~gperceiver.baselines.KernelFit`. Buffers, set from REML fits.
+    mean-imputed) of the ``keep`` allele columns times ``column_scale`` (which
+    holds any marker weights), as :class:`~gperceiver.baselines.KernelFit`.
+    Buffers, set from REML fits.
     """
 
     def __init__(self, n_markers, n_alleles, n_blocks, n_rows, n_features):
         super().__init__()
         self.register_buffer("frequencies", torch.zeros(n_markers, n_alleles))
         self.register_buffer("keep", torch.zeros(n_features, dtype=torch.long))
-        self.register_buffer("denominator", torch.ones(()))
+        self.register_buffer("column_scale", torch.zeros(n_features))
         self.register_buffer("features", torch.zeros(n_rows, n_features))
         self.register_buffer("weights", torch.zeros(n_rows, n_blocks))
         self.register_buffer("scale", torch.zeros(n_blocks))
         self.register_buffer("offset", torch.zeros(n_blocks))
 
     @torch.no_grad()
-    def set_data(self, features, keep, frequencies, denominator) -> None:
+    def set_data(self, features, keep, frequencies, column_scale) -> None:
         """The kept individuals' features (R, F) and how any genotype gets them."""
         self.features.copy_(torch.as_tensor(features))
         self.keep.copy_(torch.as_tensor(np.flatnonzero(keep)))
         self.frequencies.copy_(torch.as_tensor(frequencies))
-        self.denominator.fill_(float(denominator))
+        self.column_scale.copy_(torch.as_tensor(column_scale))
 
     @torch.no_grad()
     def set_block(self, block: int, rows, fit) -> None:
@@ -137,7 +138,7 @@ class GaussianEffects(nn.Module):
         missing = (alleles == 0).sum(-1, keepdim=True)
         ploidy = alleles.shape[-1]
         z = counts + (missing - ploidy) * self.frequencies  # centred, (B, M, A)
-        z = z.flatten(1)[:, self.keep] / self.denominator.sqrt()
+        z = z.flatten(1)[:, self.keep] * self.column_scale
         d2 = (
             (z**2).sum(1, keepdim=True)
             + (self.features**2).sum(1)[None]
