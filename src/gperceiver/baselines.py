@@ -25,7 +25,8 @@ LOG_DELTA_BOUNDS = (-10.0, 10.0)  # search range of log(s2e / s2g)
 N_GRID = 100  # grid points over LOG_DELTA_BOUNDS before Brent refinement
 DEFAULT_BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)  # RKHS grid, in median-distance units
 # prior weight mixes tried by weighted GBLUP/RKHS (see mixed_weights): 0 ignores
-# the prior, 1 uses it alone; finer near 1, where a sparse prior's kernel changes most
+# the prior, 1 uses it alone; 0.9 lets a prior that is nearly right keep a little
+# of every other marker
 KERNEL_WEIGHT_MIXES = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 

@@ -35,7 +35,7 @@ from .data import EnvCovariates, Genotypes, Phenotypes
 from .graph import GraphSettings, attach, marker_inputs, marker_sizes
 from .io import InputError, InputWarning, read_marker_weights, write_chroms
 from .nn.environment import EnvironmentConfig, EnvironmentPhenotypeModel
-from .nn.heads import GaussianEffects, HeadConfig, PhenotypeModel
+from .nn.heads import GaussianEffects, HeadConfig, MarkerEffects, PhenotypeModel
 from .nn.perceiver import PerceiverConfig
 from .params import resolve
 from .pretraining import data_sizes, load_masked_model, split_individuals
@@ -189,7 +189,13 @@ def encoder_features(
 
 
 def fit_additive(
-    additive, genotypes: Genotypes, records: Records, scaling, frequencies, kept, prior
+    additive: MarkerEffects | GaussianEffects,
+    genotypes: Genotypes,
+    records: Records,
+    scaling: Scaling,
+    frequencies: np.ndarray,
+    kept: np.ndarray,
+    prior: np.ndarray | None,
 ) -> tuple[np.ndarray, float]:
     """Set the additive path: per block, REML GBLUP (``MarkerEffects``) or RKHS
     (``GaussianEffects``, over the individuals ``kept``, of which ``records.rows``
@@ -210,9 +216,8 @@ def fit_additive(
         fits = {}
         for block in blocks:
             seen = records.weight[:, block] > 0
-            y = (records.response[seen, block] - scaling.mean[block]) / scaling.sd[
-                block
-            ]
+            mean, sd = scaling.mean[block], scaling.sd[block]
+            y = (records.response[seen, block] - mean) / sd
             part = genotypes.subset(individuals=records.rows[seen])
             fit = kernel_effects if gaussian else additive_effects
             fits[block] = fit(part, y, frequencies, marker_weights=weights)
@@ -270,7 +275,12 @@ class AdditivePath:
 
 
 def fit_additive_path(
-    additive, genotypes: Genotypes, train: Records, val, scaling, prior
+    additive: MarkerEffects | GaussianEffects,
+    genotypes: Genotypes,
+    train: Records,
+    val: Records | None,
+    scaling: Scaling,
+    prior: np.ndarray | None,
 ) -> AdditivePath:
     """Fit ``additive`` (a model's additive path, left in its final state)."""
     both = train.join(val)
