@@ -8,7 +8,7 @@ import pytest
 
 from gperceiver.checkpoint import read_json
 from gperceiver.cli import main, seed_pretrain
-from gperceiver.io import read_chroms, read_dosages, read_markers
+from gperceiver.io import read_chroms, read_dosages, read_marker_weights, read_markers
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,10 @@ def test_simulate__writes_tables_that_read_back(simulated):
     assert g.alleles.shape == (60, 120, 2)
     truth = pd.read_csv(simulated / "truth.tsv", sep="\t")
     assert {"name", "block", "additive", "genetic"} <= set(truth.columns)
+    qtl = pd.read_csv(simulated / "qtl.tsv", sep="\t")
+    assert qtl["marker"].tolist() == g.markers.names.tolist()
+    assert qtl["qtl"].sum() == 10  # --qtl 10
+    assert read_marker_weights(simulated / "qtl.tsv", g.markers).sum() == 10
 
 
 def test_cli__bad_input_exits_nonzero_with_one_line_and_no_output(

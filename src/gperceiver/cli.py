@@ -311,7 +311,13 @@ def cmd_simulate(args) -> None:
     io.write_markers(data.genotypes, out / "markers.tsv")
     io.write_phenotypes(data.phenotypes, out / "phenotypes.tsv")
     io.write_table(data.truth, out / "truth.tsv")
-    written = "chroms,markers,phenotypes,truth"
+    is_qtl = np.zeros(data.genotypes.n_markers, dtype=np.int64)
+    is_qtl[data.qtl] = 1  # usable as --marker-weights or --annotations
+    io.write_table(
+        pd.DataFrame({"marker": data.genotypes.markers.names, "qtl": is_qtl}),
+        out / "qtl.tsv",
+    )
+    written = "chroms,markers,phenotypes,truth,qtl"
     if data.covariates is not None:
         io.write_covariates(data.covariates, out / "covariates.tsv")
         written += ",covariates"
