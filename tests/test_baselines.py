@@ -15,6 +15,7 @@ from gperceiver.baselines import (
     genomic_relationship,
     kernel_effects,
     mixed_weights,
+    relationship_mixes,
     reml,
 )
 from gperceiver.data import MISSING, Genotypes, MarkerMap
@@ -330,6 +331,23 @@ def test_weighted_relationship__zero_weight_drops_a_marker_and_scale_cancels():
         g, frequencies, marker_weights=np.full(g.n_markers, 2.0)
     )
     assert np.allclose(doubled, genomic_relationship(g, frequencies))
+
+
+def test_relationship_mixes__equal_the_weighted_relationship_of_each_mix():
+    g, *_, frequencies = tetraploid_split(3)
+    prior = np.random.default_rng(0).exponential(size=g.n_markers)
+    mixes = relationship_mixes(g, frequencies, prior, (0.0, 0.3, 1.0))
+    assert [mix for mix, _ in mixes] == [0.0, 0.3, 1.0]
+    for mix, relationship in mixes:
+        weights = mixed_weights(prior, mix)
+        expected = genomic_relationship(g, frequencies, marker_weights=weights)
+        assert np.allclose(relationship, expected)
+    # a prior on a monomorphic marker only: the prior-alone kernel is undefined
+    frequencies = frequencies.copy()
+    frequencies[0] = np.eye(frequencies.shape[1])[0]  # marker 0: allele 1 only
+    on_marker_0 = np.eye(g.n_markers)[0]
+    kept = [mix for mix, _ in relationship_mixes(g, frequencies, on_marker_0)]
+    assert 1.0 not in kept and 0.0 in kept
 
 
 def test_weighted_additive_effects_predict_as_weighted_gblup():

@@ -74,6 +74,17 @@ def genomic_relationship(
            [ 0.,  1., -1.],
            [-1., -1.,  2.]])
     """
+    numerator, denominator = _relationship_parts(
+        genotypes, frequencies, chunk, marker_weights
+    )
+    if denominator == 0:
+        raise ValueError("no polymorphic marker: the relationship matrix is undefined")
+    return numerator / denominator
+
+
+def _relationship_parts(genotypes, frequencies, chunk, marker_weights=None):
+    """``Z W Z'`` ``(N, N)`` and ``sum w P p (1 - p)``: :func:`genomic_relationship`
+    before the division."""
     numerator = np.zeros((genotypes.n_individuals,) * 2, dtype=np.float64)
     denominator = 0.0
     for z, variance in _centred_dosages(genotypes, frequencies, chunk, marker_weights):
@@ -81,9 +92,35 @@ def genomic_relationship(
         z = z.reshape(len(z), -1)[:, keep]
         numerator += z @ z.T
         denominator += variance.ravel()[keep].sum()
-    if denominator == 0:
+    return numerator, denominator
+
+
+def relationship_mixes(
+    genotypes: Genotypes,
+    frequencies: np.ndarray,
+    prior: np.ndarray | None,
+    mixes=KERNEL_WEIGHT_MIXES,
+    chunk: int = 1024,
+) -> list[tuple[float, np.ndarray]]:
+    """Weighted :func:`genomic_relationship` ``(N, N)`` for each mix of
+    :func:`mixed_weights` ``(prior, mix)`` whose kernel is defined, as
+    ``(mix, G)`` pairs; ``[(0.0, G)]`` without a prior.
+
+    ``Z W Z'`` and the denominator are linear in the weights, so two passes over
+    the markers (uniform weights and the prior alone) give every mix.
+    """
+    if prior is None:
+        return [(0.0, genomic_relationship(genotypes, frequencies, chunk))]
+    uniform = _relationship_parts(genotypes, frequencies, chunk)
+    alone = _relationship_parts(genotypes, frequencies, chunk, mixed_weights(prior, 1))
+    out = []
+    for mix in mixes:
+        denominator = (1 - mix) * uniform[1] + mix * alone[1]
+        if denominator > 0:
+            out.append((mix, ((1 - mix) * uniform[0] + mix * alone[0]) / denominator))
+    if not out:
         raise ValueError("no polymorphic marker: the relationship matrix is undefined")
-    return numerator / denominator
+    return out
 
 
 def _centred_dosages(
@@ -482,6 +519,7 @@ def additive_effects(
     frequencies: np.ndarray | None = None,
     chunk: int = 4096,
     marker_weights: np.ndarray | None = None,
+    relationship: np.ndarray | None = None,
 ) -> AdditiveFit:
     """REML GBLUP on the individuals of ``genotypes`` (one response each, ``(N,)``),
     returned as allele effects; weighted GBLUP with ``marker_weights`` ``(M,)``.
@@ -489,12 +527,14 @@ def additive_effects(
     With centred dosages ``Z``, weights ``W`` and ``G = Z W Z' / c``, the BLUP of a
     new individual is ``z' W Z' H^-1 (y - X b) / c``, so
     ``effects = W Z' H^-1 (y - X b) / c``. Memory is ``O(N^2 + N * chunk * A)``.
+    ``relationship``: that ``G`` ``(N, N)`` if already computed.
     """
     if frequencies is None:
         frequencies = genotypes.allele_frequencies()
     weights = np.ones(genotypes.n_markers) if marker_weights is None else marker_weights
     y = np.asarray(y, dtype=np.float64)
-    relationship = genomic_relationship(genotypes, frequencies, chunk, weights)
+    if relationship is None:
+        relationship = genomic_relationship(genotypes, frequencies, chunk, weights)
     fit = reml(y, relationship, np.arange(genotypes.n_individuals))
     variance = genotypes.ploidy * frequencies * (1 - frequencies)
     denominator = float((variance * weights[:, None]).sum())
@@ -589,25 +629,22 @@ def kernel_effects(
     frequencies: np.ndarray | None = None,
     bandwidths: tuple[float, ...] = DEFAULT_BANDWIDTHS,
     marker_weights: np.ndarray | None = None,
+    relationship: np.ndarray | None = None,
 ) -> KernelFit:
     """REML RKHS on the individuals of ``genotypes`` (one response each, ``(N,)``),
     the bandwidth chosen as in :class:`RKHS` (highest restricted likelihood) and
     the median distance taken among these individuals only, returned as a
     :class:`KernelFit` that predicts new genotypes. ``marker_weights`` ``(M,)``
-    weigh the markers' dosages in the distances."""
+    weigh the markers' dosages in the distances; ``relationship``: their weighted
+    :func:`genomic_relationship` ``(N, N)`` if already computed."""
     if frequencies is None:
         frequencies = genotypes.allele_frequencies()
     y = np.asarray(y, dtype=np.float64)
     keep, column_scale = kernel_columns(frequencies, genotypes.ploidy, marker_weights)
     features = kernel_features(genotypes, frequencies, keep, column_scale)
-    d2, median = _squared_distances(features @ features.T)
-    individuals = np.arange(genotypes.n_individuals)
-    best = None
-    for h in bandwidths:
-        fit = reml(y, np.exp(-d2 / (h * median)), individuals)
-        if best is None or fit.log_likelihood > best[1].log_likelihood:
-            best = (h, fit)
-    h, fit = best
+    if relationship is None:
+        relationship = features @ features.T
+    h, median, fit = best_bandwidth(relationship, y, bandwidths)
     return KernelFit(
         intercept=float(fit.beta[0]),
         weights=fit.weights,
@@ -621,6 +658,22 @@ def kernel_effects(
         log_likelihood=fit.log_likelihood,
         loo_predictions=y - fit.loo_residuals,
     )
+
+
+def best_bandwidth(
+    relationship: np.ndarray, y: np.ndarray, bandwidths=DEFAULT_BANDWIDTHS
+) -> tuple[float, float, MixedModelFit]:
+    """REML RKHS of ``y`` ``(N,)`` (one record per individual of the ``(N, N)``
+    ``relationship``): the bandwidth of highest restricted likelihood, the median
+    squared distance among these individuals and the fit."""
+    d2, median = _squared_distances(relationship)
+    individuals = np.arange(len(y))
+    best = None
+    for h in bandwidths:
+        fit = reml(y, np.exp(-d2 / (h * median)), individuals)
+        if best is None or fit.log_likelihood > best[2].log_likelihood:
+            best = (h, median, fit)
+    return best
 
 
 class RKHS(GBLUP):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,14 @@ import pandas as pd
 import torch
 
 from .baselines import (
-    KERNEL_WEIGHT_MIXES,
     additive_effects,
+    best_bandwidth,
     kernel_columns,
     kernel_effects,
     kernel_features,
     mixed_weights,
+    relationship_mixes,
+    reml,
 )
 from .checkpoint import (
     FORMAT_VERSION,
@@ -196,35 +199,43 @@ def fit_additive(
     frequencies: np.ndarray,
     kept: np.ndarray,
     prior: np.ndarray | None,
+    relationships: list[tuple[float, np.ndarray]],
 ) -> tuple[np.ndarray, float]:
     """Set the additive path: per block, REML GBLUP (``MarkerEffects``) or RKHS
-    (``GaussianEffects``, over the individuals ``kept``, of which ``records.rows``
-    come first) on the individuals with a record (their mean response, scaled).
+    (``GaussianEffects``) on the individuals with a record (their mean response,
+    scaled).
 
-    With a ``prior`` ``(M,)``, markers are weighted by :func:`mixed_weights` at the
-    mix of ``KERNEL_WEIGHT_MIXES`` with the highest restricted likelihood summed
-    over blocks (same responses for every mix, so the likelihoods compare).
+    ``relationships`` are the :func:`~gperceiver.baselines.relationship_mixes` of
+    the individuals ``kept`` (``records.rows`` come first) for ``prior``: the mix
+    with the highest restricted likelihood summed over blocks is used (same
+    responses for every mix, so the likelihoods compare; the first on a tie).
     Returns the leave-one-out predictions (N, E) of the records (NaN where none):
     what the additive path predicts for an individual it was not fitted on; and
     the mix.
     """
     gaussian = isinstance(additive, GaussianEffects)
-    blocks = np.flatnonzero(records.weight.sum(0) > 0)
-    best = None
-    for mix in (0.0,) if prior is None else KERNEL_WEIGHT_MIXES:
-        weights = None if prior is None else mixed_weights(prior, mix)
-        fits = {}
-        for block in blocks:
-            seen = records.weight[:, block] > 0
-            mean, sd = scaling.mean[block], scaling.sd[block]
-            y = (records.response[seen, block] - mean) / sd
-            part = genotypes.subset(individuals=records.rows[seen])
-            fit = kernel_effects if gaussian else additive_effects
-            fits[block] = fit(part, y, frequencies, marker_weights=weights)
-        likelihood = sum(fit.log_likelihood for fit in fits.values())
-        if best is None or likelihood > best[0]:
-            best = (likelihood, mix, weights, fits)
-    _, mix, weights, fits = best
+    targets = {}  # block -> (rows of kept with a record, their scaled responses)
+    for block in np.flatnonzero(records.weight.sum(0) > 0):
+        seen = records.weight[:, block] > 0
+        mean, sd = scaling.mean[block], scaling.sd[block]
+        targets[block] = (
+            np.flatnonzero(seen),
+            (records.response[seen, block] - mean) / sd,
+        )
+
+    def likelihood(relationship: np.ndarray) -> float:
+        total = 0.0
+        for rows, y in targets.values():
+            part = relationship[np.ix_(rows, rows)]
+            individuals = np.arange(len(rows))
+            fit = best_bandwidth(part, y)[2] if gaussian else reml(y, part, individuals)
+            total += fit.log_likelihood
+        return total
+
+    mix, relationship = relationships[0]
+    if len(relationships) > 1:
+        mix, relationship = max(relationships, key=lambda pair: likelihood(pair[1]))
+    weights = None if prior is None else mixed_weights(prior, mix)
     if gaussian:
         keep, column_scale = kernel_columns(frequencies, genotypes.ploidy, weights)
         features = kernel_features(
@@ -232,15 +243,21 @@ def fit_additive(
         )
         additive.set_data(features, keep, frequencies, column_scale)
     loo = np.full(records.response.shape, np.nan)
-    for block, fit in fits.items():
-        seen = records.weight[:, block] > 0
+    for block, (rows, y) in targets.items():
+        part = genotypes.subset(individuals=kept[rows])
+        options = {
+            "marker_weights": weights,
+            "relationship": relationship[np.ix_(rows, rows)],
+        }
         if gaussian:
-            additive.set_block(block, np.flatnonzero(seen), fit)
+            fit = kernel_effects(part, y, frequencies, **options)
+            additive.set_block(block, rows, fit)
         else:
+            fit = additive_effects(part, y, frequencies, **options)
             additive.set_block(
                 block, fit.intercept, fit.effects, frequencies, genotypes.ploidy
             )
-        loo[seen, block] = fit.loo_predictions
+        loo[rows, block] = fit.loo_predictions
     return loo, mix
 
 
@@ -285,21 +302,25 @@ def fit_additive_path(
     """Fit ``additive`` (a model's additive path, left in its final state)."""
     both = train.join(val)
     frequencies = genotypes.allele_frequencies(both.rows)
+    kept = both.rows
+    relationships = relationship_mixes(
+        genotypes.subset(individuals=kept), frequencies, prior
+    )  # one pass over the markers for both fits, every block and every mix
+    fit = partial(
+        fit_additive, additive, genotypes, scaling=scaling, frequencies=frequencies,
+        kept=kept, prior=prior, relationships=relationships,
+    )  # fmt: skip
 
     def state():
         return {k: v.clone() for k, v in additive.state_dict().items()}
 
-    loo, mix = fit_additive(
-        additive, genotypes, train, scaling, frequencies, both.rows, prior
-    )
+    loo, mix = fit(train)
     trained = state()
     offset = additive_offsets(additive, genotypes, both.rows)  # (N, E)
     seen = ~np.isnan(loo)  # training records get their leave-one-out value
     offset[: len(loo)][torch.from_numpy(seen)] = torch.from_numpy(loo[seen]).float()
     if val is not None:
-        _, mix = fit_additive(
-            additive, genotypes, both, scaling, frequencies, both.rows, prior
-        )
+        _, mix = fit(both)
     return AdditivePath(trained, offset, state(), None if prior is None else mix)
 
 
