@@ -30,12 +30,11 @@ from tqdm.auto import tqdm
 
 from .baselines import (
     GBLUP,
-    KERNEL_WEIGHT_MIXES,
     RKHS,
     Kernel,
     ReactionNorm,
     environment_kernel,
-    mixed_weights,
+    relationship_mixes,
 )
 from .data import Genotypes, Phenotypes, natural_key
 
@@ -66,8 +65,9 @@ def _rkhs(train, genotypes, names, cache) -> np.ndarray:
 
 
 def _weighted_relationships(genotypes: Genotypes, cache: dict) -> list[Kernel]:
-    """Weighted G of all genotypes for each mix of ``KERNEL_WEIGHT_MIXES``, from the
-    ``marker_weights`` file of the neural options, computed once per data set."""
+    """Weighted G of all genotypes for each prior mix
+    (:func:`~gperceiver.baselines.relationship_mixes`), from the ``marker_weights``
+    file of the neural options, computed once per data set."""
     if "weighted_relationships" not in cache:
         from .io import InputError, read_marker_weights
 
@@ -80,9 +80,9 @@ def _weighted_relationships(genotypes: Genotypes, cache: dict) -> list[Kernel]:
                 "pass --marker-weights FILE (a TSV marker, weight)",
             )
         prior = read_marker_weights(options["marker_weights"], genotypes.markers)
+        mixes = relationship_mixes(genotypes, genotypes.allele_frequencies(), prior)
         cache["weighted_relationships"] = [
-            Kernel.relationship(genotypes, marker_weights=mixed_weights(prior, mix))
-            for mix in KERNEL_WEIGHT_MIXES
+            Kernel(relationship, genotypes.names) for _, relationship in mixes
         ]
     return cache["weighted_relationships"]
 
