@@ -194,3 +194,26 @@ def test_gblup_weighted__beats_gblup_with_a_true_prior_and_equals_it_uniform(
 def test_gblup_weighted__without_a_prior_is_an_input_error(sparse):
     with pytest.raises(InputError, match="needs a prior"):
         cross_validate(sparse.phenotypes, sparse.genotypes, ["gblup-weighted"], False)
+
+
+def test_cli_gblup__weighted_needs_its_prior_and_writes_predictions(
+    sparse, tmp_path, capsys
+):
+    g = sparse.genotypes
+    write_chroms(g.markers, tmp_path / "chroms.tsv")
+    write_markers(g, tmp_path / "markers.tsv")
+    write_phenotypes(sparse.phenotypes, tmp_path / "phenos.tsv")
+    indicator = np.zeros(g.n_markers)
+    indicator[sparse.qtl] = 1.0
+    weights = write_weights(tmp_path / "w.tsv", g.markers, indicator)
+    args = [str(tmp_path / f) for f in ("phenos.tsv", "chroms.tsv", "markers.tsv")]
+    out = tmp_path / "pred.tsv"
+    base = ["gblup", *args, "--cv", "0", "--predictions", str(out)]
+    assert main([*base, "--method", "gblup-weighted"]) == 1
+    assert "needs a prior" in capsys.readouterr().err and not out.exists()
+    assert main([*base, "--marker-weights", weights]) == 1  # method gblup
+    assert "does not use marker weights" in capsys.readouterr().err
+    assert main([*base, "--method", "gblup-weighted", "--marker-weights", weights]) == 0
+    predictions = pd.read_csv(out, sep="\t")
+    assert (predictions["method"] == "gblup-weighted").all()
+    assert len(predictions) == (sparse.phenotypes.table["cv"].astype(str) == "0").sum()

@@ -401,7 +401,17 @@ def cmd_gblup(args) -> None:
 
     genotypes = read_genotypes(args)
     phenotypes = read_phenotypes_for(args, genotypes)
-    predictions, accuracy = single_split(phenotypes, genotypes, args.method, args.cv)
+    if args.marker_weights and args.method != "gblup-weighted":
+        raise InputError(
+            "--marker-weights",
+            None,
+            f"--method {args.method} does not use marker weights",
+            "use --method gblup-weighted or drop --marker-weights",
+        )
+    options = {"params": {"marker_weights": args.marker_weights}}
+    predictions, accuracy = single_split(
+        phenotypes, genotypes, args.method, args.cv, options=options
+    )
     io.write_table(predictions, args.predictions)
     print(format_accuracy(accuracy))
 
@@ -743,7 +753,14 @@ def build_parser() -> argparse.ArgumentParser:
     inputs(p)
     p.add_argument("--cv", required=True, help="rows with this cv value are validation")
     p.add_argument("--predictions", required=True, help="output TSV")
-    p.add_argument("--method", default="gblup", choices=["gblup", "rkhs"])
+    p.add_argument(
+        "--method", default="gblup", choices=["gblup", "rkhs", "gblup-weighted"]
+    )
+    p.add_argument(
+        "--marker-weights",
+        metavar="FILE",
+        help="TSV marker, weight: the prior of --method gblup-weighted",
+    )
     p.set_defaults(func=cmd_gblup)
 
     p = sub.add_parser(

@@ -371,16 +371,17 @@ def single_split(
     method: str,
     fold: str,
     progress: bool = False,
+    options: dict | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One split: validate on ``cv == fold``, train on every other row.
 
-    Returns ``(predictions, accuracy)`` as :func:`cross_validate`, for that fold
-    only (its ``"all"`` rows equal the fold's rows).
+    Returns ``(predictions, accuracy)`` as :func:`cross_validate` (``options``
+    likewise), for that fold only (its ``"all"`` rows equal the fold's rows).
     """
     _check(phenotypes, genotypes, [method])
     if str(fold) not in phenotypes.folds():
         raise ValueError(f"fold {fold!r} is not a value of the cv column")
-    predictions = _run(phenotypes, genotypes, [method], [str(fold)], progress)
+    predictions = _run(phenotypes, genotypes, [method], [str(fold)], progress, options)
     return predictions, accuracy_table(predictions)
 
 
