@@ -630,18 +630,21 @@ def kernel_effects(
     bandwidths: tuple[float, ...] = DEFAULT_BANDWIDTHS,
     marker_weights: np.ndarray | None = None,
     relationship: np.ndarray | None = None,
+    features: np.ndarray | None = None,
 ) -> KernelFit:
     """REML RKHS on the individuals of ``genotypes`` (one response each, ``(N,)``),
     the bandwidth chosen as in :class:`RKHS` (highest restricted likelihood) and
     the median distance taken among these individuals only, returned as a
     :class:`KernelFit` that predicts new genotypes. ``marker_weights`` ``(M,)``
-    weigh the markers' dosages in the distances; ``relationship``: their weighted
-    :func:`genomic_relationship` ``(N, N)`` if already computed."""
+    weigh the markers' dosages in the distances; ``relationship`` (their weighted
+    :func:`genomic_relationship`, ``(N, N)``) and ``features``
+    (:func:`kernel_features`, ``(N, F)``) are computed unless given."""
     if frequencies is None:
         frequencies = genotypes.allele_frequencies()
     y = np.asarray(y, dtype=np.float64)
     keep, column_scale = kernel_columns(frequencies, genotypes.ploidy, marker_weights)
-    features = kernel_features(genotypes, frequencies, keep, column_scale)
+    if features is None:
+        features = kernel_features(genotypes, frequencies, keep, column_scale)
     if relationship is None:
         relationship = features @ features.T
     h, median, fit = best_bandwidth(relationship, y, bandwidths)

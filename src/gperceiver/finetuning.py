@@ -250,7 +250,9 @@ def fit_additive(
             "relationship": relationship[np.ix_(rows, rows)],
         }
         if gaussian:
-            fit = kernel_effects(part, y, frequencies, **options)
+            fit = kernel_effects(
+                part, y, frequencies, **options, features=features[rows]
+            )
             additive.set_block(block, rows, fit)
         else:
             fit = additive_effects(part, y, frequencies, **options)
