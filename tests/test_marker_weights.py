@@ -217,3 +217,21 @@ def test_cli_gblup__weighted_needs_its_prior_and_writes_predictions(
     predictions = pd.read_csv(out, sep="\t")
     assert (predictions["method"] == "gblup-weighted").all()
     assert len(predictions) == (sparse.phenotypes.table["cv"].astype(str) == "0").sum()
+
+
+def test_cli_evaluate__weights_without_a_method_that_uses_them_exit_1(
+    sparse, tmp_path, capsys
+):
+    g = sparse.genotypes
+    write_chroms(g.markers, tmp_path / "chroms.tsv")
+    write_markers(g, tmp_path / "markers.tsv")
+    write_phenotypes(sparse.phenotypes, tmp_path / "phenos.tsv")
+    weights = write_weights(tmp_path / "w.tsv", g.markers, np.ones(g.n_markers))
+    args = [str(tmp_path / f) for f in ("phenos.tsv", "chroms.tsv", "markers.tsv")]
+    out = tmp_path / "eval"
+    code = main(
+        ["evaluate", *args, "--out", str(out), "--methods", "gblup,rkhs"]
+        + ["--marker-weights", weights, "--quiet"]
+    )
+    assert code == 1 and "uses marker weights" in capsys.readouterr().err
+    assert not out.exists()

@@ -340,6 +340,16 @@ def cmd_evaluate(args) -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     out = Path(args.out)
     typed = typed_options(args) | ({"progress": False} if args.quiet else {})
+    users = {"gblup-weighted", "perceiver", "perceiver-pretrained"}
+    if {**file_params(args), **typed}.get("marker_weights") and not users & set(
+        methods
+    ):
+        raise InputError(
+            "--marker-weights",
+            None,
+            f"none of the methods {methods} uses marker weights",
+            f"add one of {sorted(users)} to --methods or drop the weights",
+        )
     options = {
         "params": file_params(args),
         "typed": typed,
