@@ -307,7 +307,7 @@ def fit_additive_path(
     kept = both.rows
     relationships = relationship_mixes(
         genotypes.subset(individuals=kept), frequencies, prior
-    )  # one pass over the markers for both fits, every block and every mix
+    )  # computed once for both fits, every block and every mix
     fit = partial(
         fit_additive, additive, genotypes, scaling=scaling, frequencies=frequencies,
         kept=kept, prior=prior, relationships=relationships,
