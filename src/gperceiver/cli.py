@@ -341,9 +341,8 @@ def cmd_evaluate(args) -> None:
     out = Path(args.out)
     typed = typed_options(args) | ({"progress": False} if args.quiet else {})
     users = {"gblup-weighted", "perceiver", "perceiver-pretrained"}
-    if {**file_params(args), **typed}.get("marker_weights") and not users & set(
-        methods
-    ):
+    weighted = {**file_params(args), **typed}.get("marker_weights")
+    if weighted and not users & set(methods):
         raise InputError(
             "--marker-weights",
             None,
