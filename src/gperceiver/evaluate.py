@@ -37,6 +37,7 @@ from .baselines import (
     relationship_mixes,
 )
 from .data import Genotypes, Phenotypes, natural_key
+from .io import InputError, read_marker_weights
 
 Method = Callable[[pd.DataFrame, pd.DataFrame, Genotypes, dict], np.ndarray]
 BlockMethod = Callable[[pd.DataFrame, Genotypes, np.ndarray, dict], np.ndarray]
@@ -69,8 +70,6 @@ def _weighted_relationships(genotypes: Genotypes, cache: dict) -> list[Kernel]:
     (:func:`~gperceiver.baselines.relationship_mixes`), from the ``marker_weights``
     file of the neural options, computed once per data set."""
     if "weighted_relationships" not in cache:
-        from .io import InputError, read_marker_weights
-
         options = {**cache.get("params", {}), **cache.get("typed", {})}
         if not options.get("marker_weights"):
             raise InputError(
