@@ -253,3 +253,57 @@ def impute(
         np.concatenate(out_probs) if out_probs else np.zeros((0, len(complete))),
         complete.numpy(),
     )
+
+
+# one-shot imputation (no model given) pretrains first and should end in bounded
+# time: training stops after 30 minutes unless its epochs end sooner, with a short
+# warm-up so that a budget of a few hundred steps is not spent ramping up. At
+# 1,000 x 20,000 markers 15 minutes (~1.5 epochs) imputed worse than the
+# per-marker mode (BENCHMARKS.md, Imputation).
+ONE_SHOT_IMPUTE = {"time_budget_s": 1800.0, "warmup_steps": 20}
+
+
+def one_shot_params(params: dict | None, typed: dict | None) -> dict:
+    """The ``params`` of a one-shot imputation's pretraining (:data:`ONE_SHOT_IMPUTE`
+    under ``params``; ``typed`` options still win); refuses the contrastive task,
+    whose allele decoder stays untrained, before anything is trained."""
+    params = {**ONE_SHOT_IMPUTE, **(params or {})}
+    if {**params, **(typed or {})}.get("task") == "contrastive":
+        raise InputError(
+            "--task",
+            None,
+            "contrastive pretraining leaves the allele decoder untrained",
+            "impute with --task masked or both",
+        )
+    return params
+
+
+def impute_genotypes(
+    genotypes: Genotypes,
+    model_dir,
+    pretrain_params: dict | None = None,
+    typed: dict | None = None,
+    progress: bool = True,
+    data_path=None,
+) -> Imputation:
+    """Impute ``genotypes`` with the masked model in ``model_dir``; with
+    ``pretrain_params`` (from :func:`one_shot_params`) pretrain it there first, on
+    these genotypes. A model pretrained without a trained allele decoder
+    (contrastive) is refused; the model's frequency weighting is divided out."""
+    if pretrain_params is not None:
+        pretrain_encoder(genotypes, model_dir, pretrain_params, typed)
+    model, config = load_masked_model(model_dir, genotypes, data_path)
+    if config.get("task") == "contrastive":
+        raise InputError(
+            model_dir,
+            None,
+            "was pretrained with --task contrastive, which leaves the allele "
+            "decoder untrained",
+            "impute with a model pretrained with --task masked or both",
+        )
+    return impute(
+        model,
+        genotypes,
+        progress=progress,
+        frequency_scaler=config["masked"]["frequency_scaler"],
+    )

@@ -5,10 +5,12 @@ from .errors import InputError, InputWarning
 from .formats import (
     genotype_format,
     read_genotype_file,
+    read_name_list,
     read_table_genotypes,
     stream_to_zarr,
     write_genotype_file,
 )
+from .imputed import IMPUTATION_FORMATS, write_imputation
 from .tables import (
     match_phenotypes,
     read_annotations,
@@ -31,11 +33,14 @@ __all__ = [
     "InputError",
     "InputWarning",
     "atomic_path",
+    "IMPUTATION_FORMATS",
     "genotype_format",
     "read_genotype_file",
+    "read_name_list",
     "read_table_genotypes",
     "stream_to_zarr",
     "write_genotype_file",
+    "write_imputation",
     "match_phenotypes",
     "read_annotations",
     "read_marker_weights",

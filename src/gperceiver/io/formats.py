@@ -111,3 +111,10 @@ def stream_to_zarr(source_path, store, samples=None, region=None, sites=None) ->
         return write_zarr(source.blocks(), source.samples, store)
     except ValueError as err:  # no variants
         raise InputError(source_path, None, str(err), None) from None
+
+
+def read_name_list(path) -> list[str]:
+    """Non-empty stripped lines of a text file (sample or site names)."""
+    return [
+        line.strip() for line in Path(path).read_text().splitlines() if line.strip()
+    ]

@@ -1,0 +1,119 @@
+"""``gperceiver evaluate`` (cross-validation of methods) and ``gperceiver gblup``
+(one split)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import io
+from ..evaluate import NOTES, cross_validate, format_accuracy, single_split
+from ..io import InputError
+from ..report import write_evaluation
+from .inputs import read_covariates_if_given, read_genotypes, read_phenotypes_for
+from .options import (
+    add_covariate_option,
+    add_finetune_options,
+    add_inputs,
+    add_training_options,
+    file_params,
+    typed_options,
+)
+
+# the methods that read --marker-weights
+WEIGHT_USERS = {"gblup-weighted", "perceiver", "perceiver-pretrained"}
+
+
+def cmd_evaluate(args) -> None:
+    genotypes = read_genotypes(args)
+    phenotypes = read_phenotypes_for(args, genotypes)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    out = Path(args.out)
+    typed = typed_options(args) | ({"progress": False} if args.quiet else {})
+    weighted = {**file_params(args), **typed}.get("marker_weights")
+    if weighted and not WEIGHT_USERS & set(methods):
+        raise InputError(
+            "--marker-weights",
+            None,
+            f"none of the methods {methods} uses marker weights",
+            f"add one of {sorted(WEIGHT_USERS)} to --methods or drop the weights",
+        )
+    options = {
+        "params": file_params(args),
+        "typed": typed,
+        "workdir": out / "models",
+        "covariates": read_covariates_if_given(args),
+    }
+    predictions, accuracy = cross_validate(
+        phenotypes,
+        genotypes,
+        methods,
+        progress=not args.quiet,
+        options=options,
+        scheme=args.scheme,
+    )
+    write_evaluation(out, predictions, accuracy, genotypes, methods)
+    print(
+        f"{args.scheme}: Pearson r within each block, pooled over its "
+        f"{accuracy['fold'].nunique() - 1} split(s); mean = mean within-block r:"
+    )
+    print(format_accuracy(accuracy))
+    for method in methods:
+        if method in NOTES:
+            print(f"note: {method}: {NOTES[method]}")
+    print(f"wrote {out}/predictions.tsv, accuracy.tsv, report.html and plots")
+
+
+def cmd_gblup(args) -> None:
+    genotypes = read_genotypes(args)
+    phenotypes = read_phenotypes_for(args, genotypes)
+    if args.marker_weights and args.method != "gblup-weighted":
+        raise InputError(
+            "--marker-weights",
+            None,
+            f"--method {args.method} does not use marker weights",
+            "use --method gblup-weighted or drop --marker-weights",
+        )
+    options = {"params": {"marker_weights": args.marker_weights}}
+    predictions, accuracy = single_split(
+        phenotypes, genotypes, args.method, args.cv, options=options
+    )
+    io.write_table(predictions, args.predictions)
+    print(format_accuracy(accuracy))
+
+
+def add_evaluate_commands(sub) -> None:
+    """``evaluate`` and ``gblup``."""
+    p = sub.add_parser("evaluate", help="cross-validate methods over the cv folds")
+    add_inputs(p)
+    p.add_argument(
+        "--methods", default="gblup,rkhs", help="comma-separated (default gblup,rkhs)"
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--scheme",
+        choices=["cv1", "cv0", "cv00"],
+        default="cv1",
+        help="cv1: new individuals (cv column); cv0: leave one environment (block) "
+        "out; cv00: new individuals in a left-out environment (default cv1)",
+    )
+    add_covariate_option(p)
+    add_training_options(p)
+    add_finetune_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "gblup", help="fit GBLUP (or RKHS) on one train/validation split"
+    )
+    add_inputs(p)
+    p.add_argument("--cv", required=True, help="rows with this cv value are validation")
+    p.add_argument("--predictions", required=True, help="output TSV")
+    p.add_argument(
+        "--method", default="gblup", choices=["gblup", "rkhs", "gblup-weighted"]
+    )
+    p.add_argument(
+        "--marker-weights",
+        metavar="FILE",
+        help="TSV marker, weight: the prior of --method gblup-weighted",
+    )
+    p.set_defaults(func=cmd_gblup)

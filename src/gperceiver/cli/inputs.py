@@ -1,0 +1,44 @@
+"""The edge of the library: every input file a command names is read here,
+through :mod:`gperceiver.io`, and handed on as data objects."""
+
+from __future__ import annotations
+
+import warnings
+
+from .. import io
+from ..io import InputError, InputWarning
+
+
+def read_genotypes(args, stream: bool = False):
+    """Genotypes of MARKERS: a table with its CHROMS, or a VCF/BCF, PLINK .bed or
+    VCF Zarr store (by extension; positions come from the file, CHROMS is not used).
+
+    ``stream``: a Zarr store is read block by block instead of loaded.
+    """
+    if io.genotype_format(args.markers) != "table":
+        if args.chroms:
+            warnings.warn(
+                f"{args.chroms}: ignored, {args.markers} carries its own positions",
+                InputWarning,
+                stacklevel=2,
+            )
+        return io.read_genotype_file(args.markers, stream=stream)
+    if not args.chroms:
+        raise InputError(
+            args.markers,
+            None,
+            "a markers table needs its chroms table",
+            "give CHROMS before MARKERS",
+        )
+    return io.read_table_genotypes(
+        args.markers, args.chroms, args.ploidy, args.n_alleles, args.dosage
+    )
+
+
+def read_phenotypes_for(args, genotypes):
+    return io.match_phenotypes(io.read_phenotypes(args.phenos), genotypes)
+
+
+def read_covariates_if_given(args):
+    path = getattr(args, "covariates", None)
+    return io.read_covariates(path) if path else None
