@@ -14,9 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import check_markers, load_model_config, load_weights, save_model
-from .data import MISSING, Genotypes
+from .data import MISSING, Genotypes, MarkerInputs
 from .io import InputError
-from .marker_graph import GraphSettings, attach, marker_inputs, marker_sizes
+from .marker_graph import GraphSettings, attach, graph_and_annotations, marker_sizes
 from .nn.embeddings import count_targets
 from .nn.perceiver import MaskedMarkerModel, PerceiverConfig
 from .nn.twinned import TwinnedModel
@@ -84,6 +84,7 @@ def pretrain_encoder(
     typed: dict | None = None,
     resume: bool = True,
     also_known: tuple = (),
+    marker_inputs: MarkerInputs | None = None,
 ) -> MaskedMarkerModel:
     """Train a :class:`MaskedMarkerModel` (task "masked") or a
     :class:`TwinnedModel` ("contrastive", "both") and save it to ``out``.
@@ -92,7 +93,8 @@ def pretrain_encoder(
     flat dictionaries of :class:`PerceiverConfig`, :class:`TrainConfig`,
     :class:`MaskedConfig`, :class:`ContrastiveConfig`, :class:`PretrainSettings`
     and :class:`~gperceiver.marker_graph.GraphSettings` fields. An LD graph is computed
-    from the training individuals (not the held-out ones).
+    from the training individuals (not the held-out ones); an edge-list graph and
+    annotations come from ``marker_inputs`` (read by the caller).
     """
     classes = (
         PerceiverConfig,
@@ -112,7 +114,9 @@ def pretrain_encoder(
     train_rows, val_rows = split_individuals(
         genotypes.n_individuals, settings.val_fraction, train_cfg.seed
     )
-    graph, annotations = marker_inputs(graph_cfg, genotypes, train_rows)
+    graph, annotations = graph_and_annotations(
+        graph_cfg, genotypes, train_rows, marker_inputs
+    )
     model_cfg = replace(model_cfg, **marker_sizes(graph, annotations))
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_cfg, genotypes, settings.task)
@@ -285,13 +289,16 @@ def impute_genotypes(
     typed: dict | None = None,
     progress: bool = True,
     data_path=None,
+    marker_inputs: MarkerInputs | None = None,
 ) -> Imputation:
     """Impute ``genotypes`` with the masked model in ``model_dir``; with
     ``pretrain_params`` (from :func:`one_shot_params`) pretrain it there first, on
     these genotypes. A model pretrained without a trained allele decoder
     (contrastive) is refused; the model's frequency weighting is divided out."""
     if pretrain_params is not None:
-        pretrain_encoder(genotypes, model_dir, pretrain_params, typed)
+        pretrain_encoder(
+            genotypes, model_dir, pretrain_params, typed, marker_inputs=marker_inputs
+        )
     model, config = load_masked_model(model_dir, genotypes, data_path)
     if config.get("task") == "contrastive":
         raise InputError(

@@ -9,7 +9,12 @@ from .. import io
 from ..evaluate import NOTES, cross_validate, format_accuracy, single_split
 from ..io import InputError
 from ..report import write_evaluation
-from .inputs import read_covariates_if_given, read_genotypes, read_phenotypes_for
+from .inputs import (
+    read_covariates_if_given,
+    read_genotypes,
+    read_marker_inputs,
+    read_phenotypes_for,
+)
 from .options import (
     add_covariate_option,
     add_finetune_options,
@@ -42,6 +47,7 @@ def cmd_evaluate(args) -> None:
         "typed": typed,
         "workdir": out / "models",
         "covariates": read_covariates_if_given(args),
+        "marker_inputs": read_marker_inputs({**file_params(args), **typed}, genotypes),
     }
     predictions, accuracy = cross_validate(
         phenotypes,
@@ -73,7 +79,11 @@ def cmd_gblup(args) -> None:
             f"--method {args.method} does not use marker weights",
             "use --method gblup-weighted or drop --marker-weights",
         )
-    options = {"params": {"marker_weights": args.marker_weights}}
+    options = {
+        "marker_inputs": read_marker_inputs(
+            {"marker_weights": args.marker_weights}, genotypes
+        )
+    }
     predictions, accuracy = single_split(
         phenotypes, genotypes, args.method, args.cv, options=options
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 
 from .. import io
+from ..data import MarkerInputs
 from ..io import InputError, InputWarning
 
 
@@ -42,3 +43,9 @@ def read_phenotypes_for(args, genotypes):
 def read_covariates_if_given(args):
     path = getattr(args, "covariates", None)
     return io.read_covariates(path) if path else None
+
+
+def read_marker_inputs(options: dict, genotypes) -> MarkerInputs:
+    """The marker files named by ``options`` (``--params`` merged with typed
+    options): marker weights, an edge-list marker graph, annotations."""
+    return io.read_marker_inputs(options, genotypes.markers)

@@ -10,7 +10,12 @@ from ..finetuning import finetune, load_predictor, prediction_table
 from ..io import InputError
 from ..pretraining import impute_genotypes, one_shot_params, pretrain_encoder
 from ..report import write_finetune_outputs
-from .inputs import read_covariates_if_given, read_genotypes, read_phenotypes_for
+from .inputs import (
+    read_covariates_if_given,
+    read_genotypes,
+    read_marker_inputs,
+    read_phenotypes_for,
+)
 from .options import (
     add_covariate_option,
     add_finetune_options,
@@ -25,12 +30,14 @@ from .options import (
 
 def cmd_pretrain(args) -> None:
     genotypes = read_genotypes(args, stream=True)
+    params, typed = file_params(args), typed_options(args)
     pretrain_encoder(
         genotypes,
         args.out,
-        file_params(args),
-        typed_options(args),
+        params,
+        typed,
         resume=not args.restart,
+        marker_inputs=read_marker_inputs({**params, **typed}, genotypes),
     )
     print(f"wrote the pretrained model to {args.out}")
 
@@ -45,10 +52,11 @@ def cmd_impute(args) -> None:
             f"{genotypes.n_alleles} alleles",
             "use --output-format codes or probabilities",
         )
-    model_dir, params = args.model, None
+    model_dir, params, inputs = args.model, None, None
     if not model_dir:  # every refusal comes before the (long) pretraining
         model_dir = Path(args.out).with_name(Path(args.out).name + ".model")
         params = one_shot_params(file_params(args), typed_options(args))
+        inputs = read_marker_inputs({**params, **typed_options(args)}, genotypes)
         print(
             f"no --model: pretraining on {args.markers} first (model in {model_dir})",
             file=sys.stderr,
@@ -60,6 +68,7 @@ def cmd_impute(args) -> None:
         typed_options(args),
         progress=getattr(args, "progress", True),
         data_path=args.markers,
+        marker_inputs=inputs,
     )
     io.write_imputation(result, args.out, args.output_format)
     print(
@@ -73,15 +82,17 @@ def cmd_finetune(args) -> None:
     genotypes = read_genotypes(args)
     phenotypes = read_phenotypes_for(args, genotypes)
     covariates = read_covariates_if_given(args)
+    params, typed = file_params(args), typed_options(args)
     finetune(
         phenotypes,
         genotypes,
         args.out,
-        file_params(args),
-        typed_options(args),
+        params,
+        typed,
         pretrained=args.pretrained,
         cv=args.cv,
         covariates=covariates,
+        marker_inputs=read_marker_inputs({**params, **typed}, genotypes),
     )
     if not distributed.is_main():
         return  # rank 0 writes the predictions and the report

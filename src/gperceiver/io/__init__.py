@@ -11,6 +11,7 @@ from .formats import (
     write_genotype_file,
 )
 from .imputed import IMPUTATION_FORMATS, write_imputation
+from .marker_files import read_marker_inputs
 from .tables import (
     match_phenotypes,
     read_annotations,
@@ -36,6 +37,7 @@ __all__ = [
     "IMPUTATION_FORMATS",
     "genotype_format",
     "read_genotype_file",
+    "read_marker_inputs",
     "read_name_list",
     "read_table_genotypes",
     "stream_to_zarr",
