@@ -1,4 +1,4 @@
-"""Held-out bits per base of DNA models and every baseline, on the same bases, in one run.
+"""Held-out bits per base of DNA models and every baseline on the same bases, one run.
 
 - sequence models (``--model DIR``, repeatable): memory models (``seq pretrain --kind
   memory``) and transformers (``seq pretrain``) score every A/C/G/T of the held-out
@@ -76,7 +76,11 @@ def model_bits(directory, test_path) -> dict:
     else:
         model = SeqLM.from_pretrained(directory)
         bits, n = bits_per_base(model, read_records([test_path]))
-    return {"bits_per_base": bits, "scored": n, "seconds": time.perf_counter() - started}
+    return {
+        "bits_per_base": bits,
+        "scored": n,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def main() -> None:
@@ -96,7 +100,10 @@ def main() -> None:
         r = model_bits(directory, args.test)
         assert r["scored"] == scored, "every model scores the same bases"
         rows.append((f"model {Path(directory).name}", r["bits_per_base"], r["seconds"]))
-        print(f"{rows[-1][0]}: {r['bits_per_base']:.4f} ({r['seconds']:.0f} s)", flush=True)
+        print(
+            f"{rows[-1][0]}: {r['bits_per_base']:.4f} ({r['seconds']:.0f} s)",
+            flush=True,
+        )
     if not args.skip_markov:
         started = time.perf_counter()
         train = digits_of(args.train, both_strands=True)
@@ -111,7 +118,9 @@ def main() -> None:
         rows.append((f"{name} alone", r["test_alone_bits"], r["seconds"]))
         print(f"{name}: {r['bits_per_base']:.4f}", flush=True)
     results["load_after"] = os.getloadavg()
-    results["rows"] = [{"model": m, "bits_per_base": b, "seconds": s} for m, b, s in rows]
+    results["rows"] = [
+        {"model": m, "bits_per_base": b, "seconds": s} for m, b, s in rows
+    ]
     print("model\tbits_per_base\tseconds")
     for m, b, s in rows:
         print(f"{m}\t{b:.4f}\t{s:.0f}")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gperceiver.seq.experts import ExpertPass, EXPERT_ORDERS, MEMORY_SLOTS
+from gperceiver.seq.experts import EXPERT_ORDERS, MEMORY_SLOTS, ExpertPass
 from gperceiver.seq.memory import BREAK, Memory
 from seq_helpers import mutate, random_digits
 
@@ -60,7 +60,9 @@ def test_memory__counts_of_every_order_match_direct_counting(genome):
             match = (windows[:, :k] == context).all(1)
             starts = np.flatnonzero(match)
             nxt = starts + k
-            runs = np.array([(stream[max(0, p - 31) : p] < 4).all() and p >= 31 for p in nxt])
+            runs = np.array(
+                [(stream[max(0, p - 31) : p] < 4).all() and p >= 31 for p in nxt]
+            )
             direct = np.bincount(stream[nxt[runs]], minlength=5)[:4]
             assert (counts == direct).all()
 

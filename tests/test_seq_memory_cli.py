@@ -48,12 +48,16 @@ def test_seq_evaluate__memory_model_beats_markov_and_xz_on_a_held_out_strain(
 ):
     root, genomes = strains
     capsys.readouterr()
-    assert main(["seq", "evaluate", str(root / "s3.fa"), "--model", str(root / "m")]) == 0
+    assert (
+        main(["seq", "evaluate", str(root / "s3.fa"), "--model", str(root / "m")]) == 0
+    )
     out = dict(line.split("=") for line in capsys.readouterr().out.split())
     bits = float(out["bits_per_base"])
     assert int(out["scored_bases"]) == 60_000
     train = np.concatenate([np.append(g, -1) for g in genomes[:3]]).astype(np.int8)
-    train = np.concatenate([train, np.concatenate([np.append((3 - g)[::-1], -1) for g in genomes[:3]])])
+    train = np.concatenate(
+        [train, np.concatenate([np.append((3 - g)[::-1], -1) for g in genomes[:3]])]
+    )
     test = np.append(genomes[3], -1).astype(np.int8)
     markov = seq_markov.markov_bits(train.astype(np.int8), test, max_order=12)
     xz = xz_conditional_bits([letters(g) for g in genomes[:3]], letters(genomes[3]))
@@ -73,10 +77,27 @@ def test_seq_score__writes_one_row_per_allele(strains, tmp_path):
         f"s0_chrom\t2000\t.\t{seq[1999:2002]}\t{seq[1999]}\n"
     )
     out = tmp_path / "scores.tsv"
-    argv = ["seq", "score", str(ref), str(vcf), "--model", str(root / "m"), "--out", str(out)]
+    argv = [
+        "seq",
+        "score",
+        str(ref),
+        str(vcf),
+        "--model",
+        str(root / "m"),
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     table = pd.read_csv(out, sep="\t")
-    assert list(table.columns) == ["chrom", "pos", "ref", "alt", "llr_forward", "llr_reverse", "llr"]
+    assert list(table.columns) == [
+        "chrom",
+        "pos",
+        "ref",
+        "alt",
+        "llr_forward",
+        "llr_reverse",
+        "llr",
+    ]
     assert len(table) == 2
     # s0 is in the memory: departing from it costs many bits on both strands
     assert (table["llr_forward"] < -3).all() and (table["llr_reverse"] < -3).all()
@@ -84,7 +105,15 @@ def test_seq_score__writes_one_row_per_allele(strains, tmp_path):
 
 def test_seq_pretrain_memory__refuses_a_single_record(tmp_path, capsys):
     write_fasta(tmp_path / "one.fa", {"a": "ACGT" * 100})
-    argv = ["seq", "pretrain", str(tmp_path / "one.fa"), "--out", str(tmp_path / "m"), "--kind", "memory"]
+    argv = [
+        "seq",
+        "pretrain",
+        str(tmp_path / "one.fa"),
+        "--out",
+        str(tmp_path / "m"),
+        "--kind",
+        "memory",
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "one record" in err and err.count("\n") == 1

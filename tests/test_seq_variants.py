@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gperceiver.io import InputError
-from gperceiver.seq.memory_lm import pretrain_memory, MemoryLM
+from gperceiver.seq.memory_lm import MemoryLM, pretrain_memory
 from gperceiver.seq.variants import Variant, read_variants, score_variants
 from seq_helpers import SymmetricChain, letters, write_fasta
 
@@ -15,7 +15,9 @@ def plant(reference: np.ndarray, count: int, seed: int, flank: int):
     """SNVs, insertions and deletions at random positions away from the ends."""
     rng = np.random.default_rng(seed)
     out = []
-    for pos in np.sort(rng.choice(np.arange(flank + 5, len(reference) - flank - 5), count, False)):
+    for pos in np.sort(
+        rng.choice(np.arange(flank + 5, len(reference) - flank - 5), count, False)
+    ):
         ref_base = LETTERS[reference[pos]]
         kind = rng.integers(0, 3)
         if kind == 0:
@@ -61,12 +63,16 @@ def test_score_variants__memory_model_trained_on_the_chain_recovers_the_llr(
     chain, tmp_path
 ):
     for i in range(2):
-        write_fasta(tmp_path / f"g{i}.fa", {f"g{i}": letters(chain.sample(60_000, 10 + i))})
+        write_fasta(
+            tmp_path / f"g{i}.fa", {f"g{i}": letters(chain.sample(60_000, 10 + i))}
+        )
     params = dict(samples_per_group=40_000, epochs=3, batch_size=1024)
     pretrain_memory([tmp_path / "g0.fa", tmp_path / "g1.fa"], tmp_path / "m", params)
     model = MemoryLM.load(tmp_path / "m")
     reference = chain.sample(20_000, 3)  # held out: never in the memory
-    variants = [v for v in plant(reference, 200, 4, flank=40) if len(v.ref) == len(v.alt)]
+    variants = [
+        v for v in plant(reference, 200, 4, flank=40) if len(v.ref) == len(v.alt)
+    ]
     table = score_variants({"chr": reference}, variants, model, flank=40)
     truth = np.array([closed_form(chain, reference, v, 40) for v in variants])
     assert np.corrcoef(table["llr"], truth)[0, 1] > 0.93
@@ -90,7 +96,11 @@ def test_read_variants__splits_alleles_and_refuses_symbolic_ones(tmp_path):
         "chr\t5\t.\tA\tC,GT\nchr\t9\t.\tac\ta\n"
     )
     got = read_variants(path)
-    assert [(v.pos, v.ref, v.alt) for v in got] == [(5, "A", "C"), (5, "A", "GT"), (9, "AC", "A")]
+    assert [(v.pos, v.ref, v.alt) for v in got] == [
+        (5, "A", "C"),
+        (5, "A", "GT"),
+        (9, "AC", "A"),
+    ]
     path.write_text("#CHROM\tPOS\tID\tREF\tALT\nchr\t5\t.\tA\t<DEL>\n")
     with pytest.raises(InputError, match="line 2, REF/ALT A/<DEL>"):
         read_variants(path)

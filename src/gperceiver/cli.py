@@ -647,8 +647,12 @@ def cmd_seq_embed(args) -> None:
 
 def cmd_seq_score(args) -> None:
     from .seq.loading import load_scorer
-    from .seq.variants import read_variants, reference_digits, score_variants
-    from .seq.variants import write_scores
+    from .seq.variants import (
+        read_variants,
+        reference_digits,
+        score_variants,
+        write_scores,
+    )
 
     reference = reference_digits(args.reference)
     variants = read_variants(args.vcf)

@@ -138,7 +138,9 @@ def _emit(row, p_snap, z, logp_out, z_out, pred_out, ptr, hist, cnt, x, ms):
     score = np.empty(MEMORY_SLOTS)
     for s in range(MEMORY_SLOTS):
         a = 1.0 if ptr[s] >= 0 else 0.0
-        score[s] = a * (1e6 + _popcount(hist[s] & 0xFF) * 1e4 + _popcount(hist[s]) * 100)
+        score[s] = a * (
+            1e6 + _popcount(hist[s] & 0xFF) * 1e4 + _popcount(hist[s]) * 100
+        )
         score[s] += a * min(cnt[s], 99)
     rank = np.argsort(-score)
     f = 0
@@ -244,7 +246,8 @@ def run_experts(
                 fkeys[h], fvals[h] = fcode, t
             fcode = ((fcode << 2) | b) & top_code
             rcode = (rcode >> 2) | (np.int64(3 - b) << (2 * SELF_K - 2))
-            if run + 1 >= SELF_K and t - SELF_K >= 0:  # x[t-15:t+1] reverse-complemented
+            # x[t-15:t+1] reverse-complemented: its continuation is comp(x[t-16])
+            if run + 1 >= SELF_K and t - SELF_K >= 0:
                 h = _hash(rcode, bits)
                 rkeys[h], rvals[h] = rcode, t - SELF_K
             state[0] = (ctx >> 2) | (np.int64(b) << 60)
@@ -274,7 +277,8 @@ class ExpertPass:
 
     def advance(self, stop: int, emit: np.ndarray):
         """Run to ``stop``; features at the sorted positions ``emit`` (all in
-        [position, stop)): (logp (M, E, 4) float32, z (M, F) float32, pred (M, S) int8)."""
+        [position, stop)): (logp (M, E, 4) float32, z (M, F) float32,
+        pred (M, S) int8)."""
         m = len(emit)
         logp = np.zeros((m, N_EXPERTS, 4), np.float32)
         z = np.zeros((m, N_FEATURES), np.float32)

@@ -1,4 +1,4 @@
-"""Open either kind of sequence model directory (transformer or memory) by its config."""
+"""Open either kind of sequence model directory (transformer or memory)."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ BREAK = 4  # digit of every non-ACGT code and of record/strand boundaries
 
 
 def digits_of_tokens(tokens: np.ndarray) -> np.ndarray:
-    """Token ids (S,) -> digits 0..3 for A C G T and ``BREAK`` for the rest: (S,) uint8."""
+    """Token ids (S,) -> digits 0..3 (A C G T), ``BREAK`` for the rest: (S,) uint8."""
     d = tokens.astype(np.int16) - 2
     d[(d < 0) | (d > 3)] = BREAK
     return d.astype(np.uint8)
@@ -43,7 +43,8 @@ def digits_of_tokens(tokens: np.ndarray) -> np.ndarray:
 
 def join_digits(token_arrays, both_strands: bool) -> np.ndarray:
     """Records (token id arrays) -> one digit stream, each record (and, with
-    ``both_strands``, then each reverse complement) followed by ``BREAK``: (T,) uint8."""
+    ``both_strands``, then each reverse complement) followed by ``BREAK``:
+    (T,) uint8."""
     parts = [digits_of_tokens(t) for t in token_arrays]
     if both_strands:
         parts += [digits_of_tokens(COMPLEMENT_IDS[t[::-1]]) for t in token_arrays]

@@ -7,8 +7,8 @@ how far a match in another genome can be trusted, never to copy the text it pred
 The released memory then holds every group; held-out sequence is only ever seen
 through its own causal prefix (the self-copy pointers).
 
-A directory holds ``config.json`` (kind ``gperceiver-seq-memory``), ``mixer.safetensors``
-and ``memory/`` (see :mod:`gperceiver.seq.memory`).
+A directory holds ``config.json`` (kind ``gperceiver-seq-memory``),
+``mixer.safetensors`` and ``memory/`` (see :mod:`gperceiver.seq.memory`).
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def read_groups(paths) -> list[tuple[str, list[np.ndarray]]]:
 
 
 def recent_bases(x: np.ndarray, positions: np.ndarray, length: int) -> np.ndarray:
-    """The ``length`` digits before each position, ``BREAK`` before the start: (M, L)."""
+    """The ``length`` digits before each position (``BREAK`` before the start):
+    (M, L)."""
     idx = positions[:, None] - length + np.arange(length)
     out = x[np.clip(idx, 0, None)]
     out[idx < 0] = BREAK
@@ -108,7 +109,9 @@ def logo_examples(groups, run: MemoryRunConfig, context: int):
         memory = Memory.build(join_digits(others, both_strands=True))
         x = join_digits(records, both_strands=False)
         bases = np.flatnonzero(x < 4)
-        take = np.sort(rng.choice(len(bases), min(run.samples_per_group, len(bases)), False))
+        take = np.sort(
+            rng.choice(len(bases), min(run.samples_per_group, len(bases)), False)
+        )
         positions = bases[take]
         cut = bases[int(len(bases) * (1 - run.val_fraction))]
         arrays = _collect(memory, x, positions, run, context)
@@ -130,7 +133,9 @@ def mixer_bits(mixer, arrays, batch=65536) -> float:
     total, n = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(arrays[4]), batch):
-            logp, z, pred, recent, y = _tensors([a[i : i + batch] for a in arrays], device)
+            logp, z, pred, recent, y = _tensors(
+                [a[i : i + batch] for a in arrays], device
+            )
             logits = mixer(logp, z, pred, recent)
             total += F.cross_entropy(logits, y.long(), reduction="sum").item()
             n += len(y)
@@ -145,7 +150,10 @@ def train_mixer(mixer, train, val, run: MemoryRunConfig, device) -> dict:
     n = len(train[4])
     steps = run.epochs * math.ceil(n / run.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, run.lr, total_steps=max(steps, 1))
-    best = (mixer_bits(mixer, val), {k: v.clone() for k, v in mixer.state_dict().items()})
+    best = (
+        mixer_bits(mixer, val),
+        {k: v.clone() for k, v in mixer.state_dict().items()},
+    )
     history = [best[0]]
     generator = torch.Generator().manual_seed(run.seed)
     for _ in range(run.epochs):
@@ -243,15 +251,20 @@ class MemoryLM:
 
     @torch.no_grad()
     def log2_probs(self, x: np.ndarray) -> np.ndarray:
-        """(T,) digits -> (T,) log2 p(x[t] | x[:t], memory); NaN where x[t] is no base."""
+        """(T,) digits -> (T,) log2 p(x[t] | x[:t], memory); NaN where x[t] is no
+        base."""
         out = np.full(len(x), np.nan)
         positions = np.flatnonzero(x < 4)
         context = self.mixer.config.neural_context
         device = next(self.mixer.parameters()).device
         row = 0
-        for arrays in expert_inputs(self.memory, x, positions, self.run.anchor_order, context):
+        for arrays in expert_inputs(
+            self.memory, x, positions, self.run.anchor_order, context
+        ):
             for i in range(0, len(arrays[4]), 65536):
-                logp, z, pred, recent, y = _tensors([a[i : i + 65536] for a in arrays], device)
+                logp, z, pred, recent, y = _tensors(
+                    [a[i : i + 65536] for a in arrays], device
+                )
                 logits = self.mixer(logp, z, pred, recent).float()
                 lp = torch.log_softmax(logits, -1).gather(1, y.long()[:, None])[:, 0]
                 out[positions[row : row + len(y)]] = (lp / LOG2).cpu().numpy()

@@ -31,7 +31,8 @@ class MixerConfig:
 
 
 class MemoryMixer(nn.Module):
-    """(logp (B, E, 4), z (B, F), pred (B, S) int, recent (B, L) int) -> logits (B, 4)."""
+    """(logp (B, E, 4), z (B, F), pred (B, S) int, recent (B, L) int)
+    -> logits (B, 4)."""
 
     def __init__(self, config: MixerConfig):
         super().__init__()

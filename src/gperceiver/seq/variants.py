@@ -1,4 +1,4 @@
-"""Zero-shot variant scoring: log-likelihood ratio of the alternative vs reference allele.
+"""Zero-shot variant scoring: log-likelihood ratio of alternative vs reference allele.
 
 For a variant with reference allele ``R`` at ``pos`` and alternative ``A``, the window
 ``U + allele + D`` takes ``flank`` reference bases on each side. On the forward strand
@@ -98,7 +98,11 @@ def score_variants(reference, variants, model, flank: int = 128, path="VCF"):
                 "use the reference FASTA the VCF was called on",
             )  # fmt: skip
         stop = start + len(v.ref)
-        if start < 0 or stop > len(seq) or not (seq[start:stop] == _digits(v.ref)).all():
+        if (
+            start < 0
+            or stop > len(seq)
+            or not (seq[start:stop] == _digits(v.ref)).all()
+        ):
             raise InputError(
                 path, f"variant {i + 1} ({v.chrom}:{v.pos})",
                 f"REF {v.ref} does not match the reference there",
