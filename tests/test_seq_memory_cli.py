@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 
 from gperceiver.cli import main
+from gperceiver.io import InputError
+from gperceiver.seq.memory_lm import MemoryLM
 from seq_helpers import letters, related_strains, write_fasta
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "seq_markov.py"
@@ -118,3 +120,19 @@ def test_seq_pretrain_memory__refuses_a_single_record(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "one record" in err and err.count("\n") == 1
     assert not (tmp_path / "m").exists()
+
+
+def test_memory_lm__rebuilt_memory_gives_the_saved_model(strains, tmp_path):
+    root, genomes = strains
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for name in ("config.json", "mixer.safetensors"):
+        (shipped / name).write_bytes((root / "m" / name).read_bytes())
+    with pytest.raises(InputError, match="no memory/ beside the mixer"):
+        MemoryLM.load(shipped)
+    train = [root / f"s{i}.fa" for i in range(3)]
+    rebuilt = MemoryLM.load(shipped, memory_from=train)
+    x = genomes[3][:5000]
+    assert np.array_equal(
+        rebuilt.log2_probs(x), MemoryLM.load(root / "m").log2_probs(x)
+    )

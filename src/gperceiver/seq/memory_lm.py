@@ -208,6 +208,26 @@ def pretrain_memory(paths, out, params: dict) -> dict:
     return summary
 
 
+def _memory(directory: Path, memory_from, summary: dict) -> Memory:
+    if (directory / "memory").exists():
+        return Memory.load(directory / "memory")
+    if not memory_from:
+        raise InputError(
+            directory, None, "no memory/ beside the mixer",
+            "rebuild it: gperceiver seq pretrain TRAIN.fa ... --kind memory",
+        )  # fmt: skip
+    records = [r.tokens for p in memory_from for r in read_fasta(p)]
+    memory = Memory.build(join_digits(records, both_strands=True))
+    bases = int((memory.stream < 4).sum()) // 2
+    if bases != summary["training_bases"]:
+        raise InputError(
+            memory_from[0], None,
+            f"{bases} bases, the mixer was trained with {summary['training_bases']}",
+            f"pass the files it was trained on: {', '.join(summary['files'])}",
+        )  # fmt: skip
+    return memory
+
+
 class MemoryLM:
     """Memory + mixer: ``log2_probs`` of every base of a digit stream, causally."""
 
@@ -231,7 +251,10 @@ class MemoryLM:
         )
 
     @classmethod
-    def load(cls, directory, device: str = "cpu") -> MemoryLM:
+    def load(cls, directory, device: str = "cpu", memory_from=None) -> MemoryLM:
+        """Read a directory written by :meth:`save`. Without ``memory/`` (the
+        repository ships the mixer only), ``memory_from`` lists the training FASTA
+        files to rebuild the memory from; their base count must match the summary."""
         directory = Path(directory)
         config = read_json(directory / "config.json")
         if config.get("format_version") != MEMORY_FORMAT_VERSION:
@@ -245,7 +268,7 @@ class MemoryLM:
         mixer = MemoryMixer(MixerConfig(**config["mixer"]))
         mixer.load_state_dict(load_tensors(directory / "mixer.safetensors"))
         run = MemoryRunConfig(**config["run"])
-        lm = cls(Memory.load(directory / "memory"), mixer, run)
+        lm = cls(_memory(directory, memory_from, config["summary"]), mixer, run)
         lm.mixer.to(resolve_device(device))
         return lm
 
