@@ -451,14 +451,29 @@ def cmd_impute(args) -> None:
     from .pretraining import impute, load_masked_model, pretrain
 
     genotypes = read_genotypes(args)
+    if args.output_format == "dosage" and genotypes.n_alleles != 2:
+        raise InputError(
+            "--output-format",
+            None,
+            f"dosage tables hold biallelic markers only, these have "
+            f"{genotypes.n_alleles} alleles",
+            "use --output-format codes or probabilities",
+        )
     model_dir = args.model
-    if not model_dir:
+    if not model_dir:  # every refusal comes before the (long) pretraining
         model_dir = Path(args.out).with_name(Path(args.out).name + ".model")
+        params = {**ONE_SHOT_IMPUTE, **file_params(args)}
+        if {**params, **typed_options(args)}.get("task") == "contrastive":
+            raise InputError(
+                "--task",
+                None,
+                "contrastive pretraining leaves the allele decoder untrained",
+                "impute with --task masked or both",
+            )
         print(
             f"no --model: pretraining on {args.markers} first (model in {model_dir})",
             file=sys.stderr,
         )
-        params = {**ONE_SHOT_IMPUTE, **file_params(args)}
         pretrain(genotypes, model_dir, params, typed_options(args))
     model, config = load_masked_model(model_dir, genotypes, args.markers)
     if config.get("task") == "contrastive":
