@@ -10,6 +10,7 @@ from gperceiver.io import InputError
 from gperceiver.seq.fasta import read_fasta
 from gperceiver.seq.memory import join_digits
 from gperceiver.seq.memory_lm import MemoryLM
+from seq_helpers import write_fasta
 
 DATA = Path("/usr/share/doc/kleborate/examples/data")
 RELEASE = Path(__file__).parents[1] / "benchmarks" / "seq_models" / "kp-memory"
@@ -36,7 +37,9 @@ def test_released_memory_model__beats_xz_on_held_out_ntuh_k2044():
     assert bits < XZ_CONDITIONAL
 
 
-@needs_data
-def test_released_memory_model__refuses_a_memory_of_other_genomes():
-    with pytest.raises(InputError, match="the mixer was trained with 16763920"):
-        MemoryLM.load(RELEASE, memory_from=TRAIN[:1])
+def test_released_memory_model__refuses_a_memory_of_other_genomes(tmp_path):
+    write_fasta(tmp_path / "other.fa", {"a": "ACGT" * 50})
+    with pytest.raises(
+        InputError, match="200 bases, the mixer was trained with 16763920"
+    ):
+        MemoryLM.load(RELEASE, memory_from=[tmp_path / "other.fa"])
