@@ -176,7 +176,10 @@ def _typed_actions(parser):
             for name, sub in action.choices.items():
                 for command, dest in _typed_actions(sub):
                     yield f"{name} {command}".strip(), dest
-        elif action.default is argparse.SUPPRESS and action.dest != "help":
+        elif action.default is argparse.SUPPRESS and action.dest not in (
+            "help",
+            "version",
+        ):
             yield "", action.dest
 
 

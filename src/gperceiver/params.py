@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from pathlib import Path
 
 from .io import InputError
@@ -69,8 +71,47 @@ def resolve(
     out = []
     for cls in classes:
         kwargs = {k: v for k, v in merged.items() if owners.get(k) is cls}
+        for name, value in kwargs.items():
+            typed_here = name in typed and name not in defaults
+            where = f"--{name.replace('_', '-')}" if typed_here else source
+            check_type(cls, name, value, where)
         try:
             out.append(cls(**kwargs))
         except (TypeError, ValueError) as err:
-            raise InputError(source, None, str(err), "fix the value") from None
+            name = next((k for k in kwargs if str(err).startswith(k)), "")
+            where = f"--{name.replace('_', '-')}" if name in typed else source
+            raise InputError(where, None, str(err), "fix the value") from None
     return out
+
+
+def _accepts(kind, value) -> bool | None:
+    """Whether ``value`` fits the annotation ``kind`` (None: not checked)."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        verdicts = [_accepts(k, value) for k in typing.get_args(kind)]
+        return None if None in verdicts else any(verdicts)
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str)
+    return None  # tuples, nested configs: their class checks them
+
+
+def check_type(cls, name: str, value, source) -> None:
+    """Refuse a ``--params`` value of the wrong type (``"width": "64"``) in one
+    line naming the key, before it reaches the model."""
+    kind = typing.get_type_hints(cls).get(name)
+    if kind is not None and _accepts(kind, value) is False:
+        shown = getattr(kind, "__name__", None) or str(kind).replace("NoneType", "null")
+        raise InputError(
+            source,
+            f"key {name!r}",
+            f"{value!r} is not of type {shown}",
+            f"give {name} as a JSON {shown}",
+        )

@@ -75,6 +75,24 @@ class TrainConfig:
     # spent before a resume counts. Results then depend on the machine's speed.
     time_budget_s: float | None = None
 
+    def __post_init__(self):
+        positive = ["lr", "cycle_steps", "grad_clip", "batch_size", "epochs"]
+        positive += ["patience", "max_steps", "eval_every", "checkpoint_every"]
+        at_least_zero = ["warmup_steps", "weight_decay", "min_delta", "time_budget_s"]
+        failed = [
+            f"{name} must be positive, got {getattr(self, name)}"
+            for name in positive
+            if getattr(self, name) is not None and not getattr(self, name) > 0
+        ] + [
+            f"{name} must be >= 0, got {getattr(self, name)}"
+            for name in at_least_zero
+            if getattr(self, name) is not None and not getattr(self, name) >= 0
+        ]
+        if not 0 <= self.min_lr_ratio <= 1:
+            failed.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if failed:
+            raise ValueError("; ".join(failed))
+
     def fingerprint(self) -> str:
         keys = {k: v for k, v in asdict(self).items() if k not in ("progress",)}
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[

@@ -5,8 +5,8 @@ One module per command group (:mod:`.simulate`, :mod:`.convert`,
 tool's entry points); :mod:`.options` holds the shared option groups,
 :mod:`.inputs` reads the files a command names, :mod:`.run` runs it.
 
-Exit codes: 0 success, 1 bad input (a one-line message names file, place and fix),
-2 bad command-line usage, 130 interrupted.
+Exit codes: 0 success, 1 bad input or usage (a one-line message names the file or
+option, the place and the fix), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,10 +14,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import __version__
 from .convert import add_convert_command
 from .evaluate import add_evaluate_commands
 from .models import add_model_commands
-from .run import EXIT_INPUT, EXIT_INTERRUPTED, run
+from .run import (
+    EXIT_INPUT,
+    EXIT_INTERRUPTED,
+    Parser,
+    add_common_options,
+    leaf_parsers,
+    run,
+)
 from .seed import seed_finetune, seed_pretrain
 from .seq import add_seq_commands
 from .simulate import add_simulate_command
@@ -25,10 +33,13 @@ from .simulate import add_simulate_command
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``gperceiver`` parser: one sub-command per command."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gperceiver",
         description="Genomic prediction with Perceiver transformers, "
         "side by side with GBLUP.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"gperceiver {__version__}"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_simulate_command(sub)
@@ -36,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_commands(sub)
     add_model_commands(sub)
     add_seq_commands(sub)
+    for command in leaf_parsers(parser):
+        add_common_options(command)
     return parser
 
 

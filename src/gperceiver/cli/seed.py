@@ -13,7 +13,7 @@ from .options import (
     add_pretrain_task_options,
     add_training_options,
 )
-from .run import run
+from .run import Parser, add_common_options, run
 
 
 def cmd_seed_pretrain(args) -> None:
@@ -27,7 +27,7 @@ def cmd_seed_pretrain(args) -> None:
 
 def seed_pretrain(argv=None) -> int:
     """``gperceiver_pretrain CHROMS MARKERS --model DIR`` (the original entry point)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gperceiver_pretrain",
         description="Masked-marker or twinned pretraining "
         "(option names of the original tool).",
@@ -56,13 +56,14 @@ def seed_pretrain(argv=None) -> int:
         default=argparse.SUPPRESS,
         help="weight of the masked (allele) loss in the twinned task",
     )
+    add_common_options(parser)
     parser.set_defaults(func=cmd_seed_pretrain)
     return run(parser, argv)
 
 
 def seed_finetune(argv=None) -> int:
     """``gperceiver_finetune PHENOS CHROMS MARKERS --model DIR`` (original)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gperceiver_finetune",
         description="Finetune a phenotype model (option names of the original tool).",
     )
@@ -82,5 +83,6 @@ def seed_finetune(argv=None) -> int:
     add_genotype_options(parser)
     add_training_options(parser)
     add_finetune_options(parser)
+    add_common_options(parser)
     parser.set_defaults(func=cmd_finetune)
     return run(parser, argv)

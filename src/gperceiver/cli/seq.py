@@ -32,10 +32,6 @@ def cmd_seq_evaluate(args) -> None:
     from ..seq.lm import bits_per_base, read_records
     from ..seq.loading import MEMORY_KIND, load_scorer, model_kind
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     if model_kind(args.model) == MEMORY_KIND:
         bits, count = load_scorer(args.model, args.device).bits_per_base([args.fasta])
     else:
@@ -98,7 +94,6 @@ def add_seq_commands(sub) -> None:
         type=int,
         help="context positions re-read by each sliding window (default context/4)",
     )
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--device", default="cpu", help="memory models: auto|cpu|cuda[:N]")
     p.set_defaults(func=cmd_seq_evaluate)
     p = commands.add_parser("embed", help="mean hidden state of every record")

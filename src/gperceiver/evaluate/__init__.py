@@ -22,6 +22,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..data import Genotypes, Phenotypes
+from ..io import InputError
 from .accuracy import (
     ACCURACY_COLUMNS,
     POOLED,
@@ -46,14 +47,24 @@ def _check(
 ) -> None:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; available: {sorted(METHODS)}")
+        raise InputError(
+            "--methods",
+            None,
+            f"unknown method(s) {', '.join(unknown)}",
+            f"use some of {', '.join(sorted(METHODS))}",
+        )
     if scheme not in SCHEMES:
-        raise ValueError(f"unknown scheme {scheme!r}; use one of {SCHEMES}")
+        raise InputError(
+            "--scheme", None, f"unknown scheme {scheme!r}", f"use one of {SCHEMES}"
+        )
     per_block_methods = [m for m in methods if getattr(METHODS[m], "per_block", 0)]
     if scheme != "cv1" and per_block_methods:
-        raise ValueError(
-            f"{per_block_methods} fit each block on its own and cannot predict a "
-            f"held-out environment ({scheme}); use gblup-main or gblup-rn"
+        raise InputError(
+            "--methods",
+            None,
+            f"{', '.join(per_block_methods)} fit each block on its own and cannot "
+            f"predict a held-out environment ({scheme})",
+            "use gblup-main or gblup-rn",
         )
     absent = genotypes.index_of(phenotypes.table["name"]) < 0
     if absent.any():
@@ -176,7 +187,12 @@ def cross_validate(
     _check(phenotypes, genotypes, methods, scheme)
     unknown = set(folds) - set(phenotypes.folds()) if folds else set()
     if unknown:
-        raise ValueError(f"folds {sorted(unknown)} are not values of the cv column")
+        raise InputError(
+            "--folds",
+            None,
+            f"folds {sorted(unknown)} are not values of the cv column",
+            f"use some of {', '.join(map(str, phenotypes.folds()))}",
+        )
     predictions = _run(phenotypes, genotypes, methods, folds, progress, options, scheme)
     return predictions, accuracy_table(predictions)
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..data import EnvCovariates, Genotypes, Phenotypes
+from ..io import InputError
 from ..marker_graph import graph_and_annotations
 from ..pretraining import split_individuals
 from ..tasks.phenotype import Records, Scaling
@@ -47,7 +48,14 @@ def _records_split(
     if cv is not None:
         train_table, val_table = phenotypes.split(str(cv))
         if val_table.empty:
-            raise ValueError(f"{phenotypes.source}: no row has cv == {cv!r}")
+            known = phenotypes.folds() if phenotypes.has_cv else []
+            folds = ", ".join(known) or "the table has no cv column"
+            raise InputError(
+                "--cv",
+                None,
+                f"no row of {phenotypes.source} has cv == {cv!r}",
+                f"use one of the table's folds ({folds})",
+            )
         train = Records.from_table(train_table, genotypes, n_blocks)
         val = Records.from_table(val_table, genotypes, n_blocks)
         return train, val
