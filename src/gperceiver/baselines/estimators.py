@@ -212,10 +212,10 @@ class WeightedGBLUP:
 
     def select(self, groups) -> WeightedGBLUP:
         """Choose the mix for ``groups``, a list of ``(individuals (n,) int rows of
-        the relationships, responses (n,)[, fixed-effect design (n, p)])``; sets ``mix_``, ``relationship_``
-        (the chosen :class:`Kernel`) and ``fits_`` (each group's fit under it, or
-        None when there was a single candidate, so nothing was fitted); returns
-        ``self``."""
+        the relationships, responses (n,)[, fixed-effect design (n, p)])``; sets
+        ``mix_``, ``relationship_`` (the chosen :class:`Kernel`) and ``fits_``
+        (each group's fit under it, or None when there was a single candidate, so
+        nothing was fitted); returns ``self``."""
         best = None
         if len(self.relationships) == 1:
             best = (*self.relationships[0], None)

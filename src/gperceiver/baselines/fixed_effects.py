@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..io import InputWarning
+from ..io import InputError, InputWarning
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,55 @@ class FixedEffects:
 
 
 NO_FIXED = FixedEffects()
+
+
+def column_list(value) -> tuple[str, ...]:
+    """Column names from comma-separated text or a list (None: none).
+
+    >>> column_list("sex, litter"), column_list(["age"]), column_list(None)
+    (('sex', 'litter'), ('age',), ())
+    """
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+def check_fixed_columns(table: pd.DataFrame, spec: FixedEffects, source) -> None:
+    """Refuse (:class:`InputError`) a fixed-effect column missing from the
+    phenotypes ``table`` (read from ``source``), a covariate that is not a finite
+    number, or an empty factor value."""
+    usable = [c for c in table.columns if c not in ("name", "response")]
+    for column in spec.columns:
+        if column not in usable:
+            option = "--fixed" if column in spec.factors else "--fixed-numeric"
+            raise InputError(
+                option,
+                f"column {column!r}",
+                f"is not a fixed-effect column of {source}",
+                f"use one of {usable}",
+            )
+    for column in spec.factors:
+        empty = table[column].astype(str).str.strip().isin(["", "NA", "na", "nan"])
+        if empty.any():
+            row = int(np.flatnonzero(empty.to_numpy())[0])
+            raise InputError(
+                source,
+                f"line {row + 2}, column {column!r}",
+                "a fixed-effect factor is missing",
+                "give every record a level (or drop the record)",
+            )
+    for column in spec.covariates:
+        values = pd.to_numeric(table[column], errors="coerce").to_numpy(np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(
+                source,
+                f"line {row + 2}, column {column!r}",
+                f"{table[column].iloc[row]!r} is not a number",
+                "give every record a numeric covariate (or drop the record)",
+            )
 
 
 class FixedDesign:
@@ -127,5 +176,7 @@ def _covariate(records: pd.DataFrame, column: str) -> np.ndarray:
         raise KeyError(f"records lack the fixed-effect column {column!r}")
     values = pd.to_numeric(records[column], errors="coerce").to_numpy(np.float64)
     if not np.isfinite(values).all():
-        raise ValueError(f"covariate {column!r} must be a finite number in every record")
+        raise ValueError(
+            f"covariate {column!r} must be a finite number in every record"
+        )
     return values
