@@ -10,6 +10,7 @@ from ..evaluate import NOTES, cross_validate, format_accuracy, single_split
 from ..io import InputError
 from ..report import write_evaluation
 from .inputs import (
+    fixed_effects_for,
     read_covariates_if_given,
     read_genotypes,
     read_marker_inputs,
@@ -18,6 +19,7 @@ from .inputs import (
 from .options import (
     add_covariate_option,
     add_finetune_options,
+    add_fixed_options,
     add_inputs,
     add_training_options,
     file_params,
@@ -49,6 +51,7 @@ def cmd_evaluate(args) -> None:
         "covariates": read_covariates_if_given(args),
         "marker_inputs": read_marker_inputs({**file_params(args), **typed}, genotypes),
     }
+    options["fixed"] = fixed_effects_for({**options["params"], **typed}, phenotypes)
     predictions, accuracy = cross_validate(
         phenotypes,
         genotypes,
@@ -82,7 +85,8 @@ def cmd_gblup(args) -> None:
     options = {
         "marker_inputs": read_marker_inputs(
             {"marker_weights": args.marker_weights}, genotypes
-        )
+        ),
+        "fixed": fixed_effects_for(vars(args), phenotypes),
     }
     predictions, accuracy = single_split(
         phenotypes, genotypes, args.method, args.cv, options=options
@@ -108,6 +112,7 @@ def add_evaluate_commands(sub) -> None:
         "out; cv00: new individuals in a left-out environment (default cv1)",
     )
     add_covariate_option(p)
+    add_fixed_options(p, suppress=True)
     add_training_options(p)
     add_finetune_options(p)
     p.set_defaults(func=cmd_evaluate)
@@ -126,4 +131,5 @@ def add_evaluate_commands(sub) -> None:
         metavar="FILE",
         help="TSV marker, weight: the prior of --method gblup-weighted",
     )
+    add_fixed_options(p, suppress=False)
     p.set_defaults(func=cmd_gblup)
