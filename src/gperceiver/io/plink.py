@@ -30,6 +30,7 @@ from .variants import (
     blocks_from_genotypes,
     check_unique_ids,
     genotypes_from_blocks,
+    marker_name,
 )
 
 PLINK_MISSING = -127  # bed-reader's int8 code of a missing call
@@ -100,10 +101,20 @@ class PlinkSource:
                 "give every individual a unique IID",
             )
         self.contig = np.array([r[0] for r in bim], dtype=str)
-        self.ids = np.array([r[1] for r in bim], dtype=str)
-        check_unique_ids(self.ids, self.paths["bim"])
         cm = _numbers(self.paths["bim"], bim, 2, float, "cM position")
         bp = _numbers(self.paths["bim"], bim, 3, int, "bp position")
+        # a "." ID (plink2 keeps a VCF's) is named chrom:pos:REF:ALT, as in a VCF
+        self.id_missing = np.array([r[1] == "." for r in bim])
+        self.ids = np.array(
+            [
+                marker_name(r[0], p, [r[5], *([] if r[4] == "." else [r[4]])])
+                if r[1] == "."
+                else r[1]
+                for r, p in zip(bim, bp, strict=True)
+            ],
+            dtype=str,
+        )
+        check_unique_ids(self.ids, self.paths["bim"])
         self.position = bp.astype(np.int64)
         by_cm = (bp == 0).all()
         self.map_position = cm if by_cm else np.full(len(bim), np.nan)
@@ -165,6 +176,7 @@ class PlinkSource:
                 self.ids[part],
                 self.allele_names[part],
                 calls,
+                id_missing=self.id_missing[part],
             )
 
 
@@ -235,11 +247,15 @@ def write_plink_blocks(blocks, samples, path) -> int:
             for block in blocks:
                 codes, halves = _bed_codes(block, path)
                 bed.write(_pack(codes))
+                missing = block.id_missing
+                ids = (
+                    block.ids if missing is None else np.where(missing, ".", block.ids)
+                )
                 for j in range(len(block)):
                     cm = block.map_position[j]
                     alt = block.alleles[j, 1] if block.alleles.shape[1] > 1 else ""
                     bim.write(
-                        f"{block.contig[j]}\t{block.ids[j]}\t"
+                        f"{block.contig[j]}\t{ids[j]}\t"
                         f"{map_text(cm) if np.isfinite(cm) else 0}\t"
                         f"{block.position[j]}\t{alt or '.'}\t{block.alleles[j, 0]}\n"
                     )
