@@ -426,10 +426,10 @@ def cmd_gblup(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    from .pretraining import pretrain
+    from .pretraining import pretrain_encoder
 
     genotypes = read_genotypes(args, stream=True)
-    pretrain(
+    pretrain_encoder(
         genotypes,
         args.out,
         file_params(args),
@@ -448,7 +448,7 @@ ONE_SHOT_IMPUTE = {"time_budget_s": 1800.0, "warmup_steps": 20}
 
 
 def cmd_impute(args) -> None:
-    from .pretraining import impute, load_masked_model, pretrain
+    from .pretraining import impute, load_masked_model, pretrain_encoder
 
     genotypes = read_genotypes(args)
     if args.output_format == "dosage" and genotypes.n_alleles != 2:
@@ -474,7 +474,7 @@ def cmd_impute(args) -> None:
             f"no --model: pretraining on {args.markers} first (model in {model_dir})",
             file=sys.stderr,
         )
-        pretrain(genotypes, model_dir, params, typed_options(args))
+        pretrain_encoder(genotypes, model_dir, params, typed_options(args))
     model, config = load_masked_model(model_dir, genotypes, args.markers)
     if config.get("task") == "contrastive":
         raise InputError(
