@@ -29,7 +29,7 @@ from ..baselines import (
     ReactionNorm,
     WeightedGBLUP,
     environment_kernel,
-    relationship_mixes,
+    weighted_kernels,
 )
 from ..baselines.fixed_effects import column_list
 from ..data import Genotypes, MarkerInputs, Phenotypes
@@ -37,6 +37,7 @@ from ..finetuning import FinetuneSettings, finetune, load_predictor
 from ..io import InputError
 from ..nn.heads import HeadConfig
 from ..pretraining import pretrain_encoder
+from ..selection import component_frame, variance_components
 
 Method = Callable[[pd.DataFrame, pd.DataFrame, Genotypes, dict], np.ndarray | tuple]
 Parts = tuple[np.ndarray, np.ndarray]  # (fixed, genetic) parts, (k,) each
@@ -63,14 +64,27 @@ def _relationship(genotypes: Genotypes, cache: dict) -> Kernel:
     return cache["relationship"]
 
 
+def _record_components(cache: dict, frame: pd.DataFrame) -> None:
+    """Keep what a fit estimated in ``cache['components']`` (a list the caller
+    may pass in ``options`` to read them), labelled with the running split."""
+    frame = frame.assign(method=cache.get("method"), fold=cache.get("split"))
+    cache.setdefault("components", []).append(frame)
+
+
 def _gblup(train, genotypes, validation, cache) -> Parts:
     model = GBLUP(_relationship(genotypes, cache), fixed=fixed_effects(cache))
-    return model.fit(train, genotypes).predict_parts(validation)
+    model.fit(train, genotypes)
+    block = train["block"].iloc[0]
+    _record_components(cache, variance_components(model, "", block, ""))
+    return model.predict_parts(validation)
 
 
 def _rkhs(train, genotypes, validation, cache) -> Parts:
     model = RKHS(_relationship(genotypes, cache), fixed=fixed_effects(cache))
-    return model.fit(train, genotypes).predict_parts(validation)
+    model.fit(train, genotypes)
+    block = train["block"].iloc[0]
+    _record_components(cache, variance_components(model, "", block, ""))
+    return model.predict_parts(validation)
 
 
 def _weighted_relationships(genotypes: Genotypes, cache: dict) -> list:
@@ -86,11 +100,7 @@ def _weighted_relationships(genotypes: Genotypes, cache: dict) -> list:
                 "gblup-weighted needs a prior",
                 "pass --marker-weights FILE (a TSV marker, weight)",
             )
-        prior = inputs.weights
-        mixes = relationship_mixes(genotypes, genotypes.allele_frequencies(), prior)
-        cache["weighted_relationships"] = [
-            (mix, Kernel(relationship, genotypes.names)) for mix, relationship in mixes
-        ]
+        cache["weighted_relationships"] = weighted_kernels(genotypes, inputs.weights)
     return cache["weighted_relationships"]
 
 
@@ -99,6 +109,10 @@ def _gblup_weighted(train, validation, genotypes, cache) -> Parts:
     ``train`` (the additive path's rule), GBLUP per block under it."""
     relationships = _weighted_relationships(genotypes, cache)
     model = WeightedGBLUP(relationships, fixed=fixed_effects(cache)).fit(train)
+    for block, fit in model.block_fits_.items():
+        names = model.designs_[block].names_
+        frame = component_frame(fit, names, extra=[("mix", model.mix_)], block=block)
+        _record_components(cache, frame)
     return model.predict_parts(validation)
 
 
