@@ -13,8 +13,8 @@ def cmd_convert(args) -> None:
     source, target = io.genotype_format(args.input), io.genotype_format(args.output)
     samples = io.read_name_list(args.samples) if args.samples else None
     sites = io.read_name_list(args.sites) if args.sites else None
-    if target == "zarr" and source in ("vcf", "plink"):
-        n = io.stream_to_zarr(args.input, args.output, samples, args.region, sites)
+    if source in io.SOURCES and target in io.TARGETS:  # streamed, REF/ALT kept
+        n = io.convert_variants(args.input, args.output, samples, args.region, sites)
         print(f"converted {n} variants {args.input} -> {args.output}")
         return
     if source == "table":
@@ -50,7 +50,9 @@ def add_convert_command(sub) -> None:
         help="convert genotypes between VCF/BCF, PLINK, VCF Zarr and the tables",
     )
     p.add_argument(
-        "input", help=".vcf[.gz], .bcf, .bed (PLINK 1), .zarr, or a markers TSV"
+        "input",
+        help=".vcf[.gz], .bcf, .bed or prefix (PLINK 1), .pgen or prefix (PLINK 2), "
+        ".zarr, or a markers TSV",
     )
     p.add_argument("output", help="the same kinds of name; the format follows it")
     p.add_argument("--chroms", help="chroms TSV of a markers-table input")

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from .. import io
+from ..baselines import weighted_kernels
 from ..evaluate import NOTES, cross_validate, format_accuracy, single_split
 from ..io import InputError
 from ..report import write_evaluation
+from ..selection import predict_candidates
 from .inputs import (
+    fixed_effects_for,
     read_covariates_if_given,
     read_genotypes,
     read_marker_inputs,
@@ -18,6 +23,7 @@ from .inputs import (
 from .options import (
     add_covariate_option,
     add_finetune_options,
+    add_fixed_options,
     add_inputs,
     add_training_options,
     file_params,
@@ -49,6 +55,8 @@ def cmd_evaluate(args) -> None:
         "covariates": read_covariates_if_given(args),
         "marker_inputs": read_marker_inputs({**file_params(args), **typed}, genotypes),
     }
+    options["fixed"] = fixed_effects_for({**options["params"], **typed}, phenotypes)
+    options["components"] = []
     predictions, accuracy = cross_validate(
         phenotypes,
         genotypes,
@@ -57,7 +65,9 @@ def cmd_evaluate(args) -> None:
         options=options,
         scheme=args.scheme,
     )
-    write_evaluation(out, predictions, accuracy, genotypes, methods)
+    write_evaluation(
+        out, predictions, accuracy, genotypes, methods, options["components"]
+    )
     print(
         f"{args.scheme}: Pearson r within each block, pooled over its "
         f"{accuracy['fold'].nunique() - 1} split(s); mean = mean within-block r:"
@@ -82,13 +92,48 @@ def cmd_gblup(args) -> None:
     options = {
         "marker_inputs": read_marker_inputs(
             {"marker_weights": args.marker_weights}, genotypes
-        )
+        ),
+        "fixed": fixed_effects_for(vars(args), phenotypes),
+        "components": [],
     }
+    if args.cv is None:
+        return gblup_candidates(args, phenotypes, genotypes, options)
     predictions, accuracy = single_split(
         phenotypes, genotypes, args.method, args.cv, options=options
     )
     io.write_table(predictions, args.predictions)
+    if args.variance_components:
+        components = pd.concat(options["components"], ignore_index=True)
+        io.write_table(components, args.variance_components)
     print(format_accuracy(accuracy))
+
+
+def gblup_candidates(args, phenotypes, genotypes, options) -> None:
+    """``gblup`` without ``--cv``: fit on every record, predict every genotyped
+    individual (selection candidates) with PEV and reliability."""
+    weighted = None
+    if args.method == "gblup-weighted":
+        prior = options["marker_inputs"].weights
+        if prior is None:
+            raise InputError(
+                "--method", None, "gblup-weighted needs a prior",
+                "pass --marker-weights FILE (a TSV marker, weight)",
+            )  # fmt: skip
+        weighted = weighted_kernels(genotypes, prior)
+    candidates, components = predict_candidates(
+        phenotypes, genotypes, args.method, options["fixed"], weighted=weighted
+    )
+    io.write_table(candidates, args.predictions)
+    if args.variance_components:
+        io.write_table(components, args.variance_components)
+    unphenotyped = int((candidates.groupby("name")["records"].sum() == 0).sum())
+    h2 = components[components["component"] == "h2"]
+    per_block = ", ".join(f"block {r.block}: {r.value:.3f}" for r in h2.itertuples())
+    print(
+        f"{args.method}: fitted on {len(phenotypes.table)} records, predicted "
+        f"{genotypes.n_individuals} individuals ({unphenotyped} without records) "
+        f"in {candidates['block'].nunique()} block(s); h2 {per_block}"
+    )
 
 
 def add_evaluate_commands(sub) -> None:
@@ -108,16 +153,29 @@ def add_evaluate_commands(sub) -> None:
         "out; cv00: new individuals in a left-out environment (default cv1)",
     )
     add_covariate_option(p)
+    add_fixed_options(p, suppress=True)
     add_training_options(p)
     add_finetune_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
-        "gblup", help="fit GBLUP (or RKHS) on one train/validation split"
+        "gblup",
+        help="fit GBLUP (or RKHS) on one train/validation split, or on every record "
+        "to predict selection candidates",
     )
     add_inputs(p)
-    p.add_argument("--cv", required=True, help="rows with this cv value are validation")
+    p.add_argument(
+        "--cv",
+        help="rows with this cv value are validation; without it: fit on every "
+        "record and predict every genotyped individual (selection candidates: "
+        "GEBV, PEV, reliability)",
+    )
     p.add_argument("--predictions", required=True, help="output TSV")
+    p.add_argument(
+        "--variance-components",
+        metavar="FILE",
+        help="also write s2g, s2e, h2 and the fixed effects of each block's fit",
+    )
     p.add_argument(
         "--method", default="gblup", choices=["gblup", "rkhs", "gblup-weighted"]
     )
@@ -126,4 +184,5 @@ def add_evaluate_commands(sub) -> None:
         metavar="FILE",
         help="TSV marker, weight: the prior of --method gblup-weighted",
     )
+    add_fixed_options(p, suppress=False)
     p.set_defaults(func=cmd_gblup)

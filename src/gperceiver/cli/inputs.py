@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 
 from .. import io
+from ..baselines import FixedEffects, check_fixed_columns, column_list
 from ..data import MarkerInputs
 from ..io import InputError, InputWarning
 
@@ -49,3 +50,13 @@ def read_marker_inputs(options: dict, genotypes) -> MarkerInputs:
     """The marker files named by ``options`` (``--params`` merged with typed
     options): marker weights, an edge-list marker graph, annotations."""
     return io.read_marker_inputs(options, genotypes.markers)
+
+
+def fixed_effects_for(options: dict, phenotypes) -> FixedEffects:
+    """The :class:`~gperceiver.baselines.FixedEffects` of ``fixed`` /
+    ``fixed_numeric`` in ``options``, checked against the phenotypes table."""
+    spec = FixedEffects(
+        column_list(options.get("fixed")), column_list(options.get("fixed_numeric"))
+    )
+    check_fixed_columns(phenotypes.table, spec, phenotypes.source)
+    return spec

@@ -243,6 +243,24 @@ def add_finetune_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_fixed_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    default = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("fixed effects")
+    group.add_argument(
+        "--fixed",
+        default=default,
+        metavar="COL[,COL...]",
+        help="phenotype columns fitted as factors (sex, litter, replicate): GLS in "
+        "the REML mixed model, levels learnt on the training records only",
+    )
+    group.add_argument(
+        "--fixed-numeric",
+        default=default,
+        metavar="COL[,COL...]",
+        help="phenotype columns fitted as linear covariates (age, start weight)",
+    )
+
+
 def typed_options(args) -> dict:
     """The hyper-parameters typed on the command line (config fields only)."""
     return {

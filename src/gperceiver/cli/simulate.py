@@ -22,6 +22,7 @@ def cmd_simulate(args) -> None:
         epistasis_variance=args.epistasis,
         gxe_correlation=args.gxe_correlation,
         weather_days=args.weather_days,
+        fixed_variance=args.fixed_variance,
         n_folds=args.folds,
         seed=args.seed,
     )
@@ -66,6 +67,13 @@ def add_simulate_command(sub) -> None:
         type=int,
         default=0,
         help="daily weather per environment driving GxE (writes covariates.tsv)",
+    )
+    p.add_argument(
+        "--fixed-variance",
+        type=float,
+        default=0.0,
+        help="share of phenotypic variance from fixed effects: a factor 'sex' and "
+        "a covariate 'age' (columns of phenotypes.tsv; truth in fixed_effects.tsv)",
     )
     p.add_argument("--folds", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)

@@ -36,7 +36,8 @@ from .methods import METHODS, NOTES, Method, per_block
 SCHEMES = ("cv1", "cv0", "cv00")
 
 
-CORE_COLUMNS = ["name", "block", "cv", "response", "method", "prediction"]
+# "fixed": the fitted fixed part of "prediction" (NaN for a method without one)
+CORE_COLUMNS = ["name", "block", "cv", "response", "method", "prediction", "fixed"]
 
 
 def _check(
@@ -128,10 +129,16 @@ def _run(
                 continue
             for method in methods:
                 bar.set_postfix(split=fold, method=method)
+                cache["method"], cache["split"] = method, fold
                 prediction = METHODS[method](train, validation, genotypes, cache)
+                fixed = np.full(len(validation), np.nan)
+                if isinstance(prediction, tuple):  # (fixed, genetic) parts
+                    fixed, genetic = prediction
+                    prediction = np.asarray(fixed) + np.asarray(genetic)
                 part = validation.copy()
                 part["method"] = method
                 part["prediction"] = np.asarray(prediction, dtype=np.float64)
+                part["fixed"] = np.asarray(fixed, dtype=np.float64)
                 parts.append(part)
                 bar.update()
     if not parts:
@@ -154,7 +161,9 @@ def cross_validate(
     ``cv1`` (default): each ``cv`` value is the validation fold once; ``cv0`` and
     ``cv00`` hold out environments (see the module docstring; without a ``cv``
     column, ``cv0`` labels each held-out block's rows with its block as ``cv``).
-    ``options`` seeds the methods' shared cache: ``params`` / ``typed`` (neural
+    ``options`` seeds the methods' shared cache: ``components`` (a list, to which
+    the kernel baselines append each fit's
+    :func:`~gperceiver.selection.component_frame`), ``params`` / ``typed`` (neural
     hyper-parameters), ``workdir`` (where neural models are kept), ``covariates``
     (:class:`~gperceiver.data.EnvCovariates` for methods that use them),
     ``marker_inputs`` (:class:`~gperceiver.data.MarkerInputs`: the marker files

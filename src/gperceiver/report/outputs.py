@@ -44,14 +44,19 @@ def write_evaluation(
     accuracy: pd.DataFrame,
     genotypes: Genotypes,
     methods: list[str],
+    components: list[pd.DataFrame] = (),
 ) -> None:
-    """``predictions.tsv``, ``accuracy.tsv``, the figures and ``report.html`` of a
+    """``predictions.tsv``, ``accuracy.tsv``, ``variance_components.tsv`` (the
+    kernel fits' ``components``, if any), the figures and ``report.html`` of a
     cross-validation into ``out``; the neural methods' models are read from
     ``out/models`` (where ``cross_validate`` was told to keep them)."""
     out = Path(out)
     importance = fold_importance(out / "models", genotypes, methods)
     io.write_table(predictions, out / "predictions.tsv")
     io.write_table(accuracy, out / "accuracy.tsv", float_format="%.4f")
+    if len(components):
+        table = pd.concat(components, ignore_index=True)
+        io.write_table(table, out / "variance_components.tsv")
     curves = first_fold_curves(out / "models")
     evaluation_report(out, predictions, accuracy, NOTES, curves, importance)
 
