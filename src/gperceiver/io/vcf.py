@@ -48,17 +48,39 @@ __all__ = [
 
 
 # -- reading ---------------------------------------------------------------------------
+class ContextMessages:
+    """What htslib wrote to the redirected stderr: call for the text;
+    :meth:`new_error` tells whether an ``[E::`` line came since the last call
+    (one ``fstat`` per record while nothing was written)."""
+
+    def __init__(self, buffer):
+        self.buffer, self.seen = buffer, 0
+
+    def __call__(self) -> str:
+        self.buffer.seek(0)
+        return self.buffer.read().decode(errors="replace")
+
+    def new_error(self) -> bool:
+        size = os.fstat(self.buffer.fileno()).st_size
+        if size == self.seen:
+            return False
+        self.buffer.seek(self.seen)
+        self.seen = size
+        return b"[E::" in self.buffer.read()
+
+
 @contextmanager
 def _htslib_messages():
     """Send C-level stderr (htslib's ``[E::...]`` lines) to a buffer while active.
 
-    Yields a function returning what was written so far.
+    Yields a :class:`ContextMessages` (call it for what was written so far).
     """
     with tempfile.TemporaryFile(mode="w+b") as buffer:
         saved = os.dup(2)
         os.dup2(buffer.fileno(), 2)
         try:
-            yield lambda: (buffer.seek(0), buffer.read().decode(errors="replace"))[1]
+            messages = ContextMessages(buffer)
+            yield messages
         finally:
             os.dup2(saved, 2)
             os.close(saved)
@@ -164,6 +186,12 @@ class VcfSource:
                             done = True
                             break
                         seen += 1
+                        # never touch a record htslib broke: reading its
+                        # REF/ALT would crash the interpreter
+                        if messages.new_error():
+                            raise ValueError("htslib could not parse it")
+                        if record.end <= record.start:  # no REF: a cut line
+                            raise ValueError("the line is cut short (no REF)")
                         row = self._row(record, seen, ploidy)
                         if row is None:
                             continue

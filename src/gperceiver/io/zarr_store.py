@@ -16,6 +16,7 @@ ploidy) follows :func:`variants.allele_ids`: a haploid call is homozygous.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,9 @@ class StreamedAlleles:
         step = self.calls.chunks[0]
         for v0 in range(0, m, step):
             v1 = min(v0 + step, m)
-            part = allele_ids(self.calls[v0:v1, start:stop, :], self.path, v0, start)
+            with decoding(self.path, f"call_genotype, variants {v0 + 1}-{v1}"):
+                calls = self.calls[v0:v1, start:stop, :]
+            part = allele_ids(calls, self.path, v0, start)
             where = slice(v0, v1) if self.identity else self.store_to_map[v0:v1]
             out[:, where, :] = part.transpose(1, 0, 2)
         self._cached = (index, out)
@@ -115,6 +118,10 @@ class ZarrGenotypes(Genotypes):
     def __init__(
         self, path, block_samples: int | None = None, block_bytes: int = BLOCK_BYTES
     ):
+        with decoding(path, "its variant and sample arrays"):
+            self._open(path, block_samples, block_bytes)
+
+    def _open(self, path, block_samples: int | None, block_bytes: int) -> None:
         group = open_store(path)
         calls = group["call_genotype"]
         self.path = Path(path)
@@ -269,6 +276,24 @@ class ZarrSource:
 
 def _part(group, name: str, part: slice):
     return group[name][part] if name in group else None
+
+
+@contextmanager
+def decoding(path, what: str):
+    """A store whose chunks cannot be read or decoded (damaged, truncated, another
+    codec) is refused in one line, not with zarr's or the codec's traceback."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as err:  # zarr and numcodecs raise many types
+        detail = (str(err).splitlines() or [""])[0]
+        raise InputError(
+            path,
+            what,
+            f"cannot be read ({type(err).__name__}: {detail})",
+            "rewrite the store with gperceiver convert or bio2zarr",
+        ) from None
 
 
 def open_store(path):
