@@ -257,6 +257,12 @@ def test_pretrain__killed_and_resumed_matches_uninterrupted(population, tmp_path
     assert full.keys() == resumed.keys()
     for key in full:
         assert torch.equal(full[key], resumed[key]), key
+    # the losses logged since the last evaluation were checkpointed too
+    logged = [
+        pd.read_csv(tmp_path / run / "metrics.csv").drop(columns="seconds")
+        for run in ("full", "killed")
+    ]
+    pd.testing.assert_frame_equal(logged[0], logged[1])
 
 
 def test_read_markers__imputed_output_round_trips(population, tmp_path):

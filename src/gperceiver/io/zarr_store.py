@@ -18,6 +18,7 @@ pretraining and prediction stream through it without loading the whole matrix.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -270,6 +271,21 @@ class ZarrGenotypes(Genotypes):
         alleles = StreamedAlleles(calls, store_to_map, block_samples or calls.chunks[1])
         names = _strings(group["sample_id"])
         super().__init__(alleles, names, markers, n_alleles)
+
+    def content_digest(self) -> str:
+        """Hash of the store's files (relative path, size, modification time).
+
+        Reading every call to hash it would cost a full pass over the store; any
+        rewrite of the store changes a size or a time, which is what a resume
+        must notice.
+        """
+        h = hashlib.sha256(str(self.alleles.shape).encode())
+        for path in sorted(self.path.rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                rel = path.relative_to(self.path).as_posix()
+                h.update(f"{rel}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        return h.hexdigest()
 
     def epoch_order(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Shuffled ``rows``, each block of samples kept together, blocks shuffled."""
