@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .data import MarkerMap
-from .io import InputError, atomic_path, read_chroms, write_chroms
+from .io import InputError, atomic_directory, atomic_path, read_chroms, write_chroms
 
 FORMAT_VERSION = 2  # written; 2: the Gaussian additive path scales each column
 READABLE_VERSIONS = (1, 2)  # read (format 1 is upgraded on load)
@@ -41,15 +41,23 @@ def load_tensors(path) -> dict[str, torch.Tensor]:
 def save_model(
     directory, model: torch.nn.Module, config: dict, markers: MarkerMap
 ) -> None:
-    """Write ``config.json``, ``model.safetensors`` and ``markers.tsv``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_chroms(markers, directory / "markers.tsv")
-    save_tensors(model.state_dict(), directory / "model.safetensors")
-    write_json(
-        {**config, "format_version": FORMAT_VERSION, "markers": markers.fingerprint()},
-        directory / "config.json",
-    )
+    """Write ``config.json``, ``model.safetensors`` and ``markers.tsv``.
+
+    The files are staged beside ``directory`` and moved in with ``config.json``
+    last (see :func:`~gperceiver.io.atomic_directory`): a directory without
+    ``config.json`` holds no model, one with it holds a complete one.
+    """
+    with atomic_directory(directory, last="config.json") as staging:
+        write_chroms(markers, staging / "markers.tsv")
+        save_tensors(model.state_dict(), staging / "model.safetensors")
+        write_json(
+            {
+                **config,
+                "format_version": FORMAT_VERSION,
+                "markers": markers.fingerprint(),
+            },
+            staging / "config.json",
+        )
 
 
 def load_model_config(directory) -> tuple[dict, MarkerMap]:

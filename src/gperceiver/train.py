@@ -269,8 +269,10 @@ class Trainer:
         # same file as one never stopped
         names = {k for row in history for k in row}
         lead = [k for k in ("step", "epoch", "lr") if k in names]
-        keys = lead + sorted(names - {*lead, "seconds"}) + ["seconds"] * (
-            "seconds" in names
+        keys = (
+            lead
+            + sorted(names - {*lead, "seconds"})
+            + ["seconds"] * ("seconds" in names)
         )
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=keys, restval="")

@@ -1,6 +1,6 @@
 """Readers and writers: the only place that knows file formats."""
 
-from .atomic import atomic_path
+from .atomic import atomic_directory, atomic_path
 from .errors import InputError, InputWarning
 from .formats import (
     genotype_format,
@@ -30,6 +30,7 @@ from .tables import (
 __all__ = [
     "InputError",
     "InputWarning",
+    "atomic_directory",
     "atomic_path",
     "genotype_format",
     "read_genotype_file",

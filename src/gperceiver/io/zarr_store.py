@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import Genotypes, MarkerMap
+from .atomic import sync_tree
 from .errors import InputError
 from .variants import VariantBlock, check_unique_ids
 
@@ -161,6 +162,7 @@ def write_zarr(
             )
             mappos[:] = map_position
         zarr.consolidate_metadata(staging)
+        sync_tree(staging)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
             os.replace(path, old / path.name)
