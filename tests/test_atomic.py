@@ -9,8 +9,7 @@ import torch
 
 from gperceiver.checkpoint import load_model_config, save_model
 from gperceiver.data import MarkerMap
-from gperceiver.io import atomic_directory, atomic_path
-from gperceiver.io import write_genotype_file
+from gperceiver.io import atomic_directory, atomic_path, write_genotype_file
 from gperceiver.simulate import SimulationConfig, simulate
 
 
