@@ -109,7 +109,8 @@ def test_pretrain__time_budget_stops_on_the_clock_and_anneals(population, tmp_pa
     pretrain(population, tmp_path / "m", {**TINY, "warmup_steps": 2}, typed)
     metrics = pd.read_csv(tmp_path / "m" / "metrics.csv")
     last = metrics.iloc[-1]
-    assert 1.5 <= last["seconds"] < 5.0 and last["step"] > 4
+    # the first step past the budget ends it (generous bound: the box may be loaded)
+    assert 1.5 <= last["seconds"] < 10.0 and last["step"] > 4
     assert last["lr"] < 0.06 * 1e-3  # the cosine floor is 5% of the default lr
     pretrain(population, tmp_path / "m", {**TINY, "warmup_steps": 2}, typed)
     again = pd.read_csv(tmp_path / "m" / "metrics.csv")
