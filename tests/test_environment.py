@@ -13,10 +13,9 @@ from gperceiver.baselines import (
     GBLUP,
     Kernel,
     ReactionNorm,
-    _dense_reml,
-    _kronecker_reml,
     environment_kernel,
 )
+from gperceiver.baselines.reaction_norm import _dense_reml, _kronecker_reml
 from gperceiver.cli import main
 from gperceiver.data import Phenotypes
 from gperceiver.evaluate import METHODS, cross_validate, pearson, pooled_table

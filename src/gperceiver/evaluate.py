@@ -33,6 +33,7 @@ from .baselines import (
     RKHS,
     Kernel,
     ReactionNorm,
+    WeightedGBLUP,
     environment_kernel,
     relationship_mixes,
 )
@@ -65,8 +66,8 @@ def _rkhs(train, genotypes, names, cache) -> np.ndarray:
     return model.fit(train, genotypes).predict(names)
 
 
-def _weighted_relationships(genotypes: Genotypes, cache: dict) -> list[Kernel]:
-    """Weighted G of all genotypes for each prior mix
+def _weighted_relationships(genotypes: Genotypes, cache: dict) -> list:
+    """``(mix, Kernel)`` weighted G of all genotypes for each prior mix
     (:func:`~gperceiver.baselines.relationship_mixes`), from the ``marker_weights``
     file of the neural options, computed once per data set."""
     if "weighted_relationships" not in cache:
@@ -81,18 +82,19 @@ def _weighted_relationships(genotypes: Genotypes, cache: dict) -> list[Kernel]:
         prior = read_marker_weights(options["marker_weights"], genotypes.markers)
         mixes = relationship_mixes(genotypes, genotypes.allele_frequencies(), prior)
         cache["weighted_relationships"] = [
-            Kernel(relationship, genotypes.names) for _, relationship in mixes
+            (mix, Kernel(relationship, genotypes.names)) for mix, relationship in mixes
         ]
     return cache["weighted_relationships"]
 
 
-def _gblup_weighted(train, genotypes, names, cache) -> np.ndarray:
-    fits = [
-        GBLUP(relationship=kernel).fit(train, genotypes)
-        for kernel in _weighted_relationships(genotypes, cache)
-    ]
-    best = max(fits, key=lambda model: model.fit_.log_likelihood)
-    return best.predict(names)
+def _gblup_weighted(train, validation, genotypes, cache) -> np.ndarray:
+    """:class:`~gperceiver.baselines.WeightedGBLUP`: one mix for every block of
+    ``train`` (the additive path's rule), GBLUP per block under it."""
+    model = WeightedGBLUP(_weighted_relationships(genotypes, cache)).fit(train)
+    return model.predict(validation["name"], validation["block"])
+
+
+_gblup_weighted.per_block = True  # fits each block: cannot predict a new one
 
 
 def _across_environments(train, validation, genotypes, cache, interaction):
@@ -152,7 +154,7 @@ def _perceiver_pretrained(train, validation, genotypes, cache) -> np.ndarray:
 METHODS: dict[str, Method] = {
     "gblup": per_block(_gblup),
     "rkhs": per_block(_rkhs),
-    "gblup-weighted": per_block(_gblup_weighted),
+    "gblup-weighted": _gblup_weighted,
     "gblup-main": _gblup_main,
     "gblup-rn": _gblup_rn,
     "perceiver": _perceiver,
@@ -160,8 +162,8 @@ METHODS: dict[str, Method] = {
 }
 NOTES = {
     "gblup-weighted": "GBLUP with the --marker-weights prior, how much it counts "
-    "chosen by REML per block on the training records (as the perceiver's "
-    "additive path)",
+    "chosen by REML on the training records, summed over blocks (the perceiver's "
+    "additive path's rule)",
     "gblup-main": "main-effect GBLUP on every environment at once "
     "(environment means fixed)",
     "gblup-rn": "reaction-norm GBLUP: G, G o Omega kernels, Omega from the "

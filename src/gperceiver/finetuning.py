@@ -17,14 +17,14 @@ import pandas as pd
 import torch
 
 from .baselines import (
+    Kernel,
+    WeightedGBLUP,
     additive_effects,
-    best_bandwidth,
     kernel_columns,
     kernel_effects,
     kernel_features,
     mixed_weights,
     relationship_mixes,
-    reml,
 )
 from .checkpoint import (
     FORMAT_VERSION,
@@ -199,16 +199,16 @@ def fit_additive(
     frequencies: np.ndarray,
     kept: np.ndarray,
     prior: np.ndarray | None,
-    relationships: list[tuple[float, np.ndarray]],
+    relationships: list[tuple[float, Kernel]],
 ) -> tuple[np.ndarray, float]:
     """Set the additive path: per block, REML GBLUP (``MarkerEffects``) or RKHS
     (``GaussianEffects``) on the individuals with a record (their mean response,
     scaled).
 
     ``relationships`` are the :func:`~gperceiver.baselines.relationship_mixes` of
-    the individuals ``kept`` (``records.rows`` come first) for ``prior``: the mix
-    with the highest restricted likelihood summed over blocks is used (same
-    responses for every mix, so the likelihoods compare; the first on a tie).
+    the individuals ``kept`` (``records.rows`` come first) for ``prior``, as
+    ``(mix, Kernel)``: :class:`~gperceiver.baselines.WeightedGBLUP` chooses the
+    mix (highest restricted likelihood summed over blocks, the first on a tie).
     Returns the leave-one-out predictions (N, E) of the records (NaN where none):
     what the additive path predicts for an individual it was not fitted on; and
     the mix.
@@ -223,18 +223,8 @@ def fit_additive(
             (records.response[seen, block] - mean) / sd,
         )
 
-    def likelihood(relationship: np.ndarray) -> float:
-        total = 0.0
-        for rows, y in targets.values():
-            part = relationship[np.ix_(rows, rows)]
-            individuals = np.arange(len(rows))
-            fit = best_bandwidth(part, y)[2] if gaussian else reml(y, part, individuals)
-            total += fit.log_likelihood
-        return total
-
-    mix, relationship = relationships[0]
-    if len(relationships) > 1:
-        mix, relationship = max(relationships, key=lambda pair: likelihood(pair[1]))
+    selection = WeightedGBLUP(relationships, gaussian).select(list(targets.values()))
+    mix, relationship = selection.mix_, selection.relationship_.matrix
     weights = None if prior is None else mixed_weights(prior, mix)
     if gaussian:
         keep, column_scale = kernel_columns(frequencies, genotypes.ploidy, weights)
@@ -305,9 +295,12 @@ def fit_additive_path(
     both = train.join(val)
     frequencies = genotypes.allele_frequencies(both.rows)
     kept = both.rows
-    relationships = relationship_mixes(
-        genotypes.subset(individuals=kept), frequencies, prior
-    )  # computed once for both fits, every block and every mix
+    relationships = [
+        (mix, Kernel(relationship, memory=0))
+        for mix, relationship in relationship_mixes(
+            genotypes.subset(individuals=kept), frequencies, prior
+        )
+    ]  # computed once for both fits, every block and every mix
     fit = partial(
         fit_additive, additive, genotypes, scaling=scaling, frequencies=frequencies,
         kept=kept, prior=prior, relationships=relationships,

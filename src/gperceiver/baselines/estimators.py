@@ -1,0 +1,203 @@
+"""GBLUP and RKHS as ``fit`` / ``predict`` estimators on phenotype records.
+
+Kernels are built from the genotypes of *all* individuals, without phenotypes (the
+usual practice: it uses no response of a validation individual), so a caller fitting
+many splits passes the relationship once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..data import Genotypes
+from .kernels import DEFAULT_BANDWIDTHS, Kernel
+from .mixed_model import best_bandwidth, reml
+
+
+def _records(records: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    missing = {"name", "response"} - set(records.columns)
+    if missing:
+        raise ValueError(f"training records lack column(s) {sorted(missing)}")
+    y = records["response"].to_numpy(dtype=np.float64)
+    if not np.isfinite(y).all():
+        raise ValueError("training responses must be finite")
+    return records["name"].to_numpy(), y
+
+
+class GBLUP:
+    """Genomic BLUP: REML on VanRaden's relationship matrix with an intercept.
+
+    Fit once per environment (block). The relationship matrix is computed from all
+    genotypes, phenotyped or not (standard practice; no response enters it), so a
+    caller fitting many splits passes it once as ``relationship``.
+
+    Parameters
+    ----------
+    relationship : Kernel, optional
+        :meth:`Kernel.relationship` of the genotypes; computed in ``fit`` if absent.
+    delta : float, optional
+        Fix ``s2e / s2g`` instead of estimating it by REML.
+
+    Examples
+    --------
+    >>> names = np.array(["a", "b", "c", "d"])
+    >>> k = Kernel(np.eye(4) + 0.5, names)
+    >>> records = pd.DataFrame({"name": ["a", "b", "c"], "response": [1.0, 2.0, 3.0]})
+    >>> model = GBLUP(relationship=k, delta=1.0).fit(records, genotypes=None)
+    >>> model.predict(["a", "d"]).round(3)
+    array([1.5, 2. ])
+    """
+
+    def __init__(self, relationship: Kernel | None = None, delta: float | None = None):
+        self.relationship = relationship
+        self.delta = delta
+
+    def _relationship(self, genotypes: Genotypes | None) -> Kernel:
+        if self.relationship is not None:
+            return self.relationship
+        if genotypes is None:
+            raise ValueError("pass genotypes or a precomputed relationship")
+        return Kernel.relationship(genotypes)
+
+    def fit(self, records: pd.DataFrame, genotypes: Genotypes | None) -> GBLUP:
+        """Fit on ``records`` (columns ``name``, ``response``); returns ``self``."""
+        names, y = _records(records)
+        self.kernel_ = self._relationship(genotypes)
+        self.fit_ = reml(
+            y, self.kernel_, self.kernel_.index_of(names), delta=self.delta
+        )
+        return self
+
+    def predict(self, names) -> np.ndarray:
+        """Intercept plus BLUP for each name, ``(len(names),)`` float64."""
+        return self.fit_.beta[0] + self.fit_.blup[self.kernel_.index_of(names)]
+
+
+class RKHS(GBLUP):
+    """RKHS regression with a Gaussian kernel over centred dosages.
+
+    The kernel is ``exp(-D2 / (h median(D2)))`` (:func:`gaussian_kernel`). The
+    bandwidth ``h`` is the one of ``bandwidths`` whose REML fit to the training
+    records has the highest restricted likelihood (same ``y`` and ``X`` for every
+    candidate, so the likelihoods compare); no validation record is used.
+
+    Parameters
+    ----------
+    relationship : Kernel, optional
+        :meth:`Kernel.relationship` of all genotypes; computed in ``fit`` if absent.
+        Its Gaussian kernels and their decompositions are memoised on it.
+    bandwidths : sequence of float
+        Candidate ``h`` values.
+    """
+
+    def __init__(
+        self,
+        relationship: Kernel | None = None,
+        bandwidths: tuple[float, ...] = DEFAULT_BANDWIDTHS,
+    ):
+        super().__init__(relationship)
+        self.bandwidths = tuple(bandwidths)
+
+    def fit(self, records: pd.DataFrame, genotypes: Genotypes | None) -> RKHS:
+        """Fit every bandwidth, keep the most likely; returns ``self``."""
+        names, y = _records(records)
+        relationship = self._relationship(genotypes)
+        individuals = relationship.index_of(names)
+        best = None
+        for h in self.bandwidths:
+            kernel = relationship.gaussian(h)
+            fit = reml(y, kernel, individuals)
+            if best is None or fit.log_likelihood > best[2].log_likelihood:
+                best = (h, kernel, fit)
+        self.bandwidth_, self.kernel_, self.fit_ = best
+        return self
+
+
+class WeightedGBLUP:
+    """GBLUP on a marker-weight prior, how much the prior counts chosen by REML.
+
+    The candidates are the weighted relationships of
+    :func:`~gperceiver.baselines.relationship_mixes`, one per mix. The rule, the
+    only one in the package: fit every group of records (one group per
+    environment) under every candidate, and keep the mix whose restricted
+    log-likelihoods, summed over the groups, are highest (the first on a tie). The
+    groups' responses are the same under every candidate, so the likelihoods
+    compare. A mix of 0 is plain GBLUP, so a useless prior comes back as 0.
+
+    Parameters
+    ----------
+    relationships : list of (float, Kernel or ndarray)
+        ``(mix, (N, N) relationship)`` candidates, in the order ties go to.
+    gaussian : bool
+        Compare RKHS fits (the bandwidth of highest likelihood per group, median
+        distance among the group's individuals, :func:`best_bandwidth`) instead of
+        GBLUP fits.
+
+    Examples
+    --------
+    >>> names = np.array(["a", "b", "c", "d"])
+    >>> flat, close = Kernel(np.eye(4), names), Kernel(np.eye(4) + 0.9, names)
+    >>> records = pd.DataFrame({"name": ["a", "b", "c"], "response": [1.0, 1.1, 0.9],
+    ...                         "block": 0})
+    >>> model = WeightedGBLUP([(0.0, flat), (1.0, close)]).fit(records)
+    >>> model.mix_, model.predict(["d"], [0]).round(3)
+    (1.0, array([1.]))
+    """
+
+    def __init__(self, relationships, gaussian: bool = False):
+        if not relationships:
+            raise ValueError("weighted GBLUP needs at least one relationship")
+        self.relationships = [
+            (float(mix), k if isinstance(k, Kernel) else Kernel(k, memory=0))
+            for mix, k in relationships
+        ]
+        self.gaussian = gaussian
+
+    def _fit_group(self, kernel: Kernel, individuals: np.ndarray, y: np.ndarray):
+        if self.gaussian:
+            part = kernel.matrix[np.ix_(individuals, individuals)]
+            return best_bandwidth(part, y)[2]
+        return reml(y, kernel, individuals)
+
+    def select(self, groups) -> WeightedGBLUP:
+        """Choose the mix for ``groups``, a list of ``(individuals (n,) int rows of
+        the relationships, responses (n,))``; sets ``mix_``, ``relationship_``
+        (the chosen :class:`Kernel`) and ``fits_`` (each group's fit under it, or
+        None when there was a single candidate, so nothing was fitted); returns
+        ``self``."""
+        best = None
+        if len(self.relationships) == 1:
+            best = (*self.relationships[0], None)
+        else:
+            for mix, kernel in self.relationships:
+                fits = [self._fit_group(kernel, rows, y) for rows, y in groups]
+                total = sum(fit.log_likelihood for fit in fits)
+                if best is None or total > best[3]:
+                    best = (mix, kernel, fits, total)
+        self.mix_, self.relationship_, self.fits_ = best[:3]
+        return self
+
+    def fit(self, records: pd.DataFrame) -> WeightedGBLUP:
+        """Choose the mix on ``records`` (``name``, ``response``, ``block``; one
+        group per block), then GBLUP per block under it; returns ``self``."""
+        names, y = _records(records)
+        blocks = records["block"].to_numpy()
+        self.blocks_ = np.unique(blocks)
+        index = self.relationships[0][1].index_of(names)
+        groups = [(index[blocks == b], y[blocks == b]) for b in self.blocks_]
+        self.select(groups)
+        fits = self.fits_ or [reml(y, self.relationship_, rows) for rows, y in groups]
+        self.block_fits_ = dict(zip(self.blocks_.tolist(), fits, strict=True))
+        return self
+
+    def predict(self, names, blocks) -> np.ndarray:
+        """Intercept plus BLUP of each (name, block), ``(k,)`` float64; NaN for a
+        block without training records."""
+        rows = self.relationship_.index_of(names)
+        blocks = np.asarray(blocks)
+        out = np.full(len(rows), np.nan)
+        for block, fit in self.block_fits_.items():
+            here = blocks == block
+            out[here] = fit.beta[0] + fit.blup[rows[here]]
+        return out
