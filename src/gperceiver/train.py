@@ -175,8 +175,10 @@ class TaskLoss(torch.nn.Module):
         super().__init__()
         self.model, self.task = model, task
 
-    def forward(self, rows: np.ndarray, generator: torch.Generator):
-        return self.task.loss(self.model, rows, generator)
+    def forward(self, rows: np.ndarray, generator: torch.Generator, share=None):
+        if share is None:
+            return self.task.loss(self.model, rows, generator)
+        return self.task.loss(self.model, rows, generator, share=share)
 
 
 @dataclass
@@ -309,13 +311,21 @@ class Trainer:
             "seconds": 0.0,  # training time so far, resumes included
         }
         best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        # every rank reads the checkpoint (so a refused resume stops them all)...
-        restored = self._load_checkpoint(optimizer)
+        restored, refusal = None, None
+        if rank == 0:  # the one writer reads the checkpoint...
+            try:
+                restored = self._load_checkpoint(optimizer)
+            except InputError as err:
+                refusal = (err.path, err.where, err.problem, err.fix)
+        if world > 1:  # ...a refused resume stops every rank, not rank 0 alone
+            refusal = broadcast(refusal)
+        if refusal is not None:
+            raise InputError(*refusal)
         if restored is not None:
             state, best_weights = restored
         resumed = restored is not None
         distributed = None
-        if world > 1:  # ...and takes rank 0's state (weights: DDP's own copy)
+        if world > 1:  # every rank takes rank 0's state (weights: DDP's own copy)
             state, best_weights, optimizer_state, resumed = broadcast(
                 (state, best_weights, optimizer.state_dict(), resumed)
             )
@@ -324,6 +334,7 @@ class Trainer:
                 TaskLoss(model, self.task), find_unused_parameters=True
             )
         history = state["history"]
+        shared = world > 1 and getattr(self.task, "shares_batches", False)
         validating = val_rows is not None and len(val_rows) > 0
         if not resumed and validating:
             # the starting point competes too: a model that only gets worse on the
@@ -357,7 +368,10 @@ class Trainer:
             shuffle = getattr(self.task, "epoch_order", None)
             order = shuffle(train_rows, rng) if shuffle else rng.permutation(train_rows)
             rows = order[offset * batch : (offset + 1) * batch]
-            seed = config.seed * 1_000_003 + step + rank * RANK_SEED_STRIDE
+            # a task that draws the global batch's randomness once gets the same
+            # seed on every rank and computes its share; others draw per rank
+            rank_offset = 0 if shared else rank * RANK_SEED_STRIDE
+            seed = config.seed * 1_000_003 + step + rank_offset
             generator = torch.Generator().manual_seed(seed)
             torch.manual_seed(seed)  # dropout
 
@@ -367,6 +381,8 @@ class Trainer:
             model.train()
             if distributed is None:
                 loss, metrics = self.task.loss(model, rows, generator)
+            elif shared:
+                loss, metrics = distributed(rows, generator, slice(rank, None, world))
             else:
                 loss, metrics = distributed(rows[rank::world], generator)
             optimizer.zero_grad(set_to_none=True)
