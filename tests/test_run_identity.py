@@ -88,3 +88,72 @@ def test_pretrain__rerun_on_other_genotypes_is_refused_then_restarts(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds a run with other genotypes" in err[0], err
     assert main([*args, *tiny, "--restart"]) == 0
+
+
+def test_finetune__rerun_with_another_trait_is_refused(small, tmp_path):
+    from gperceiver.finetuning import finetune
+    from gperceiver.io import read_phenotypes
+
+    g = read_markers(small / "markers.tsv", read_chroms(small / "chroms.tsv"))
+    phenos = read_phenotypes(small / "phenotypes.tsv")
+    tiny = {"width": 16, "n_latents": 4, "max_steps": 2, "progress": False}
+    finetune(phenos, g, tmp_path / "f", tiny)
+    finetune(phenos, g, tmp_path / "f", tiny)  # the same run: resumed, accepted
+    other = read_phenotypes(small / "phenotypes.tsv")
+    other.table["response"] = other.table["response"] * 2.0 + 1.0  # another trait
+    with pytest.raises(InputError, match="other .*responses"):
+        finetune(other, g, tmp_path / "f", tiny)
+    finetune(other, g, tmp_path / "f", tiny, resume=False)
+
+
+# evaluate slowed per training step, so that a kill lands inside a fold
+EVALUATE = """
+import sys, time
+from gperceiver import train
+from gperceiver.cli import main
+delay = float(sys.argv[1])
+if delay:
+    original = train.torch.nn.utils.clip_grad_norm_
+    def slow(*a, **k):
+        time.sleep(delay)
+        return original(*a, **k)
+    train.torch.nn.utils.clip_grad_norm_ = slow
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_evaluate__killed_and_rerun_ends_with_the_same_predictions(small, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pandas as pd
+
+    script = tmp_path / "run.py"
+    script.write_text(EVALUATE)
+    args = ["evaluate", str(small / "phenotypes.tsv"), str(small / "chroms.tsv")]
+    args += [str(small / "markers.tsv"), "--methods", "gblup,perceiver", "--quiet"]
+    args += ["--width", "16", "--latents", "4", "--max-steps", "6"]
+    (tmp_path / "params.json").write_text('{"eval_every": 2}')
+    args += ["--batch-size", "8", "--params", str(tmp_path / "params.json")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, str(script)]
+    subprocess.run(
+        [*run, "0", *args, "--out", str(tmp_path / "full")], check=True, env=env
+    )
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*run, "0.3", *args, "--out", str(killed)], env=env)
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(
+        killed.glob("models/*/fold-*/*/*/checkpoints/latest.json")
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "predictions.tsv").exists()
+    subprocess.run([*run, "0", *args, "--out", str(killed)], check=True, env=env)
+    a = pd.read_csv(tmp_path / "full" / "predictions.tsv", sep="\t")
+    b = pd.read_csv(killed / "predictions.tsv", sep="\t")
+    pd.testing.assert_frame_equal(a, b)
