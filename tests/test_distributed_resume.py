@@ -81,7 +81,7 @@ RUN = """
 import sys, time
 from gperceiver import distributed, train
 from gperceiver.io import read_chroms, read_markers
-from gperceiver.pretraining import pretrain
+from gperceiver.pretraining import pretrain_encoder as pretrain
 chroms, markers, out, delay = sys.argv[1:5]
 if float(delay):
     original = train.torch.nn.utils.clip_grad_norm_
