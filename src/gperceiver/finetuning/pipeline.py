@@ -23,6 +23,7 @@ def finetune(
     cv=None,
     covariates: EnvCovariates | None = None,
     marker_inputs: MarkerInputs | None = None,
+    resume: bool = True,
 ) -> list[PhenotypeModel]:
     """Train phenotype model(s) and save them to ``out``; returns the ensemble members.
 
@@ -42,6 +43,9 @@ def finetune(
     marker files the settings name (``marker_weights``, an edge-list
     ``marker_graph``, ``annotations``) contain, read by the caller
     (:func:`gperceiver.io.read_marker_inputs`): the library opens no input file.
+    Members resume from their checkpoints in ``out`` when these hold the same run
+    (``resume=False``: start afresh); another run's checkpoints are refused
+    (:class:`~gperceiver.train.Trainer`).
     """
     plan = resolve_settings(
         phenotypes, genotypes, params, typed, pretrained, covariates, marker_inputs
@@ -49,6 +53,6 @@ def finetune(
     data = prepare_data(plan, phenotypes, genotypes, cv, covariates)
     plan = complete_settings(plan, genotypes, data)
     out = Path(out)
-    members, layout = train_members(plan, data, genotypes, out)
+    members, layout = train_members(plan, data, genotypes, out, resume)
     save_run(out, plan, data, layout, genotypes, cv)
     return members
