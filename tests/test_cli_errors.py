@@ -126,3 +126,29 @@ def test_progress_bars_only_on_a_terminal_unless_asked(sim, tmp_path):
     auto = json.loads((tmp_path / "auto" / "config.json").read_text())
     forced = json.loads((tmp_path / "forced" / "config.json").read_text())
     assert auto["train"]["progress"] is False and forced["train"]["progress"] is True
+
+
+def test_out__another_finished_run_is_refused_before_work_then_restarted(
+    sim, tmp_path, capsys
+):
+    out = tmp_path / "ev"
+    base = ["evaluate", *data(sim), "--quiet", "--out", str(out)]
+    assert main([*base, "--methods", "gblup"]) == 0
+    assert main([*base, "--methods", "gblup"]) == 0  # the same run: accepted
+    before = (out / "accuracy.tsv").read_bytes()
+    capsys.readouterr()
+    assert main([*base, "--methods", "rkhs"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds a run with other options" in err[0], err
+    assert "--restart" in err[0]
+    assert (out / "accuracy.tsv").read_bytes() == before  # nothing written
+    assert main([*base, "--methods", "rkhs", "--restart"]) == 0
+    assert "rkhs" in (out / "accuracy.tsv").read_text()
+
+
+def test_out__a_file_is_refused(sim, tmp_path, capsys):
+    (tmp_path / "out").write_text("not a directory")
+    code = main(["evaluate", *data(sim), "--quiet", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "is a file" in err[0]
+    assert (tmp_path / "out").read_text() == "not a directory"

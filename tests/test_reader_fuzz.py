@@ -123,7 +123,13 @@ def test_vcf__corrupt_input_reads_or_is_refused(files, tmp_path, data):
 @FUZZ
 @given(
     victim=st.sampled_from(
-        ["call_genotype", "variant_position", "sample_id", "variant_contig", "contig_id"]
+        [
+            "call_genotype",
+            "variant_position",
+            "sample_id",
+            "variant_contig",
+            "contig_id",
+        ]
     ),
     how=st.sampled_from(["delete", "empty_chunks"]),
 )

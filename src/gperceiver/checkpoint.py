@@ -7,10 +7,12 @@ atomically, so a kill never leaves a half-written model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -19,6 +21,37 @@ from .io import InputError, atomic_directory, atomic_path, read_chroms, write_ch
 
 FORMAT_VERSION = 2  # written; 2: the Gaussian additive path scales each column
 READABLE_VERSIONS = (1, 2)  # read (format 1 is upgraded on load)
+
+
+def digest(value) -> str:
+    """Short stable hash of nested dicts / lists of JSON values, arrays and tensors.
+
+    >>> digest({"b": 1, "a": [0.5, "x"]}) == digest({"a": [0.5, "x"], "b": 1})
+    True
+    """
+    h = hashlib.sha256()
+
+    def feed(v) -> None:
+        if isinstance(v, torch.Tensor):
+            v = v.detach().cpu()
+            v = (v.float() if v.dtype == torch.bfloat16 else v).numpy()
+        if isinstance(v, np.ndarray):
+            h.update(f"array:{v.dtype.str}:{v.shape}".encode())
+            h.update(np.ascontiguousarray(v).data)
+        elif isinstance(v, dict):
+            h.update(f"dict:{len(v)}".encode())
+            for key in sorted(v, key=str):
+                h.update(f"key:{key}".encode())
+                feed(v[key])
+        elif isinstance(v, list | tuple):
+            h.update(f"list:{len(v)}".encode())
+            for item in v:
+                feed(item)
+        else:
+            h.update(json.dumps(v, sort_keys=True, default=str).encode())
+
+    feed(value)
+    return h.hexdigest()[:16]
 
 
 def write_json(obj, path) -> None:
@@ -148,25 +181,25 @@ def restore_optimizer(
 RUN_FILE = "run.json"  # what a command's --out directory holds (see claim_directory)
 
 
-def claim_directory(directory, identity: dict, restart: bool = False) -> None:
+def claim_directory(directory, identity: dict, restart: bool = False) -> dict:
     """Refuse an output directory that holds another run, before any work.
 
-    ``identity`` maps names (``"methods"``, ``"phenotypes"``, ...) to anything
-    :func:`~gperceiver.train.digest` hashes. A directory whose ``run.json`` holds
-    other hashes is refused with one line naming the parts that differ, unless
-    ``restart``, which deletes what the earlier run left (checkpoints included)
-    and starts afresh; only a directory with a ``run.json`` is ever emptied.
-    The claim is written at once, so a run killed later is resumed only by the
-    same request.
+    ``identity`` maps names (``"options"``, ``"phenotypes"``, ...) to anything
+    :func:`digest` hashes. A directory whose ``run.json`` (written by
+    :func:`record_directory` when a run ends) holds other hashes is refused with
+    one line naming the parts that differ, unless ``restart``, which deletes what
+    the earlier run left (checkpoints included); only a directory with a
+    ``run.json`` is ever emptied. A path that is a file is refused. Returns the
+    hashes for :func:`record_directory`. (A run killed before its end has no
+    ``run.json``; its checkpoints carry their own identity, see
+    :class:`~gperceiver.train.Trainer`.)
     """
-    from .train import digest
-
     directory = Path(directory)
     parts = {name: digest(value) for name, value in identity.items()}
     path = directory / RUN_FILE
     if directory.is_file():
         raise InputError(directory, None, "is a file", "give a directory for --out")
-    if restart and path.exists():  # only a directory this function claimed
+    if restart and path.exists():  # only a directory a run recorded
         for entry in directory.iterdir():
             if entry.is_dir():
                 shutil.rmtree(entry)
@@ -184,4 +217,12 @@ def claim_directory(directory, identity: dict, restart: bool = False) -> None:
                 f"holds a run with other {', '.join(changed)}",
                 "rerun with --restart to replace it, or use another --out",
             )
-    write_json({"identity": parts, "format_version": FORMAT_VERSION}, path)
+    return parts
+
+
+def record_directory(directory, parts: dict) -> None:
+    """Write ``run.json``: the finished run's identity (see :func:`claim_directory`)."""
+    write_json(
+        {"identity": parts, "format_version": FORMAT_VERSION},
+        Path(directory) / RUN_FILE,
+    )

@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import (
+    digest,
     load_tensors,
     optimizer_tensors,
     read_json,
@@ -98,37 +99,6 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[
             :12
         ]
-
-
-def digest(value) -> str:
-    """Short stable hash of nested dicts / lists of JSON values, arrays and tensors.
-
-    >>> digest({"b": 1, "a": [0.5, "x"]}) == digest({"a": [0.5, "x"], "b": 1})
-    True
-    """
-    h = hashlib.sha256()
-
-    def feed(v) -> None:
-        if isinstance(v, torch.Tensor):
-            v = v.detach().cpu()
-            v = (v.float() if v.dtype == torch.bfloat16 else v).numpy()
-        if isinstance(v, np.ndarray):
-            h.update(f"array:{v.dtype.str}:{v.shape}".encode())
-            h.update(np.ascontiguousarray(v).data)
-        elif isinstance(v, dict):
-            h.update(f"dict:{len(v)}".encode())
-            for key in sorted(v, key=str):
-                h.update(f"key:{key}".encode())
-                feed(v[key])
-        elif isinstance(v, list | tuple):
-            h.update(f"list:{len(v)}".encode())
-            for item in v:
-                feed(item)
-        else:
-            h.update(json.dumps(v, sort_keys=True, default=str).encode())
-
-    feed(value)
-    return h.hexdigest()[:16]
 
 
 class Task(Protocol):

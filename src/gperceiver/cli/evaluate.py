@@ -9,11 +9,13 @@ import pandas as pd
 
 from .. import io
 from ..baselines import weighted_kernels
+from ..checkpoint import record_directory
 from ..evaluate import NOTES, cross_validate, format_accuracy, single_split
 from ..io import InputError
 from ..report import write_evaluation
 from ..selection import predict_candidates
 from .inputs import (
+    claim_output,
     fixed_effects_for,
     read_covariates_if_given,
     read_genotypes,
@@ -39,6 +41,7 @@ def cmd_evaluate(args) -> None:
     phenotypes = read_phenotypes_for(args, genotypes)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     out = Path(args.out)
+    claim = claim_output(args, phenotypes, genotypes)
     typed = typed_options(args) | ({"progress": False} if args.quiet else {})
     weighted = {**file_params(args), **typed}.get("marker_weights")
     if weighted and not WEIGHT_USERS & set(methods):
@@ -52,6 +55,7 @@ def cmd_evaluate(args) -> None:
         "params": file_params(args),
         "typed": typed,
         "workdir": out / "models",
+        "resume": not args.restart,
         "covariates": read_covariates_if_given(args),
         "marker_inputs": read_marker_inputs({**file_params(args), **typed}, genotypes),
     }
@@ -68,6 +72,7 @@ def cmd_evaluate(args) -> None:
     write_evaluation(
         out, predictions, accuracy, genotypes, methods, options["components"]
     )
+    record_directory(out, claim)
     print(
         f"{args.scheme}: Pearson r within each block, pooled over its "
         f"{accuracy['fold'].nunique() - 1} split(s); mean = mean within-block r:"
@@ -145,6 +150,12 @@ def add_evaluate_commands(sub) -> None:
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="replace the run in --out (default: resume it if it is the same run, "
+        "refuse another)",
+    )
     p.add_argument(
         "--scheme",
         choices=["cv1", "cv0", "cv00"],

@@ -60,3 +60,23 @@ def fixed_effects_for(options: dict, phenotypes) -> FixedEffects:
     )
     check_fixed_columns(phenotypes.table, spec, phenotypes.source)
     return spec
+
+
+# options that change how a run is shown, not what it computes
+PRESENTATION = {"func", "out", "progress", "quiet", "threads", "restart", "predictions"}
+
+
+def claim_output(args, phenotypes, genotypes) -> dict:
+    """Refuse an ``--out`` that holds another finished run (unless ``--restart``),
+    before any work; returns the identity to record when this run ends."""
+    from ..checkpoint import claim_directory
+    from .options import file_params
+
+    options = {k: v for k, v in vars(args).items() if k not in PRESENTATION}
+    identity = {
+        "options": options,
+        "params": file_params(args),
+        "phenotypes": phenotypes.table.to_numpy(dtype=str),
+        "genotypes": genotypes.fingerprint(),
+    }
+    return claim_directory(args.out, identity, getattr(args, "restart", False))

@@ -6,11 +6,13 @@ import sys
 from pathlib import Path
 
 from .. import distributed, io
+from ..checkpoint import record_directory
 from ..finetuning import finetune, load_predictor, prediction_table
 from ..io import InputError
 from ..pretraining import impute_genotypes, one_shot_params, pretrain_encoder
 from ..report import write_finetune_outputs
 from .inputs import (
+    claim_output,
     read_covariates_if_given,
     read_genotypes,
     read_marker_inputs,
@@ -83,6 +85,8 @@ def cmd_finetune(args) -> None:
     phenotypes = read_phenotypes_for(args, genotypes)
     covariates = read_covariates_if_given(args)
     params, typed = file_params(args), typed_options(args)
+    restart = getattr(args, "restart", False)
+    claim = claim_output(args, phenotypes, genotypes)
     finetune(
         phenotypes,
         genotypes,
@@ -93,12 +97,14 @@ def cmd_finetune(args) -> None:
         cv=args.cv,
         covariates=covariates,
         marker_inputs=read_marker_inputs({**params, **typed}, genotypes),
+        resume=not restart,
     )
     if not distributed.is_main():
         return  # rank 0 writes the predictions and the report
     write_finetune_outputs(
         args.out, phenotypes, genotypes, covariates, args.predictions
     )
+    record_directory(args.out, claim)
     print(f"wrote the finetuned model and report.html to {args.out}")
     if args.predictions:
         print(f"wrote predictions for every individual x block to {args.predictions}")
@@ -167,6 +173,12 @@ def add_model_commands(sub) -> None:
     add_covariate_option(p)
     add_training_options(p)
     add_finetune_options(p)
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="replace the run in --out (default: resume it if it is the same run, "
+        "refuse another)",
+    )
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser(

@@ -240,6 +240,7 @@ def _fold_predictions(train, validation, genotypes, cache, pretrained):
         pretrained=pretrained,
         covariates=covariates,
         marker_inputs=cache.get("marker_inputs"),
+        resume=cache.get("resume", True),
     )
     predictor = load_predictor(out)
     rows = genotypes.index_of(validation["name"])
@@ -262,6 +263,7 @@ def _perceiver_pretrained(train, validation, genotypes, cache) -> np.ndarray:
             genotypes,
             directory,
             *_neural_options(cache),
+            resume=cache.get("resume", True),
             also_known=(HeadConfig, FinetuneSettings),
             marker_inputs=cache.get("marker_inputs"),
         )
