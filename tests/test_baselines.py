@@ -433,7 +433,7 @@ def test_weighted_gblup__one_mix_of_highest_likelihood_summed_over_blocks():
     model = WeightedGBLUP(kernels).fit(records)
     expected_mix, expected_kernel = max(kernels, key=lambda pair: summed(pair[1]))
     assert model.mix_ == expected_mix
-    prediction = model.predict(held["name"], held["block"])
+    prediction = model.predict(held)
     for b in blocks:
         here = (held["block"] == b).to_numpy()
         gblup = GBLUP(expected_kernel).fit(records[records["block"] == b], None)

@@ -130,7 +130,7 @@ def test_ld_graph__streamed_store_equals_in_memory(sim, tmp_path):
     g = sim.genotypes
     blocks = blocks_from_genotypes(g, placeholder_alleles(g.n_alleles), 40)
     write_zarr(blocks, g.names, tmp_path / "g.zarr", 40, 16)
-    store = ZarrGenotypes(tmp_path / "g.zarr")
+    store = ZarrGenotypes(tmp_path / "g.zarr", block_samples=16)
     rows = np.arange(3, 75, 2)  # training rows spread over several blocks
     expected = ld_graph(g, rows)
     streamed = ld_graph(store, rows)

@@ -47,6 +47,11 @@ def store_of(genotypes, path, variant_chunk=40, sample_chunk=16):
     return path
 
 
+def streamed(path, samples=16, markers=150, ploidy=2):
+    """The store read in blocks of ``samples`` individuals, by memory budget."""
+    return ZarrGenotypes(path, block_bytes=samples * markers * ploidy)
+
+
 def test_write_zarr__vcf_zarr_layout(population, tmp_path):
     g = population
     store_of(g, tmp_path / "g.zarr")
@@ -69,7 +74,7 @@ def test_write_zarr__vcf_zarr_layout(population, tmp_path):
 
 def test_streamed_alleles__match_memory_for_any_index(population, tmp_path):
     g = population
-    z = ZarrGenotypes(store_of(g, tmp_path / "g.zarr"))
+    z = streamed(store_of(g, tmp_path / "g.zarr"))
     assert z.alleles.block_samples == 16
     rng = np.random.default_rng(0)
     for rows in [rng.permutation(70)[:9], np.arange(15, 33), [69], slice(5, 60, 7)]:
@@ -97,7 +102,7 @@ def test_streamed_alleles__unsorted_store_is_read_in_map_order(population, tmp_p
 
 
 def test_epoch_order__visits_every_row_once_one_block_at_a_time(population, tmp_path):
-    z = ZarrGenotypes(store_of(population, tmp_path / "g.zarr"))
+    z = streamed(store_of(population, tmp_path / "g.zarr"))
     rows = np.arange(3, 70, 2)
     order = z.epoch_order(rows, np.random.default_rng(1))
     assert sorted(order.tolist()) == rows.tolist()
@@ -120,7 +125,7 @@ def test_pretrain__one_block_store_equals_in_memory(population, tmp_path):
 
 
 def test_pretrain__streams_block_by_block(population, tmp_path):
-    z = ZarrGenotypes(store_of(population, tmp_path / "g.zarr"))
+    z = streamed(store_of(population, tmp_path / "g.zarr"))
     n_blocks, epochs = 5, 3  # 70 individuals in blocks of 16
     pretrain_encoder(z, tmp_path / "m", {}, {**TINY, "epochs": epochs})
     metrics = pd.read_csv(tmp_path / "m" / "metrics.csv")

@@ -224,6 +224,8 @@ TRAINING_KEYS = {
     "head_epochs",
     "unfreeze",
     "marker_weights",
+    "fixed",
+    "fixed_numeric",
 }
 
 
@@ -282,6 +284,36 @@ def add_finetune_options(parser: argparse.ArgumentParser) -> None:
         default=s,
         help="inner validation share of training individuals (without --cv)",
     )
+
+
+def add_fixed_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    default = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("fixed effects")
+    group.add_argument(
+        "--fixed",
+        default=default,
+        metavar="COL[,COL...]",
+        help="phenotype columns fitted as factors (sex, litter, replicate): GLS in "
+        "the REML mixed model, levels learnt on the training records only",
+    )
+    group.add_argument(
+        "--fixed-numeric",
+        default=default,
+        metavar="COL[,COL...]",
+        help="phenotype columns fitted as linear covariates (age, start weight)",
+    )
+
+
+def fixed_effects_for(options: dict, phenotypes):
+    """The :class:`~gperceiver.baselines.FixedEffects` of ``fixed`` /
+    ``fixed_numeric`` in ``options``, checked against the phenotypes table."""
+    from .baselines import FixedEffects, check_fixed_columns, column_list
+
+    spec = FixedEffects(
+        column_list(options.get("fixed")), column_list(options.get("fixed_numeric"))
+    )
+    check_fixed_columns(phenotypes.table, spec, phenotypes.source)
+    return spec
 
 
 # -- commands --------------------------------------------------------------------------
@@ -355,6 +387,7 @@ def cmd_evaluate(args) -> None:
         "workdir": out / "models",
         "covariates": read_covariates_if_given(args),
     }
+    options["fixed"] = fixed_effects_for({**options["params"], **typed}, phenotypes)
     predictions, accuracy = cross_validate(
         phenotypes,
         genotypes,
@@ -418,6 +451,7 @@ def cmd_gblup(args) -> None:
             "use --method gblup-weighted or drop --marker-weights",
         )
     options = {"params": {"marker_weights": args.marker_weights}}
+    options["fixed"] = fixed_effects_for(vars(args), phenotypes)
     predictions, accuracy = single_split(
         phenotypes, genotypes, args.method, args.cv, options=options
     )
@@ -553,8 +587,8 @@ def cmd_convert(args) -> None:
     source, target = io.genotype_format(args.input), io.genotype_format(args.output)
     samples = read_lines(args.samples) if args.samples else None
     sites = read_lines(args.sites) if args.sites else None
-    if target == "zarr" and source in ("vcf", "plink"):
-        n = io.stream_to_zarr(args.input, args.output, samples, args.region, sites)
+    if source in io.SOURCES and target in io.TARGETS:  # streamed, REF/ALT kept
+        n = io.convert_variants(args.input, args.output, samples, args.region, sites)
         print(f"converted {n} variants {args.input} -> {args.output}")
         return
     if source == "table":
@@ -781,7 +815,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert genotypes between VCF/BCF, PLINK, VCF Zarr and the tables",
     )
     p.add_argument(
-        "input", help=".vcf[.gz], .bcf, .bed (PLINK 1), .zarr, or a markers TSV"
+        "input",
+        help=".vcf[.gz], .bcf, .bed or prefix (PLINK 1), .pgen or prefix (PLINK 2), "
+        ".zarr, or a markers TSV",
     )
     p.add_argument("output", help="the same kinds of name; the format follows it")
     p.add_argument("--chroms", help="chroms TSV of a markers-table input")
@@ -815,6 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
         "out; cv00: new individuals in a left-out environment (default cv1)",
     )
     add_covariate_option(p)
+    add_fixed_options(p, suppress=True)
     add_training_options(p)
     add_finetune_options(p)
     p.set_defaults(func=cmd_evaluate)
@@ -833,6 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="TSV marker, weight: the prior of --method gblup-weighted",
     )
+    add_fixed_options(p, suppress=False)
     p.set_defaults(func=cmd_gblup)
 
     p = sub.add_parser(

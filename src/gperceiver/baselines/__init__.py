@@ -5,6 +5,10 @@ components, one module per idea.
   the weight mixes of a prior;
 - :mod:`.kernels`: the Gaussian kernel and :class:`Kernel`, a kernel over named
   individuals that remembers its decompositions;
+- :mod:`.fixed_effects`: the fixed-effect design ``X`` (factors, covariates)
+  learnt on training records;
+- :mod:`.precision`: prediction error variances, reliabilities and the
+  fixed effects' covariance of a fit;
 - :mod:`.mixed_model`: REML of ``y = X b + Z g + e`` (:func:`reml`) and the RKHS
   bandwidth of highest likelihood;
 - :mod:`.estimators`: :class:`GBLUP`, :class:`RKHS` and :class:`WeightedGBLUP`
@@ -29,8 +33,16 @@ from .effects import (
     kernel_features,
 )
 from .estimators import GBLUP, RKHS, WeightedGBLUP
+from .fixed_effects import (
+    NO_FIXED,
+    FixedDesign,
+    FixedEffects,
+    check_fixed_columns,
+    column_list,
+)
 from .kernels import DEFAULT_BANDWIDTHS, Kernel, gaussian_kernel
 from .mixed_model import LOG_DELTA_BOUNDS, N_GRID, MixedModelFit, best_bandwidth, reml
+from .precision import fixed_effect_covariance, prediction_error_variance, reliability
 from .reaction_norm import ReactionNorm, environment_kernel
 from .relationship import (
     KERNEL_WEIGHT_MIXES,
@@ -44,9 +56,12 @@ __all__ = [
     "GBLUP",
     "KERNEL_WEIGHT_MIXES",
     "LOG_DELTA_BOUNDS",
+    "NO_FIXED",
     "N_GRID",
     "RKHS",
     "AdditiveFit",
+    "FixedDesign",
+    "FixedEffects",
     "Kernel",
     "KernelFit",
     "MixedModelFit",
@@ -54,13 +69,18 @@ __all__ = [
     "WeightedGBLUP",
     "additive_effects",
     "best_bandwidth",
+    "check_fixed_columns",
+    "column_list",
     "environment_kernel",
+    "fixed_effect_covariance",
     "gaussian_kernel",
     "genomic_relationship",
     "kernel_columns",
     "kernel_effects",
     "kernel_features",
     "mixed_weights",
+    "prediction_error_variance",
     "reml",
     "relationship_mixes",
+    "reliability",
 ]

@@ -164,16 +164,20 @@ def reml(
 
 
 def best_bandwidth(
-    relationship: np.ndarray, y: np.ndarray, bandwidths=DEFAULT_BANDWIDTHS
+    relationship: np.ndarray,
+    y: np.ndarray,
+    bandwidths=DEFAULT_BANDWIDTHS,
+    covariates: np.ndarray | None = None,
 ) -> tuple[float, float, MixedModelFit]:
     """REML RKHS of ``y`` ``(N,)`` (one record per individual of the ``(N, N)``
-    ``relationship``): the bandwidth of highest restricted likelihood, the median
-    squared distance among these individuals and the fit."""
+    ``relationship``, fixed-effect design ``covariates`` ``(N, p)``, default an
+    intercept): the bandwidth of highest restricted likelihood, the median squared
+    distance among these individuals and the fit."""
     d2, median = _squared_distances(relationship)
     individuals = np.arange(len(y))
     best = None
     for h in bandwidths:
-        fit = reml(y, np.exp(-d2 / (h * median)), individuals)
+        fit = reml(y, np.exp(-d2 / (h * median)), individuals, covariates)
         if best is None or fit.log_likelihood > best[2].log_likelihood:
             best = (h, median, fit)
     return best

@@ -12,6 +12,7 @@ from scipy import linalg, optimize
 
 from ..data import EnvCovariates, Genotypes
 from .estimators import _records
+from .fixed_effects import NO_FIXED, FixedDesign, FixedEffects
 from .kernels import Kernel
 from .mixed_model import LOG_DELTA_BOUNDS
 
@@ -88,6 +89,9 @@ class ReactionNorm:
         Block ids of ``environment``'s rows (default ``0..E-1``).
     interaction : bool
         Fit the genotype-by-environment term.
+    fixed : FixedEffects
+        Record columns fitted as fixed effects beside the environment means (one
+        effect per level over all environments; always the dense path).
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class ReactionNorm:
         environment: np.ndarray | None = None,
         blocks=None,
         interaction: bool = True,
+        fixed: FixedEffects = NO_FIXED,
     ):
         if interaction and environment is None:
             raise ValueError("the interaction term needs an environment kernel")
@@ -105,6 +110,7 @@ class ReactionNorm:
             blocks = np.arange(len(environment))
         self.blocks = None if blocks is None else np.asarray(blocks, dtype=np.int64)
         self.interaction = interaction
+        self.fixed = fixed
 
     def _block_rows(self, blocks) -> np.ndarray:
         blocks = np.asarray(blocks, dtype=np.int64)
@@ -129,7 +135,9 @@ class ReactionNorm:
         envs = self._block_rows(records["block"].to_numpy())
         env_ids, env_of = np.unique(envs, return_inverse=True)
         omega = self.environment[np.ix_(env_ids, env_ids)] if self.interaction else None
-        grid = _grid(individuals, env_of, len(env_ids))
+        self.design_ = FixedDesign(self.fixed).fit(records)
+        extra = self.design_.matrix(records)[:, 1:]  # the means replace the intercept
+        grid = None if extra.shape[1] else _grid(individuals, env_of, len(env_ids))
         if grid is not None:
             ind_ids, table = grid
             fit = _kronecker_reml(
@@ -139,7 +147,7 @@ class ReactionNorm:
             env_of = np.tile(np.arange(len(env_ids)), len(ind_ids))
             y = y[table].ravel()
         else:
-            fit = _dense_reml(y, kernel.matrix, individuals, env_of, omega)
+            fit = _dense_reml(y, kernel.matrix, individuals, env_of, omega, extra)
         self.s2g_, self.s2ge_, self.s2e_, self.log_likelihood_ = fit[:4]
         weights = fit[4]  # (n,) V^-1 (y - X b), records in the order of y
         g_records = kernel.matrix[:, individuals]  # (N, n)
@@ -155,23 +163,36 @@ class ReactionNorm:
         fitted = self.main_[individuals] + self.s2e_ * weights
         if self.interaction:
             fitted += self.interaction_[individuals, env_ids[env_of]]
-        residual_mean = y - fitted  # X b, constant within an environment
         self.env_ids_ = env_ids
-        self.means_ = np.array(
-            [residual_mean[env_of == e].mean() for e in range(len(env_ids))]
-        )
+        x = np.zeros((len(y), len(env_ids)))
+        x[np.arange(len(y)), env_of] = 1.0
+        if extra.shape[1]:
+            x = np.concatenate([x, extra], axis=1)
+        beta = np.linalg.lstsq(x, y - fitted, rcond=None)[0]  # exact: y - fitted = X b
+        self.means_, self.beta_ = beta[: len(env_ids)], beta[len(env_ids) :]
         return self
 
-    def predict(self, names, blocks) -> np.ndarray:
-        """Environment mean + BLUP of ``g + ge`` per (name, block), ``(k,)`` float64."""
-        rows = self.kernel_.index_of(names)
-        envs = self._block_rows(blocks)
+    def predict_parts(self, records: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """``(fixed, genetic)`` parts ``(k,)`` for ``records`` (``name``, ``block``
+        and the fixed-effect columns): environment mean plus the other fixed
+        effects, and the BLUP of ``g + ge``."""
+        rows = self.kernel_.index_of(records["name"])
+        envs = self._block_rows(records["block"].to_numpy())
         mean = dict(zip(self.env_ids_.tolist(), self.means_.tolist(), strict=True))
         default = float(self.means_.mean())
-        out = self.main_[rows] + np.array([mean.get(int(e), default) for e in envs])
+        fixed = np.array([mean.get(int(e), default) for e in envs], dtype=np.float64)
+        if len(self.beta_):
+            fixed += self.design_.matrix(records)[:, 1:] @ self.beta_
+        genetic = self.main_[rows]
         if self.interaction:
-            out = out + self.interaction_[rows, envs]
-        return out
+            genetic = genetic + self.interaction_[rows, envs]
+        return fixed, genetic
+
+    def predict(self, records: pd.DataFrame) -> np.ndarray:
+        """Fixed part plus BLUP of ``g + ge`` per record (``name``, ``block``,
+        fixed-effect columns), ``(k,)`` float64."""
+        fixed, genetic = self.predict_parts(records)
+        return fixed + genetic
 
 
 def _grid(individuals: np.ndarray, envs: np.ndarray, n_envs: int):
@@ -251,14 +272,18 @@ def _dense_reml(
     individuals: np.ndarray,
     envs: np.ndarray,
     omega: np.ndarray | None,
+    extra: np.ndarray | None = None,
 ):
-    """REML on the records' covariance, any design; returns as
+    """REML on the records' covariance, any design (environment means and the
+    ``extra`` fixed-effect columns ``(n, q)``); returns as
     :func:`_kronecker_reml` with ``weights`` in record order."""
     g_rr = g[np.ix_(individuals, individuals)]
     ge_rr = None if omega is None else g_rr * omega[np.ix_(envs, envs)]
     x = np.zeros((len(y), envs.max() + 1))
     x[np.arange(len(y)), envs] = 1.0
-    k = linalg.null_space(x.T)  # (n, n - E) contrasts
+    if extra is not None and extra.shape[1]:
+        x = np.concatenate([x, extra], axis=1)
+    k = linalg.null_space(x.T)  # (n, n - rank X) contrasts
     ky = k.T @ y
     kgk = k.T @ g_rr @ k
     kgek = None if ge_rr is None else k.T @ ge_rr @ k

@@ -35,7 +35,8 @@ from .methods import METHODS, NOTES, Method, per_block
 SCHEMES = ("cv1", "cv0", "cv00")
 
 
-CORE_COLUMNS = ["name", "block", "cv", "response", "method", "prediction"]
+# "fixed": the fitted fixed part of "prediction" (NaN for a method without one)
+CORE_COLUMNS = ["name", "block", "cv", "response", "method", "prediction", "fixed"]
 
 
 def _check(
@@ -118,9 +119,14 @@ def _run(
             for method in methods:
                 bar.set_postfix(split=fold, method=method)
                 prediction = METHODS[method](train, validation, genotypes, cache)
+                fixed = np.full(len(validation), np.nan)
+                if isinstance(prediction, tuple):  # (fixed, genetic) parts
+                    fixed, genetic = prediction
+                    prediction = np.asarray(fixed) + np.asarray(genetic)
                 part = validation.copy()
                 part["method"] = method
                 part["prediction"] = np.asarray(prediction, dtype=np.float64)
+                part["fixed"] = np.asarray(fixed, dtype=np.float64)
                 parts.append(part)
                 bar.update()
     if not parts:

@@ -8,7 +8,9 @@ import pandas as pd
 
 from ..data import natural_key
 
-ACCURACY_COLUMNS = ["method", "block", "fold", "pearson_r", "n"]
+# pearson_r_genetic: r of the genetic part (prediction - fixed) with the response
+# corrected for the fitted fixed effects (response - fixed); NaN without them
+ACCURACY_COLUMNS = ["method", "block", "fold", "pearson_r", "pearson_r_genetic", "n"]
 
 
 POOLED = "all"  # fold label of the accuracy rows pooling every fold
@@ -33,23 +35,27 @@ def accuracy_table(predictions: pd.DataFrame) -> pd.DataFrame:
     Parameters
     ----------
     predictions : DataFrame
-        Columns ``method``, ``block``, ``cv``, ``response``, ``prediction``.
+        Columns ``method``, ``block``, ``cv``, ``response``, ``prediction`` and
+        optionally ``fixed`` (the fitted fixed part of each prediction).
 
     Returns
     -------
     DataFrame
-        Columns ``method, block, fold, pearson_r, n``; ``fold`` is a string.
+        Columns ``method, block, fold, pearson_r, pearson_r_genetic, n``;
+        ``fold`` is a string; ``pearson_r_genetic`` is the r of ``prediction -
+        fixed`` with ``response - fixed`` (NaN where ``fixed`` is).
 
     Examples
     --------
     >>> p = pd.DataFrame({"method": "m", "block": 0, "cv": ["0", "0", "1", "1"],
     ...                   "response": [1.0, 2.0, 3.0, 5.0],
-    ...                   "prediction": [1.0, 3.0, 2.0, 4.0]})
+    ...                   "prediction": [1.0, 3.0, 2.0, 4.0],
+    ...                   "fixed": [0.5, 1.0, 1.0, 2.0]})
     >>> print(accuracy_table(p).round(3).to_string(index=False))
-    method  block fold  pearson_r  n
-         m      0    0      1.000  2
-         m      0    1      1.000  2
-         m      0  all      0.832  4
+    method  block fold  pearson_r  pearson_r_genetic  n
+         m      0    0      1.000              1.000  2
+         m      0    1      1.000              1.000  2
+         m      0  all      0.832              0.526  4
     """
     rows = []
     folds = predictions["cv"].astype(str)
@@ -62,8 +68,16 @@ def accuracy_table(predictions: pd.DataFrame) -> pd.DataFrame:
             for fold, selected in [*selections, (POOLED, group)]:
                 part = predictions[selected]
                 r = pearson(part["prediction"], part["response"])
-                rows.append((method, int(block), fold, r, len(part)))
+                rows.append((method, int(block), fold, r, _genetic_r(part), len(part)))
     return pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
+
+
+def _genetic_r(part: pd.DataFrame) -> float:
+    """r of the genetic part with the response corrected for fixed effects."""
+    if "fixed" not in part or part["fixed"].isna().any():
+        return float("nan")
+    fixed = part["fixed"].to_numpy(np.float64)
+    return pearson(part["prediction"] - fixed, part["response"] - fixed)
 
 
 def pooled_table(accuracy: pd.DataFrame) -> pd.DataFrame:
