@@ -16,7 +16,7 @@ from gperceiver.evaluate import (
     pooled_table,
     single_split,
 )
-from gperceiver.io import read_chroms, read_markers, read_phenotypes
+from gperceiver.io import InputError, read_chroms, read_markers, read_phenotypes
 from gperceiver.report import plot_accuracy, plot_observed_vs_predicted
 
 # Pooled GBLUP r per environment for the 10 folds shipped with the data (wheat.sets).
@@ -133,7 +133,7 @@ def test_single_split_uses_one_fold(small_data):
 
 def test_inputs_are_checked(small_data):
     phenotypes, genotypes = small_data
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(InputError, match="--methods: unknown method"):
         cross_validate(phenotypes, genotypes, ["nope"], progress=False)
     stranger = phenotypes.table.iloc[:1].assign(name="unknown")
     extended = Phenotypes(pd.concat([phenotypes.table, stranger]))
