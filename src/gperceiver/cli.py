@@ -67,8 +67,33 @@ def read_genotypes(args, stream: bool = False):
     )
 
 
-def read_phenotypes_for(args, genotypes):
-    return io.match_phenotypes(io.read_phenotypes(args.phenos), genotypes)
+def traits_of(args) -> list[str]:
+    """The response columns of ``--trait`` (default ``response``)."""
+    from .baselines import column_list
+
+    return list(column_list(getattr(args, "trait", None))) or ["response"]
+
+
+def read_phenotypes_for(args, genotypes, trait: str | None = None):
+    """The phenotypes of ``trait`` (default: the one ``--trait``), with the
+    ``--environment`` and ``--name`` columns, matched to the genotypes."""
+    if trait is None:
+        traits = traits_of(args)
+        if len(traits) > 1:
+            raise InputError(
+                "--trait",
+                None,
+                f"{args.command} takes one trait, got {traits}",
+                "run it once per trait, or use evaluate (it runs each)",
+            )
+        trait = traits[0]
+    phenotypes = io.read_phenotypes(
+        args.phenos,
+        trait=trait,
+        environment=getattr(args, "environment", None) or "block",
+        name=getattr(args, "name_column", None) or "name",
+    )
+    return io.match_phenotypes(phenotypes, genotypes)
 
 
 def read_covariates_if_given(args):
@@ -286,6 +311,28 @@ def add_finetune_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_phenotype_column_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("phenotype columns")
+    group.add_argument(
+        "--trait",
+        metavar="COL[,COL...]",
+        help="the response column (default response); evaluate runs several, one "
+        "output directory each under --out",
+    )
+    group.add_argument(
+        "--environment",
+        metavar="COL",
+        help="the environment column (default block): names (2019_Obregon) or "
+        "non-negative integers; outputs show them by name",
+    )
+    group.add_argument(
+        "--name",
+        dest="name_column",
+        metavar="COL",
+        help="the individual column (default name)",
+    )
+
+
 def add_fixed_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     default = argparse.SUPPRESS if suppress else None
     group = parser.add_argument_group("fixed effects")
@@ -371,13 +418,23 @@ def cmd_simulate(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    """Evaluate each ``--trait`` (several: one output directory each, named by
+    the trait, under ``--out``)."""
+    genotypes = read_genotypes(args)
+    traits = traits_of(args)
+    every = [read_phenotypes_for(args, genotypes, trait) for trait in traits]
+    for trait, phenotypes in zip(traits, every, strict=True):
+        out = Path(args.out) / trait if len(traits) > 1 else Path(args.out)
+        if len(traits) > 1:
+            print(f"trait {trait}:")
+        evaluate_trait(args, genotypes, phenotypes, out)
+
+
+def evaluate_trait(args, genotypes, phenotypes, out: Path) -> None:
     from .evaluate import NOTES, cross_validate, format_accuracy
     from .report import evaluation_report
 
-    genotypes = read_genotypes(args)
-    phenotypes = read_phenotypes_for(args, genotypes)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    out = Path(args.out)
     typed = typed_options(args) | ({"progress": False} if args.quiet else {})
     users = {"gblup-weighted", "perceiver", "perceiver-pretrained"}
     weighted = {**file_params(args), **typed}.get("marker_weights")
@@ -405,10 +462,14 @@ def cmd_evaluate(args) -> None:
         scheme=args.scheme,
     )
     importance = fold_importance(out / "models", genotypes, methods)
+    # environments by name from here on
+    predictions = phenotypes.named_blocks(predictions)
+    accuracy = phenotypes.named_blocks(accuracy)
     io.write_table(predictions, out / "predictions.tsv")
     io.write_table(accuracy, out / "accuracy.tsv", float_format="%.4f")
     if options["components"]:
         components = pd.concat(options["components"], ignore_index=True)
+        components = phenotypes.named_blocks(components)
         io.write_table(components, out / "variance_components.tsv")
     evaluation_report(
         out, predictions, accuracy, NOTES, first_fold_curves(out / "models"), importance
@@ -468,11 +529,12 @@ def cmd_gblup(args) -> None:
     predictions, accuracy = single_split(
         phenotypes, genotypes, args.method, args.cv, options=options
     )
+    predictions = phenotypes.named_blocks(predictions)
     io.write_table(predictions, args.predictions)
     if args.variance_components:
         components = pd.concat(options["components"], ignore_index=True)
-        io.write_table(components, args.variance_components)
-    print(format_accuracy(accuracy))
+        io.write_table(phenotypes.named_blocks(components), args.variance_components)
+    print(format_accuracy(phenotypes.named_blocks(accuracy)))
 
 
 def gblup_candidates(args, phenotypes, genotypes, options) -> None:
@@ -494,6 +556,8 @@ def gblup_candidates(args, phenotypes, genotypes, options) -> None:
     candidates, components = predict_candidates(
         phenotypes, genotypes, args.method, options["fixed"], weighted=weighted
     )
+    candidates = phenotypes.named_blocks(candidates)
+    components = phenotypes.named_blocks(components)
     io.write_table(candidates, args.predictions)
     if args.variance_components:
         io.write_table(components, args.variance_components)
@@ -853,6 +917,7 @@ def build_parser() -> argparse.ArgumentParser:
     def inputs(p, phenos=True):
         if phenos:
             p.add_argument("phenos", help="phenotypes TSV: name, response, block[, cv]")
+            add_phenotype_column_options(p)
         p.add_argument(
             "chroms",
             nargs="?",
