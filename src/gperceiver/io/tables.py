@@ -398,7 +398,15 @@ def read_covariates(path) -> EnvCovariates:
         raise InputError(
             path, "line 1", "no covariate column", "add columns after " + required[-1]
         )
-    block = _blocks(path, table)
+    block, labels = _blocks(path, table)
+    if labels is not None:  # covariates number environments as the models do
+        row = int(np.flatnonzero(~table["block"].str.strip().str.isdigit())[0])
+        raise InputError(
+            path,
+            f"line {row + 2}, column 'block'",
+            f"{table['block'].iloc[row].strip()!r} is not a non-negative integer",
+            "number the environments 0, 1, 2, ... as in the phenotypes",
+        )
     values = np.empty((len(table), len(names)))
     for j, column in enumerate(names):
         fix = "use a number (fill missing values, e.g. by interpolation)"
