@@ -1,6 +1,6 @@
 """Readers and writers: the only place that knows file formats."""
 
-from .atomic import atomic_path
+from .atomic import atomic_directory, atomic_path
 from .errors import InputError, InputWarning
 from .formats import (
     SOURCES,
@@ -8,10 +8,13 @@ from .formats import (
     convert_variants,
     genotype_format,
     read_genotype_file,
+    read_name_list,
     read_table_genotypes,
     stream_to_zarr,
     write_genotype_file,
 )
+from .imputed import IMPUTATION_FORMATS, write_imputation
+from .marker_files import read_marker_inputs
 from .tables import (
     match_phenotypes,
     read_annotations,
@@ -36,12 +39,17 @@ __all__ = [
     "convert_variants",
     "InputError",
     "InputWarning",
+    "atomic_directory",
     "atomic_path",
+    "IMPUTATION_FORMATS",
     "genotype_format",
     "read_genotype_file",
+    "read_marker_inputs",
+    "read_name_list",
     "read_table_genotypes",
     "stream_to_zarr",
     "write_genotype_file",
+    "write_imputation",
     "match_phenotypes",
     "read_annotations",
     "read_marker_weights",

@@ -15,6 +15,7 @@ ploidy) follows :func:`variants.allele_ids`: a haploid call is homozygous.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,6 +138,21 @@ class ZarrGenotypes(Genotypes):
         names = _strings(group["sample_id"])
         super().__init__(streamed, names, markers, n_alleles)
 
+    def content_digest(self) -> str:
+        """Hash of the store's files (relative path, size, modification time).
+
+        Reading every call to hash it would cost a full pass over the store; any
+        rewrite of the store changes a size or a time, which is what a resume
+        must notice.
+        """
+        h = hashlib.sha256(str(self.alleles.shape).encode())
+        for path in sorted(self.path.rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                rel = path.relative_to(self.path).as_posix()
+                h.update(f"{rel}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
     def epoch_order(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Shuffled ``rows``, each block of samples kept together, blocks shuffled."""
         size = self.alleles.block_samples
@@ -244,15 +260,17 @@ class ZarrSource:
             list(zip(names, lengths, strict=True)), filters, meta
         )
 
-    def blocks(self) -> Iterator[VariantBlock]:
-        """One block per variant chunk of the store (all samples)."""
+    def blocks(self, block_bytes: int = BLOCK_BYTES) -> Iterator[VariantBlock]:
+        """Blocks of all samples and at most a variant chunk of variants, as many
+        as ``block_bytes`` of calls hold (at least one)."""
         g = self.group
         calls = g["call_genotype"]
         contig, position, ids, missing, alleles = self.variants
-        v = calls.shape[0]
+        v, n, p = calls.shape
+        step = min(calls.chunks[0], max(1, int(block_bytes) // max(1, n * p)))
         mappos = g["variant_MAPPOS"][:] if "variant_MAPPOS" in g else np.full(v, np.nan)
-        for v0 in range(0, v, calls.chunks[0]):
-            part = slice(v0, min(v0 + calls.chunks[0], v))
+        for v0 in range(0, v, step):
+            part = slice(v0, min(v0 + step, v))
             yield VariantBlock(
                 contig[part],
                 position[part],

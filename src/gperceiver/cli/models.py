@@ -1,0 +1,191 @@
+"""The model commands: ``pretrain``, ``impute``, ``finetune`` and ``predict``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .. import distributed, io
+from ..finetuning import finetune, load_predictor, prediction_table
+from ..io import InputError
+from ..pretraining import impute_genotypes, one_shot_params, pretrain_encoder
+from ..report import write_finetune_outputs
+from .inputs import (
+    read_covariates_if_given,
+    read_genotypes,
+    read_marker_inputs,
+    read_phenotypes_for,
+)
+from .options import (
+    add_covariate_option,
+    add_finetune_options,
+    add_inputs,
+    add_masked_options,
+    add_pretrain_task_options,
+    add_training_options,
+    file_params,
+    typed_options,
+)
+
+
+def cmd_pretrain(args) -> None:
+    genotypes = read_genotypes(args, stream=True)
+    params, typed = file_params(args), typed_options(args)
+    pretrain_encoder(
+        genotypes,
+        args.out,
+        params,
+        typed,
+        resume=not args.restart,
+        marker_inputs=read_marker_inputs({**params, **typed}, genotypes),
+    )
+    print(f"wrote the pretrained model to {args.out}")
+
+
+def cmd_impute(args) -> None:
+    genotypes = read_genotypes(args)
+    if args.output_format == "dosage" and genotypes.n_alleles != 2:
+        raise InputError(
+            "--output-format",
+            None,
+            f"dosage tables hold biallelic markers only, these have "
+            f"{genotypes.n_alleles} alleles",
+            "use --output-format codes or probabilities",
+        )
+    model_dir, params, inputs = args.model, None, None
+    if not model_dir:  # every refusal comes before the (long) pretraining
+        model_dir = Path(args.out).with_name(Path(args.out).name + ".model")
+        params = one_shot_params(file_params(args), typed_options(args))
+        inputs = read_marker_inputs({**params, **typed_options(args)}, genotypes)
+        print(
+            f"no --model: pretraining on {args.markers} first (model in {model_dir})",
+            file=sys.stderr,
+        )
+    result = impute_genotypes(
+        genotypes,
+        model_dir,
+        params,
+        typed_options(args),
+        progress=getattr(args, "progress", True),
+        data_path=args.markers,
+        marker_inputs=inputs,
+    )
+    io.write_imputation(result, args.out, args.output_format)
+    print(
+        f"imputed {len(result.rows)} genotypes of "
+        f"{genotypes.n_individuals} individuals "
+        f"-> {args.out}"
+    )
+
+
+def cmd_finetune(args) -> None:
+    genotypes = read_genotypes(args)
+    phenotypes = read_phenotypes_for(args, genotypes)
+    covariates = read_covariates_if_given(args)
+    params, typed = file_params(args), typed_options(args)
+    finetune(
+        phenotypes,
+        genotypes,
+        args.out,
+        params,
+        typed,
+        pretrained=args.pretrained,
+        cv=args.cv,
+        covariates=covariates,
+        marker_inputs=read_marker_inputs({**params, **typed}, genotypes),
+    )
+    if not distributed.is_main():
+        return  # rank 0 writes the predictions and the report
+    write_finetune_outputs(
+        args.out, phenotypes, genotypes, covariates, args.predictions
+    )
+    print(f"wrote the finetuned model and report.html to {args.out}")
+    if args.predictions:
+        print(f"wrote predictions for every individual x block to {args.predictions}")
+
+
+def cmd_predict(args) -> None:
+    genotypes = read_genotypes(args, stream=True)
+    covariates = read_covariates_if_given(args)
+    predictor = load_predictor(args.model, genotypes, args.markers, covariates)
+    table = prediction_table(predictor, genotypes)
+    if not args.uncertainty and "sd" in table:
+        table = table.drop(columns="sd")
+    io.write_table(table, args.out)
+    print(
+        f"predicted {genotypes.n_individuals} individuals x "
+        f"{table['block'].nunique()} blocks -> {args.out}"
+    )
+
+
+def add_model_commands(sub) -> None:
+    """``pretrain``, ``impute``, ``finetune`` and ``predict``."""
+    p = sub.add_parser(
+        "pretrain", help="masked-marker and/or twinned pretraining on genotypes"
+    )
+    add_inputs(p, phenos=False)
+    p.add_argument("--out", required=True, help="model directory")
+    p.add_argument("--restart", action="store_true", help="ignore checkpoints in --out")
+    add_training_options(p)
+    add_masked_options(p)
+    add_pretrain_task_options(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser(
+        "impute", help="fill missing genotypes with a masked-marker model"
+    )
+    add_inputs(p, phenos=False)
+    p.add_argument("--out", required=True, help="output TSV")
+    p.add_argument(
+        "--model", help="pretrained model directory (default: pretrain first)"
+    )
+    p.add_argument(
+        "--output-format",
+        choices=list(io.IMPUTATION_FORMATS),
+        default="codes",
+        help="codes / dosage tables, or genotype probabilities "
+        "of the imputed loci (long format)",
+    )
+    add_training_options(p)
+    add_masked_options(p)
+    p.set_defaults(func=cmd_impute, restart=False)
+
+    p = sub.add_parser(
+        "finetune", help="train a phenotype model (scratch or pretrained)"
+    )
+    add_inputs(p)
+    p.add_argument("--out", required=True, help="model directory")
+    p.add_argument("--pretrained", help="directory written by gperceiver pretrain")
+    p.add_argument(
+        "--cv",
+        help="rows with this cv value are the validation set "
+        "(early stopping); default: an inner split of the individuals",
+    )
+    p.add_argument(
+        "--predictions", help="also write predictions for every individual x block"
+    )
+    add_covariate_option(p)
+    add_training_options(p)
+    add_finetune_options(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser(
+        "predict", help="predict every individual x block with a finetuned model"
+    )
+    add_inputs(p, phenos=False)
+    p.add_argument(
+        "--model", required=True, help="directory written by gperceiver finetune"
+    )
+    p.add_argument("--out", required=True, help="output TSV: name, block, prediction")
+    p.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="add the sd across ensemble members (needs --ensemble > 1)",
+    )
+    p.add_argument(
+        "--covariates",
+        help="environment covariates TSV (same columns as for finetune) of the "
+        "environments to predict, new ones included; needs a model finetuned "
+        "with --covariates",
+    )
+    p.set_defaults(func=cmd_predict)
