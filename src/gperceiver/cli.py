@@ -448,6 +448,17 @@ ONE_SHOT_IMPUTE = {"time_budget_s": 1800.0, "warmup_steps": 20}
 
 
 def cmd_impute(args) -> None:
+    from .imputation import output_kind, write_result
+
+    kind = output_kind(args.out, args.output_format)  # refuses before any work
+    if args.reference and args.model:
+        raise InputError(
+            "--reference", None, "copies from a panel, --model imputes without one",
+            "give one of them",
+        )  # fmt: skip
+    if args.model is None and args.method == "panel":
+        cmd_impute_panel(args, kind)
+        return
     from .pretraining import impute, load_masked_model, pretrain
 
     genotypes = read_genotypes(args)
@@ -475,11 +486,42 @@ def cmd_impute(args) -> None:
         progress=getattr(args, "progress", True),
         frequency_scaler=config["masked"]["frequency_scaler"],
     )
-    write_imputation(result, args)
+    write_result(result, args.out, kind, args.output_format)
     print(
         f"imputed {len(result.rows)} genotypes of "
         f"{genotypes.n_individuals} individuals "
         f"-> {args.out}"
+    )
+
+
+def cmd_impute_panel(args, kind: str) -> None:
+    """``impute`` by panel attention: one-shot, or from ``--reference``."""
+    from .imputation import impute_with_panel, panel_settings, write_result
+
+    targets = read_genotypes(args)
+    reference = None
+    if args.reference:
+        reference = read_reference(args)
+    settings = panel_settings(vars(args))
+    result = impute_with_panel(targets, reference, settings, args.reference)
+    write_result(result, args.out, kind, args.output_format)
+    print(
+        f"imputed {len(result.rows)} genotypes of {targets.n_individuals} "
+        f"individuals x {result.genotypes.n_markers} markers -> {args.out}"
+    )
+
+
+def read_reference(args):
+    """The ``--reference`` panel: a genotype file, or a table with its chroms."""
+    if io.genotype_format(args.reference) != "table":
+        return io.read_genotype_file(args.reference)
+    if not args.reference_chroms:
+        raise InputError(
+            args.reference, None, "a markers table needs its chroms table",
+            "give --reference-chroms",
+        )  # fmt: skip
+    return io.read_table_genotypes(
+        args.reference, args.reference_chroms, args.ploidy, args.n_alleles
     )
 
 
@@ -574,23 +616,6 @@ def read_lines(path) -> list[str]:
     return [
         line.strip() for line in Path(path).read_text().splitlines() if line.strip()
     ]
-
-
-def write_imputation(result, args) -> None:
-    g = result.genotypes
-    if args.output_format == "codes":
-        io.write_markers(g, args.out)
-    elif args.output_format == "dosage":
-        io.write_dosages(g, args.out)
-    else:  # probabilities of each complete genotype, long format, imputed loci only
-        labels = [
-            "/".join(map(str, np.repeat(np.arange(1, len(c) + 1), c)))
-            for c in result.complete
-        ]
-        frame = pd.DataFrame(result.probabilities, columns=labels)
-        frame.insert(0, "marker", g.markers.names[result.loci])
-        frame.insert(0, "name", g.names[result.rows])
-        io.write_table(frame, args.out, float_format="%.4f")
 
 
 # -- seq: DNA sequence language models ------------------------------------------------
@@ -787,9 +812,45 @@ def build_parser() -> argparse.ArgumentParser:
         "impute", help="fill missing genotypes with a masked-marker model"
     )
     inputs(p, phenos=False)
-    p.add_argument("--out", required=True, help="output TSV")
     p.add_argument(
-        "--model", help="pretrained model directory (default: pretrain first)"
+        "--out",
+        required=True,
+        help=".vcf.gz / .bcf (GT, DS, GP, INFO/DR2) or .tsv (--output-format)",
+    )
+    p.add_argument(
+        "--model",
+        help="impute with this masked-marker model (default: panel attention)",
+    )
+    p.add_argument(
+        "--method",
+        choices=["panel", "masked"],
+        default="panel",
+        help="without --model: copy from a panel (default) or pretrain a "
+        "masked-marker model first",
+    )
+    p.add_argument(
+        "--reference",
+        help="reference panel (VCF/BCF, PLINK, Zarr or markers table): impute the "
+        "targets at every panel marker, as Beagle's ref=",
+    )
+    p.add_argument("--reference-chroms", help="chroms TSV of a --reference table")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="panel attention: typed markers per window (default 16)",
+    )
+    p.add_argument(
+        "--shortlist",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="panel attention: candidates per window (default 1024)",
+    )
+    p.add_argument(
+        "--fit-steps",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="panel attention: masked fitting steps (default 30)",
     )
     p.add_argument(
         "--output-format",
