@@ -838,7 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--window",
         type=int,
         default=argparse.SUPPRESS,
-        help="panel attention: typed markers per window (default 16)",
+        help="panel attention: typed markers per window (default 32)",
     )
     p.add_argument(
         "--shortlist",
@@ -850,7 +850,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--fit-steps",
         type=int,
         default=argparse.SUPPRESS,
-        help="panel attention: masked fitting steps (default 30)",
+        help="panel attention: masked fitting steps (default 80, stopped after "
+        "--time-budget seconds, default 120)",
     )
     p.add_argument(
         "--output-format",

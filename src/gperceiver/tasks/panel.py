@@ -29,14 +29,14 @@ from gperceiver.nn.panel import (
 
 @dataclass(frozen=True)
 class PanelFitConfig:
-    # a few dozen steps move the temperature and taps to their optimum on the
-    # msprime set; more only spends the time budget
-    steps: int = 30
+    # on the msprime set 30 steps took the held-out cross-entropy from 0.050 to
+    # 0.041, 80 steps to 0.037 (concordance 0.9898 -> 0.9900)
+    steps: int = 80
     queries: int = 32  # query individuals per step
     hide_fraction: float = 0.1  # share of a query's called loci hidden per step
     windows: int = 48  # a step scores one stretch of this many windows
     lr: float = 0.05  # Adam; the parameters are few and O(1)
-    time_budget_s: float = 60.0  # stop at the first step past it
+    time_budget_s: float = 120.0  # stop at the first step past it
     seed: int = 0
 
 
