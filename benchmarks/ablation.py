@@ -46,7 +46,7 @@ from gperceiver import io
 from gperceiver.checkpoint import read_json, write_json
 from gperceiver.data import Genotypes, Phenotypes
 from gperceiver.evaluate import POOLED, accuracy_table, cross_validate
-from gperceiver.pretraining import pretrain
+from gperceiver.pretraining import pretrain_encoder
 from gperceiver.simulate import SimulationConfig, simulate
 
 # arm -> (hyper-parameters, pretraining task or None, prior or None); a prior is
@@ -117,7 +117,7 @@ def pretrained_model(dataset, task, seed, genotypes, params, workdir) -> Path:
     timing = directory / "seconds.json"
     if not timing.exists():
         started = time.perf_counter()
-        pretrain(genotypes, directory, params, {"task": task, "seed": seed})
+        pretrain_encoder(genotypes, directory, params, {"task": task, "seed": seed})
         write_json({"seconds": time.perf_counter() - started}, timing)
     return directory
 

@@ -24,7 +24,7 @@ import pandas as pd
 from gperceiver.data import Genotypes, MarkerMap
 from gperceiver.finetuning import fit_additive_path
 from gperceiver.nn.heads import GaussianEffects, MarkerEffects
-from gperceiver.tasks.finetune import Records, Scaling
+from gperceiver.tasks.phenotype import Records, Scaling
 
 
 def random_data(n: int, m: int, blocks: int, seed: int):

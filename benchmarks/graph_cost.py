@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from gperceiver.data import Genotypes, MarkerMap
-from gperceiver.graph import GraphSettings, ld_graph
-from gperceiver.nn.graph import GraphAttention
+from gperceiver.marker_graph import GraphSettings, ld_graph
+from gperceiver.nn.graph_attention import GraphAttention
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from gperceiver.checkpoint import read_json, write_json
 from gperceiver.data import MISSING, Genotypes, Phenotypes
 from gperceiver.evaluate import POOLED, accuracy_table, cross_validate
 from gperceiver.finetuning import finetune, load_predictor
-from gperceiver.pretraining import impute, load_masked_model, pretrain
+from gperceiver.pretraining import impute, load_masked_model, pretrain_encoder
 
 TASKS = ("masked", "contrastive", "both")
 
@@ -82,7 +82,7 @@ def pretrained_model(task, seed, genotypes, hidden_genotypes, args, workdir):
         started = time.perf_counter()
         params = {**args.pretrain_params, "progress": False}
         typed = {"task": task, "seed": seed}
-        pretrain(hidden_genotypes, directory, params, typed)
+        pretrain_encoder(hidden_genotypes, directory, params, typed)
         write_json({"seconds": time.perf_counter() - started}, timing)
     seconds = read_json(timing)["seconds"]
     row = {"pretraining": task, "seed": seed, "pretrain_seconds": round(seconds, 1)}

@@ -10,6 +10,7 @@ from gperceiver.baselines import (
     GBLUP,
     RKHS,
     Kernel,
+    WeightedGBLUP,
     additive_effects,
     gaussian_kernel,
     genomic_relationship,
@@ -249,9 +250,8 @@ def tetraploid_split(seed: int, **options):
         ploidy=4,
         n_alleles=3,
         missing_rate=0.05,
-        n_environments=1,
         seed=seed,
-        **options,
+        **{"n_environments": 1, **options},
     )
     data = simulate(config)
     g, table = data.genotypes, data.phenotypes.table
@@ -407,3 +407,36 @@ def test_reml_leave_one_out_residuals_equal_refits_without_the_record(tiny_mixed
         refit = reml(y[keep], k, individuals[keep], x[keep], delta=fit.delta)
         predicted = x[i] @ refit.beta + refit.blup[individuals[i]]
         assert np.isclose(fit.loo_residuals[i], y[i] - predicted, atol=1e-8)
+
+
+def test_weighted_gblup__one_mix_of_highest_likelihood_summed_over_blocks():
+    """The mix is the argmax of GBLUP's restricted likelihoods summed over the
+    blocks (GBLUP fitted on its own per block and kernel), and predictions are
+    GBLUP's per block under that kernel; identical candidates tie to the first."""
+    g, table, train, *_ = tetraploid_split(6, n_environments=2)
+    kernels = [
+        (mix, Kernel(relationship, g.names))
+        for mix, relationship in relationship_mixes(
+            g, g.allele_frequencies(), every_third_marker(g)[1]
+        )
+    ]
+    records, held = table[train], table[~train]
+    blocks = sorted(records["block"].unique())
+    assert len(blocks) == 2
+
+    def summed(kernel):
+        return sum(
+            GBLUP(kernel).fit(records[records["block"] == b], None).fit_.log_likelihood
+            for b in blocks
+        )
+
+    model = WeightedGBLUP(kernels).fit(records)
+    expected_mix, expected_kernel = max(kernels, key=lambda pair: summed(pair[1]))
+    assert model.mix_ == expected_mix
+    prediction = model.predict(held)
+    for b in blocks:
+        here = (held["block"] == b).to_numpy()
+        gblup = GBLUP(expected_kernel).fit(records[records["block"] == b], None)
+        assert np.allclose(prediction[here], gblup.predict(held["name"][here]))
+    same = [(mix, kernels[0][1]) for mix in (0.0, 0.5, 1.0)]
+    assert WeightedGBLUP(same).fit(records).mix_ == 0.0

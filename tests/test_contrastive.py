@@ -15,7 +15,12 @@ from gperceiver.finetuning import finetune
 from gperceiver.io import InputError, write_chroms, write_markers
 from gperceiver.nn.perceiver import MaskedMarkerModel, PerceiverConfig
 from gperceiver.nn.twinned import TwinnedModel
-from gperceiver.pretraining import data_sizes, impute, load_masked_model, pretrain
+from gperceiver.pretraining import (
+    data_sizes,
+    impute,
+    load_masked_model,
+    pretrain_encoder,
+)
 from gperceiver.simulate import SimulationConfig, simulate
 from gperceiver.tasks.contrastive import TwinnedTask, shared_copies
 from gperceiver.tasks.masked import MaskedConfig
@@ -200,7 +205,7 @@ def test_pretrain_contrastive__learns_shared_copies_beyond_the_class_prior(tmp_p
     rng = np.random.default_rng(0)
     per_block = np.sort(rng.integers(1, 3, size=(200, 10, 2)), -1)
     g = genotypes_of(np.repeat(per_block, 10, axis=1), 2)
-    pretrain(
+    pretrain_encoder(
         g,
         tmp_path / "pre",
         {**TINY, "dropout": 0.0},
@@ -221,7 +226,7 @@ def test_pretrain_contrastive__learns_shared_copies_beyond_the_class_prior(tmp_p
 
 def test_finetune__reads_the_encoder_of_a_contrastive_model(sim, tmp_path):
     g = sim.genotypes
-    pretrain(g, tmp_path / "pre", TINY, {"max_steps": 3, "task": "contrastive"})
+    pretrain_encoder(g, tmp_path / "pre", TINY, {"max_steps": 3, "task": "contrastive"})
     loaded, _ = load_masked_model(tmp_path / "pre", g)
     assert isinstance(loaded, TwinnedModel)
     # a frozen encoder ("unfreeze": "") keeps exactly the pretrained weights
@@ -246,7 +251,7 @@ def test_finetune__reads_the_encoder_of_a_contrastive_model(sim, tmp_path):
 
 def test_pretrain_both__logs_both_losses_and_imputes(sim, tmp_path):
     g = sim.genotypes
-    model = pretrain(
+    model = pretrain_encoder(
         g,
         tmp_path / "both",
         TINY,
@@ -270,7 +275,7 @@ def test_pretrain_both__logs_both_losses_and_imputes(sim, tmp_path):
 
 
 def test_pretrain_masked__still_saves_a_masked_model(sim, tmp_path):
-    pretrain(sim.genotypes, tmp_path / "m", TINY, {"max_steps": 1})
+    pretrain_encoder(sim.genotypes, tmp_path / "m", TINY, {"max_steps": 1})
     loaded, config = load_masked_model(tmp_path / "m", sim.genotypes)
     assert type(loaded) is MaskedMarkerModel and config["task"] == "masked"
 
@@ -278,12 +283,14 @@ def test_pretrain_masked__still_saves_a_masked_model(sim, tmp_path):
 def test_pretrain_contrastive__raises_on_too_few_individuals(tmp_path):
     g = genotypes_of(np.ones((2, 10, 2)), 2)
     with pytest.raises(InputError, match="pairs individuals"):
-        pretrain(g, tmp_path / "m", TINY, {"max_steps": 1, "task": "contrastive"})
+        pretrain_encoder(
+            g, tmp_path / "m", TINY, {"max_steps": 1, "task": "contrastive"}
+        )
 
 
 def test_pretrain__raises_on_unknown_task(sim, tmp_path):
     with pytest.raises(InputError, match="task must be one of"):
-        pretrain(sim.genotypes, tmp_path / "m", TINY, {"task": "twins"})
+        pretrain_encoder(sim.genotypes, tmp_path / "m", TINY, {"task": "twins"})
 
 
 def test_cli__task_options_and_contrastive_model_refused_by_impute(

@@ -13,10 +13,9 @@ from gperceiver.baselines import (
     GBLUP,
     Kernel,
     ReactionNorm,
-    _dense_reml,
-    _kronecker_reml,
     environment_kernel,
 )
+from gperceiver.baselines.reaction_norm import _dense_reml, _kronecker_reml
 from gperceiver.cli import main
 from gperceiver.data import Phenotypes
 from gperceiver.evaluate import METHODS, cross_validate, pearson, pooled_table
@@ -172,9 +171,7 @@ def test_reaction_norm__one_environment_main_effect_is_gblup():
     records = pd.DataFrame({"name": names, "response": y[:, 0], "block": 3})
     model = ReactionNorm(kernel, interaction=False).fit(records, None)
     reference = GBLUP(kernel).fit(records, None)
-    assert np.allclose(
-        model.predict(names, [3] * len(names)), reference.predict(names), atol=1e-4
-    )
+    assert np.allclose(model.predict(records), reference.predict(names), atol=1e-4)
     assert np.isclose(model.s2g_, reference.fit_.s2g, rtol=1e-3)
 
 
@@ -189,9 +186,7 @@ def test_reaction_norm__predicts_held_out_environment_from_weather(weather_sim):
         target = truth.loc[truth["block"] == b, "genetic"]
         for interaction in r:
             model = ReactionNorm(kernel, omega, blocks, interaction).fit(train, None)
-            r[interaction].append(
-                pearson(model.predict(held["name"], held["block"]), target)
-            )
+            r[interaction].append(pearson(model.predict(held), target))
     assert np.mean(r[True]) > np.mean(r[False]) + 0.03, r
 
 

@@ -48,11 +48,13 @@ def small_data():
 
 
 def spy_method(calls):
-    """A registry method recording its inputs and predicting the training mean."""
+    """A per-block method recording its inputs and predicting the training mean
+    (as its fixed part)."""
 
-    def method(train, genotypes, names, cache):
-        calls.append((train.copy(), np.asarray(names)))
-        return np.full(len(names), train["response"].mean())
+    def method(train, genotypes, validation, cache):
+        calls.append((train.copy(), validation["name"].to_numpy()))
+        k = len(validation)
+        return np.full(k, train["response"].mean()), np.zeros(k)
 
     return method
 
@@ -82,7 +84,7 @@ def test_every_row_is_validated_once_training_on_the_other_folds(
     assert (merged["cv"] == merged["cv_table"]).all()
     assert (merged["site"] == merged["site_table"]).all()
     assert list(predictions.columns) == [
-        "name", "block", "cv", "response", "method", "prediction", "site",
+        "name", "block", "cv", "response", "method", "prediction", "fixed", "site",
     ]  # fmt: skip
 
 
@@ -91,7 +93,9 @@ def test_accuracy_table_per_fold_and_pooled(small_data):
     predictions, accuracy = cross_validate(
         phenotypes, genotypes, ["gblup", "rkhs"], progress=False
     )
-    assert list(accuracy.columns) == ["method", "block", "fold", "pearson_r", "n"]
+    assert list(accuracy.columns) == [
+        "method", "block", "fold", "pearson_r", "pearson_r_genetic", "n",
+    ]  # fmt: skip
     assert len(accuracy) == 2 * 2 * (4 + 1)
     assert accuracy["fold"].tolist()[:5] == ["0", "1", "2", "3", "all"]
     for row in accuracy.itertuples():

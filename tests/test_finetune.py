@@ -19,9 +19,9 @@ from gperceiver.io import (
 )
 from gperceiver.nn.heads import HeadConfig, PhenotypeModel
 from gperceiver.nn.perceiver import PerceiverConfig
-from gperceiver.pretraining import data_sizes, pretrain
+from gperceiver.pretraining import data_sizes, pretrain_encoder
 from gperceiver.simulate import SimulationConfig, simulate
-from gperceiver.tasks.finetune import (
+from gperceiver.tasks.phenotype import (
     Records,
     objective_loss,
     ordinal_log_probs,
@@ -267,7 +267,7 @@ def test_predict__equals_predictions_inside_evaluate(sim, tmp_path):
 
 def test_finetune__from_pretrained_with_frozen_head_phase(sim, tmp_path):
     g = sim.genotypes
-    pretrain(g, tmp_path / "pre", SMALL, {"max_steps": 3})
+    pretrain_encoder(g, tmp_path / "pre", SMALL, {"max_steps": 3})
     params = {
         "epochs": 2,
         "head_epochs": 2,
@@ -291,7 +291,7 @@ def test_finetune__refuses_typed_options_that_reshape_the_pretrained_encoder(
     sim, tmp_path
 ):
     g = sim.genotypes
-    pretrain(g, tmp_path / "pre", SMALL, {"max_steps": 1})
+    pretrain_encoder(g, tmp_path / "pre", SMALL, {"max_steps": 1})
     with pytest.raises(InputError, match="differs from the pretrained encoder"):
         finetune(
             sim.phenotypes, g, tmp_path / "ft", {"epochs": 1, "progress": False},
@@ -308,7 +308,7 @@ def test_finetune__refuses_typed_options_that_reshape_the_pretrained_encoder(
 
 def test_finetune__warns_when_a_pretrained_encoder_lacks_the_asked_graph(sim, tmp_path):
     g = sim.genotypes
-    pretrain(g, tmp_path / "pre", SMALL, {"max_steps": 1})
+    pretrain_encoder(g, tmp_path / "pre", SMALL, {"max_steps": 1})
     with pytest.warns(InputWarning, match="--marker-graph ignored"):
         finetune(
             sim.phenotypes, g, tmp_path / "ft", {"epochs": 1, "progress": False},

@@ -7,7 +7,6 @@ import torch
 from gperceiver.cli import main
 from gperceiver.data import Genotypes, MarkerMap
 from gperceiver.finetuning import finetune, load_predictor
-from gperceiver.graph import ld_graph, ld_scores
 from gperceiver.io import (
     InputError,
     InputWarning,
@@ -20,10 +19,11 @@ from gperceiver.io import (
 from gperceiver.io.variants import blocks_from_genotypes
 from gperceiver.io.vcf import placeholder_alleles
 from gperceiver.io.zarr_store import ZarrGenotypes, write_zarr
+from gperceiver.marker_graph import ld_graph, ld_scores
 from gperceiver.nn.embeddings import MarkerEmbedding
-from gperceiver.nn.graph import GraphAttention
+from gperceiver.nn.graph_attention import GraphAttention
 from gperceiver.nn.perceiver import MaskedMarkerModel, PerceiverConfig
-from gperceiver.pretraining import load_masked_model, pretrain
+from gperceiver.pretraining import load_masked_model, pretrain_encoder
 from gperceiver.simulate import SimulationConfig, simulate
 
 SMALL = {
@@ -130,7 +130,7 @@ def test_ld_graph__streamed_store_equals_in_memory(sim, tmp_path):
     g = sim.genotypes
     blocks = blocks_from_genotypes(g, placeholder_alleles(g.n_alleles), 40)
     write_zarr(blocks, g.names, tmp_path / "g.zarr", 40, 16)
-    store = ZarrGenotypes(tmp_path / "g.zarr")
+    store = ZarrGenotypes(tmp_path / "g.zarr", block_samples=16)
     rows = np.arange(3, 75, 2)  # training rows spread over several blocks
     expected = ld_graph(g, rows)
     streamed = ld_graph(store, rows)
@@ -296,7 +296,7 @@ def test_model_with_graph_and_annotations__save_load_identical(sim, tmp_path):
 def test_pretrained_graph__carried_into_finetuning(sim, tmp_path):
     g = sim.genotypes
     params = {**SMALL, "marker_graph": "ld", "graph_layers": 1}
-    model = pretrain(g, tmp_path / "pre", params).eval()
+    model = pretrain_encoder(g, tmp_path / "pre", params).eval()
     loaded, _ = load_masked_model(tmp_path / "pre", g)
     x = torch.from_numpy(g.alleles[:4].astype(np.int64))
     idx, targets = torch.arange(g.n_markers), torch.arange(5)

@@ -20,7 +20,7 @@ from gperceiver.io import (
     write_chroms,
     write_markers,
 )
-from gperceiver.pretraining import impute, load_masked_model, pretrain
+from gperceiver.pretraining import impute, load_masked_model, pretrain_encoder
 from gperceiver.simulate import SimulationConfig, simulate
 from gperceiver.tasks.masked import (
     MaskedConfig,
@@ -88,7 +88,7 @@ def test_masked_task__masks_targets_with_mask_id(population):
 
 
 def test_pretrain__loss_falls(population, tmp_path):
-    pretrain(
+    pretrain_encoder(
         population,
         tmp_path / "m",
         TINY,
@@ -106,18 +106,18 @@ def test_pretrain__time_budget_stops_on_the_clock_and_anneals(population, tmp_pa
     """The run stops at the first step past the budget, with the LR annealed to
     its floor on the clock; resuming a spent run trains no further step."""
     typed = {"epochs": 10_000, "time_budget_s": 1.5, "eval_every": 4, "patience": 10**6}
-    pretrain(population, tmp_path / "m", {**TINY, "warmup_steps": 2}, typed)
+    pretrain_encoder(population, tmp_path / "m", {**TINY, "warmup_steps": 2}, typed)
     metrics = pd.read_csv(tmp_path / "m" / "metrics.csv")
     last = metrics.iloc[-1]
     assert 1.5 <= last["seconds"] < 5.0 and last["step"] > 4
     assert last["lr"] < 0.06 * 1e-3  # the cosine floor is 5% of the default lr
-    pretrain(population, tmp_path / "m", {**TINY, "warmup_steps": 2}, typed)
+    pretrain_encoder(population, tmp_path / "m", {**TINY, "warmup_steps": 2}, typed)
     again = pd.read_csv(tmp_path / "m" / "metrics.csv")
     assert again["step"].iloc[-1] == last["step"]
 
 
 def test_save_load__identical_outputs(population, tmp_path):
-    model = pretrain(population, tmp_path / "m", TINY, {"max_steps": 3})
+    model = pretrain_encoder(population, tmp_path / "m", TINY, {"max_steps": 3})
     loaded, config = load_masked_model(tmp_path / "m", population)
     model.eval()
     x = torch.from_numpy(population.alleles[:5].astype(np.int64))
@@ -129,14 +129,14 @@ def test_save_load__identical_outputs(population, tmp_path):
 
 
 def test_load_masked_model__raises_on_other_marker_map(population, tmp_path):
-    pretrain(population, tmp_path / "m", TINY, {"max_steps": 1})
+    pretrain_encoder(population, tmp_path / "m", TINY, {"max_steps": 1})
     other = population.subset(markers=np.arange(population.n_markers - 1))
     with pytest.raises(InputError, match="marker map differs"):
         load_masked_model(tmp_path / "m", other)
 
 
 def test_impute__fills_every_missing_copy_consistently(population, tmp_path):
-    model = pretrain(
+    model = pretrain_encoder(
         population, tmp_path / "m", TINY, {"max_steps": 5}, resume=False
     ).eval()
     result = impute(model, population, progress=False)
@@ -157,7 +157,7 @@ def test_impute__divides_out_the_target_sampling_prior(population, tmp_path):
     """With frequency_scaler s the call probabilities are the raw decoder's times
     prod_copies (1 - p)^-s, renormalised over the genotypes that fit the observed
     copies: rare genotypes lose the weight that target sampling gave them."""
-    model = pretrain(population, tmp_path / "m", TINY, {"max_steps": 3}).eval()
+    model = pretrain_encoder(population, tmp_path / "m", TINY, {"max_steps": 3}).eval()
     raw = impute(model, population, progress=False)
     corrected = impute(model, population, progress=False, frequency_scaler=0.5)
     p = population.allele_frequencies()[raw.loci]  # (K, A)
@@ -191,7 +191,7 @@ def test_impute__learns_ld_better_than_frequency(tmp_path):
     hidden = truth.alleles.copy()
     hidden[hide] = 0
     masked = Genotypes(hidden, truth.names, truth.markers, truth.n_alleles)
-    model = pretrain(
+    model = pretrain_encoder(
         masked,
         tmp_path / "m",
         {**TINY, "width": 48, "n_latents": 16},
@@ -212,7 +212,7 @@ def test_impute__learns_ld_better_than_frequency(tmp_path):
 RESUME_SCRIPT = """
 import sys
 from gperceiver.io import read_chroms, read_markers
-from gperceiver.pretraining import pretrain
+from gperceiver.pretraining import pretrain_encoder
 chroms, markers, out, delay = sys.argv[1:5]
 g = read_markers(markers, read_chroms(chroms))
 typed = {"epochs": 4, "batch_size": 8, "checkpoint_every": 3, "eval_every": 5, "seed": 11}
@@ -224,7 +224,7 @@ if float(delay):
         time.sleep(float(delay))
         return original(*a, **k)
     train.torch.nn.utils.clip_grad_norm_ = slow
-pretrain(g, out, {"width": 32, "n_latents": 8, "self_layers": 1, "encode_iters": 1, "progress": False}, typed)
+pretrain_encoder(g, out, {"width": 32, "n_latents": 8, "self_layers": 1, "encode_iters": 1, "progress": False}, typed)
 """
 
 
@@ -260,7 +260,7 @@ def test_pretrain__killed_and_resumed_matches_uninterrupted(population, tmp_path
 
 
 def test_read_markers__imputed_output_round_trips(population, tmp_path):
-    model = pretrain(population, tmp_path / "m", TINY, {"max_steps": 2}).eval()
+    model = pretrain_encoder(population, tmp_path / "m", TINY, {"max_steps": 2}).eval()
     result = impute(model, population, progress=False)
     write_chroms(population.markers, tmp_path / "c.tsv")
     write_markers(result.genotypes, tmp_path / "out.tsv")
@@ -275,5 +275,5 @@ def test_marker_map__unplaced_chromosome_pretrains(tmp_path):
     rng = np.random.default_rng(0)
     alleles = np.sort(rng.integers(1, 3, size=(20, 30, 2)), -1).astype(np.uint8)
     g = Genotypes(alleles, np.array([f"i{i}" for i in range(20)]), markers, 2)
-    pretrain(g, tmp_path / "m", TINY, {"max_steps": 2})
+    pretrain_encoder(g, tmp_path / "m", TINY, {"max_steps": 2})
     assert (tmp_path / "m" / "model.safetensors").exists()

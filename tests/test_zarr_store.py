@@ -12,7 +12,7 @@ from gperceiver.io import write_chroms, write_genotype_file, write_markers
 from gperceiver.io.variants import blocks_from_genotypes
 from gperceiver.io.vcf import placeholder_alleles
 from gperceiver.io.zarr_store import ZarrGenotypes, write_zarr
-from gperceiver.pretraining import pretrain
+from gperceiver.pretraining import pretrain_encoder
 from gperceiver.simulate import SimulationConfig, simulate
 
 TINY = {
@@ -47,6 +47,11 @@ def store_of(genotypes, path, variant_chunk=40, sample_chunk=16):
     return path
 
 
+def streamed(path, samples=16, markers=150, ploidy=2):
+    """The store read in blocks of ``samples`` individuals, by memory budget."""
+    return ZarrGenotypes(path, block_bytes=samples * markers * ploidy)
+
+
 def test_write_zarr__vcf_zarr_layout(population, tmp_path):
     g = population
     store_of(g, tmp_path / "g.zarr")
@@ -69,7 +74,7 @@ def test_write_zarr__vcf_zarr_layout(population, tmp_path):
 
 def test_streamed_alleles__match_memory_for_any_index(population, tmp_path):
     g = population
-    z = ZarrGenotypes(store_of(g, tmp_path / "g.zarr"))
+    z = streamed(store_of(g, tmp_path / "g.zarr"))
     assert z.alleles.block_samples == 16
     rng = np.random.default_rng(0)
     for rows in [rng.permutation(70)[:9], np.arange(15, 33), [69], slice(5, 60, 7)]:
@@ -97,7 +102,7 @@ def test_streamed_alleles__unsorted_store_is_read_in_map_order(population, tmp_p
 
 
 def test_epoch_order__visits_every_row_once_one_block_at_a_time(population, tmp_path):
-    z = ZarrGenotypes(store_of(population, tmp_path / "g.zarr"))
+    z = streamed(store_of(population, tmp_path / "g.zarr"))
     rows = np.arange(3, 70, 2)
     order = z.epoch_order(rows, np.random.default_rng(1))
     assert sorted(order.tolist()) == rows.tolist()
@@ -109,8 +114,8 @@ def test_epoch_order__visits_every_row_once_one_block_at_a_time(population, tmp_
 def test_pretrain__one_block_store_equals_in_memory(population, tmp_path):
     store = store_of(population, tmp_path / "g.zarr", sample_chunk=1000)
     settings = {**TINY, "epochs": 2}
-    pretrain(population, tmp_path / "mem", {}, settings)
-    pretrain(ZarrGenotypes(store), tmp_path / "zarr", {}, settings)
+    pretrain_encoder(population, tmp_path / "mem", {}, settings)
+    pretrain_encoder(ZarrGenotypes(store), tmp_path / "zarr", {}, settings)
     a = pd.read_csv(tmp_path / "mem" / "metrics.csv")
     b = pd.read_csv(tmp_path / "zarr" / "metrics.csv")
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
@@ -120,9 +125,9 @@ def test_pretrain__one_block_store_equals_in_memory(population, tmp_path):
 
 
 def test_pretrain__streams_block_by_block(population, tmp_path):
-    z = ZarrGenotypes(store_of(population, tmp_path / "g.zarr"))
+    z = streamed(store_of(population, tmp_path / "g.zarr"))
     n_blocks, epochs = 5, 3  # 70 individuals in blocks of 16
-    pretrain(z, tmp_path / "m", {}, {**TINY, "epochs": epochs})
+    pretrain_encoder(z, tmp_path / "m", {}, {**TINY, "epochs": epochs})
     metrics = pd.read_csv(tmp_path / "m" / "metrics.csv")
     # the starting point's validation, then one per epoch
     assert len(metrics) == epochs + 1 and np.isfinite(metrics["val_loss"]).all()

@@ -224,6 +224,8 @@ TRAINING_KEYS = {
     "head_epochs",
     "unfreeze",
     "marker_weights",
+    "fixed",
+    "fixed_numeric",
 }
 
 
@@ -282,6 +284,36 @@ def add_finetune_options(parser: argparse.ArgumentParser) -> None:
         default=s,
         help="inner validation share of training individuals (without --cv)",
     )
+
+
+def add_fixed_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    default = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("fixed effects")
+    group.add_argument(
+        "--fixed",
+        default=default,
+        metavar="COL[,COL...]",
+        help="phenotype columns fitted as factors (sex, litter, replicate): GLS in "
+        "the REML mixed model, levels learnt on the training records only",
+    )
+    group.add_argument(
+        "--fixed-numeric",
+        default=default,
+        metavar="COL[,COL...]",
+        help="phenotype columns fitted as linear covariates (age, start weight)",
+    )
+
+
+def fixed_effects_for(options: dict, phenotypes):
+    """The :class:`~gperceiver.baselines.FixedEffects` of ``fixed`` /
+    ``fixed_numeric`` in ``options``, checked against the phenotypes table."""
+    from .baselines import FixedEffects, check_fixed_columns, column_list
+
+    spec = FixedEffects(
+        column_list(options.get("fixed")), column_list(options.get("fixed_numeric"))
+    )
+    check_fixed_columns(phenotypes.table, spec, phenotypes.source)
+    return spec
 
 
 # -- commands --------------------------------------------------------------------------
@@ -355,6 +387,7 @@ def cmd_evaluate(args) -> None:
         "workdir": out / "models",
         "covariates": read_covariates_if_given(args),
     }
+    options["fixed"] = fixed_effects_for({**options["params"], **typed}, phenotypes)
     predictions, accuracy = cross_validate(
         phenotypes,
         genotypes,
@@ -418,6 +451,7 @@ def cmd_gblup(args) -> None:
             "use --method gblup-weighted or drop --marker-weights",
         )
     options = {"params": {"marker_weights": args.marker_weights}}
+    options["fixed"] = fixed_effects_for(vars(args), phenotypes)
     predictions, accuracy = single_split(
         phenotypes, genotypes, args.method, args.cv, options=options
     )
@@ -426,10 +460,10 @@ def cmd_gblup(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    from .pretraining import pretrain
+    from .pretraining import pretrain_encoder
 
     genotypes = read_genotypes(args, stream=True)
-    pretrain(
+    pretrain_encoder(
         genotypes,
         args.out,
         file_params(args),
@@ -459,18 +493,33 @@ def cmd_impute(args) -> None:
     if args.model is None and args.method == "panel":
         cmd_impute_panel(args, kind)
         return
-    from .pretraining import impute, load_masked_model, pretrain
+    from .pretraining import impute, load_masked_model, pretrain_encoder
 
     genotypes = read_genotypes(args)
+    if args.output_format == "dosage" and genotypes.n_alleles != 2:
+        raise InputError(
+            "--output-format",
+            None,
+            f"dosage tables hold biallelic markers only, these have "
+            f"{genotypes.n_alleles} alleles",
+            "use --output-format codes or probabilities",
+        )
     model_dir = args.model
-    if not model_dir:
+    if not model_dir:  # every refusal comes before the (long) pretraining
         model_dir = Path(args.out).with_name(Path(args.out).name + ".model")
+        params = {**ONE_SHOT_IMPUTE, **file_params(args)}
+        if {**params, **typed_options(args)}.get("task") == "contrastive":
+            raise InputError(
+                "--task",
+                None,
+                "contrastive pretraining leaves the allele decoder untrained",
+                "impute with --task masked or both",
+            )
         print(
             f"no --model: pretraining on {args.markers} first (model in {model_dir})",
             file=sys.stderr,
         )
-        params = {**ONE_SHOT_IMPUTE, **file_params(args)}
-        pretrain(genotypes, model_dir, params, typed_options(args))
+        pretrain_encoder(genotypes, model_dir, params, typed_options(args))
     model, config = load_masked_model(model_dir, genotypes, args.markers)
     if config.get("task") == "contrastive":
         raise InputError(
@@ -499,6 +548,13 @@ def cmd_impute_panel(args, kind: str) -> None:
     from .imputation import impute_with_panel, panel_settings, write_result
 
     targets = read_genotypes(args)
+    if args.output_format == "dosage" and targets.n_alleles != 2:
+        raise InputError(
+            "--output-format", None,
+            f"dosage tables hold biallelic markers only, these have "
+            f"{targets.n_alleles} alleles",
+            "use --output-format codes or probabilities",
+        )  # fmt: skip
     reference = None
     if args.reference:
         reference = read_reference(args)
@@ -580,8 +636,8 @@ def cmd_convert(args) -> None:
     source, target = io.genotype_format(args.input), io.genotype_format(args.output)
     samples = read_lines(args.samples) if args.samples else None
     sites = read_lines(args.sites) if args.sites else None
-    if target == "zarr" and source in ("vcf", "plink"):
-        n = io.stream_to_zarr(args.input, args.output, samples, args.region, sites)
+    if source in io.SOURCES and target in io.TARGETS:  # streamed, REF/ALT kept
+        n = io.convert_variants(args.input, args.output, samples, args.region, sites)
         print(f"converted {n} variants {args.input} -> {args.output}")
         return
     if source == "table":
@@ -623,6 +679,17 @@ def cmd_seq_pretrain(args) -> None:
     from .seq.lm import pretrain
 
     params = file_params(args)
+    if args.kind == "memory":
+        from .seq.memory_lm import pretrain_memory
+
+        params = {**params, **({"device": args.device} if args.device else {})}
+        s = pretrain_memory(args.fasta, args.out, params)
+        print(
+            f"wrote the memory model to {args.out} ({s['training_bases']} bases, "
+            f"{s['memory_ram_mb_per_mb']} MB RAM per Mb, validation "
+            f"bits_per_base={s['val_bits_per_base']:.4f}, {s['seconds']} s)"
+        )
+        return
     summary = pretrain(args.fasta, args.out, params, resume=not args.restart)
     print(
         f"wrote the sequence model to {args.out} ({summary['steps']} steps, "
@@ -633,13 +700,17 @@ def cmd_seq_pretrain(args) -> None:
 def cmd_seq_evaluate(args) -> None:
     from .seq import SeqLM
     from .seq.lm import bits_per_base, read_records
+    from .seq.loading import MEMORY_KIND, load_scorer, model_kind
 
-    model = SeqLM.from_pretrained(args.model)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    bits, count = bits_per_base(model, read_records([args.fasta]), args.overlap)
+    if model_kind(args.model) == MEMORY_KIND:
+        bits, count = load_scorer(args.model, args.device).bits_per_base([args.fasta])
+    else:
+        model = SeqLM.from_pretrained(args.model)
+        bits, count = bits_per_base(model, read_records([args.fasta]), args.overlap)
     print(f"scored_bases={count}")
     print(f"bits_per_base={bits:.6f}")
 
@@ -655,8 +726,25 @@ def cmd_seq_embed(args) -> None:
     print(f"wrote {len(records)} record embeddings of width {embeddings.shape[1]}")
 
 
+def cmd_seq_score(args) -> None:
+    from .seq.loading import load_scorer
+    from .seq.variants import (
+        read_variants,
+        reference_digits,
+        score_variants,
+        write_scores,
+    )
+
+    reference = reference_digits(args.reference)
+    variants = read_variants(args.vcf)
+    model = load_scorer(args.model, args.device)
+    table = score_variants(reference, variants, model, args.flank, args.vcf)
+    write_scores(table, args.out)
+    print(f"wrote {len(table)} variant scores to {args.out}")
+
+
 def add_seq_commands(sub) -> None:
-    """``gperceiver seq pretrain|evaluate|embed``."""
+    """``gperceiver seq pretrain|evaluate|embed|score``."""
     seq = sub.add_parser("seq", help="DNA sequence language models (FASTA)")
     commands = seq.add_subparsers(dest="seq_command", required=True, metavar="ACTION")
     p = commands.add_parser("pretrain", help="causal LM pretraining on FASTA files")
@@ -664,6 +752,13 @@ def add_seq_commands(sub) -> None:
     p.add_argument("--out", required=True, help="model directory")
     p.add_argument("--params", help="JSON object of model/training settings")
     p.add_argument("--restart", action="store_true", help="ignore checkpoints in --out")
+    p.add_argument(
+        "--kind",
+        choices=["transformer", "memory"],
+        default="transformer",
+        help="memory: exact k-mer memory of the files + a learned mixer (see README)",
+    )
+    p.add_argument("--device", help="memory kind: auto|cpu|cuda[:N] for the mixer")
     p.set_defaults(func=cmd_seq_pretrain)
     p = commands.add_parser("evaluate", help="bits per base of a FASTA file")
     p.add_argument("fasta")
@@ -674,12 +769,21 @@ def add_seq_commands(sub) -> None:
         help="context positions re-read by each sliding window (default context/4)",
     )
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="memory models: auto|cpu|cuda[:N]")
     p.set_defaults(func=cmd_seq_evaluate)
     p = commands.add_parser("embed", help="mean hidden state of every record")
     p.add_argument("fasta")
     p.add_argument("--model", required=True, help="directory from seq pretrain")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.set_defaults(func=cmd_seq_embed)
+    p = commands.add_parser("score", help="zero-shot log-likelihood ratio of variants")
+    p.add_argument("reference", help="reference FASTA the VCF was called on")
+    p.add_argument("vcf", help="VCF of SNVs / indels (plain or .gz)")
+    p.add_argument("--model", required=True, help="directory from seq pretrain")
+    p.add_argument("--out", required=True, help="output TSV")
+    p.add_argument("--flank", type=int, default=128, help="bases on each side")
+    p.add_argument("--device", default="cpu", help="auto|cpu|cuda[:N]")
+    p.set_defaults(func=cmd_seq_score)
 
 
 # -- parser ----------------------------------------------------------------------------
@@ -743,7 +847,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert genotypes between VCF/BCF, PLINK, VCF Zarr and the tables",
     )
     p.add_argument(
-        "input", help=".vcf[.gz], .bcf, .bed (PLINK 1), .zarr, or a markers TSV"
+        "input",
+        help=".vcf[.gz], .bcf, .bed or prefix (PLINK 1), .pgen or prefix (PLINK 2), "
+        ".zarr, or a markers TSV",
     )
     p.add_argument("output", help="the same kinds of name; the format follows it")
     p.add_argument("--chroms", help="chroms TSV of a markers-table input")
@@ -777,6 +883,7 @@ def build_parser() -> argparse.ArgumentParser:
         "out; cv00: new individuals in a left-out environment (default cv1)",
     )
     add_covariate_option(p)
+    add_fixed_options(p, suppress=True)
     add_training_options(p)
     add_finetune_options(p)
     p.set_defaults(func=cmd_evaluate)
@@ -795,6 +902,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="TSV marker, weight: the prior of --method gblup-weighted",
     )
+    add_fixed_options(p, suppress=False)
     p.set_defaults(func=cmd_gblup)
 
     p = sub.add_parser(

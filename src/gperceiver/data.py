@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 import pandas as pd
+import torch
 
 MISSING = 0  # allele id of an uncalled copy
 
@@ -428,3 +430,25 @@ class MarkerAnnotations:
         z = (self.numeric - mean) / np.where(sd > 0, sd, 1.0)
         z[missing] = 0.0
         return z.astype(np.float32), missing.astype(np.float32)
+
+
+def genotype_batches(
+    genotypes: Genotypes, rows, batch_size: int = 64, device=None
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """The one way genotype rows become model inputs: consecutive batches of
+    ``rows`` (default: every individual) as ``(rows (B,), alleles (B, M, P) int64
+    tensor on device)``, in the order of ``rows``.
+
+    Examples
+    --------
+    >>> markers, _ = MarkerMap.from_columns(["1"], ["a"], [1])
+    >>> g = Genotypes(np.array([[[1, 2]], [[2, 2]], [[1, 1]]], np.uint8),
+    ...               np.array(["x", "y", "z"]), markers, 2)
+    >>> [(rows.tolist(), tuple(a.shape)) for rows, a in genotype_batches(g, None, 2)]
+    [([0, 1], (2, 1, 2)), ([2], (1, 1, 2))]
+    """
+    rows = np.arange(genotypes.n_individuals) if rows is None else np.asarray(rows)
+    for start in range(0, len(rows), batch_size):
+        part = rows[start : start + batch_size]
+        alleles = torch.from_numpy(genotypes.alleles[part].astype(np.int64))
+        yield part, alleles if device is None else alleles.to(device)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .data import Genotypes
+from .data import Genotypes, genotype_batches
 from .nn.heads import PhenotypeModel
 
 
@@ -54,22 +54,22 @@ def marker_importance(
     rows = np.arange(genotypes.n_individuals) if rows is None else np.asarray(rows)
     if not len(rows):
         raise ValueError("marker_importance needs at least one individual")
-    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
-    per_member = [_member_importance(m, genotypes, batches) for m in members]
+    per_member = [_member_importance(m, genotypes, rows, batch_size) for m in members]
     return np.mean(per_member, axis=0)
 
 
 def _member_importance(
-    model: PhenotypeModel, genotypes: Genotypes, batches: list[np.ndarray]
+    model: PhenotypeModel, genotypes: Genotypes, rows: np.ndarray, batch_size: int
 ) -> np.ndarray:
-    """Mean |gradient x centred token| (M,) of one model over ``batches`` of rows."""
+    """Mean |gradient x centred token| (M,) of one model over ``rows``, in batches."""
     device = next(model.parameters()).device
     marker_idx = torch.arange(genotypes.n_markers, device=device)
 
-    def alleles(batch: np.ndarray) -> torch.Tensor:  # (B, M, P)
-        return torch.from_numpy(genotypes.alleles[batch].astype(np.int64)).to(device)
+    def batches():  # (B, M, P) alleles on the model's device
+        for _, alleles in genotype_batches(genotypes, rows, batch_size, device):
+            yield alleles
 
-    n = sum(len(b) for b in batches)
+    n = len(rows)
     captured: list[torch.Tensor] = []
 
     def as_leaf(module, args, tokens):  # forward hook on model.embed
@@ -86,14 +86,15 @@ def _member_importance(
             # float64 sum: the mean of identical tokens is exactly that token, so
             # a marker without variation scores exactly 0
             total = sum(
-                model.embed(alleles(b), marker_idx).double().sum(0) for b in batches
+                model.embed(alleles, marker_idx).double().sum(0)
+                for alleles in batches()
             )
         mean = (total / n).float()  # (M, D)
         importance = torch.zeros_like(total[:, 0])  # (M,) float64
         with torch.enable_grad():
-            for batch in batches:
+            for alleles in batches():
                 captured.clear()
-                output = model(alleles(batch), marker_idx)[..., 0].sum()
+                output = model(alleles, marker_idx)[..., 0].sum()
                 tokens = captured[-1]  # (B, M, D)
                 (grad,) = torch.autograd.grad(output, tokens)
                 credit = ((tokens.detach() - mean) * grad).sum(-1)  # (B, M)

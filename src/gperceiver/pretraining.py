@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import check_markers, load_model_config, load_weights, save_model
 from .data import MISSING, Genotypes
-from .graph import GraphSettings, attach, marker_inputs, marker_sizes
 from .io import InputError
+from .marker_graph import GraphSettings, attach, marker_inputs, marker_sizes
 from .nn.embeddings import count_targets
 from .nn.perceiver import MaskedMarkerModel, PerceiverConfig
 from .nn.twinned import TwinnedModel
@@ -77,7 +77,7 @@ class PretrainSettings:
             raise ValueError(f"task must be one of {PRETRAIN_TASKS}, got {self.task!r}")
 
 
-def pretrain(
+def pretrain_encoder(
     genotypes: Genotypes,
     out,
     params: dict | None = None,
@@ -91,7 +91,7 @@ def pretrain(
     ``params`` (e.g. a ``--params`` JSON) and ``typed`` (command-line options) are
     flat dictionaries of :class:`PerceiverConfig`, :class:`TrainConfig`,
     :class:`MaskedConfig`, :class:`ContrastiveConfig`, :class:`PretrainSettings`
-    and :class:`~gperceiver.graph.GraphSettings` fields. An LD graph is computed
+    and :class:`~gperceiver.marker_graph.GraphSettings` fields. An LD graph is computed
     from the training individuals (not the held-out ones).
     """
     classes = (

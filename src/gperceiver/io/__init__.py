@@ -3,6 +3,9 @@
 from .atomic import atomic_path
 from .errors import InputError, InputWarning
 from .formats import (
+    SOURCES,
+    TARGETS,
+    convert_variants,
     genotype_format,
     read_genotype_file,
     read_table_genotypes,
@@ -28,6 +31,9 @@ from .tables import (
 )
 
 __all__ = [
+    "SOURCES",
+    "TARGETS",
+    "convert_variants",
     "InputError",
     "InputWarning",
     "atomic_path",

@@ -622,8 +622,31 @@ def write_table(frame: pd.DataFrame, path, float_format: str = "%.6g") -> None:
         frame.to_csv(tmp, sep="\t", index=False, float_format=float_format, na_rep="NA")
 
 
+def exact_number(value: float) -> str:
+    """The shortest text that reads back as exactly ``value`` (float64).
+
+    Whole numbers below 2**53 are written without a decimal point (bp positions
+    stay ``1234``); others use Python's shortest round-trip repr (``0.117509935``,
+    ``1.000000001``, ``1e-09``), so a written map always reads back bit-identical.
+
+    >>> [exact_number(v) for v in (1234.0, 0.117509935, 1 + 1e-9, -0.0)]
+    ['1234', '0.117509935', '1.000000001', '-0.0']
+    """
+    value = float(value)
+    if (
+        value.is_integer()
+        and abs(value) < 2**53
+        and not (value == 0 and np.signbit(value))
+    ):
+        return str(int(value))
+    return repr(value)
+
+
 def write_chroms(markers: MarkerMap, path) -> None:
-    write_table(markers.to_frame(), path, float_format="%.10g")
+    """Write ``chr, marker, pos``; positions read back bit-identical."""
+    frame = markers.to_frame()
+    frame["pos"] = [exact_number(v) for v in markers.pos.tolist()]
+    write_table(frame, path)
 
 
 def _write_wide(

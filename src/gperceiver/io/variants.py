@@ -3,15 +3,18 @@ VCF Zarr readers and writers.
 
 A :class:`VariantBlock` holds ``V`` consecutive variants of one file as the VCF Zarr
 layout stores them: ``calls`` ``(V, N, P)`` int8 allele indices (0 = REF, 1 = first
-ALT, ...), ``-1`` for a missing copy. :func:`genotypes_from_blocks` turns blocks
-into :class:`Genotypes` (allele id = index + 1, 0 = missing, copies sorted) and
-:func:`blocks_from_genotypes` goes back.
+ALT, ...), ``-1`` for a missing copy, ``-2`` (fill) for a copy a call does not have
+(a haploid call in a diploid file). :func:`genotypes_from_blocks` turns blocks into
+:class:`Genotypes` (allele id = index + 1, 0 = missing, copies sorted; see
+:func:`allele_ids` for fill) and :func:`blocks_from_genotypes` goes back. A
+:class:`VariantHeader` carries what a file says about all its variants (contigs,
+filters, other meta lines), so conversions keep it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,21 +22,82 @@ from ..data import Genotypes, MarkerMap
 from .errors import InputError
 
 MAX_ALLELES = 127  # int8 allele indices (VCF Zarr call_genotype)
+MISSING_CALL, FILL_CALL = -1, -2  # VCF Zarr's missing and fill (end-of-vector)
 
 
 @dataclass
 class VariantBlock:
-    """``V`` variants of ``N`` samples."""
+    """``V`` variants of ``N`` samples.
+
+    ``ids`` always holds a name; ``id_missing`` marks the ones made up for a ``.``
+    ID (``chrom:pos:REF:ALT``), so writers can write ``.`` again. ``phased``,
+    ``quality`` and ``filters`` are ``None`` where the source has none (unphased,
+    QUAL ``.``, FILTER ``PASS``).
+    """
 
     contig: np.ndarray  # (V,) str chromosome labels
     position: np.ndarray  # (V,) int64 POS / bp position
     map_position: np.ndarray  # (V,) float64 map position (cM), NaN where none
     ids: np.ndarray  # (V,) str marker names
     alleles: np.ndarray  # (V, K) str: REF then ALTs, "" pads shorter sites
-    calls: np.ndarray  # (V, N, P) int8 allele index, -1 = missing copy
+    calls: np.ndarray  # (V, N, P) int8 allele index, -1 = missing, -2 = fill
+    id_missing: np.ndarray | None = None  # (V,) bool: ID was "." in the source
+    phased: np.ndarray | None = None  # (V, N) bool: call written with "|"
+    quality: np.ndarray | None = None  # (V,) float32 QUAL, NaN = "."
+    filters: np.ndarray | None = None  # (V, F) bool over VariantHeader.filters
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+@dataclass
+class VariantHeader:
+    """What a variant file says about all its records.
+
+    ``contigs``: names in header order with lengths (``None`` where unknown);
+    ``filters``: ``(id, description)`` pairs, ``PASS`` first; ``meta``: other
+    ``##key=value`` lines as ``(key, value)`` (no INFO/FORMAT/contig/FILTER lines).
+    """
+
+    contigs: list[tuple[str, int | None]] = field(default_factory=list)
+    filters: list[tuple[str, str]] = field(
+        default_factory=lambda: [("PASS", "All filters passed")]
+    )
+    meta: list[tuple[str, str]] = field(default_factory=list)
+
+
+def allele_ids(calls: np.ndarray, path, first_variant=0, first_sample=0) -> np.ndarray:
+    """Allele ids ``(V, N, P)`` uint8 (index + 1, 0 = missing, copies sorted) of
+    int8 calls ``(V, N, P)``; the ``first_*`` offsets only name a refused call.
+
+    Fill copies (``-2``, a call with fewer copies than the file's ploidy) follow
+    plink2's reading of haploid calls: a call with exactly one copy is read as
+    homozygous (``1`` in a diploid file is ``1/1``; ``.`` is ``./.``). A call with
+    fill and two or more copies (a diploid call in a tetraploid file) has no such
+    reading and is refused.
+    """
+    calls = np.asarray(calls)
+    fill = calls == FILL_CALL
+    if fill.any():
+        calls = calls.copy()
+        partial = fill.any(-1)
+        short = partial & ((~fill).sum(-1) > 1)
+        if short.any():
+            v, n = np.argwhere(short)[0]
+            raise InputError(
+                path,
+                f"variant {first_variant + v + 1}, sample {first_sample + n + 1}",
+                f"a call with {int((~fill[v, n]).sum())} of {calls.shape[-1]} copies",
+                "give every call of the file the same ploidy (or one copy: "
+                "haploid calls read as homozygous)",
+            )
+        first = calls[..., :1]  # the one copy of a haploid call is the first
+        calls = np.where(fill, first, calls)
+        calls[calls == FILL_CALL] = MISSING_CALL  # a call of no copies at all
+    out = calls.astype(np.uint8)
+    out += 1  # -1 (missing) wraps to 0 = MISSING
+    out.sort(axis=-1)
+    return out
 
 
 def marker_name(contig: str, pos: int, alleles: list[str]) -> str:
@@ -58,10 +122,8 @@ def genotypes_from_blocks(blocks: Iterable[VariantBlock], samples, path) -> Geno
     check_unique_ids(ids, path)
     pos = map_position if np.isfinite(map_position).all() else position
     markers, order = MarkerMap.from_columns(contig, ids, pos)
-    calls = np.concatenate([b.calls for b in blocks])[order]  # (M, N, P)
-    alleles = np.ascontiguousarray(calls.transpose(1, 0, 2)).astype(np.uint8)
-    alleles += 1  # -1 (missing) wraps to 0 = MISSING
-    alleles.sort(axis=-1)
+    ids_by_variant = allele_ids(np.concatenate([b.calls for b in blocks]), path)
+    alleles = np.ascontiguousarray(ids_by_variant[order].transpose(1, 0, 2))
     return Genotypes(alleles, np.asarray(samples, dtype=str), markers, n_alleles)
 
 

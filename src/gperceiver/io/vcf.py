@@ -1,30 +1,18 @@
-"""VCF/BCF: read the GT field of any file htslib reads; write VCF v4.2 (or BCF).
+"""VCF/BCF reading: the GT field of any file htslib reads (writing: vcf_writer).
 
-Reading (:func:`read_vcf`, :func:`open_vcf`) goes through cyvcf2 (htslib): allele id
-``k`` is GT index ``k - 1`` (REF = 1), ``.`` is missing, phasing is dropped (copies
-are sorted), any ploidy as long as every call of the file has the same number of
-copies. Markers are named by ID, or ``chrom:pos:REF:ALT`` where ID is ``.``;
-chromosomes and positions come from CHROM and POS (``INFO/MAPPOS`` where every
-record has it, as this writer leaves for cM maps).
-
-Writing (:func:`write_vcf`):
-
-The data model keeps no sequence, so REF/ALT are placeholder bases: allele id 1 is
-REF ``A``, ids 2, 3, 4 are ALT ``C``, ``G``, ``T``, and further ids take longer
-strings (``AA``, ``AC``, ...), all distinct. The GT index of allele id ``k`` is
-``k - 1``; a missing copy is ``.``. Copies are unphased (``/``), any ploidy.
-
-POS is the marker position when every position is a whole number >= 1 (bp);
-otherwise (cM or fractional positions) the 1-based rank within the chromosome,
-with the original position kept in ``INFO/MAPPOS``. A path ending in ``.gz`` is
-gzip-compressed (readable by bcftools, htslib and Beagle).
+Reading (:func:`read_vcf`, :class:`VcfSource`) goes through cyvcf2 (htslib): allele
+id ``k`` is GT index ``k - 1`` (REF = 1), ``.`` is missing, phasing is dropped in
+:class:`Genotypes` (copies are sorted; :class:`VcfSource` blocks keep it, with QUAL,
+FILTER and REF/ALT, for conversions), any ploidy as long as every call of the file
+has the same number of copies, except haploid calls in a file of higher ploidy
+(male X, Y, MT), which read as homozygous (see :func:`variants.allele_ids`).
+Markers are named by ID, or ``chrom:pos:REF:ALT`` where ID is ``.``; chromosomes
+and positions come from CHROM and POS (``INFO/MAPPOS`` where every record has it,
+as the writer leaves for cM maps).
 """
 
 from __future__ import annotations
 
-import datetime
-import gzip
-import itertools
 import os
 import re
 import tempfile
@@ -35,113 +23,28 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import MISSING, Genotypes
-from .atomic import atomic_path
+from ..data import Genotypes
 from .errors import InputError, InputWarning
 from .variants import (
+    FILL_CALL,
     MAX_ALLELES,
     VariantBlock,
+    VariantHeader,
     genotypes_from_blocks,
-    integer_positions,
     marker_name,
 )
+from .vcf_writer import placeholder_alleles, write_bcf, write_vcf, write_vcf_blocks
 
 VCF_SUFFIXES = (".vcf", ".vcf.gz", ".vcf.bgz", ".bcf")
 FIX = "check it with `bcftools view` and fix or re-export the file"
-
-BASES = "ACGT"
-
-
-def placeholder_alleles(n_alleles: int) -> list[str]:
-    """``n_alleles`` distinct base strings: A, C, G, T, AA, AC, ... (index 0 = REF)."""
-    out: list[str] = []
-    for length in itertools.count(1):
-        for letters in itertools.product(BASES, repeat=length):
-            out.append("".join(letters))
-            if len(out) == n_alleles:
-                return out
-    raise AssertionError("unreachable")
-
-
-def _gt_table(genotypes: Genotypes) -> tuple[np.ndarray, np.ndarray]:
-    """GT strings of the distinct genotypes and an (N, M) index into them."""
-    n, m, p = genotypes.alleles.shape
-    codes = genotypes.codes().ravel()
-    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
-    rows = genotypes.alleles.reshape(-1, p)[first]
-    strings = np.array(
-        [
-            "/".join("." if a == MISSING else str(int(a) - 1) for a in row)
-            for row in rows
-        ],
-        dtype=object,
-    )
-    return strings, inverse.reshape(n, m)
-
-
-def write_vcf(genotypes: Genotypes, path, source: str = "gperceiver") -> None:
-    """Write ``genotypes`` to ``path`` as VCFv4.2, one record per marker."""
-    markers = genotypes.markers
-    pos, original = integer_positions(markers)
-    ref, *alt = placeholder_alleles(genotypes.n_alleles)
-    alt_field = ",".join(alt) if alt else "."
-    chroms = markers.chrom_labels().astype(str)
-    strings, index = _gt_table(genotypes)
-
-    header = [
-        "##fileformat=VCFv4.2",
-        f"##fileDate={datetime.date.today():%Y%m%d}",
-        f"##source={source}",
-        # String, not Float: htslib would round a Float to 32 bits
-        "##INFO=<ID=MAPPOS,Number=1,Type=String,"
-        'Description="Marker position in the input map, decimal '
-        '(POS holds its rank)">',
-        '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
-    ]
-    for c, name in enumerate(markers.chrom_names):
-        sel = markers.chrom == c
-        if sel.any():
-            header.append(f"##contig=<ID={name},length={int(pos[sel].max())}>")
-    columns = ["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT"]
-    header.append("\t".join(columns + [str(s) for s in genotypes.names]))
-
-    gz = str(path).endswith(".gz")
-    with (
-        atomic_path(path) as tmp,
-        gzip.open(tmp, "wt", compresslevel=6, newline="\n")
-        if gz
-        else open(tmp, "w", newline="\n") as out,
-    ):
-        out.write("\n".join(header) + "\n")
-        block = 2048  # markers per write: bounds the string table in memory
-        for start in range(0, genotypes.n_markers, block):
-            stop = min(start + block, genotypes.n_markers)
-            calls = strings[index[:, start:stop].T]  # (markers, N)
-            lines = []
-            for j, row in zip(range(start, stop), calls, strict=True):
-                info = "." if original else f"MAPPOS={markers.pos[j]:.10g}"
-                fixed = (
-                    f"{chroms[j]}\t{pos[j]}\t{markers.names[j]}\t{ref}\t{alt_field}"
-                    f"\t.\tPASS\t{info}\tGT\t"
-                )
-                lines.append(fixed + "\t".join(row))
-            out.write("\n".join(lines) + "\n")
-
-
-def write_bcf(genotypes: Genotypes, path, source: str = "gperceiver") -> None:
-    """Write ``genotypes`` as BCF (the records :func:`write_vcf` writes)."""
-    import cyvcf2
-
-    with tempfile.TemporaryDirectory(dir=Path(path).parent) as tmp:
-        text = Path(tmp) / "records.vcf"
-        write_vcf(genotypes, text, source)
-        with atomic_path(path) as out:
-            reader = cyvcf2.VCF(str(text))
-            writer = cyvcf2.Writer(str(out), reader, mode="wb")
-            for record in reader:
-                writer.write_record(record)
-            writer.close()
-            reader.close()
+__all__ = [
+    "VcfSource",
+    "placeholder_alleles",
+    "read_vcf",
+    "write_bcf",
+    "write_vcf",
+    "write_vcf_blocks",
+]
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -215,6 +118,8 @@ class VcfSource:
             raise InputError(path, "header", "no sample columns", "add samples")
         self.has_mappos = "MAPPOS" in infos
         self.samples = list(header.samples)
+        self.header = parse_header(header.raw_header)
+        self._filter_index = {f: i for i, (f, _) in enumerate(self.header.filters)}
         header.close()
         if samples is not None:
             samples = [str(s) for s in samples]
@@ -262,16 +167,16 @@ class VcfSource:
                         row = self._row(record, seen, ploidy)
                         if row is None:
                             continue
-                        ploidy = row[-1].shape[1]
-                        if row[3] in found:
+                        ploidy = row[0][-1].shape[1]
+                        if row[0][3] in found:
                             raise InputError(
                                 self.path,
                                 f"record {seen}",
-                                f"marker ID {row[3]!r} appears twice",
+                                f"marker ID {row[0][3]!r} appears twice",
                                 "give every variant a unique ID, e.g. bcftools "
                                 "annotate --set-id '%CHROM:%POS:%REF:%FIRST_ALT'",
                             )
-                        found.add(row[3])
+                        found.add(row[0][3])
                         rows.append(row)
                 except InputError:
                     raise
@@ -305,16 +210,23 @@ class VcfSource:
         genotype = record.genotype
         if genotype is None:
             raise InputError(self.path, where, "no GT field", "give every record GT")
-        calls = genotype.array()[:, :-1]  # last column: phased flag
-        if (calls == -2).any():  # htslib's end-of-vector: fewer copies than others
-            short = int(np.flatnonzero((calls == -2).any(1))[0])
+        array = genotype.array()
+        calls, phased = array[:, :-1], array[:, -1] == 1  # last column: phase flag
+        fill = calls == FILL_CALL  # htslib's end-of-vector: fewer copies than others
+        short = fill.any(1) & ((~fill).sum(1) > 1)  # only haploid calls are read
+        if short.any():
+            short = int(np.flatnonzero(short)[0])
             raise InputError(
                 self.path,
                 f"{where}, sample {self.samples[short]!r}",
-                f"{int((calls[short] != -2).sum())} copies in one call, "
+                f"{int((~fill[short]).sum())} copies in one call, "
                 f"{calls.shape[1]} in another",
-                "give every call of the file the same ploidy",
+                "give every call of the file the same ploidy (haploid calls, "
+                "as of male X, read as homozygous)",
             )
+        if ploidy is not None and calls.shape[1] == 1 < ploidy:  # a haploid record
+            pad = np.full((len(calls), ploidy - 1), FILL_CALL, calls.dtype)
+            calls = np.concatenate([calls, pad], axis=1)
         if ploidy is not None and calls.shape[1] != ploidy:
             raise InputError(
                 self.path,
@@ -336,13 +248,30 @@ class VcfSource:
             )
         map_pos = record.INFO.get("MAPPOS") if self.has_mappos else None
         map_pos = np.nan if map_pos is None else float(map_pos)
-        return record.CHROM, record.POS, map_pos, name, alleles, calls
+        quality = np.nan if record.QUAL is None else record.QUAL
+        filters = np.zeros(len(self._filter_index), dtype=bool)
+        for flag in record.FILTERS:
+            if flag not in self._filter_index:  # htslib warned; keep it anyway
+                self._filter_index[flag] = len(self._filter_index)
+                self.header.filters.append((flag, ""))
+                filters = np.append(filters, False)
+            filters[self._filter_index[flag]] = True
+        return (
+            (record.CHROM, record.POS, map_pos, name, alleles, calls),
+            (not record.ID, phased, quality, filters),
+        )
 
 
 def _stack(rows) -> VariantBlock:
-    contig, pos, map_pos, names, alleles, calls = zip(*rows, strict=True)
+    fields, extra = zip(*rows, strict=True)
+    contig, pos, map_pos, names, alleles, calls = zip(*fields, strict=True)
+    id_missing, phased, quality, filters = zip(*extra, strict=True)
     width = max(len(a) for a in alleles)
     table = np.array([[*a, *[""] * (width - len(a))] for a in alleles], dtype=str)
+    n_filters = max(len(f) for f in filters)  # filters met late widen the table
+    flags = np.zeros((len(rows), n_filters), dtype=bool)
+    for i, f in enumerate(filters):
+        flags[i, : len(f)] = f
     return VariantBlock(
         np.asarray(contig, dtype=str),
         np.asarray(pos, dtype=np.int64),
@@ -350,7 +279,41 @@ def _stack(rows) -> VariantBlock:
         np.asarray(names, dtype=str),
         table,
         np.stack(calls).astype(np.int8),
+        id_missing=np.asarray(id_missing, dtype=bool),
+        phased=np.stack(phased),
+        quality=np.asarray(quality, dtype=np.float32),
+        filters=flags,
     )
+
+
+def _fields(text: str) -> dict[str, str]:
+    """``ID=x,length=5,Description="a, b"`` -> dict (quotes removed)."""
+    pairs = re.findall(r'([A-Za-z_]+)=("(?:[^"\\]|\\.)*"|[^,]*)', text)
+    return {k: v[1:-1] if v.startswith('"') else v for k, v in pairs}
+
+
+def parse_header(raw: str) -> VariantHeader:
+    """Contigs, filters and other meta lines of a VCF header's text."""
+    header = VariantHeader(filters=[])
+    for line in raw.splitlines():
+        if not line.startswith("##") or "=" not in line:
+            continue
+        key, value = line[2:].split("=", 1)
+        if key == "contig" and value.startswith("<"):
+            f = _fields(value[1:-1])
+            length = f.get("length")
+            header.contigs.append((f.get("ID", ""), int(length) if length else None))
+        elif key == "FILTER" and value.startswith("<"):
+            f = _fields(value[1:-1])
+            header.filters.append((f.get("ID", ""), f.get("Description", "")))
+        elif key not in ("INFO", "FORMAT"):
+            header.meta.append((key, value))
+    ids = [f for f, _ in header.filters]
+    if "PASS" in ids:  # PASS first, as htslib and the VCF Zarr spec keep it
+        header.filters.insert(0, header.filters.pop(ids.index("PASS")))
+    else:
+        header.filters.insert(0, ("PASS", "All filters passed"))
+    return header
 
 
 def read_vcf(path, samples=None, region=None, sites=None) -> Genotypes:

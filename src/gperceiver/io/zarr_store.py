@@ -1,176 +1,38 @@
-"""On-disk genotype store in the VCF Zarr layout (bio2zarr writes it, sgkit reads it).
+"""Reading VCF Zarr stores: ours (:mod:`.zarr_writer`) and bio2zarr's.
 
-A directory ``NAME.zarr`` (Zarr format 2, consolidated metadata) holding
-
-- ``call_genotype`` ``(variants, samples, ploidy)`` int8: allele index (0 = REF),
-  ``-1`` = missing copy; chunked ``(variant_chunk, sample_chunk, ploidy)``;
-- ``variant_contig`` ``(variants,)`` index into ``contig_id``; ``variant_position``
-  ``(variants,)`` int32 (POS, bp); ``variant_id``; ``variant_allele``
-  ``(variants, alleles)`` (REF first, ``""`` pads); ``sample_id``;
-- ``variant_MAPPOS`` ``(variants,)`` float64 when the positions are a cM map (as the
-  VCF writer's ``INFO/MAPPOS``; ``variant_position`` then holds ranks).
-
-:func:`write_zarr` streams variant blocks in, so a VCF or PLINK file converts with
-memory bounded by one block. :class:`ZarrGenotypes` reads a store back as
-:class:`Genotypes` whose ``alleles`` are fetched one block of samples at a time:
+:class:`ZarrGenotypes` reads a store as :class:`Genotypes` whose ``alleles`` are
+fetched one block of samples at a time, the block sized by a memory budget
+(``block_bytes``, default 512 MiB of decoded alleles), not by the store's chunks:
 pretraining and prediction stream through it without loading the whole matrix.
+:class:`ZarrSource` yields a store's variant blocks (REF/ALT, IDs, QUAL, FILTER,
+phase) for conversions.
+
+Read as the VCF reader reads the same file: markers are named by ``variant_id``,
+or ``chrom:pos:REF:ALT`` where it is ``.`` or empty or ``variant_id_mask`` is set;
+``-1`` is a missing copy; ``-2`` (fill, a call with fewer copies than the store's
+ploidy) follows :func:`variants.allele_ids`: a haploid call is homozygous.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from ..data import Genotypes, MarkerMap
 from .errors import InputError
-from .variants import VariantBlock, check_unique_ids
+from .variants import (
+    VariantBlock,
+    VariantHeader,
+    allele_ids,
+    check_unique_ids,
+    marker_name,
+)
+from .zarr_writer import SAMPLE_CHUNK, VARIANT_CHUNK, VCF_ZARR_VERSION, write_zarr
 
-VCF_ZARR_VERSION = "0.4"
-VARIANT_CHUNK = 10_000  # bio2zarr's default variant chunk
-SAMPLE_CHUNK = 1_000  # bio2zarr's default sample chunk; one streamed block of samples
 REQUIRED = ("call_genotype", "variant_contig", "contig_id", "variant_position")
-
-
-def _compressor(genotypes: bool = False):
-    import numcodecs
-
-    shuffle = numcodecs.Blosc.BITSHUFFLE if genotypes else numcodecs.Blosc.SHUFFLE
-    return numcodecs.Blosc(cname="zstd", clevel=7, shuffle=shuffle)
-
-
-def _array(group, name, shape, dtype, chunks, dims, fill=None, genotypes=False):
-    arr = group.create_array(
-        name,
-        shape=shape,
-        dtype=dtype,
-        chunks=chunks,
-        compressors=_compressor(genotypes),
-        fill_value=fill,
-    )
-    arr.attrs["_ARRAY_DIMENSIONS"] = dims  # xarray / sgkit dimension names
-    return arr
-
-
-def write_zarr(
-    blocks: Iterable[VariantBlock],
-    samples,
-    path,
-    variant_chunk: int = VARIANT_CHUNK,
-    sample_chunk: int = SAMPLE_CHUNK,
-) -> int:
-    """Write variant blocks (all but the last of ``variant_chunk`` variants) to a
-    VCF Zarr store at ``path``; returns the number of variants.
-
-    The store appears complete or not at all (written beside, then renamed).
-    """
-    import zarr
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    samples = np.asarray(samples, dtype=str)
-    n = len(samples)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        group = zarr.open_group(staging, mode="w", zarr_format=2)
-        group.attrs.update(
-            {"vcf_zarr_version": VCF_ZARR_VERSION, "source": "gperceiver"}
-        )
-        ids_arr = _array(group, "sample_id", (n,), str, (sample_chunk,), ["samples"])
-        ids_arr[:] = samples
-        arrays: dict = {}
-        contigs: dict[str, int] = {}
-        map_positions, total = [], 0
-        for block in blocks:
-            v, stop = len(block), total + len(block)
-            if not arrays:
-                p, k = block.calls.shape[2], block.alleles.shape[1]
-                vdims = ["variants"]
-                arrays = {
-                    "call_genotype": _array(
-                        group,
-                        "call_genotype",
-                        (0, n, p),
-                        "i1",
-                        (variant_chunk, sample_chunk, p),
-                        ["variants", "samples", "ploidy"],
-                        fill=-1,
-                        genotypes=True,
-                    ),
-                    "variant_contig": _array(
-                        group, "variant_contig", (0,), "i2", (variant_chunk,), vdims, 0
-                    ),
-                    "variant_position": _array(
-                        group,
-                        "variant_position",
-                        (0,),
-                        "i4",
-                        (variant_chunk,),
-                        vdims,
-                        0,
-                    ),
-                    "variant_id": _array(
-                        group, "variant_id", (0,), str, (variant_chunk,), vdims
-                    ),
-                    "variant_allele": _array(
-                        group,
-                        "variant_allele",
-                        (0, k),
-                        str,
-                        (variant_chunk, k),
-                        ["variants", "alleles"],
-                    ),
-                }
-            if block.calls.shape[2] != arrays["call_genotype"].shape[2]:
-                raise ValueError("every block must have the same ploidy")
-            k = max(arrays["variant_allele"].shape[1], block.alleles.shape[1])
-            for name, arr in arrays.items():
-                arr.resize(
-                    (stop, k) if name == "variant_allele" else (stop,) + arr.shape[1:]
-                )
-            codes = [contigs.setdefault(str(c), len(contigs)) for c in block.contig]
-            alleles = np.full((v, k), "", dtype=object)
-            alleles[:, : block.alleles.shape[1]] = block.alleles
-            arrays["call_genotype"][total:stop] = block.calls
-            arrays["variant_contig"][total:stop] = np.asarray(codes, dtype=np.int16)
-            arrays["variant_position"][total:stop] = block.position
-            arrays["variant_id"][total:stop] = block.ids
-            arrays["variant_allele"][total:stop] = alleles
-            map_positions.append(block.map_position)
-            total = stop
-        if not arrays:
-            raise ValueError("no variants to write")
-        contig_arr = _array(
-            group,
-            "contig_id",
-            (len(contigs),),
-            str,
-            (max(1, len(contigs)),),
-            ["contigs"],
-        )
-        contig_arr[:] = np.asarray(list(contigs), dtype=str)
-        map_position = np.concatenate(map_positions)
-        if np.isfinite(map_position).all():
-            mappos = _array(
-                group, "variant_MAPPOS", (total,), "f8", (variant_chunk,), ["variants"]
-            )
-            mappos[:] = map_position
-        zarr.consolidate_metadata(staging)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(staging, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return total
+BLOCK_BYTES = 512 << 20  # decoded alleles held per streamed block (512 MiB)
 
 
 class StreamedAlleles:
@@ -184,8 +46,9 @@ class StreamedAlleles:
     ndim = 3
     dtype = np.dtype(np.uint8)
 
-    def __init__(self, calls, store_to_map: np.ndarray, block_samples: int):
+    def __init__(self, calls, store_to_map: np.ndarray, block_samples: int, path=""):
         self.calls = calls  # zarr array (V, N, P) int8
+        self.path = path  # names the store in an error
         v, n, p = calls.shape
         self.shape = (n, v, p)
         self.store_to_map = store_to_map  # (V,) marker-map index of store variant i
@@ -209,9 +72,7 @@ class StreamedAlleles:
         step = self.calls.chunks[0]
         for v0 in range(0, m, step):
             v1 = min(v0 + step, m)
-            part = self.calls[v0:v1, start:stop, :].astype(np.uint8)  # (V', S, P)
-            part += 1  # -1 (missing) wraps to 0
-            part.sort(axis=-1)
+            part = allele_ids(self.calls[v0:v1, start:stop, :], self.path, v0, start)
             where = slice(v0, v1) if self.identity else self.store_to_map[v0:v1]
             out[:, where, :] = part.transpose(1, 0, 2)
         self._cached = (index, out)
@@ -236,40 +97,45 @@ class StreamedAlleles:
         return out[(slice(None),) * (not scalar) + rest] if rest else out
 
 
+def block_size(n_variants: int, ploidy: int, block_bytes: int) -> int:
+    """Samples per streamed block: as many as ``block_bytes`` of alleles hold."""
+    return max(1, int(block_bytes) // max(1, n_variants * ploidy))
+
+
 class ZarrGenotypes(Genotypes):
     """:class:`Genotypes` backed by a VCF Zarr store, streamed a block at a time.
 
-    Memory: one block of ``block_samples`` x M x P bytes (default: the store's
-    sample chunk) plus what the caller asks for.
+    Memory: one block of ``block_samples`` x M x P bytes, by default as many
+    samples as ``block_bytes`` hold (at least one), plus what the caller asks for.
+    Where the store's sample chunk is larger than a block, each block decodes the
+    chunks it overlaps (time, not memory); chunks of at most a block's samples
+    (``vcf2zarr convert -w``) are read once per pass.
     """
 
-    def __init__(self, path, block_samples: int | None = None):
+    def __init__(
+        self, path, block_samples: int | None = None, block_bytes: int = BLOCK_BYTES
+    ):
         group = open_store(path)
         calls = group["call_genotype"]
         self.path = Path(path)
-        contig_names = _strings(group["contig_id"])
-        contig = contig_names[group["variant_contig"][:]]
-        pos = group["variant_position"][:].astype(np.float64)
+        v, _, p = calls.shape
+        contig, position, ids, _, alleles = variant_names(group, path)
+        pos = position.astype(np.float64)
         if "variant_MAPPOS" in group:
             pos = group["variant_MAPPOS"][:]
-        v = calls.shape[0]
-        ids = (
-            _strings(group["variant_id"])
-            if "variant_id" in group
-            else np.array([f"{c}:{int(p)}" for c, p in zip(contig, pos, strict=True)])
-        )
         check_unique_ids(ids, path)
         markers, order = MarkerMap.from_columns(contig, ids, pos)
         store_to_map = np.empty(v, dtype=np.int64)
         store_to_map[order] = np.arange(v)
         n_alleles = (
-            group["variant_allele"].shape[1]
-            if "variant_allele" in group
+            int((alleles != "").sum(1).max())
+            if alleles is not None
             else int(max(2, calls[:].max() + 1))
         )
-        alleles = StreamedAlleles(calls, store_to_map, block_samples or calls.chunks[1])
+        size = block_samples or block_size(v, p, block_bytes)
+        streamed = StreamedAlleles(calls, store_to_map, size, self.path)
         names = _strings(group["sample_id"])
-        super().__init__(alleles, names, markers, n_alleles)
+        super().__init__(streamed, names, markers, n_alleles)
 
     def epoch_order(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Shuffled ``rows``, each block of samples kept together, blocks shuffled."""
@@ -316,6 +182,95 @@ def _strings(array) -> np.ndarray:
     return np.array(array[:].tolist(), dtype=str)
 
 
+def variant_names(group, path):
+    """Contig labels, POS, marker names, whether each name was made up, and alleles
+    ``(V, K)`` (None where the store has none) of a store.
+
+    A variant whose ``variant_id`` is ``.`` or empty, or masked by
+    ``variant_id_mask``, is named ``chrom:pos:REF:ALT`` as the VCF reader names it.
+    """
+    contig = _strings(group["contig_id"])[group["variant_contig"][:]]
+    position = group["variant_position"][:].astype(np.int64)
+    alleles = _strings(group["variant_allele"]) if "variant_allele" in group else None
+    v = len(position)
+    ids = _strings(group["variant_id"]) if "variant_id" in group else None
+    missing = np.ones(v, bool) if ids is None else np.isin(ids, [".", ""])
+    if "variant_id_mask" in group:
+        missing |= group["variant_id_mask"][:].astype(bool)
+    names = np.empty(v, dtype=object) if ids is None else ids.astype(object)
+    for i in np.flatnonzero(missing):
+        sequence = [] if alleles is None else [a for a in alleles[i] if a]
+        names[i] = (
+            marker_name(contig[i], position[i], sequence)
+            if sequence
+            else f"{contig[i]}:{position[i]}"
+        )
+    return contig, position, names.astype(str), missing, alleles
+
+
+class ZarrSource:
+    """A store's variant blocks in store order, for conversions (keeps REF/ALT,
+    IDs, QUAL, FILTER and phase); ``header`` holds its contigs, filters and meta."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.group = group = open_store(path)
+        self.samples = _strings(group["sample_id"])
+        contig, position, ids, missing, alleles = variant_names(group, path)
+        check_unique_ids(ids, path)
+        if alleles is None:  # no sequence stored: placeholders, as for tables
+            from .vcf_writer import placeholder_alleles
+
+            count = max(2, int(group["call_genotype"][:].max()) + 1)
+            alleles = np.tile(np.array(placeholder_alleles(count)), (len(ids), 1))
+        self.variants = (contig, position, ids, missing, alleles)
+        names = _strings(group["contig_id"]).tolist()
+        lengths = (
+            group["contig_length"][:].tolist()
+            if "contig_length" in group
+            else [None] * len(names)
+        )
+        filters = [("PASS", "All filters passed")]
+        if "filter_id" in group:
+            fid = _strings(group["filter_id"]).tolist()
+            desc = (
+                _strings(group["filter_description"]).tolist()
+                if "filter_description" in group
+                else [""] * len(fid)
+            )
+            filters = list(zip(fid, desc, strict=True))
+        meta = [tuple(kv) for kv in group.attrs.get("vcf_meta_information", [])]
+        self.header = VariantHeader(
+            list(zip(names, lengths, strict=True)), filters, meta
+        )
+
+    def blocks(self) -> Iterator[VariantBlock]:
+        """One block per variant chunk of the store (all samples)."""
+        g = self.group
+        calls = g["call_genotype"]
+        contig, position, ids, missing, alleles = self.variants
+        v = calls.shape[0]
+        mappos = g["variant_MAPPOS"][:] if "variant_MAPPOS" in g else np.full(v, np.nan)
+        for v0 in range(0, v, calls.chunks[0]):
+            part = slice(v0, min(v0 + calls.chunks[0], v))
+            yield VariantBlock(
+                contig[part],
+                position[part],
+                mappos[part],
+                ids[part],
+                alleles[part],
+                calls[part],
+                id_missing=missing[part],
+                phased=_part(g, "call_genotype_phased", part),
+                quality=_part(g, "variant_quality", part),
+                filters=_part(g, "variant_filter", part),
+            )
+
+
+def _part(group, name: str, part: slice):
+    return group[name][part] if name in group else None
+
+
 def open_store(path):
     """Open a VCF Zarr store read-only, checking the arrays gperceiver needs."""
     import zarr
@@ -353,4 +308,14 @@ def read_zarr(path) -> Genotypes:
     return ZarrGenotypes(path).load()
 
 
-__all__ = ["StreamedAlleles", "ZarrGenotypes", "read_zarr", "write_zarr"]
+__all__ = [
+    "BLOCK_BYTES",
+    "SAMPLE_CHUNK",
+    "VARIANT_CHUNK",
+    "VCF_ZARR_VERSION",
+    "StreamedAlleles",
+    "ZarrGenotypes",
+    "ZarrSource",
+    "read_zarr",
+    "write_zarr",
+]

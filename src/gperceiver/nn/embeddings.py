@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from gperceiver.data import MISSING
 from gperceiver.nn.attention import init_weights
-from gperceiver.nn.graph import GraphAttention
+from gperceiver.nn.graph_attention import GraphAttention
 
 
 def _id_counts(alleles: Tensor, n_ids: int, dtype: torch.dtype) -> Tensor:

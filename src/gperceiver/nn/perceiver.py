@@ -105,7 +105,7 @@ class PerceiverConfig:
     # Fourier features of the position; off leaves chromosome + learned vectors
     # (with learned_marker_embedding) for the position-encoding ablation.
     fourier_position: bool = True
-    # edges of the marker graph (from the data; 0: no graph, see gperceiver.graph)
+    # edges of the marker graph (from the data; 0: no graph; see marker_graph.py)
     n_graph_edges: int = 0
     # graph-attention layers refining the (M, D) position table once per forward
     # when there is a graph: two reach neighbours of neighbours; each costs

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data import Genotypes
+from ..data import Genotypes, genotype_batches
 
 OBJECTIVES = ("mse", "huber", "binary", "multiclass", "ordinal", "ranking")
 
@@ -213,12 +213,8 @@ class PhenotypeTask:
     def _features(self, model, rows: np.ndarray, batch_size: int = 64) -> Tensor:
         if self.features is not None:
             return self.features[rows]
-        parts = []
-        for start in range(0, len(rows), batch_size):
-            part = self.records.rows[rows[start : start + batch_size]]
-            alleles = torch.from_numpy(self.genotypes.alleles[part].astype(np.int64))
-            parts.append(model.features(alleles, self.marker_idx))
-        return torch.cat(parts)
+        batches = genotype_batches(self.genotypes, self.records.rows[rows], batch_size)
+        return torch.cat([model.features(a, self.marker_idx) for _, a in batches])
 
     def _outputs(self, model, rows: np.ndarray) -> Tensor:
         out = model.head(self._features(model, rows))

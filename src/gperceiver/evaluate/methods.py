@@ -1,0 +1,277 @@
+"""The methods :func:`~gperceiver.evaluate.cross_validate` compares, by name
+(:data:`METHODS`): adapters from ``(train, validation, genotypes, cache)`` to the
+kernel baselines and to the finetuning pipeline.
+
+A method is a callable ``(train, validation, genotypes, cache) -> (k,)``
+predictions for the ``k`` rows of ``validation``, or a pair ``(fixed, genetic)``
+of ``(k,)`` arrays whose sum is the prediction (the kernel baselines: the fitted
+fixed effects, the intercept at least, and the BLUP). It is called once per fold with
+every block's training rows; kernel baselines fit each block separately
+(:func:`per_block`), neural methods fit all blocks at once. ``cache`` is a dict
+shared by every call on one data set, where a method keeps what does not depend on
+the split (a relationship matrix, its decompositions, a pretrained encoder).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..baselines import (
+    GBLUP,
+    RKHS,
+    FixedEffects,
+    Kernel,
+    ReactionNorm,
+    WeightedGBLUP,
+    environment_kernel,
+    relationship_mixes,
+)
+from ..baselines.fixed_effects import column_list
+from ..data import Genotypes, Phenotypes
+from ..finetuning import FinetuneSettings, finetune, load_predictor
+from ..io import InputError, read_marker_weights
+from ..nn.heads import HeadConfig
+from ..pretraining import pretrain_encoder
+
+Method = Callable[[pd.DataFrame, pd.DataFrame, Genotypes, dict], np.ndarray | tuple]
+Parts = tuple[np.ndarray, np.ndarray]  # (fixed, genetic) parts, (k,) each
+BlockMethod = Callable[[pd.DataFrame, Genotypes, pd.DataFrame, dict], Parts]
+
+
+def fixed_effects(cache: dict) -> FixedEffects:
+    """The fixed effects of a run: ``fixed`` (factor columns) and
+    ``fixed_numeric`` (covariate columns), comma-separated text or lists, from
+    ``cache['fixed']`` (a :class:`FixedEffects`) or the ``params`` / ``typed``
+    options."""
+    if isinstance(cache.get("fixed"), FixedEffects):
+        return cache["fixed"]
+    options = {**(cache.get("params") or {}), **(cache.get("typed") or {})}
+    return FixedEffects(
+        column_list(options.get("fixed")), column_list(options.get("fixed_numeric"))
+    )
+
+
+def _relationship(genotypes: Genotypes, cache: dict) -> Kernel:
+    """VanRaden G of all genotypes, computed once per data set."""
+    if "relationship" not in cache:
+        cache["relationship"] = Kernel.relationship(genotypes)
+    return cache["relationship"]
+
+
+def _gblup(train, genotypes, validation, cache) -> Parts:
+    model = GBLUP(_relationship(genotypes, cache), fixed=fixed_effects(cache))
+    return model.fit(train, genotypes).predict_parts(validation)
+
+
+def _rkhs(train, genotypes, validation, cache) -> Parts:
+    model = RKHS(_relationship(genotypes, cache), fixed=fixed_effects(cache))
+    return model.fit(train, genotypes).predict_parts(validation)
+
+
+def _weighted_relationships(genotypes: Genotypes, cache: dict) -> list:
+    """``(mix, Kernel)`` weighted G of all genotypes for each prior mix
+    (:func:`~gperceiver.baselines.relationship_mixes`), from the ``marker_weights``
+    file of the neural options, computed once per data set."""
+    if "weighted_relationships" not in cache:
+        options = {**cache.get("params", {}), **cache.get("typed", {})}
+        if not options.get("marker_weights"):
+            raise InputError(
+                "--methods",
+                None,
+                "gblup-weighted needs a prior",
+                "pass --marker-weights FILE (a TSV marker, weight)",
+            )
+        prior = read_marker_weights(options["marker_weights"], genotypes.markers)
+        mixes = relationship_mixes(genotypes, genotypes.allele_frequencies(), prior)
+        cache["weighted_relationships"] = [
+            (mix, Kernel(relationship, genotypes.names)) for mix, relationship in mixes
+        ]
+    return cache["weighted_relationships"]
+
+
+def _gblup_weighted(train, validation, genotypes, cache) -> Parts:
+    """:class:`~gperceiver.baselines.WeightedGBLUP`: one mix for every block of
+    ``train`` (the additive path's rule), GBLUP per block under it."""
+    relationships = _weighted_relationships(genotypes, cache)
+    model = WeightedGBLUP(relationships, fixed=fixed_effects(cache)).fit(train)
+    return model.predict_parts(validation)
+
+
+_gblup_weighted.per_block = True  # fits each block: cannot predict a new one
+
+
+def _across_environments(train, validation, genotypes, cache, interaction):
+    if interaction and cache.get("covariates") is None:
+        raise ValueError("gblup-rn needs environment covariates (--covariates)")
+    blocks = np.union1d(
+        np.union1d(train["block"].unique(), validation["block"].unique()),
+        [] if not interaction else cache["covariates"].blocks,
+    ).astype(np.int64)
+    environment = (
+        environment_kernel(cache["covariates"], blocks) if interaction else None
+    )
+    model = ReactionNorm(
+        _relationship(genotypes, cache),
+        environment,
+        blocks,
+        interaction,
+        fixed_effects(cache),
+    )
+    model.fit(train, genotypes)
+    return model.predict_parts(validation)
+
+
+def _gblup_main(train, validation, genotypes, cache) -> np.ndarray:
+    return _across_environments(train, validation, genotypes, cache, False)
+
+
+def _gblup_rn(train, validation, genotypes, cache) -> np.ndarray:
+    return _across_environments(train, validation, genotypes, cache, True)
+
+
+def per_block(fit_predict: BlockMethod) -> Method:
+    """A method fitted on each block's training rows, predicting its validation rows."""
+
+    def method(train, validation, genotypes, cache) -> Parts:
+        fixed = np.full(len(validation), np.nan)
+        genetic = np.full(len(validation), np.nan)
+        for block in np.unique(validation["block"]):
+            train_block = train[train["block"] == block]
+            in_block = (validation["block"] == block).to_numpy()
+            if len(train_block):
+                rows = validation[in_block]
+                parts = fit_predict(train_block, genotypes, rows, cache)
+                fixed[in_block], genetic[in_block] = parts
+        return fixed, genetic
+
+    method.per_block = True  # cannot predict a block absent from training
+    return method
+
+
+def _workdir(cache: dict) -> Path:
+    if "workdir" not in cache:
+        cache["_tmp"] = tempfile.TemporaryDirectory(prefix="gperceiver-")
+        cache["workdir"] = cache["_tmp"].name
+    return Path(cache["workdir"])
+
+
+FIXED_KEYS = ("fixed", "fixed_numeric")
+
+
+def absorb_fixed_effects(train, validation, genotypes, cache) -> tuple:
+    """Per block, the fixed effects of the REML GBLUP fitted on ``train`` (GLS,
+    :func:`fixed_effects`): ``(train with responses corrected for them, their
+    fixed part (k,) of the validation rows)``; NaN for a block without training
+    records."""
+    spec = fixed_effects(cache)
+    corrected = train.copy()
+    fixed = np.full(len(validation), np.nan)
+    for block in np.unique(train["block"]):
+        in_train = (train["block"] == block).to_numpy()
+        model = GBLUP(_relationship(genotypes, cache), fixed=spec)
+        model.fit(train[in_train], genotypes)
+        x = model.covariates_
+        corrected.loc[in_train, "response"] -= x @ model.fit_.beta
+        in_val = (validation["block"] == block).to_numpy()
+        if in_val.any():
+            fixed[in_val] = model.predict_parts(validation[in_val])[0]
+    return corrected, fixed
+
+
+def _neural_options(cache: dict) -> tuple[dict, dict]:
+    """``params`` and ``typed`` options for the finetuning pipeline, without the
+    fixed effects (absorbed before it, :func:`absorb_fixed_effects`)."""
+    params, typed = dict(cache.get("params") or {}), dict(cache.get("typed") or {})
+    for key in FIXED_KEYS:
+        params.pop(key, None)
+        typed.pop(key, None)
+    return params, typed
+
+
+def _fold_predictions(train, validation, genotypes, cache, pretrained):
+    """Finetune on ``train`` (inner split stops early), predict ``validation``.
+
+    With covariates in ``cache`` the model uses them; when the scheme holds out
+    environments (cv0, cv00) the inner split then holds out training blocks. With
+    fixed effects the network trains on the responses corrected for those of the
+    per-block REML GBLUP (:func:`absorb_fixed_effects`) and returns ``(fixed,
+    genetic)`` parts.
+    """
+    fold = "-".join(sorted(map(str, validation["cv"].unique())))
+    scheme = cache.get("scheme", "cv1")
+    if scheme != "cv1":
+        blocks = "-".join(map(str, sorted(validation["block"].unique())))
+        fold = f"block-{blocks}" + ("" if scheme == "cv0" else f"-cv-{fold}")
+    kind = "perceiver-pretrained" if pretrained else "perceiver"
+    out = _workdir(cache) / kind / f"fold-{fold}"
+    covariates = cache.get("covariates")
+    params, typed = _neural_options(cache)
+    chosen = {**params, **typed}
+    if covariates is not None and scheme != "cv1" and "val_split" not in chosen:
+        typed["val_split"] = "environments"
+    fixed = None
+    if fixed_effects(cache):
+        train, fixed = absorb_fixed_effects(train, validation, genotypes, cache)
+    finetune(
+        Phenotypes(train, "training folds"),
+        genotypes,
+        out,
+        params,
+        typed,
+        pretrained=pretrained,
+        covariates=covariates,
+    )
+    predictor = load_predictor(out)
+    rows = genotypes.index_of(validation["name"])
+    values = predictor.predict(genotypes, rows).mean(-1)  # (k, E)
+    genetic = values[np.arange(len(rows)), validation["block"].to_numpy()]
+    return genetic if fixed is None else (fixed, genetic)
+
+
+def _perceiver(train, validation, genotypes, cache) -> np.ndarray:
+    """Evaluate method ``perceiver``: a model trained from scratch per fold."""
+    return _fold_predictions(train, validation, genotypes, cache, None)
+
+
+def _perceiver_pretrained(train, validation, genotypes, cache) -> np.ndarray:
+    """Evaluate method ``perceiver-pretrained``: one masked pretraining on every
+    genotype (transductive: genotypes only, never phenotypes), finetuned per fold."""
+    if "pretrained" not in cache:
+        directory = _workdir(cache) / "pretrained"
+        pretrain_encoder(
+            genotypes,
+            directory,
+            *_neural_options(cache),
+            also_known=(HeadConfig, FinetuneSettings),
+        )
+        cache["pretrained"] = directory
+    return _fold_predictions(train, validation, genotypes, cache, cache["pretrained"])
+
+
+METHODS: dict[str, Method] = {
+    "gblup": per_block(_gblup),
+    "rkhs": per_block(_rkhs),
+    "gblup-weighted": _gblup_weighted,
+    "gblup-main": _gblup_main,
+    "gblup-rn": _gblup_rn,
+    "perceiver": _perceiver,
+    "perceiver-pretrained": _perceiver_pretrained,
+}
+
+
+NOTES = {
+    "gblup-weighted": "GBLUP with the --marker-weights prior, how much it counts "
+    "chosen by REML on the training records, summed over blocks (the perceiver's "
+    "additive path's rule)",
+    "gblup-main": "main-effect GBLUP on every environment at once "
+    "(environment means fixed)",
+    "gblup-rn": "reaction-norm GBLUP: G, G o Omega kernels, Omega from the "
+    "environment covariates (Jarquin et al. 2014)",
+    "perceiver-pretrained": "pretrained once on the genotypes of every individual "
+    "(no phenotypes), then finetuned on the training folds of each split",
+}

@@ -1,0 +1,71 @@
+"""Finetuning step 3, build the model: a phenotype model (with covariates, an
+environment phenotype model), its marker inputs attached and pretrained weights
+loaded; and the parts frozen while a new head trains."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data import Genotypes, genotype_batches
+from ..marker_graph import attach
+from ..nn.environment import EnvironmentPhenotypeModel
+from ..nn.heads import PhenotypeModel
+
+
+def _new_model(model_cfg, head_cfg, env_cfg, markers, environment, n_blocks):
+    """A :class:`PhenotypeModel`, or with ``env_cfg`` an
+    :class:`EnvironmentPhenotypeModel` (zero covariates when loading weights)."""
+    if env_cfg is None:
+        return PhenotypeModel(
+            model_cfg, head_cfg, markers.relative_pos(), markers.chrom
+        )
+    if environment is None:
+        shape = (n_blocks, env_cfg.n_times, env_cfg.n_covariates)
+        environment = {
+            "values": torch.zeros(shape),
+            "has": torch.zeros(n_blocks, dtype=torch.bool),
+        }
+    values, has = environment["values"], environment["has"]
+    if len(values) < n_blocks:  # blocks with phenotypes beyond the covariates
+        pad = n_blocks - len(values)
+        values = torch.cat([values, values.new_zeros(pad, *values.shape[1:])])
+        has = torch.cat([has, has.new_zeros(pad)])
+    return EnvironmentPhenotypeModel(
+        model_cfg, head_cfg, env_cfg, markers.relative_pos(), markers.chrom, values, has
+    )
+
+
+def _freeze(model: PhenotypeModel, trainable: set[str]) -> None:
+    for name, param in model.named_parameters():
+        part = name.split(".", 1)[0]
+        param.requires_grad = part not in ("embed", "encoder") or part in trainable
+
+
+@torch.no_grad()
+def encoder_features(
+    model: PhenotypeModel, genotypes: Genotypes, rows: np.ndarray, batch_size: int = 64
+) -> torch.Tensor:
+    """Pooled encoder features (N, D) of genotype ``rows`` in eval mode."""
+    model.eval()
+    marker_idx = torch.arange(genotypes.n_markers)
+    batches = genotype_batches(genotypes, rows, batch_size)
+    return torch.cat([model.features(alleles, marker_idx) for _, alleles in batches])
+
+
+def build_model(plan, data, genotypes: Genotypes) -> PhenotypeModel:
+    """A new model for ``plan`` (:class:`~gperceiver.finetuning.settings.FinetunePlan`)
+    and ``data`` (:class:`~gperceiver.finetuning.inputs.FinetuneData`): marker inputs
+    attached, the pretrained encoder's weights loaded (seed torch first)."""
+    model = _new_model(
+        plan.model,
+        plan.head,
+        plan.environment,
+        genotypes.markers,
+        data.environment,
+        plan.n_blocks,
+    )
+    attach(model.embed, data.graph, data.annotations)
+    if plan.pretrained_state is not None:
+        model.load_state_dict(plan.pretrained_state, strict=False)
+    return model

@@ -1,0 +1,50 @@
+"""The finetuning pipeline: resolve settings -> prepare data -> build and train
+every member -> save."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data import EnvCovariates, Genotypes, Phenotypes
+from ..nn.heads import PhenotypeModel
+from .inputs import prepare_data
+from .save import save_run
+from .settings import complete_settings, resolve_settings
+from .training import train_members
+
+
+def finetune(
+    phenotypes: Phenotypes,
+    genotypes: Genotypes,
+    out,
+    params: dict | None = None,
+    typed: dict | None = None,
+    pretrained=None,
+    cv=None,
+    covariates: EnvCovariates | None = None,
+) -> list[PhenotypeModel]:
+    """Train phenotype model(s) and save them to ``out``; returns the ensemble members.
+
+    ``params``/``typed`` are flat dicts of
+    :class:`~gperceiver.nn.perceiver.PerceiverConfig`,
+    :class:`~gperceiver.nn.heads.HeadConfig`, :class:`~gperceiver.train.TrainConfig`,
+    :class:`~gperceiver.finetuning.settings.FinetuneSettings` and
+    :class:`~gperceiver.marker_graph.GraphSettings` fields (and
+    :class:`~gperceiver.nn.environment.EnvironmentConfig` ones with covariates);
+    an LD graph uses the training individuals only. With ``pretrained`` (a
+    pretrain output directory) the encoder architecture and weights, marker graph
+    and annotations included, come from there. With ``covariates`` one joint
+    :class:`~gperceiver.nn.environment.EnvironmentPhenotypeModel` per ensemble
+    seed predicts every block that has covariates, including blocks without
+    training records. ``cv`` names the fold that steers early stopping (else an
+    inner split of the training records does).
+    """
+    plan = resolve_settings(
+        phenotypes, genotypes, params, typed, pretrained, covariates
+    )
+    data = prepare_data(plan, phenotypes, genotypes, cv, covariates)
+    plan = complete_settings(plan, genotypes, data)
+    out = Path(out)
+    members, layout = train_members(plan, data, genotypes, out)
+    save_run(out, plan, data, layout, genotypes, cv)
+    return members

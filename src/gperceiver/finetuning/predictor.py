@@ -1,0 +1,166 @@
+"""A finetuned ensemble loaded back to predict, new environments included."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..checkpoint import check_markers, load_model_config, load_weights
+from ..data import EnvCovariates, Genotypes, genotype_batches
+from ..io import InputError
+from ..nn.environment import EnvironmentConfig
+from ..nn.heads import HeadConfig, PhenotypeModel
+from ..nn.perceiver import PerceiverConfig
+from ..tasks.phenotype import Scaling, predictions
+from .model import _new_model
+from .settings import TASK_NAME
+
+
+@dataclass
+class Predictor:
+    """A finetuned ensemble ready to predict.
+
+    ``layout[i]`` says which ensemble seed member ``i`` belongs to and which block it
+    predicts (None: every block).
+    """
+
+    members: list[PhenotypeModel]
+    layout: list[dict]
+    objective: str
+    scaling: Scaling
+
+    @torch.no_grad()
+    def predict(
+        self, genotypes: Genotypes, rows=None, batch_size: int = 64
+    ) -> np.ndarray:
+        """Predictions (N, E, K) for genotype ``rows`` (default: all); K seeds.
+
+        Blocks that no member predicts are NaN.
+        """
+        rows = np.arange(genotypes.n_individuals) if rows is None else np.asarray(rows)
+        marker_idx = torch.arange(genotypes.n_markers)
+        n_seeds = 1 + max(entry["seed_index"] for entry in self.layout)
+        n_blocks = self.members[0].head_config.n_blocks
+        out = np.full((len(rows), n_blocks, n_seeds), np.nan)
+        for model, entry in zip(self.members, self.layout, strict=True):
+            model.eval()
+            parts = [
+                predictions(
+                    self.objective, model(alleles, marker_idx), model, self.scaling
+                )
+                for _, alleles in genotype_batches(genotypes, rows, batch_size)
+            ]
+            values = np.concatenate(parts) if parts else np.zeros((0, n_blocks))
+            columns = slice(None) if entry["block"] is None else entry["block"]
+            out[:, columns, entry["seed_index"]] = values[:, columns]
+        return out
+
+
+def _new_environments(predictor: Predictor, covariates: EnvCovariates, config) -> None:
+    """Give the predictor's models ``covariates`` for their blocks, growing the
+    per-block tables for blocks the model never had (predicted like an environment
+    without records: average centre and scale, no intercept of its own)."""
+    standard = config["covariates"]
+    names, n_times = standard["names"], standard["n_times"]
+    source = covariates.source
+    if list(covariates.names) != names:
+        raise InputError(
+            source,
+            "line 1",
+            f"covariate columns {list(covariates.names)} differ from the model's",
+            f"use the columns the model was finetuned with, in order: {names}",
+        )
+    if covariates.values.shape[1] != n_times:
+        raise InputError(
+            source,
+            None,
+            f"{covariates.values.shape[1]} time points per block; the model was "
+            f"finetuned with {n_times}",
+            f"give every block the {n_times} time points of the training covariates",
+        )
+    values = (covariates.values - np.array(standard["mean"])) / np.array(standard["sd"])
+    values = torch.as_tensor(values, dtype=torch.float32)
+    blocks = torch.as_tensor(covariates.blocks)
+    for model in predictor.members:
+        model.set_covariates(blocks, values)
+    grown = predictor.members[0].head_config.n_blocks - len(predictor.scaling.mean)
+    centre, scale = standard["new_environment_scaling"]
+    predictor.scaling = Scaling(
+        np.concatenate([predictor.scaling.mean, np.full(grown, centre)]),
+        np.concatenate([predictor.scaling.sd, np.full(grown, scale)]),
+    )
+
+
+def load_predictor(
+    directory,
+    genotypes: Genotypes | None = None,
+    data_path=None,
+    covariates: EnvCovariates | None = None,
+) -> Predictor:
+    """Load a finetune output directory; checks the marker map of ``genotypes``.
+
+    ``covariates`` (for a model finetuned with covariates) replace or add the
+    covariates of their blocks, so environments never seen in training, with
+    block ids beyond the model's, are predicted too.
+    """
+    directory = Path(directory)
+    config, markers = load_model_config(directory)
+    if config.get("task") != TASK_NAME:
+        raise InputError(
+            directory,
+            None,
+            f"holds a {config.get('task')!r} model, not a finetuned one",
+            "pass the --out directory of gperceiver finetune",
+        )
+    if genotypes is not None:
+        check_markers(markers, genotypes.markers, directory, data_path or "genotypes")
+    model_cfg = PerceiverConfig.from_dict(config["model"])
+    head_cfg = HeadConfig(**config["head"])
+    env_cfg = config.get("environment")
+    env_cfg = None if env_cfg is None else EnvironmentConfig(**env_cfg)
+    members = [
+        load_weights(
+            directory / entry["dir"],
+            _new_model(model_cfg, head_cfg, env_cfg, markers, None, head_cfg.n_blocks),
+        )
+        for entry in config["members"]
+    ]
+    scaling = Scaling(
+        np.array(config["scaling"]["mean"]), np.array(config["scaling"]["sd"])
+    )
+    predictor = Predictor(
+        members, config["members"], config["finetune"]["objective"], scaling
+    )
+    if covariates is not None:
+        if config.get("covariates") is None:
+            raise InputError(
+                covariates.source,
+                None,
+                f"the model in {directory} was finetuned without covariates",
+                "finetune with --covariates, or predict without them",
+            )
+        _new_environments(predictor, covariates, config)
+    return predictor
+
+
+def prediction_table(
+    predictor: Predictor, genotypes: Genotypes, blocks=None
+) -> pd.DataFrame:
+    """``name, block, prediction[, sd]`` for every individual x block."""
+    values = predictor.predict(genotypes)  # (N, E, K)
+    n, e, k = values.shape
+    blocks = np.arange(e) if blocks is None else np.asarray(blocks)
+    frame = pd.DataFrame(
+        {
+            "name": np.repeat(genotypes.names, len(blocks)),
+            "block": np.tile(blocks, n),
+            "prediction": values[:, blocks].mean(-1).ravel(),
+        }
+    )
+    if k > 1:
+        frame["sd"] = values[:, blocks].std(-1, ddof=1).ravel()
+    return frame

@@ -1,0 +1,124 @@
+"""Finetuning step 4, train: every ensemble member (and, with separate blocks,
+every block's model), in one or two phases, on the additive path's
+out-of-sample residuals."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import Genotypes
+from ..tasks.phenotype import PhenotypeTask
+from ..train import TrainConfig, Trainer
+from .additive import AdditivePath, fit_additive_path
+from .inputs import _only_block
+from .model import _freeze, build_model, encoder_features
+from .save import save_member
+
+
+def _train_member(
+    model,
+    genotypes,
+    train,
+    val,
+    settings,
+    train_cfg,
+    scaling,
+    directory,
+    pretrained: bool,
+    additive: AdditivePath | None,
+):
+    """Train one model in place (two phases when ``pretrained``).
+
+    With an ``additive`` path, the model starts from its fit on the training
+    records and the network learns what it misses *out of sample*: its targets
+    are the residuals of leave-one-out GBLUP predictions (in-sample GBLUP fits its
+    own training records far better than new ones). It stops early on ``val``;
+    the path refitted on training and validation records is put in at the end.
+    """
+    val_rows = None if val is None else np.arange(len(val.rows))
+    both = train.join(val)
+    fit_rows = np.arange(len(train.rows))
+    shifted_val = None if val is None else val_rows + len(train.rows)
+    offset = None
+    if additive is not None:
+        model.additive.load_state_dict(additive.trained)
+        offset = additive.offset
+    if pretrained:
+        _freeze(model, set())
+        features = None
+        if model.head_config.head == "pool":
+            features = encoder_features(model, genotypes, both.rows)
+        task = PhenotypeTask(
+            genotypes, both, settings.objective, scaling, features, offset
+        )
+        phase1 = TrainConfig(
+            **{**asdict(train_cfg), "epochs": settings.head_epochs, "max_steps": None}
+        )
+        Trainer(model, task, phase1, directory / "phase1").fit(fit_rows, shifted_val)
+        if settings.unfreeze:
+            _freeze(model, set(settings.unfreeze.split(",")))
+            train_cfg = TrainConfig(
+                **{**asdict(train_cfg), "lr": train_cfg.lr * settings.unfreeze_lr_scale}
+            )
+    if not pretrained or settings.unfreeze:
+        task = PhenotypeTask(genotypes, both, settings.objective, scaling, None, offset)
+        Trainer(model, task, train_cfg, directory / "train").fit(fit_rows, shifted_val)
+    model.eval()
+    with torch.no_grad():
+        task.evaluate(model, fit_rows[:1], train_rows=fit_rows)  # final calibration
+    if additive is not None:
+        model.additive.load_state_dict(additive.final)
+
+
+def train_members(plan, data, genotypes: Genotypes, out: Path) -> tuple[list, list]:
+    """Train and save (:func:`~gperceiver.finetuning.save.save_member`) every
+    member: ``settings.ensemble`` seeds, each one joint model or, with
+    ``separate_blocks``, one model per trained block. Returns the models and
+    their layout entries (``dir``, ``seed_index``, ``block``,
+    ``marker_weight_mix``). The additive path of a group is fitted once, for all
+    seeds."""
+    settings, train_cfg = plan.settings, plan.train
+    trained_blocks = np.flatnonzero(data.train.weight.sum(0) > 0).tolist()
+    joint = not settings.separate_blocks or data.environment is not None
+    groups = [None] if joint else trained_blocks
+    members, layout, additive_paths = [], [], {}
+    for k in range(settings.ensemble):
+        member_cfg = TrainConfig(**{**asdict(train_cfg), "seed": train_cfg.seed + k})
+        for block in groups:
+            name = f"member-{k}" + ("" if block is None else f"-block-{block}")
+            torch.manual_seed(member_cfg.seed)
+            model = build_model(plan, data, genotypes)
+            train = _only_block(data.train, block)
+            val = _only_block(data.val, block)
+            if plan.head.additive and block not in additive_paths:
+                additive_paths[block] = fit_additive_path(
+                    model.additive, genotypes, train, val, data.scaling, plan.prior
+                )
+            additive = additive_paths.get(block)
+            _train_member(
+                model,
+                genotypes,
+                train,
+                val,
+                settings,
+                member_cfg,
+                data.scaling,
+                out / name,
+                plan.pretrained_state is not None,
+                additive,
+            )
+            save_member(out / name, model, genotypes)
+            members.append(model)
+            layout.append(
+                {
+                    "dir": name,
+                    "seed_index": k,
+                    "block": block,
+                    "marker_weight_mix": None if additive is None else additive.mix,
+                }
+            )
+    return members, layout
