@@ -115,7 +115,7 @@ def main() -> None:
     ).exists() else {}  # fmt: skip
     for method in [m for m in args.methods.split(",") if m]:
         print(f"running {method} (load {os.getloadavg()[0]:.2f}) ...", file=sys.stderr)
-        load_before = os.getloadavg()[0]
+        load_before, cpu_before = os.getloadavg()[0], bench.cpu_seconds()
         if method == "gperceiver":
             imputed, seconds, cmd = run_gperceiver(
                 out, targets, shlex.split(args.gperceiver_args)
@@ -128,6 +128,7 @@ def main() -> None:
             imputed, seconds, cmd = run_mode(panel, targets)
         else:
             raise SystemExit(f"unknown method {method!r}")
+        seconds["cpu"] = bench.cpu_seconds() - cpu_before
         scores = bench.score(truth_d, imputed, flat, panel_d)
         results[method] = {
             "seconds": seconds,
@@ -145,19 +146,24 @@ def table(results: dict) -> str:
     if not results:
         return "(no results)"
     bins = list(next(iter(results.values()))["scores"])
-    head = ["method", "wall time", "concordance", "r²"] + [
+    head = ["method", "wall time", "CPU time", "concordance", "r²"] + [
         f"conc. / r² MAF {b}" for b in bins[1:]
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
         s, t = r["scores"], r["seconds"]
-        parts = [f"{k} {bench.fmt_time(v)}" for k, v in t.items() if k != "total"]
+        parts = [
+            f"{k} {bench.fmt_time(v)}"
+            for k, v in t.items()
+            if k not in ("total", "cpu")
+        ]
         time_cell = bench.fmt_time(t["total"]) + (
             f" ({', '.join(parts)})" if parts else ""
         )
         cells = [
             name,
             time_cell,
+            bench.fmt_time(t.get("cpu", float("nan"))),
             f"{s['all']['concordance']:.4f}",
             f"{s['all']['r2']:.4f}",
         ]
