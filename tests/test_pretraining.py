@@ -109,7 +109,8 @@ def test_pretrain__time_budget_stops_on_the_clock_and_anneals(population, tmp_pa
     pretrain_encoder(population, tmp_path / "m", {**TINY, "warmup_steps": 2}, typed)
     metrics = pd.read_csv(tmp_path / "m" / "metrics.csv")
     last = metrics.iloc[-1]
-    assert 1.5 <= last["seconds"] < 5.0 and last["step"] > 4
+    # the first step past the budget ends it (generous bound: the box may be loaded)
+    assert 1.5 <= last["seconds"] < 10.0 and last["step"] > 4
     assert last["lr"] < 0.06 * 1e-3  # the cosine floor is 5% of the default lr
     pretrain_encoder(population, tmp_path / "m", {**TINY, "warmup_steps": 2}, typed)
     again = pd.read_csv(tmp_path / "m" / "metrics.csv")
@@ -257,6 +258,12 @@ def test_pretrain__killed_and_resumed_matches_uninterrupted(population, tmp_path
     assert full.keys() == resumed.keys()
     for key in full:
         assert torch.equal(full[key], resumed[key]), key
+    # the losses logged since the last evaluation were checkpointed too
+    logged = [
+        pd.read_csv(tmp_path / run / "metrics.csv").drop(columns="seconds")
+        for run in ("full", "killed")
+    ]
+    pd.testing.assert_frame_equal(logged[0], logged[1])
 
 
 def test_read_markers__imputed_output_round_trips(population, tmp_path):

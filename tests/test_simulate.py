@@ -195,3 +195,21 @@ def test_simulate__too_few_sites_raises():
 def test_simulation_config__rejects_invalid(changes):
     with pytest.raises(ValueError, match="invalid SimulationConfig"):
         dataclasses.replace(SMALL, **changes)
+
+
+def test_simulate__fixed_effects_add_sex_and_age_with_their_truth(default_small):
+    data = small(fixed_variance=0.4)
+    table, truth = data.phenotypes.table, data.truth
+    assert list(table.columns) == ["name", "response", "block", "cv", "sex", "age"]
+    # the same genotypes and genetic values; the response gains exactly the fixed part
+    assert np.array_equal(data.genotypes.alleles, default_small.genotypes.alleles)
+    assert np.allclose(truth["genetic"], default_small.truth["genetic"])
+    added = table["response"] - default_small.phenotypes.table["response"]
+    effects = data.fixed_effects
+    expected = effects["sex=M"] * (table["sex"] == "M") + effects["age"] * table["age"]
+    assert np.allclose(added, expected) and np.allclose(truth["fixed"], expected)
+    assert table.groupby("name")["sex"].nunique().max() == 1  # sex per individual
+    for _, rows in table.assign(fixed=expected).groupby("block"):
+        fixed_var = rows["fixed"].var()
+        rest_var = (rows["response"] - rows["fixed"]).var()
+        assert fixed_var / (fixed_var + rest_var) == pytest.approx(0.4, abs=0.05)

@@ -8,13 +8,14 @@ atomically, so a kill never leaves a half-written model.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from .data import MarkerMap
-from .io import InputError, atomic_path, read_chroms, write_chroms
+from .io import InputError, atomic_directory, atomic_path, read_chroms, write_chroms
 
 FORMAT_VERSION = 2  # written; 2: the Gaussian additive path scales each column
 READABLE_VERSIONS = (1, 2)  # read (format 1 is upgraded on load)
@@ -41,15 +42,23 @@ def load_tensors(path) -> dict[str, torch.Tensor]:
 def save_model(
     directory, model: torch.nn.Module, config: dict, markers: MarkerMap
 ) -> None:
-    """Write ``config.json``, ``model.safetensors`` and ``markers.tsv``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_chroms(markers, directory / "markers.tsv")
-    save_tensors(model.state_dict(), directory / "model.safetensors")
-    write_json(
-        {**config, "format_version": FORMAT_VERSION, "markers": markers.fingerprint()},
-        directory / "config.json",
-    )
+    """Write ``config.json``, ``model.safetensors`` and ``markers.tsv``.
+
+    The files are staged beside ``directory`` and moved in with ``config.json``
+    last (see :func:`~gperceiver.io.atomic_directory`): a directory without
+    ``config.json`` holds no model, one with it holds a complete one.
+    """
+    with atomic_directory(directory, last="config.json") as staging:
+        write_chroms(markers, staging / "markers.tsv")
+        save_tensors(model.state_dict(), staging / "model.safetensors")
+        write_json(
+            {
+                **config,
+                "format_version": FORMAT_VERSION,
+                "markers": markers.fingerprint(),
+            },
+            staging / "config.json",
+        )
 
 
 def load_model_config(directory) -> tuple[dict, MarkerMap]:
@@ -134,3 +143,45 @@ def restore_optimizer(
     for index, entries in scalars["state"].items():
         state.setdefault(int(index), {}).update(entries)
     optimizer.load_state_dict({"state": state, "param_groups": scalars["param_groups"]})
+
+
+RUN_FILE = "run.json"  # what a command's --out directory holds (see claim_directory)
+
+
+def claim_directory(directory, identity: dict, restart: bool = False) -> None:
+    """Refuse an output directory that holds another run, before any work.
+
+    ``identity`` maps names (``"methods"``, ``"phenotypes"``, ...) to anything
+    :func:`~gperceiver.train.digest` hashes. A directory whose ``run.json`` holds
+    other hashes is refused with one line naming the parts that differ, unless
+    ``restart``, which deletes what the earlier run left (checkpoints included)
+    and starts afresh; only a directory with a ``run.json`` is ever emptied.
+    The claim is written at once, so a run killed later is resumed only by the
+    same request.
+    """
+    from .train import digest
+
+    directory = Path(directory)
+    parts = {name: digest(value) for name, value in identity.items()}
+    path = directory / RUN_FILE
+    if directory.is_file():
+        raise InputError(directory, None, "is a file", "give a directory for --out")
+    if restart and path.exists():  # only a directory this function claimed
+        for entry in directory.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    elif path.exists():
+        held = read_json(path).get("identity", {})
+        changed = [
+            k for k in dict.fromkeys([*parts, *held]) if held.get(k) != parts.get(k)
+        ]
+        if changed:
+            raise InputError(
+                directory,
+                None,
+                f"holds a run with other {', '.join(changed)}",
+                "rerun with --restart to replace it, or use another --out",
+            )
+    write_json({"identity": parts, "format_version": FORMAT_VERSION}, path)

@@ -334,6 +334,7 @@ def cmd_simulate(args) -> None:
         epistasis_variance=args.epistasis,
         gxe_correlation=args.gxe_correlation,
         weather_days=args.weather_days,
+        fixed_variance=args.fixed_variance,
         n_folds=args.folds,
         seed=args.seed,
     )
@@ -350,6 +351,12 @@ def cmd_simulate(args) -> None:
         out / "qtl.tsv",
     )
     written = "chroms,markers,phenotypes,truth,qtl"
+    if data.fixed_effects:
+        effects = pd.DataFrame(
+            {"effect": list(data.fixed_effects), "value": data.fixed_effects.values()}
+        )
+        io.write_table(effects, out / "fixed_effects.tsv", float_format="%.6f")
+        written += ",fixed_effects"
     if data.covariates is not None:
         io.write_covariates(data.covariates, out / "covariates.tsv")
         written += ",covariates"
@@ -388,6 +395,7 @@ def cmd_evaluate(args) -> None:
         "covariates": read_covariates_if_given(args),
     }
     options["fixed"] = fixed_effects_for({**options["params"], **typed}, phenotypes)
+    options["components"] = []
     predictions, accuracy = cross_validate(
         phenotypes,
         genotypes,
@@ -399,6 +407,9 @@ def cmd_evaluate(args) -> None:
     importance = fold_importance(out / "models", genotypes, methods)
     io.write_table(predictions, out / "predictions.tsv")
     io.write_table(accuracy, out / "accuracy.tsv", float_format="%.4f")
+    if options["components"]:
+        components = pd.concat(options["components"], ignore_index=True)
+        io.write_table(components, out / "variance_components.tsv")
     evaluation_report(
         out, predictions, accuracy, NOTES, first_fold_curves(out / "models"), importance
     )
@@ -450,13 +461,50 @@ def cmd_gblup(args) -> None:
             f"--method {args.method} does not use marker weights",
             "use --method gblup-weighted or drop --marker-weights",
         )
-    options = {"params": {"marker_weights": args.marker_weights}}
+    options = {"params": {"marker_weights": args.marker_weights}, "components": []}
     options["fixed"] = fixed_effects_for(vars(args), phenotypes)
+    if args.cv is None:
+        return gblup_candidates(args, phenotypes, genotypes, options)
     predictions, accuracy = single_split(
         phenotypes, genotypes, args.method, args.cv, options=options
     )
     io.write_table(predictions, args.predictions)
+    if args.variance_components:
+        components = pd.concat(options["components"], ignore_index=True)
+        io.write_table(components, args.variance_components)
     print(format_accuracy(accuracy))
+
+
+def gblup_candidates(args, phenotypes, genotypes, options) -> None:
+    """``gblup`` without ``--cv``: fit on every record, predict every genotyped
+    individual (selection candidates) with PEV and reliability."""
+    from .baselines import Kernel, relationship_mixes
+    from .selection import predict_candidates
+
+    weighted = None
+    if args.method == "gblup-weighted":
+        if not args.marker_weights:
+            raise InputError(
+                "--method", None, "gblup-weighted needs a prior",
+                "pass --marker-weights FILE (a TSV marker, weight)",
+            )  # fmt: skip
+        prior = io.read_marker_weights(args.marker_weights, genotypes.markers)
+        mixes = relationship_mixes(genotypes, genotypes.allele_frequencies(), prior)
+        weighted = [(mix, Kernel(g, genotypes.names)) for mix, g in mixes]
+    candidates, components = predict_candidates(
+        phenotypes, genotypes, args.method, options["fixed"], weighted=weighted
+    )
+    io.write_table(candidates, args.predictions)
+    if args.variance_components:
+        io.write_table(components, args.variance_components)
+    unphenotyped = int((candidates.groupby("name")["records"].sum() == 0).sum())
+    h2 = components[components["component"] == "h2"]
+    per_block = ", ".join(f"block {r.block}: {r.value:.3f}" for r in h2.itertuples())
+    print(
+        f"{args.method}: fitted on {len(phenotypes.table)} records, predicted "
+        f"{genotypes.n_individuals} individuals ({unphenotyped} without records) "
+        f"in {candidates['block'].nunique()} block(s); h2 {per_block}"
+    )
 
 
 def cmd_pretrain(args) -> None:
@@ -823,6 +871,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="daily weather per environment driving GxE (writes covariates.tsv)",
     )
+    p.add_argument(
+        "--fixed-variance",
+        type=float,
+        default=0.0,
+        help="share of phenotypic variance from fixed effects: a factor 'sex' and "
+        "a covariate 'age' (columns of phenotypes.tsv; truth in fixed_effects.tsv)",
+    )
     p.add_argument("--folds", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_simulate)
@@ -889,11 +944,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
-        "gblup", help="fit GBLUP (or RKHS) on one train/validation split"
+        "gblup",
+        help="fit GBLUP (or RKHS) on one train/validation split, or on every record "
+        "to predict selection candidates",
     )
     inputs(p)
-    p.add_argument("--cv", required=True, help="rows with this cv value are validation")
+    p.add_argument(
+        "--cv",
+        help="rows with this cv value are validation; without it: fit on every "
+        "record and predict every genotyped individual (selection candidates: "
+        "GEBV, PEV, reliability)",
+    )
     p.add_argument("--predictions", required=True, help="output TSV")
+    p.add_argument(
+        "--variance-components",
+        metavar="FILE",
+        help="also write s2g, s2e, h2 and the fixed effects of each block's fit",
+    )
     p.add_argument(
         "--method", default="gblup", choices=["gblup", "rkhs", "gblup-weighted"]
     )

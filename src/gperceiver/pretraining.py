@@ -131,7 +131,14 @@ def pretrain_encoder(
             )
         weight = contrastive_cfg.masked_weight if settings.task == "both" else 0.0
         task = TwinnedTask(genotypes, frequencies, masked_cfg, weight)
-    result = Trainer(model, task, train_cfg, out, resume=resume).fit(
+    identity = {
+        # the initial weights cover the model settings, seed, graph and annotations
+        "model": model.state_dict(),
+        "task settings": [asdict(c) for c in (masked_cfg, contrastive_cfg, settings)],
+        "genotypes": genotypes.fingerprint(),
+        "training rows": [train_rows, val_rows],
+    }
+    result = Trainer(model, task, train_cfg, out, resume, identity).fit(
         train_rows, val_rows
     )
     config = {

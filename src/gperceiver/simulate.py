@@ -95,6 +95,10 @@ class SimulationConfig:
     # Days of daily weather per environment; 0: no weather, the interaction is
     # random per environment. A maize season is about 120 days.
     weather_days: int = 0
+    # Share of the phenotypic variance from fixed effects, half from a factor
+    # (sex, per individual) and half from a covariate (age, per record), the same
+    # in every environment; 0: none (the phenotypes then have no sex, age columns).
+    fixed_variance: float = 0.0
     # Cross-validation folds, drawn per individual so its records share one fold.
     n_folds: int = 10
     # Seeds every random draw, msprime's included.
@@ -122,6 +126,7 @@ class SimulationConfig:
                 and self.dominance_variance + self.epistasis_variance <= 1
             ),
             "gxe_correlation must be in [0, 1]": 0 <= self.gxe_correlation <= 1,
+            "fixed_variance must be in [0, 1)": 0 <= self.fixed_variance < 1,
             "weather_days must be 0 or at least 20": (
                 self.weather_days == 0 or self.weather_days >= 20
             ),
@@ -141,10 +146,13 @@ class SimulatedData:
     ``phenotypes.table`` has one row per individual and environment (columns
     name, response, block, cv); ``truth`` has the same rows with columns name,
     block, additive, dominance, epistasis and genetic (their sum), so that
-    ``response = genetic + noise``. ``qtl`` holds the marker indices ``(Q,)`` of
-    the causal markers. ``covariates`` holds the daily weather (``weather_days >
-    0``) and ``stress`` ``(E, 3)`` the standardised indices of ``STRESS_WINDOWS``
-    computed from it, which drive the interaction.
+    ``response = genetic + noise`` (``+ fixed`` with ``fixed_variance``: then
+    the table has ``sex`` and ``age`` columns, ``truth`` a ``fixed`` column and
+    ``fixed_effects`` the true ``sex=M`` effect and ``age`` slope). ``qtl``
+    holds the marker indices ``(Q,)`` of the causal markers. ``covariates``
+    holds the daily weather (``weather_days > 0``) and ``stress`` ``(E, 3)``
+    the standardised indices of ``STRESS_WINDOWS`` computed from it, which drive
+    the interaction.
     """
 
     genotypes: Genotypes
@@ -154,6 +162,30 @@ class SimulatedData:
     qtl: np.ndarray
     covariates: EnvCovariates | None = None
     stress: np.ndarray | None = None
+    fixed_effects: dict[str, float] | None = None
+
+
+def _fixed_effects(config: SimulationConfig, response: np.ndarray):
+    """Sex per individual, age per record ``(N, E)`` and their effects, scaled so
+    that they explain ``fixed_variance`` of the phenotypic variance (half each).
+
+    Drawn from their own random stream: the genotypes and genetic values do not
+    change with ``fixed_variance``. Returns ``(sex (N,), age (N, E), fixed (N,
+    E), {"sex=M": effect, "age": slope})``.
+    """
+    rng = np.random.default_rng([config.seed, 2])
+    n, e = response.shape
+    sex = rng.choice(np.array(["F", "M"]), size=n)
+    age = np.round(rng.uniform(1.0, 5.0, size=(n, e)), 2)
+    share = config.fixed_variance
+    each = 0.5 * share / (1.0 - share) * float(response.var(0).mean())
+    male = (sex == "M").astype(np.float64)
+    effects = {
+        "sex=M": float(np.sqrt(each / max(male.var(), 1e-12))),
+        "age": float(np.sqrt(each / age.var())),
+    }
+    fixed = effects["sex=M"] * male[:, None] + effects["age"] * age
+    return sex, age, fixed, effects
 
 
 def simulate(config: SimulationConfig) -> SimulatedData:
@@ -215,6 +247,12 @@ def simulate(config: SimulationConfig) -> SimulatedData:
             "cv": np.tile(folds, e),
         }
     )
+    effects = None
+    if config.fixed_variance > 0:
+        sex, age, fixed, effects = _fixed_effects(config, response)
+        table["response"] += fixed.T.ravel()
+        table["sex"], table["age"] = np.tile(sex, e), age.T.ravel()
+        truth["fixed"] = fixed.T.ravel()
     observed = _mask_missing(alleles, config.missing_rate, rng)
     return SimulatedData(
         genotypes=Genotypes(observed, names, markers, config.n_alleles),
@@ -224,6 +262,7 @@ def simulate(config: SimulationConfig) -> SimulatedData:
         qtl=qtl,
         covariates=covariates,
         stress=stress,
+        fixed_effects=effects,
     )
 
 

@@ -38,7 +38,7 @@ from .checkpoint import (
     write_json,
 )
 from .distributed import all_mean, broadcast, rank_and_world
-from .io import atomic_path
+from .io import InputError, atomic_path
 
 RANK_SEED_STRIDE = 7_919_993  # step seeds of rank r are offset by r * this
 
@@ -80,6 +80,37 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[
             :12
         ]
+
+
+def digest(value) -> str:
+    """Short stable hash of nested dicts / lists of JSON values, arrays and tensors.
+
+    >>> digest({"b": 1, "a": [0.5, "x"]}) == digest({"a": [0.5, "x"], "b": 1})
+    True
+    """
+    h = hashlib.sha256()
+
+    def feed(v) -> None:
+        if isinstance(v, torch.Tensor):
+            v = v.detach().cpu()
+            v = (v.float() if v.dtype == torch.bfloat16 else v).numpy()
+        if isinstance(v, np.ndarray):
+            h.update(f"array:{v.dtype.str}:{v.shape}".encode())
+            h.update(np.ascontiguousarray(v).data)
+        elif isinstance(v, dict):
+            h.update(f"dict:{len(v)}".encode())
+            for key in sorted(v, key=str):
+                h.update(f"key:{key}".encode())
+                feed(v[key])
+        elif isinstance(v, list | tuple):
+            h.update(f"list:{len(v)}".encode())
+            for item in v:
+                feed(item)
+        else:
+            h.update(json.dumps(v, sort_keys=True, default=str).encode())
+
+    feed(value)
+    return h.hexdigest()[:16]
 
 
 class Task(Protocol):
@@ -144,8 +175,10 @@ class TaskLoss(torch.nn.Module):
         super().__init__()
         self.model, self.task = model, task
 
-    def forward(self, rows: np.ndarray, generator: torch.Generator):
-        return self.task.loss(self.model, rows, generator)
+    def forward(self, rows: np.ndarray, generator: torch.Generator, share=None):
+        if share is None:
+            return self.task.loss(self.model, rows, generator)
+        return self.task.loss(self.model, rows, generator, share=share)
 
 
 @dataclass
@@ -157,15 +190,32 @@ class TrainResult:
 
 
 class Trainer:
-    """Runs ``task`` on ``model`` and keeps checkpoints in ``directory/checkpoints``."""
+    """Runs ``task`` on ``model`` and keeps checkpoints in ``directory/checkpoints``.
+
+    ``identity`` names everything else that shapes the run besides ``config``
+    (model and task settings, the marker map, the data, the training rows and
+    their responses), e.g. ``{"model settings": {...}, "data": fingerprint}``.
+    Each part is hashed into the checkpoint; a resume whose parts differ is
+    refused with the names of the parts that changed (``resume=False`` starts
+    afresh), so a checkpoint never continues a run of other settings or data.
+    """
 
     def __init__(
-        self, model, task: Task, config: TrainConfig, directory, resume: bool = True
+        self,
+        model,
+        task: Task,
+        config: TrainConfig,
+        directory,
+        resume: bool = True,
+        identity: dict | None = None,
     ):
         self.model, self.task, self.config = model, task, config
         self.directory = Path(directory)
         self.checkpoints = self.directory / "checkpoints"
         self.resume = resume
+        self.identity = {"training settings": config.fingerprint()} | {
+            name: digest(part) for name, part in (identity or {}).items()
+        }
 
     # -- checkpoints -------------------------------------------------------------------
     def _save_checkpoint(self, optimizer, state: dict, best_weights: dict) -> None:
@@ -181,7 +231,7 @@ class Trainer:
         write_json({**state, "optimizer": scalars}, target / "state.json")
         # the pointer file flips atomically: a kill leaves the previous checkpoint valid
         write_json(
-            {"latest": name, "config": self.config.fingerprint()},
+            {"latest": name, "identity": self.identity},
             self.checkpoints / "latest.json",
         )
         for old in self.checkpoints.glob("step-*"):
@@ -193,10 +243,18 @@ class Trainer:
         if not (self.resume and pointer.exists()):
             return None
         latest = read_json(pointer)
-        if latest["config"] != self.config.fingerprint():
-            raise ValueError(
-                f"{self.checkpoints} holds a run with other training settings; "
-                "delete it or use another --out directory to start afresh"
+        stored = latest.get("identity", {"training settings": latest.get("config")})
+        changed = [
+            name
+            for name in dict.fromkeys([*self.identity, *stored])
+            if stored.get(name) != self.identity.get(name)
+        ]
+        if changed:
+            raise InputError(
+                self.checkpoints,
+                None,
+                f"holds a run with other {', '.join(changed)}",
+                "rerun with --restart to start afresh, or use another --out",
             )
         source = self.checkpoints / latest["latest"]
         state = read_json(source / "state.json")
@@ -209,9 +267,15 @@ class Trainer:
         return state, load_tensors(source / "best.safetensors")
 
     def _write_metrics(self, history: list[dict]) -> None:
-        keys: list[str] = []
-        for row in history:
-            keys += [k for k in row if k not in keys]
+        # a fixed column order: a resumed run (rows read back from JSON) writes the
+        # same file as one never stopped
+        names = {k for row in history for k in row}
+        lead = [k for k in ("step", "epoch", "lr") if k in names]
+        keys = (
+            lead
+            + sorted(names - {*lead, "seconds"})
+            + ["seconds"] * ("seconds" in names)
+        )
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=keys, restval="")
         writer.writeheader()
@@ -247,21 +311,32 @@ class Trainer:
             "seconds": 0.0,  # training time so far, resumes included
         }
         best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        restored = self._load_checkpoint(optimizer) if rank == 0 else None
+        restored, refusal = None, None
+        if rank == 0:  # the one writer reads the checkpoint...
+            try:
+                restored = self._load_checkpoint(optimizer)
+            except InputError as err:
+                refusal = (err.path, err.where, err.problem, err.fix)
+        if world > 1:  # ...a refused resume stops every rank, not rank 0 alone
+            refusal = broadcast(refusal)
+        if refusal is not None:
+            raise InputError(*refusal)
         if restored is not None:
             state, best_weights = restored
+        resumed = restored is not None
         distributed = None
-        if world > 1:  # every rank starts from rank 0's state (weights: DDP's own copy)
-            state, best_weights, optimizer_state = broadcast(
-                (state, best_weights, optimizer.state_dict())
+        if world > 1:  # every rank takes rank 0's state (weights: DDP's own copy)
+            state, best_weights, optimizer_state, resumed = broadcast(
+                (state, best_weights, optimizer.state_dict(), resumed)
             )
             optimizer.load_state_dict(optimizer_state)
             distributed = torch.nn.parallel.DistributedDataParallel(
                 TaskLoss(model, self.task), find_unused_parameters=True
             )
         history = state["history"]
+        shared = world > 1 and getattr(self.task, "shares_batches", False)
         validating = val_rows is not None and len(val_rows) > 0
-        if restored is None and validating:
+        if not resumed and validating:
             # the starting point competes too: a model that only gets worse on the
             # validation set is returned unchanged (e.g. a head initialised at GBLUP)
             initial = self._validate(val_rows, train_rows)
@@ -275,7 +350,9 @@ class Trainer:
             unit="step",
             leave=False,
         )
-        started, stopped_early, running = time.perf_counter(), False, []
+        started, stopped_early = time.perf_counter(), False
+        # losses since the last evaluation: checkpointed, so a resume logs the same
+        running = state.setdefault("running", [])
         clock_base = state.get("seconds", 0.0)
         budget = config.time_budget_s or None  # 0 means none
         elapsed = clock_base
@@ -291,7 +368,10 @@ class Trainer:
             shuffle = getattr(self.task, "epoch_order", None)
             order = shuffle(train_rows, rng) if shuffle else rng.permutation(train_rows)
             rows = order[offset * batch : (offset + 1) * batch]
-            seed = config.seed * 1_000_003 + step + rank * RANK_SEED_STRIDE
+            # a task that draws the global batch's randomness once gets the same
+            # seed on every rank and computes its share; others draw per rank
+            rank_offset = 0 if shared else rank * RANK_SEED_STRIDE
+            seed = config.seed * 1_000_003 + step + rank_offset
             generator = torch.Generator().manual_seed(seed)
             torch.manual_seed(seed)  # dropout
 
@@ -301,6 +381,8 @@ class Trainer:
             model.train()
             if distributed is None:
                 loss, metrics = self.task.loss(model, rows, generator)
+            elif shared:
+                loss, metrics = distributed(rows, generator, slice(rank, None, world))
             else:
                 loss, metrics = distributed(rows[rank::world], generator)
             optimizer.zero_grad(set_to_none=True)
@@ -337,7 +419,7 @@ class Trainer:
                         for k in running[0]
                     }
                 )
-                running = []
+                running = state["running"] = []
                 if validating:
                     row.update(self._validate(val_rows, train_rows))
                     monitored = row["val_loss"]

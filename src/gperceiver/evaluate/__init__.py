@@ -118,6 +118,7 @@ def _run(
                 continue
             for method in methods:
                 bar.set_postfix(split=fold, method=method)
+                cache["method"], cache["split"] = method, fold
                 prediction = METHODS[method](train, validation, genotypes, cache)
                 fixed = np.full(len(validation), np.nan)
                 if isinstance(prediction, tuple):  # (fixed, genetic) parts
@@ -149,7 +150,9 @@ def cross_validate(
     ``cv1`` (default): each ``cv`` value is the validation fold once; ``cv0`` and
     ``cv00`` hold out environments (see the module docstring; without a ``cv``
     column, ``cv0`` labels each held-out block's rows with its block as ``cv``).
-    ``options`` seeds the methods' shared cache: ``params`` / ``typed`` (neural
+    ``options`` seeds the methods' shared cache: ``components`` (a list, to which
+    the kernel baselines append each fit's
+    :func:`~gperceiver.selection.component_frame`), ``params`` / ``typed`` (neural
     hyper-parameters), ``workdir`` (where neural models are kept), ``covariates``
     (:class:`~gperceiver.data.EnvCovariates` for methods that use them).
 

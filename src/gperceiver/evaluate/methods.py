@@ -37,6 +37,7 @@ from ..finetuning import FinetuneSettings, finetune, load_predictor
 from ..io import InputError, read_marker_weights
 from ..nn.heads import HeadConfig
 from ..pretraining import pretrain_encoder
+from ..selection import component_frame, variance_components
 
 Method = Callable[[pd.DataFrame, pd.DataFrame, Genotypes, dict], np.ndarray | tuple]
 Parts = tuple[np.ndarray, np.ndarray]  # (fixed, genetic) parts, (k,) each
@@ -63,14 +64,27 @@ def _relationship(genotypes: Genotypes, cache: dict) -> Kernel:
     return cache["relationship"]
 
 
+def _record_components(cache: dict, frame: pd.DataFrame) -> None:
+    """Keep what a fit estimated in ``cache['components']`` (a list the caller
+    may pass in ``options`` to read them), labelled with the running split."""
+    frame = frame.assign(method=cache.get("method"), fold=cache.get("split"))
+    cache.setdefault("components", []).append(frame)
+
+
 def _gblup(train, genotypes, validation, cache) -> Parts:
     model = GBLUP(_relationship(genotypes, cache), fixed=fixed_effects(cache))
-    return model.fit(train, genotypes).predict_parts(validation)
+    model.fit(train, genotypes)
+    block = train["block"].iloc[0]
+    _record_components(cache, variance_components(model, "", block, ""))
+    return model.predict_parts(validation)
 
 
 def _rkhs(train, genotypes, validation, cache) -> Parts:
     model = RKHS(_relationship(genotypes, cache), fixed=fixed_effects(cache))
-    return model.fit(train, genotypes).predict_parts(validation)
+    model.fit(train, genotypes)
+    block = train["block"].iloc[0]
+    _record_components(cache, variance_components(model, "", block, ""))
+    return model.predict_parts(validation)
 
 
 def _weighted_relationships(genotypes: Genotypes, cache: dict) -> list:
@@ -99,6 +113,10 @@ def _gblup_weighted(train, validation, genotypes, cache) -> Parts:
     ``train`` (the additive path's rule), GBLUP per block under it."""
     relationships = _weighted_relationships(genotypes, cache)
     model = WeightedGBLUP(relationships, fixed=fixed_effects(cache)).fit(train)
+    for block, fit in model.block_fits_.items():
+        names = model.designs_[block].names_
+        frame = component_frame(fit, names, extra=[("mix", model.mix_)], block=block)
+        _record_components(cache, frame)
     return model.predict_parts(validation)
 
 

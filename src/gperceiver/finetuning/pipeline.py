@@ -22,6 +22,7 @@ def finetune(
     pretrained=None,
     cv=None,
     covariates: EnvCovariates | None = None,
+    resume: bool = True,
 ) -> list[PhenotypeModel]:
     """Train phenotype model(s) and save them to ``out``; returns the ensemble members.
 
@@ -37,7 +38,9 @@ def finetune(
     :class:`~gperceiver.nn.environment.EnvironmentPhenotypeModel` per ensemble
     seed predicts every block that has covariates, including blocks without
     training records. ``cv`` names the fold that steers early stopping (else an
-    inner split of the training records does).
+    inner split of the training records does). Members resume from their
+    checkpoints in ``out`` when these hold the same run (``resume=False``: start
+    afresh); another run's checkpoints are refused (:class:`~gperceiver.train.Trainer`).
     """
     plan = resolve_settings(
         phenotypes, genotypes, params, typed, pretrained, covariates
@@ -45,6 +48,6 @@ def finetune(
     data = prepare_data(plan, phenotypes, genotypes, cv, covariates)
     plan = complete_settings(plan, genotypes, data)
     out = Path(out)
-    members, layout = train_members(plan, data, genotypes, out)
+    members, layout = train_members(plan, data, genotypes, out, resume)
     save_run(out, plan, data, layout, genotypes, cv)
     return members

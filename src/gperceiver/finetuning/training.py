@@ -30,8 +30,14 @@ def _train_member(
     directory,
     pretrained: bool,
     additive: AdditivePath | None,
+    data_identity: dict,
+    resume: bool = True,
 ):
     """Train one model in place (two phases when ``pretrained``).
+
+    ``data_identity`` (with the model's starting weights, its records and
+    settings) goes into each phase's checkpoint: a rerun into the same directory
+    with another trait, other folds or settings is refused, never resumed.
 
     With an ``additive`` path, the model starts from its fit on the training
     records and the network learns what it misses *out of sample*: its targets
@@ -58,7 +64,10 @@ def _train_member(
         phase1 = TrainConfig(
             **{**asdict(train_cfg), "epochs": settings.head_epochs, "max_steps": None}
         )
-        Trainer(model, task, phase1, directory / "phase1").fit(fit_rows, shifted_val)
+        identity = _identity(model, both, len(fit_rows), settings, data_identity)
+        Trainer(model, task, phase1, directory / "phase1", resume, identity).fit(
+            fit_rows, shifted_val
+        )
         if settings.unfreeze:
             _freeze(model, set(settings.unfreeze.split(",")))
             train_cfg = TrainConfig(
@@ -66,7 +75,10 @@ def _train_member(
             )
     if not pretrained or settings.unfreeze:
         task = PhenotypeTask(genotypes, both, settings.objective, scaling, None, offset)
-        Trainer(model, task, train_cfg, directory / "train").fit(fit_rows, shifted_val)
+        identity = _identity(model, both, len(fit_rows), settings, data_identity)
+        Trainer(model, task, train_cfg, directory / "train", resume, identity).fit(
+            fit_rows, shifted_val
+        )
     model.eval()
     with torch.no_grad():
         task.evaluate(model, fit_rows[:1], train_rows=fit_rows)  # final calibration
@@ -74,7 +86,20 @@ def _train_member(
         model.additive.load_state_dict(additive.final)
 
 
-def train_members(plan, data, genotypes: Genotypes, out: Path) -> tuple[list, list]:
+def _identity(model, records, n_train: int, settings, data_identity: dict) -> dict:
+    """What shapes a finetuning phase besides its TrainConfig (see train.Trainer)."""
+    return {
+        # starting weights: architecture, seed, pretrained encoder, additive fit
+        "model": model.state_dict(),
+        "responses": [records.rows, records.response, records.weight, n_train],
+        "finetune settings": asdict(settings),
+        **data_identity,
+    }
+
+
+def train_members(
+    plan, data, genotypes: Genotypes, out: Path, resume: bool = True
+) -> tuple[list, list]:
     """Train and save (:func:`~gperceiver.finetuning.save.save_member`) every
     member: ``settings.ensemble`` seeds, each one joint model or, with
     ``separate_blocks``, one model per trained block. Returns the models and
@@ -86,6 +111,7 @@ def train_members(plan, data, genotypes: Genotypes, out: Path) -> tuple[list, li
     joint = not settings.separate_blocks or data.environment is not None
     groups = [None] if joint else trained_blocks
     members, layout, additive_paths = [], [], {}
+    data_identity = {"genotypes": genotypes.fingerprint()}  # one pass, every member
     for k in range(settings.ensemble):
         member_cfg = TrainConfig(**{**asdict(train_cfg), "seed": train_cfg.seed + k})
         for block in groups:
@@ -110,6 +136,8 @@ def train_members(plan, data, genotypes: Genotypes, out: Path) -> tuple[list, li
                 out / name,
                 plan.pretrained_state is not None,
                 additive,
+                data_identity,
+                resume,
             )
             save_member(out / name, model, genotypes)
             members.append(model)

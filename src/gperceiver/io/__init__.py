@@ -1,6 +1,6 @@
 """Readers and writers: the only place that knows file formats."""
 
-from .atomic import atomic_path
+from .atomic import atomic_directory, atomic_path
 from .errors import InputError, InputWarning
 from .formats import (
     SOURCES,
@@ -36,6 +36,7 @@ __all__ = [
     "convert_variants",
     "InputError",
     "InputWarning",
+    "atomic_directory",
     "atomic_path",
     "genotype_format",
     "read_genotype_file",

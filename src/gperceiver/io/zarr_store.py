@@ -15,6 +15,7 @@ ploidy) follows :func:`variants.allele_ids`: a haploid call is homozygous.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,6 +137,21 @@ class ZarrGenotypes(Genotypes):
         streamed = StreamedAlleles(calls, store_to_map, size, self.path)
         names = _strings(group["sample_id"])
         super().__init__(streamed, names, markers, n_alleles)
+
+    def content_digest(self) -> str:
+        """Hash of the store's files (relative path, size, modification time).
+
+        Reading every call to hash it would cost a full pass over the store; any
+        rewrite of the store changes a size or a time, which is what a resume
+        must notice.
+        """
+        h = hashlib.sha256(str(self.alleles.shape).encode())
+        for path in sorted(self.path.rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                rel = path.relative_to(self.path).as_posix()
+                h.update(f"{rel}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        return h.hexdigest()
 
     def epoch_order(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Shuffled ``rows``, each block of samples kept together, blocks shuffled."""

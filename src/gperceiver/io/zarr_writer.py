@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import sync_tree
 from .variants import VariantBlock, VariantHeader
 
 VCF_ZARR_VERSION = "0.4"
@@ -238,6 +239,7 @@ def write_zarr(
             }
         )
         zarr.consolidate_metadata(staging)
+        sync_tree(staging)  # mkdir's modes (not mkdtemp's 0o700), flushed to disk
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
             os.replace(path, old / path.name)

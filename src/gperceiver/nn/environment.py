@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from gperceiver.nn.attention import init_weights
 from gperceiver.nn.heads import HeadConfig
+from gperceiver.nn.norm import RankSyncedBatchNorm1d
 from gperceiver.nn.perceiver import PerceiverConfig, PerceiverEncoder, marker_embedding
 
 
@@ -149,7 +150,7 @@ class EnvironmentPhenotypeModel(nn.Module):
             "window_sd", known.std(0) if len(known) > 1 else zeros + 1.0
         )
         self.block_tokens = nn.Parameter(torch.zeros(e, s, d))  # blocks w/o covariates
-        self.norm = nn.BatchNorm1d(l1 * d)
+        self.norm = RankSyncedBatchNorm1d(l1 * d)  # whole-batch stats under torchrun
         self.main = nn.Sequential(
             nn.Linear(2 * d, head.head_hidden),
             nn.GELU(),

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gperceiver.nn.attention import init_weights
+from gperceiver.nn.norm import RankSyncedBatchNorm1d
 from gperceiver.nn.perceiver import PerceiverConfig, PerceiverEncoder, marker_embedding
 
 HEADS = ("latent", "pool")
@@ -171,11 +172,11 @@ class PhenotypeModel(nn.Module):
         # that signal to unit scale before the readout.
         if head.head == "latent":
             self.block_queries = nn.Parameter(torch.randn(e, d) * 0.02)  # (E, D)
-            self.norm = nn.BatchNorm1d(e * d)
+            self.norm = RankSyncedBatchNorm1d(e * d)
             self.readout = nn.Sequential(nn.Dropout(head.head_dropout), nn.Linear(d, k))
         else:
             self.block_embed = nn.Embedding(e, d)
-            self.norm = nn.BatchNorm1d(2 * d)
+            self.norm = RankSyncedBatchNorm1d(2 * d)
             self.readout = nn.Sequential(
                 nn.Linear(3 * d, head.head_hidden),
                 nn.GELU(),

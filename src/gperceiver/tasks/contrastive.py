@@ -74,6 +74,9 @@ class TwinnedTask(MaskedMarkerTask):
     ``frequencies`` (M, A) must come from the training individuals only.
     """
 
+    # pairs are drawn within the batch: under torchrun each rank pairs its own rows
+    shares_batches = False
+
     def __init__(
         self,
         genotypes: Genotypes,

@@ -154,8 +154,18 @@ class MaskedMarkerTask:
         masked[rows_idx, targets] = self.n_alleles + 1  # the mask id, on every copy
         return masked, inputs, targets, valid, counts
 
-    def _forward(self, model, rows, generator) -> tuple[Tensor, dict]:
+    # under torchrun every rank draws the whole batch's inputs and targets from
+    # one seed and computes the loss of its ``share`` of the rows: the ranks
+    # together take the very step one process takes (see train.Trainer)
+    shares_batches = True
+
+    def _forward(
+        self, model, rows, generator, share: slice = slice(None)
+    ) -> tuple[Tensor, dict]:
         masked, inputs, targets, valid, counts = self.batch(rows, generator)
+        masked, targets, valid, counts = (
+            t[share] for t in (masked, targets, valid, counts)
+        )
         logits = model(masked, inputs, targets)  # (B, T, A, P + 1)
         loss, accuracy = allele_count_loss(logits, counts, valid, self.complete)
         return loss, {"accuracy": accuracy}
@@ -163,8 +173,16 @@ class MaskedMarkerTask:
     def epoch_order(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return self.genotypes.epoch_order(rows, rng)
 
-    def loss(self, model, rows: np.ndarray, generator: torch.Generator):
-        return self._forward(model, rows, generator)
+    def loss(
+        self,
+        model,
+        rows: np.ndarray,
+        generator: torch.Generator,
+        share: slice = slice(None),
+    ):
+        if share == slice(None):
+            return self._forward(model, rows, generator)
+        return self._forward(model, rows, generator, share)
 
     def evaluate(
         self, model, rows: np.ndarray, train_rows=None, batch_size: int = 32
