@@ -258,7 +258,9 @@ def main() -> None:
             for kind, label in zip(PRIORS, WEIGHTED, strict=True):
                 path = args.workdir / dataset / f"prior-{kind}.tsv"
                 write_prior(kind, genotypes, qtl, path)
-                options = {"params": {"marker_weights": str(path)}}
+                prior_file = {"marker_weights": str(path)}
+                inputs = io.read_marker_inputs(prior_file, genotypes.markers)
+                options = {"marker_inputs": inputs}
                 parts.append(
                     reference_predictions(
                         phenotypes, genotypes, folds, dataset, ["gblup-weighted"],

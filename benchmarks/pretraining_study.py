@@ -123,6 +123,7 @@ def held_out_predictions(
             params,
             {"seed": seed},
             pretrained=pretrained,
+            marker_inputs=io.read_marker_inputs(params, genotypes.markers),
         )
         predictor = load_predictor(out)
         rows = genotypes.index_of(validation["name"])

@@ -167,3 +167,34 @@ def test_impute__one_shot_writes_complete_dosages(simulated, tmp_path):
     # the one-shot pretraining is bounded in time unless told otherwise
     config = json.loads((tmp_path / "imputed.tsv.model" / "config.json").read_text())
     assert config["train"]["time_budget_s"] == 1800.0
+
+
+def _typed_actions(parser):
+    """(command, dest) of every option that overrides --params only when typed."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                for command, dest in _typed_actions(sub):
+                    yield f"{name} {command}".strip(), dest
+        elif action.default is argparse.SUPPRESS and action.dest != "help":
+            yield "", action.dest
+
+
+def test_typed_options__every_override_option_is_a_config_field_and_reaches_it():
+    """No option can be dropped on its way to the configs: each one that
+    overrides --params only when typed names a config field, and typed_options
+    passes it on."""
+    from gperceiver.cli import build_parser
+    from gperceiver.cli.options import CONFIG_FIELDS, typed_options
+
+    parser = build_parser()
+    typed = list(_typed_actions(parser))
+    assert len(typed) > 20
+    assert [pair for pair in typed if pair[1] not in CONFIG_FIELDS] == []
+    args = parser.parse_args(
+        ["finetune", "p.tsv", "c.tsv", "m.tsv", "--out", "o", "--lr", "0.1",
+         "--marker-weights", "w.tsv", "--ploidy", "4"]
+    )  # fmt: skip
+    assert typed_options(args) == {"lr": 0.1, "marker_weights": "w.tsv"}

@@ -12,6 +12,7 @@ from gperceiver.io import (
     InputWarning,
     read_annotations,
     read_marker_graph,
+    read_marker_inputs,
     write_chroms,
     write_markers,
     write_phenotypes,
@@ -273,7 +274,10 @@ def test_model_with_graph_and_annotations__save_load_identical(sim, tmp_path):
     write_annotations(annotations, g, set(sim.qtl.tolist()))
     params = {**SMALL, "marker_graph": "ld", "annotations": str(annotations)}
     with pytest.warns(InputWarning, match="1 row"):
-        (trained,) = finetune(phenos, g, tmp_path / "ft", params, cv="0")
+        inputs = read_marker_inputs(params, g.markers)
+        (trained,) = finetune(
+            phenos, g, tmp_path / "ft", params, cv="0", marker_inputs=inputs
+        )
     model = load_predictor(tmp_path / "ft", g).members[0]
     assert model.config.n_graph_edges > 0 and model.config.annotation_levels == (2,)
     # the graph is the LD graph of the training individuals (cv != 0) alone

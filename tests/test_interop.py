@@ -19,7 +19,7 @@ from gperceiver.cli import main
 from gperceiver.io import InputError, read_genotype_file
 from gperceiver.io.pgen import read_pgen
 from gperceiver.io.vcf import read_vcf
-from gperceiver.io.zarr_store import ZarrGenotypes
+from gperceiver.io.zarr_store import ZarrGenotypes, ZarrSource
 
 bio2zarr_vcf = pytest.importorskip("bio2zarr.vcf")
 needs_bcftools = pytest.mark.skipif(
@@ -198,6 +198,11 @@ def test_zarr_genotypes__blocks_by_memory_budget_not_sample_chunk(vcfs, tmp_path
     assert z.alleles.blocks_read == -(-len(SAMPLES) // 3)
     default = ZarrGenotypes(store)  # 512 MiB: every sample of this tiny store
     assert default.alleles.block_samples >= len(SAMPLES)
+    # conversions read a store in blocks of variants within the same budget
+    blocks = list(ZarrSource(store).blocks(block_bytes=4 * len(SAMPLES) * p))
+    assert [len(b) for b in blocks] == [4] * 9
+    calls = zarr.open_group(store, mode="r")["call_genotype"][:]
+    np.testing.assert_array_equal(np.concatenate([b.calls for b in blocks]), calls)
 
 
 def test_our_store__has_the_fields_bio2zarr_writes(vcfs, tmp_path):
@@ -215,6 +220,7 @@ def test_our_store__has_the_fields_bio2zarr_writes(vcfs, tmp_path):
         "variant_id_mask",
         "variant_allele",
         "variant_filter",
+        "variant_length",
         "contig_id",
         "contig_length",
         "filter_id",
@@ -273,6 +279,9 @@ def test_vcztools_view_of_our_store_equals_bcftools_view(vcfs, tmp_path, name):
     source = tool("bcftools", "view", path)
     assert records_of(ours) == records_of(source)
     assert normalised_header(ours) == normalised_header(source)
+    for region in ["2", "X:1500-1700", "1:120-400,X"]:  # through our region_index
+        ours = tool(*VCZTOOLS, "view", "-H", "-r", region, store)
+        assert ours == tool("bcftools", "view", "-H", "-r", region, path), region
 
 
 @pytest.mark.parametrize(

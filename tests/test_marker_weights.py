@@ -14,6 +14,7 @@ from gperceiver.evaluate import POOLED, cross_validate, pearson
 from gperceiver.finetuning import finetune, load_predictor
 from gperceiver.io import (
     InputError,
+    read_marker_inputs,
     read_marker_weights,
     write_chroms,
     write_markers,
@@ -108,7 +109,8 @@ def test_marker_weights__reml_follows_a_true_prior_and_drops_a_shuffled_one(
         if values is not None:
             path = tmp_path / f"{name}.tsv"
             params["marker_weights"] = write_weights(path, g.markers, values)
-        finetune(train, g, tmp_path / name, params)
+        inputs = read_marker_inputs(params, g.markers)
+        finetune(train, g, tmp_path / name, params, marker_inputs=inputs)
         config = read_json(tmp_path / name / "config.json")
         assert config["head"]["additive_kernel"] == kernel
         mix[name] = config["members"][0]["marker_weight_mix"]
@@ -188,9 +190,9 @@ def test_gblup_weighted__beats_gblup_with_a_true_prior_and_equals_it_uniform(
     indicator = qtl_indicator(sparse)
     accuracy = {}
     for name, values in (("qtl", indicator), ("uniform", np.ones(g.n_markers))):
-        options = {"params": {"marker_weights": write_weights(
-            tmp_path / f"{name}.tsv", g.markers, values
-        )}}  # fmt: skip
+        path = write_weights(tmp_path / f"{name}.tsv", g.markers, values)
+        inputs = read_marker_inputs({"marker_weights": path}, g.markers)
+        options = {"marker_inputs": inputs}
         predictions, table = cross_validate(
             phenotypes, g, ["gblup", "gblup-weighted"], False, options
         )

@@ -451,6 +451,17 @@ class MarkerAnnotations:
         return z.astype(np.float32), missing.astype(np.float32)
 
 
+@dataclass
+class MarkerInputs:
+    """What a model or a baseline may know about markers besides their positions,
+    read from the files a command names (:func:`gperceiver.io.read_marker_inputs`);
+    the library reads no such file itself. Each is None when not asked for."""
+
+    weights: np.ndarray | None = None  # (M,) prior marker weights (additive path)
+    graph: MarkerGraph | None = None  # an edge-list marker graph (not "ld")
+    annotations: MarkerAnnotations | None = None
+
+
 def genotype_batches(
     genotypes: Genotypes, rows, batch_size: int = 64, device=None
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:

@@ -17,7 +17,6 @@ import warnings
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import pandas as pd
 import torch
 
 from . import io
@@ -254,11 +253,11 @@ def panel_settings(options: dict) -> PanelImputeSettings:
     """Settings from command-line options (``window``, ``shortlist``, ``fit_steps``,
     ``time_budget_s``, ``seed``; absent ones keep their defaults)."""
     model, fit = {}, {}
-    if "window" in options:
+    if options.get("window") is not None:
         model["block"] = options["window"]
-    if "shortlist" in options:
+    if options.get("shortlist") is not None:
         model["shortlist"] = options["shortlist"]
-    if "fit_steps" in options:
+    if options.get("fit_steps") is not None:
         fit["steps"] = options["fit_steps"]
     if "time_budget_s" in options:
         fit["time_budget_s"] = options["time_budget_s"]
@@ -275,17 +274,4 @@ def write_result(result: Imputation, out, kind: str, output_format: str) -> None
     if kind == "vcf":
         write_imputed_vcf(result, out, getattr(result, "typed", None))
         return
-    g = result.genotypes
-    if output_format == "codes":
-        io.write_markers(g, out)
-    elif output_format == "dosage":
-        io.write_dosages(g, out)
-    else:
-        labels = [
-            "/".join(map(str, np.repeat(np.arange(1, len(c) + 1), c)))
-            for c in result.complete
-        ]
-        frame = pd.DataFrame(result.probabilities, columns=labels)
-        frame.insert(0, "marker", g.markers.names[result.loci])
-        frame.insert(0, "name", g.names[result.rows])
-        io.write_table(frame, out, float_format="%.4f")
+    io.write_imputation(result, out, output_format)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import MISSING, Genotypes, MarkerAnnotations, MarkerGraph
-
-LD = "ld"
+from .data import MISSING, Genotypes, MarkerAnnotations, MarkerGraph, MarkerInputs
+from .io import InputError
+from .io.marker_files import LD, require_read
 
 
 @dataclass
@@ -164,13 +164,17 @@ def ld_graph(
     return MarkerGraph(np.concatenate(src), np.concatenate(dst), np.concatenate(weight))
 
 
-def marker_inputs(
-    settings: GraphSettings, genotypes: Genotypes, rows
+def graph_and_annotations(
+    settings: GraphSettings,
+    genotypes: Genotypes,
+    rows,
+    given: MarkerInputs | None = None,
 ) -> tuple[MarkerGraph | None, MarkerAnnotations | None]:
-    """The graph and annotations ``settings`` ask for; an LD graph uses the
-    individuals ``rows`` only (the training individuals of the caller)."""
-    from .io import InputError, read_annotations, read_marker_graph
-
+    """The graph and annotations ``settings`` ask for: an LD graph computed from
+    the individuals ``rows`` only (the training individuals of the caller), an
+    edge-list graph and annotations from ``given`` (read from their files by the
+    caller; :func:`gperceiver.io.read_marker_inputs`)."""
+    given = given or MarkerInputs()
     graph = None
     if settings.marker_graph == LD:
         graph = ld_graph(
@@ -189,10 +193,12 @@ def marker_inputs(
                 "lower ld_min_r2 or widen ld_window",
             )
     elif settings.marker_graph:
-        graph = read_marker_graph(settings.marker_graph, genotypes.markers)
+        graph = require_read(given.graph, "marker_graph", settings.marker_graph)
     annotations = None
     if settings.annotations:
-        annotations = read_annotations(settings.annotations, genotypes.markers)
+        annotations = require_read(
+            given.annotations, "annotations", settings.annotations
+        )
     return graph, annotations
 
 

@@ -14,9 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import check_markers, load_model_config, load_weights, save_model
-from .data import MISSING, Genotypes
+from .data import MISSING, Genotypes, MarkerInputs
 from .io import InputError
-from .marker_graph import GraphSettings, attach, marker_inputs, marker_sizes
+from .marker_graph import GraphSettings, attach, graph_and_annotations, marker_sizes
 from .nn.embeddings import count_targets
 from .nn.perceiver import MaskedMarkerModel, PerceiverConfig
 from .nn.twinned import TwinnedModel
@@ -84,6 +84,7 @@ def pretrain_encoder(
     typed: dict | None = None,
     resume: bool = True,
     also_known: tuple = (),
+    marker_inputs: MarkerInputs | None = None,
 ) -> MaskedMarkerModel:
     """Train a :class:`MaskedMarkerModel` (task "masked") or a
     :class:`TwinnedModel` ("contrastive", "both") and save it to ``out``.
@@ -92,7 +93,8 @@ def pretrain_encoder(
     flat dictionaries of :class:`PerceiverConfig`, :class:`TrainConfig`,
     :class:`MaskedConfig`, :class:`ContrastiveConfig`, :class:`PretrainSettings`
     and :class:`~gperceiver.marker_graph.GraphSettings` fields. An LD graph is computed
-    from the training individuals (not the held-out ones).
+    from the training individuals (not the held-out ones); an edge-list graph and
+    annotations come from ``marker_inputs`` (read by the caller).
     """
     classes = (
         PerceiverConfig,
@@ -112,7 +114,9 @@ def pretrain_encoder(
     train_rows, val_rows = split_individuals(
         genotypes.n_individuals, settings.val_fraction, train_cfg.seed
     )
-    graph, annotations = marker_inputs(graph_cfg, genotypes, train_rows)
+    graph, annotations = graph_and_annotations(
+        graph_cfg, genotypes, train_rows, marker_inputs
+    )
     model_cfg = replace(model_cfg, **marker_sizes(graph, annotations))
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_cfg, genotypes, settings.task)
@@ -259,4 +263,61 @@ def impute(
         cat(out_loci, np.int64),
         np.concatenate(out_probs) if out_probs else np.zeros((0, len(complete))),
         complete.numpy(),
+    )
+
+
+# one-shot imputation (no model given) pretrains first and should end in bounded
+# time: training stops after 30 minutes unless its epochs end sooner, with a short
+# warm-up so that a budget of a few hundred steps is not spent ramping up. At
+# 1,000 x 20,000 markers 15 minutes (~1.5 epochs) imputed worse than the
+# per-marker mode (BENCHMARKS.md, Imputation).
+ONE_SHOT_IMPUTE = {"time_budget_s": 1800.0, "warmup_steps": 20}
+
+
+def one_shot_params(params: dict | None, typed: dict | None) -> dict:
+    """The ``params`` of a one-shot imputation's pretraining (:data:`ONE_SHOT_IMPUTE`
+    under ``params``; ``typed`` options still win); refuses the contrastive task,
+    whose allele decoder stays untrained, before anything is trained."""
+    params = {**ONE_SHOT_IMPUTE, **(params or {})}
+    if {**params, **(typed or {})}.get("task") == "contrastive":
+        raise InputError(
+            "--task",
+            None,
+            "contrastive pretraining leaves the allele decoder untrained",
+            "impute with --task masked or both",
+        )
+    return params
+
+
+def impute_genotypes(
+    genotypes: Genotypes,
+    model_dir,
+    pretrain_params: dict | None = None,
+    typed: dict | None = None,
+    progress: bool = True,
+    data_path=None,
+    marker_inputs: MarkerInputs | None = None,
+) -> Imputation:
+    """Impute ``genotypes`` with the masked model in ``model_dir``; with
+    ``pretrain_params`` (from :func:`one_shot_params`) pretrain it there first, on
+    these genotypes. A model pretrained without a trained allele decoder
+    (contrastive) is refused; the model's frequency weighting is divided out."""
+    if pretrain_params is not None:
+        pretrain_encoder(
+            genotypes, model_dir, pretrain_params, typed, marker_inputs=marker_inputs
+        )
+    model, config = load_masked_model(model_dir, genotypes, data_path)
+    if config.get("task") == "contrastive":
+        raise InputError(
+            model_dir,
+            None,
+            "was pretrained with --task contrastive, which leaves the allele "
+            "decoder untrained",
+            "impute with a model pretrained with --task masked or both",
+        )
+    return impute(
+        model,
+        genotypes,
+        progress=progress,
+        frequency_scaler=config["masked"]["frequency_scaler"],
     )

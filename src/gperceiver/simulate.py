@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import msprime
 import numpy as np
 import pandas as pd
 import tskit
 
+from . import io
 from .data import MISSING, EnvCovariates, Genotypes, MarkerMap, Phenotypes
 
 # Share of missing copies that belong to wholly uncalled genotypes; genotype callers
@@ -496,3 +498,32 @@ def _mask_missing(
     out[mask] = MISSING
     out.sort(axis=-1)
     return out
+
+
+def write_simulation(data: SimulatedData, out) -> list[str]:
+    """Write a simulation as the tables the commands read: ``chroms``, ``markers``,
+    ``phenotypes``, ``truth``, ``qtl`` (``marker, qtl`` 0/1, usable as
+    ``--marker-weights`` or ``--annotations``), with fixed effects
+    ``fixed_effects`` (their true values) and, with weather, ``covariates``
+    (``.tsv`` each, in ``out``); returns the names written."""
+    out = Path(out)
+    genotypes = data.genotypes
+    io.write_chroms(genotypes.markers, out / "chroms.tsv")
+    io.write_markers(genotypes, out / "markers.tsv")
+    io.write_phenotypes(data.phenotypes, out / "phenotypes.tsv")
+    io.write_table(data.truth, out / "truth.tsv")
+    is_qtl = np.zeros(genotypes.n_markers, dtype=np.int64)
+    is_qtl[data.qtl] = 1
+    qtl = pd.DataFrame({"marker": genotypes.markers.names, "qtl": is_qtl})
+    io.write_table(qtl, out / "qtl.tsv")
+    written = ["chroms", "markers", "phenotypes", "truth", "qtl"]
+    if data.fixed_effects:
+        effects = pd.DataFrame(
+            {"effect": list(data.fixed_effects), "value": data.fixed_effects.values()}
+        )
+        io.write_table(effects, out / "fixed_effects.tsv", float_format="%.6f")
+        written.append("fixed_effects")
+    if data.covariates is not None:
+        io.write_covariates(data.covariates, out / "covariates.tsv")
+        written.append("covariates")
+    return written

@@ -40,7 +40,7 @@ from .fixed_effects import (
     check_fixed_columns,
     column_list,
 )
-from .kernels import DEFAULT_BANDWIDTHS, Kernel, gaussian_kernel
+from .kernels import DEFAULT_BANDWIDTHS, Kernel, gaussian_kernel, weighted_kernels
 from .mixed_model import LOG_DELTA_BOUNDS, N_GRID, MixedModelFit, best_bandwidth, reml
 from .precision import fixed_effect_covariance, prediction_error_variance, reliability
 from .reaction_norm import ReactionNorm, environment_kernel
@@ -82,5 +82,6 @@ __all__ = [
     "prediction_error_variance",
     "reml",
     "relationship_mixes",
+    "weighted_kernels",
     "reliability",
 ]

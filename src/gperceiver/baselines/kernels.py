@@ -13,7 +13,7 @@ import numpy as np
 from scipy import linalg
 
 from ..data import Genotypes
-from .relationship import genomic_relationship
+from .relationship import genomic_relationship, relationship_mixes
 
 DEFAULT_BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)  # RKHS grid, in median-distance units
 
@@ -150,3 +150,14 @@ class Kernel:
         while len(self._spectra) > self._memory:
             self._spectra.popitem(last=False)
         return spectrum
+
+
+def weighted_kernels(
+    genotypes: Genotypes, prior: np.ndarray
+) -> list[tuple[float, Kernel]]:
+    """``(mix, Kernel)`` over all ``genotypes`` for each defined mix of the marker
+    weight ``prior`` ``(M,)`` (:func:`~gperceiver.baselines.relationship_mixes`,
+    frequencies of all genotypes): the candidates of
+    :class:`~gperceiver.baselines.WeightedGBLUP`."""
+    mixes = relationship_mixes(genotypes, genotypes.allele_frequencies(), prior)
+    return [(mix, Kernel(g, genotypes.names)) for mix, g in mixes]

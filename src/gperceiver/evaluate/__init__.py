@@ -154,7 +154,9 @@ def cross_validate(
     the kernel baselines append each fit's
     :func:`~gperceiver.selection.component_frame`), ``params`` / ``typed`` (neural
     hyper-parameters), ``workdir`` (where neural models are kept), ``covariates``
-    (:class:`~gperceiver.data.EnvCovariates` for methods that use them).
+    (:class:`~gperceiver.data.EnvCovariates` for methods that use them),
+    ``marker_inputs`` (:class:`~gperceiver.data.MarkerInputs`: the marker files
+    the hyper-parameters name, read by the caller).
 
     Per-block kernel methods are fitted per block (``cv1`` only), the others on
     all blocks at once; a block without training rows in a split is skipped there.

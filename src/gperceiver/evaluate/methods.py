@@ -29,12 +29,12 @@ from ..baselines import (
     ReactionNorm,
     WeightedGBLUP,
     environment_kernel,
-    relationship_mixes,
+    weighted_kernels,
 )
 from ..baselines.fixed_effects import column_list
-from ..data import Genotypes, Phenotypes
+from ..data import Genotypes, MarkerInputs, Phenotypes
 from ..finetuning import FinetuneSettings, finetune, load_predictor
-from ..io import InputError, read_marker_weights
+from ..io import InputError
 from ..nn.heads import HeadConfig
 from ..pretraining import pretrain_encoder
 from ..selection import component_frame, variance_components
@@ -89,22 +89,18 @@ def _rkhs(train, genotypes, validation, cache) -> Parts:
 
 def _weighted_relationships(genotypes: Genotypes, cache: dict) -> list:
     """``(mix, Kernel)`` weighted G of all genotypes for each prior mix
-    (:func:`~gperceiver.baselines.relationship_mixes`), from the ``marker_weights``
-    file of the neural options, computed once per data set."""
+    (:func:`~gperceiver.baselines.relationship_mixes`), from the marker weights of
+    ``cache["marker_inputs"]``, computed once per data set."""
     if "weighted_relationships" not in cache:
-        options = {**cache.get("params", {}), **cache.get("typed", {})}
-        if not options.get("marker_weights"):
+        inputs = cache.get("marker_inputs") or MarkerInputs()
+        if inputs.weights is None:
             raise InputError(
                 "--methods",
                 None,
                 "gblup-weighted needs a prior",
                 "pass --marker-weights FILE (a TSV marker, weight)",
             )
-        prior = read_marker_weights(options["marker_weights"], genotypes.markers)
-        mixes = relationship_mixes(genotypes, genotypes.allele_frequencies(), prior)
-        cache["weighted_relationships"] = [
-            (mix, Kernel(relationship, genotypes.names)) for mix, relationship in mixes
-        ]
+        cache["weighted_relationships"] = weighted_kernels(genotypes, inputs.weights)
     return cache["weighted_relationships"]
 
 
@@ -243,6 +239,7 @@ def _fold_predictions(train, validation, genotypes, cache, pretrained):
         typed,
         pretrained=pretrained,
         covariates=covariates,
+        marker_inputs=cache.get("marker_inputs"),
     )
     predictor = load_predictor(out)
     rows = genotypes.index_of(validation["name"])
@@ -266,6 +263,7 @@ def _perceiver_pretrained(train, validation, genotypes, cache) -> np.ndarray:
             directory,
             *_neural_options(cache),
             also_known=(HeadConfig, FinetuneSettings),
+            marker_inputs=cache.get("marker_inputs"),
         )
         cache["pretrained"] = directory
     return _fold_predictions(train, validation, genotypes, cache, cache["pretrained"])

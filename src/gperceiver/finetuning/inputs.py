@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..data import EnvCovariates, Genotypes, Phenotypes
-from ..marker_graph import marker_inputs
+from ..marker_graph import graph_and_annotations
 from ..pretraining import split_individuals
 from ..tasks.phenotype import Records, Scaling
 
@@ -158,7 +158,9 @@ def prepare_data(
     held = val if by_environment and cv is None else None  # training environments
     graph = annotations = None
     if plan.pretrained is None:  # a pretrained encoder brings its own
-        graph, annotations = marker_inputs(plan.graph, genotypes, train.rows)
+        graph, annotations = graph_and_annotations(
+            plan.graph, genotypes, train.rows, plan.marker_inputs
+        )
     if settings.objective not in ("mse", "huber"):
         scaling = Scaling.identity(n_blocks)
     elif environment is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import EnvCovariates, Genotypes, Phenotypes
+from ..data import EnvCovariates, Genotypes, MarkerInputs, Phenotypes
 from ..nn.heads import PhenotypeModel
 from .inputs import prepare_data
 from .save import save_run
@@ -22,6 +22,7 @@ def finetune(
     pretrained=None,
     cv=None,
     covariates: EnvCovariates | None = None,
+    marker_inputs: MarkerInputs | None = None,
     resume: bool = True,
 ) -> list[PhenotypeModel]:
     """Train phenotype model(s) and save them to ``out``; returns the ensemble members.
@@ -38,12 +39,16 @@ def finetune(
     :class:`~gperceiver.nn.environment.EnvironmentPhenotypeModel` per ensemble
     seed predicts every block that has covariates, including blocks without
     training records. ``cv`` names the fold that steers early stopping (else an
-    inner split of the training records does). Members resume from their
-    checkpoints in ``out`` when these hold the same run (``resume=False``: start
-    afresh); another run's checkpoints are refused (:class:`~gperceiver.train.Trainer`).
+    inner split of the training records does). ``marker_inputs`` holds what the
+    marker files the settings name (``marker_weights``, an edge-list
+    ``marker_graph``, ``annotations``) contain, read by the caller
+    (:func:`gperceiver.io.read_marker_inputs`): the library opens no input file.
+    Members resume from their checkpoints in ``out`` when these hold the same run
+    (``resume=False``: start afresh); another run's checkpoints are refused
+    (:class:`~gperceiver.train.Trainer`).
     """
     plan = resolve_settings(
-        phenotypes, genotypes, params, typed, pretrained, covariates
+        phenotypes, genotypes, params, typed, pretrained, covariates, marker_inputs
     )
     data = prepare_data(plan, phenotypes, genotypes, cv, covariates)
     plan = complete_settings(plan, genotypes, data)

@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..baselines import kernel_columns
-from ..data import EnvCovariates, Genotypes, Phenotypes
-from ..io import InputError, InputWarning, read_marker_weights
+from ..data import EnvCovariates, Genotypes, MarkerInputs, Phenotypes
+from ..io import InputError, InputWarning
+from ..io.marker_files import require_read
 from ..marker_graph import GraphSettings, marker_sizes
 from ..nn.environment import EnvironmentConfig
 from ..nn.heads import HeadConfig
@@ -155,6 +156,7 @@ class FinetunePlan:
     # the pretrained encoder's weights (embed.*, encoder.*), if any
     pretrained_state: dict | None
     prior: np.ndarray | None  # (M,) marker weights for the additive path
+    marker_inputs: MarkerInputs | None  # read by the caller from their files
 
 
 def _pretrained_params(params: dict, typed: dict, pretrained, genotypes):
@@ -190,10 +192,12 @@ def resolve_settings(
     typed: dict | None,
     pretrained=None,
     covariates: EnvCovariates | None = None,
+    marker_inputs: MarkerInputs | None = None,
 ) -> FinetunePlan:
     """Typed configs from ``params`` (a ``--params`` JSON) and ``typed``
     (command-line options), sizes from the data; raises :class:`InputError` for
-    settings that cannot work together."""
+    settings that cannot work together, or for a marker file they name that is
+    not in ``marker_inputs`` (read by the caller)."""
     params, typed = dict(params or {}), dict(typed or {})
     state = None
     if pretrained is not None:
@@ -232,7 +236,8 @@ def resolve_settings(
     _refuse_combinations(head_cfg, settings, covariates)
     prior = None
     if settings.marker_weights:
-        prior = read_marker_weights(settings.marker_weights, genotypes.markers)
+        weights = None if marker_inputs is None else marker_inputs.weights
+        prior = require_read(weights, "marker_weights", settings.marker_weights)
     return FinetunePlan(
         model_cfg,
         head_cfg,
@@ -244,6 +249,7 @@ def resolve_settings(
         pretrained,
         state,
         prior,
+        marker_inputs,
     )
 
 

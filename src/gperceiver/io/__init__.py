@@ -8,10 +8,13 @@ from .formats import (
     convert_variants,
     genotype_format,
     read_genotype_file,
+    read_name_list,
     read_table_genotypes,
     stream_to_zarr,
     write_genotype_file,
 )
+from .imputed import IMPUTATION_FORMATS, write_imputation
+from .marker_files import read_marker_inputs
 from .tables import (
     match_phenotypes,
     read_annotations,
@@ -38,11 +41,15 @@ __all__ = [
     "InputWarning",
     "atomic_directory",
     "atomic_path",
+    "IMPUTATION_FORMATS",
     "genotype_format",
     "read_genotype_file",
+    "read_marker_inputs",
+    "read_name_list",
     "read_table_genotypes",
     "stream_to_zarr",
     "write_genotype_file",
+    "write_imputation",
     "match_phenotypes",
     "read_annotations",
     "read_marker_weights",

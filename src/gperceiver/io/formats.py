@@ -162,3 +162,10 @@ def convert_variants(source_path, target, samples=None, region=None, sites=None)
 def stream_to_zarr(source_path, store, samples=None, region=None, sites=None) -> int:
     """Convert a VCF/BCF, PLINK fileset or store to a VCF Zarr store block by block."""
     return convert_variants(source_path, store, samples, region, sites)
+
+
+def read_name_list(path) -> list[str]:
+    """Non-empty stripped lines of a text file (sample or site names)."""
+    return [
+        line.strip() for line in Path(path).read_text().splitlines() if line.strip()
+    ]

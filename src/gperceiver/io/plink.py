@@ -195,12 +195,9 @@ def _bed_codes(block: VariantBlock, path) -> tuple[np.ndarray, int]:
             f"(got ploidy {block.calls.shape[2]}); write VCF or VCF Zarr instead"
         )
     ids = allele_ids(block.calls, path)  # (V, N, 2): 0 missing, 1 REF, 2 ALT
-    if ids.max(initial=0) > 2 or (block.alleles[:, 2:] != "").any():
-        wide = int(
-            np.flatnonzero((ids > 2).any((1, 2)) | (block.alleles[:, 2:] != "").any(1))[
-                0
-            ]
-        )
+    wide = (ids > 2).any((1, 2)) | (block.alleles[:, 2:] != "").any(1)
+    if wide.any():
+        wide = int(np.flatnonzero(wide)[0])
         raise ValueError(
             "PLINK 1 filesets hold diploid biallelic genotypes only "
             f"(variant {block.ids[wide]!r} has more than 2 alleles); "

@@ -260,15 +260,17 @@ class ZarrSource:
             list(zip(names, lengths, strict=True)), filters, meta
         )
 
-    def blocks(self) -> Iterator[VariantBlock]:
-        """One block per variant chunk of the store (all samples)."""
+    def blocks(self, block_bytes: int = BLOCK_BYTES) -> Iterator[VariantBlock]:
+        """Blocks of all samples and at most a variant chunk of variants, as many
+        as ``block_bytes`` of calls hold (at least one)."""
         g = self.group
         calls = g["call_genotype"]
         contig, position, ids, missing, alleles = self.variants
-        v = calls.shape[0]
+        v, n, p = calls.shape
+        step = min(calls.chunks[0], max(1, int(block_bytes) // max(1, n * p)))
         mappos = g["variant_MAPPOS"][:] if "variant_MAPPOS" in g else np.full(v, np.nan)
-        for v0 in range(0, v, calls.chunks[0]):
-            part = slice(v0, min(v0 + calls.chunks[0], v))
+        for v0 in range(0, v, step):
+            part = slice(v0, min(v0 + step, v))
             yield VariantBlock(
                 contig[part],
                 position[part],

@@ -14,7 +14,10 @@ the fixed fields and GT, so bio2zarr, vcztools and sgkit read it
   none) with ``variant_id_mask``, ``variant_allele`` ``(variants, alleles)`` (REF
   first, ``""`` pads), ``variant_quality`` float32 (the specification's missing
   NaN for ``.``), ``variant_filter`` ``(variants, filters)`` over ``filter_id``
-  (``PASS`` first) and ``filter_description``; ``sample_id``;
+  (``PASS`` first) and ``filter_description``; ``sample_id``; ``variant_length``
+  (bases of REF) and ``region_index`` (per variant chunk and contig: chunk,
+  contig, first and last POS, last end, records), which ``vcztools view -r``
+  needs;
 - ``variant_MAPPOS`` ``(variants,)`` float64 when the positions are a cM map (as
   the VCF writer's ``INFO/MAPPOS``; ``variant_position`` then holds ranks);
 - group attributes ``vcf_zarr_version`` ``0.4``, ``source``,
@@ -98,6 +101,7 @@ def _variant_arrays(group, block: VariantBlock, n: int, vc: int, sc: int) -> dic
         "variant_filter": _array(
             group, "variant_filter", (0, 1), bool, (vc, 1), ["variants", "filters"], 0
         ),
+        "variant_length": _array(group, "variant_length", (0,), "i4", (vc,), v, 0),
     }
 
 
@@ -132,6 +136,7 @@ def _block_fields(block: VariantBlock, contigs: dict, k: int, f: int) -> dict:
         "variant_allele": alleles,
         "variant_quality": quality,
         "variant_filter": filters,
+        "variant_length": np.char.str_len(block.alleles[:, 0].astype(str)),
     }
 
 
@@ -154,6 +159,26 @@ def _header_arrays(group, header: VariantHeader, contigs: dict, tops: dict) -> N
         group, "filter_description", (len(header.filters),), str, (f,), ["filters"]
     )
     desc[:] = np.asarray([d for _, d in header.filters], dtype=str)
+
+
+def _region_index(group, variant_chunk: int) -> None:
+    """The specification's region index: one row per variant chunk and contig."""
+    contig = group["variant_contig"][:].astype(np.int64)
+    start = group["variant_position"][:].astype(np.int64)
+    end = start + np.maximum(group["variant_length"][:], 1) - 1
+    chunk = np.arange(len(contig)) // variant_chunk
+    rows = []
+    for c in np.unique(chunk):
+        in_chunk = chunk == c
+        for k in dict.fromkeys(contig[in_chunk].tolist()):
+            sel = in_chunk & (contig == k)
+            rows.append(
+                [c, k, start[sel].min(), start[sel].max(), end[sel].max(), sel.sum()]
+            )
+    table = np.array(rows, dtype=np.int32)
+    dims = ["region_index_values", "region_index_fields"]
+    index = _array(group, "region_index", table.shape, "i4", table.shape, dims)
+    index[:] = table
 
 
 def _header_text(header: VariantHeader, contigs: dict, samples, source: str) -> str:
@@ -222,6 +247,7 @@ def write_zarr(
         while len(header.filters) < arrays["variant_filter"].shape[1]:
             header.filters.append((f"filter{len(header.filters)}", ""))
         _header_arrays(group, header, contigs, tops)
+        _region_index(group, variant_chunk)
         map_position = np.concatenate(map_positions)
         if np.isfinite(map_position).all():
             mappos = _array(

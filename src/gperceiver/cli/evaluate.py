@@ -1,0 +1,188 @@
+"""``gperceiver evaluate`` (cross-validation of methods) and ``gperceiver gblup``
+(one split)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .. import io
+from ..baselines import weighted_kernels
+from ..evaluate import NOTES, cross_validate, format_accuracy, single_split
+from ..io import InputError
+from ..report import write_evaluation
+from ..selection import predict_candidates
+from .inputs import (
+    fixed_effects_for,
+    read_covariates_if_given,
+    read_genotypes,
+    read_marker_inputs,
+    read_phenotypes_for,
+)
+from .options import (
+    add_covariate_option,
+    add_finetune_options,
+    add_fixed_options,
+    add_inputs,
+    add_training_options,
+    file_params,
+    typed_options,
+)
+
+# the methods that read --marker-weights
+WEIGHT_USERS = {"gblup-weighted", "perceiver", "perceiver-pretrained"}
+
+
+def cmd_evaluate(args) -> None:
+    genotypes = read_genotypes(args)
+    phenotypes = read_phenotypes_for(args, genotypes)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    out = Path(args.out)
+    typed = typed_options(args) | ({"progress": False} if args.quiet else {})
+    weighted = {**file_params(args), **typed}.get("marker_weights")
+    if weighted and not WEIGHT_USERS & set(methods):
+        raise InputError(
+            "--marker-weights",
+            None,
+            f"none of the methods {methods} uses marker weights",
+            f"add one of {sorted(WEIGHT_USERS)} to --methods or drop the weights",
+        )
+    options = {
+        "params": file_params(args),
+        "typed": typed,
+        "workdir": out / "models",
+        "covariates": read_covariates_if_given(args),
+        "marker_inputs": read_marker_inputs({**file_params(args), **typed}, genotypes),
+    }
+    options["fixed"] = fixed_effects_for({**options["params"], **typed}, phenotypes)
+    options["components"] = []
+    predictions, accuracy = cross_validate(
+        phenotypes,
+        genotypes,
+        methods,
+        progress=not args.quiet,
+        options=options,
+        scheme=args.scheme,
+    )
+    write_evaluation(
+        out, predictions, accuracy, genotypes, methods, options["components"]
+    )
+    print(
+        f"{args.scheme}: Pearson r within each block, pooled over its "
+        f"{accuracy['fold'].nunique() - 1} split(s); mean = mean within-block r:"
+    )
+    print(format_accuracy(accuracy))
+    for method in methods:
+        if method in NOTES:
+            print(f"note: {method}: {NOTES[method]}")
+    print(f"wrote {out}/predictions.tsv, accuracy.tsv, report.html and plots")
+
+
+def cmd_gblup(args) -> None:
+    genotypes = read_genotypes(args)
+    phenotypes = read_phenotypes_for(args, genotypes)
+    if args.marker_weights and args.method != "gblup-weighted":
+        raise InputError(
+            "--marker-weights",
+            None,
+            f"--method {args.method} does not use marker weights",
+            "use --method gblup-weighted or drop --marker-weights",
+        )
+    options = {
+        "marker_inputs": read_marker_inputs(
+            {"marker_weights": args.marker_weights}, genotypes
+        ),
+        "fixed": fixed_effects_for(vars(args), phenotypes),
+        "components": [],
+    }
+    if args.cv is None:
+        return gblup_candidates(args, phenotypes, genotypes, options)
+    predictions, accuracy = single_split(
+        phenotypes, genotypes, args.method, args.cv, options=options
+    )
+    io.write_table(predictions, args.predictions)
+    if args.variance_components:
+        components = pd.concat(options["components"], ignore_index=True)
+        io.write_table(components, args.variance_components)
+    print(format_accuracy(accuracy))
+
+
+def gblup_candidates(args, phenotypes, genotypes, options) -> None:
+    """``gblup`` without ``--cv``: fit on every record, predict every genotyped
+    individual (selection candidates) with PEV and reliability."""
+    weighted = None
+    if args.method == "gblup-weighted":
+        prior = options["marker_inputs"].weights
+        if prior is None:
+            raise InputError(
+                "--method", None, "gblup-weighted needs a prior",
+                "pass --marker-weights FILE (a TSV marker, weight)",
+            )  # fmt: skip
+        weighted = weighted_kernels(genotypes, prior)
+    candidates, components = predict_candidates(
+        phenotypes, genotypes, args.method, options["fixed"], weighted=weighted
+    )
+    io.write_table(candidates, args.predictions)
+    if args.variance_components:
+        io.write_table(components, args.variance_components)
+    unphenotyped = int((candidates.groupby("name")["records"].sum() == 0).sum())
+    h2 = components[components["component"] == "h2"]
+    per_block = ", ".join(f"block {r.block}: {r.value:.3f}" for r in h2.itertuples())
+    print(
+        f"{args.method}: fitted on {len(phenotypes.table)} records, predicted "
+        f"{genotypes.n_individuals} individuals ({unphenotyped} without records) "
+        f"in {candidates['block'].nunique()} block(s); h2 {per_block}"
+    )
+
+
+def add_evaluate_commands(sub) -> None:
+    """``evaluate`` and ``gblup``."""
+    p = sub.add_parser("evaluate", help="cross-validate methods over the cv folds")
+    add_inputs(p)
+    p.add_argument(
+        "--methods", default="gblup,rkhs", help="comma-separated (default gblup,rkhs)"
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--scheme",
+        choices=["cv1", "cv0", "cv00"],
+        default="cv1",
+        help="cv1: new individuals (cv column); cv0: leave one environment (block) "
+        "out; cv00: new individuals in a left-out environment (default cv1)",
+    )
+    add_covariate_option(p)
+    add_fixed_options(p, suppress=True)
+    add_training_options(p)
+    add_finetune_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "gblup",
+        help="fit GBLUP (or RKHS) on one train/validation split, or on every record "
+        "to predict selection candidates",
+    )
+    add_inputs(p)
+    p.add_argument(
+        "--cv",
+        help="rows with this cv value are validation; without it: fit on every "
+        "record and predict every genotyped individual (selection candidates: "
+        "GEBV, PEV, reliability)",
+    )
+    p.add_argument("--predictions", required=True, help="output TSV")
+    p.add_argument(
+        "--variance-components",
+        metavar="FILE",
+        help="also write s2g, s2e, h2 and the fixed effects of each block's fit",
+    )
+    p.add_argument(
+        "--method", default="gblup", choices=["gblup", "rkhs", "gblup-weighted"]
+    )
+    p.add_argument(
+        "--marker-weights",
+        metavar="FILE",
+        help="TSV marker, weight: the prior of --method gblup-weighted",
+    )
+    add_fixed_options(p, suppress=False)
+    p.set_defaults(func=cmd_gblup)

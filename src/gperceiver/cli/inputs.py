@@ -1,0 +1,62 @@
+"""The edge of the library: every input file a command names is read here,
+through :mod:`gperceiver.io`, and handed on as data objects."""
+
+from __future__ import annotations
+
+import warnings
+
+from .. import io
+from ..baselines import FixedEffects, check_fixed_columns, column_list
+from ..data import MarkerInputs
+from ..io import InputError, InputWarning
+
+
+def read_genotypes(args, stream: bool = False):
+    """Genotypes of MARKERS: a table with its CHROMS, or a VCF/BCF, PLINK .bed or
+    VCF Zarr store (by extension; positions come from the file, CHROMS is not used).
+
+    ``stream``: a Zarr store is read block by block instead of loaded.
+    """
+    if io.genotype_format(args.markers) != "table":
+        if args.chroms:
+            warnings.warn(
+                f"{args.chroms}: ignored, {args.markers} carries its own positions",
+                InputWarning,
+                stacklevel=2,
+            )
+        return io.read_genotype_file(args.markers, stream=stream)
+    if not args.chroms:
+        raise InputError(
+            args.markers,
+            None,
+            "a markers table needs its chroms table",
+            "give CHROMS before MARKERS",
+        )
+    return io.read_table_genotypes(
+        args.markers, args.chroms, args.ploidy, args.n_alleles, args.dosage
+    )
+
+
+def read_phenotypes_for(args, genotypes):
+    return io.match_phenotypes(io.read_phenotypes(args.phenos), genotypes)
+
+
+def read_covariates_if_given(args):
+    path = getattr(args, "covariates", None)
+    return io.read_covariates(path) if path else None
+
+
+def read_marker_inputs(options: dict, genotypes) -> MarkerInputs:
+    """The marker files named by ``options`` (``--params`` merged with typed
+    options): marker weights, an edge-list marker graph, annotations."""
+    return io.read_marker_inputs(options, genotypes.markers)
+
+
+def fixed_effects_for(options: dict, phenotypes) -> FixedEffects:
+    """The :class:`~gperceiver.baselines.FixedEffects` of ``fixed`` /
+    ``fixed_numeric`` in ``options``, checked against the phenotypes table."""
+    spec = FixedEffects(
+        column_list(options.get("fixed")), column_list(options.get("fixed_numeric"))
+    )
+    check_fixed_columns(phenotypes.table, spec, phenotypes.source)
+    return spec

@@ -1,0 +1,277 @@
+"""The model commands: ``pretrain``, ``impute``, ``finetune`` and ``predict``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .. import distributed, io
+from ..finetuning import finetune, load_predictor, prediction_table
+from ..io import InputError
+from ..pretraining import impute_genotypes, one_shot_params, pretrain_encoder
+from ..report import write_finetune_outputs
+from .inputs import (
+    read_covariates_if_given,
+    read_genotypes,
+    read_marker_inputs,
+    read_phenotypes_for,
+)
+from .options import (
+    add_covariate_option,
+    add_finetune_options,
+    add_inputs,
+    add_masked_options,
+    add_pretrain_task_options,
+    add_training_options,
+    file_params,
+    typed_options,
+)
+
+
+def cmd_pretrain(args) -> None:
+    genotypes = read_genotypes(args, stream=True)
+    params, typed = file_params(args), typed_options(args)
+    pretrain_encoder(
+        genotypes,
+        args.out,
+        params,
+        typed,
+        resume=not args.restart,
+        marker_inputs=read_marker_inputs({**params, **typed}, genotypes),
+    )
+    print(f"wrote the pretrained model to {args.out}")
+
+
+def cmd_impute(args) -> None:
+    from ..imputation import output_kind, write_result
+
+    kind = output_kind(args.out, args.output_format)  # refuses before any work
+    if args.reference and args.model:
+        raise InputError(
+            "--reference", None, "copies from a panel, --model imputes without one",
+            "give one of them",
+        )  # fmt: skip
+    if args.model is None and args.method == "panel":
+        cmd_impute_panel(args, kind)
+        return
+    genotypes = read_genotypes(args)
+    if args.output_format == "dosage" and genotypes.n_alleles != 2:
+        raise InputError(
+            "--output-format",
+            None,
+            f"dosage tables hold biallelic markers only, these have "
+            f"{genotypes.n_alleles} alleles",
+            "use --output-format codes or probabilities",
+        )
+    model_dir, params, inputs = args.model, None, None
+    if not model_dir:  # every refusal comes before the (long) pretraining
+        model_dir = Path(args.out).with_name(Path(args.out).name + ".model")
+        params = one_shot_params(file_params(args), typed_options(args))
+        inputs = read_marker_inputs({**params, **typed_options(args)}, genotypes)
+        print(
+            f"no --model: pretraining on {args.markers} first (model in {model_dir})",
+            file=sys.stderr,
+        )
+    result = impute_genotypes(
+        genotypes,
+        model_dir,
+        params,
+        typed_options(args),
+        progress=getattr(args, "progress", True),
+        data_path=args.markers,
+        marker_inputs=inputs,
+    )
+    write_result(result, args.out, kind, args.output_format)
+    print(
+        f"imputed {len(result.rows)} genotypes of "
+        f"{genotypes.n_individuals} individuals "
+        f"-> {args.out}"
+    )
+
+
+def cmd_impute_panel(args, kind: str) -> None:
+    """``impute`` by panel attention: one-shot, or from ``--reference``."""
+    from ..imputation import impute_with_panel, panel_settings, write_result
+
+    targets = read_genotypes(args)
+    if args.output_format == "dosage" and targets.n_alleles != 2:
+        raise InputError(
+            "--output-format", None,
+            f"dosage tables hold biallelic markers only, these have "
+            f"{targets.n_alleles} alleles",
+            "use --output-format codes or probabilities",
+        )  # fmt: skip
+    reference = read_reference(args) if args.reference else None
+    settings = panel_settings(vars(args))
+    result = impute_with_panel(targets, reference, settings, args.reference)
+    write_result(result, args.out, kind, args.output_format)
+    print(
+        f"imputed {len(result.rows)} genotypes of {targets.n_individuals} "
+        f"individuals x {result.genotypes.n_markers} markers -> {args.out}"
+    )
+
+
+def read_reference(args):
+    """The ``--reference`` panel: a genotype file, or a table with its chroms."""
+    if io.genotype_format(args.reference) != "table":
+        return io.read_genotype_file(args.reference)
+    if not args.reference_chroms:
+        raise InputError(
+            args.reference, None, "a markers table needs its chroms table",
+            "give --reference-chroms",
+        )  # fmt: skip
+    return io.read_table_genotypes(
+        args.reference, args.reference_chroms, args.ploidy, args.n_alleles
+    )
+
+
+def cmd_finetune(args) -> None:
+    genotypes = read_genotypes(args)
+    phenotypes = read_phenotypes_for(args, genotypes)
+    covariates = read_covariates_if_given(args)
+    params, typed = file_params(args), typed_options(args)
+    finetune(
+        phenotypes,
+        genotypes,
+        args.out,
+        params,
+        typed,
+        pretrained=args.pretrained,
+        cv=args.cv,
+        covariates=covariates,
+        marker_inputs=read_marker_inputs({**params, **typed}, genotypes),
+    )
+    if not distributed.is_main():
+        return  # rank 0 writes the predictions and the report
+    write_finetune_outputs(
+        args.out, phenotypes, genotypes, covariates, args.predictions
+    )
+    print(f"wrote the finetuned model and report.html to {args.out}")
+    if args.predictions:
+        print(f"wrote predictions for every individual x block to {args.predictions}")
+
+
+def cmd_predict(args) -> None:
+    genotypes = read_genotypes(args, stream=True)
+    covariates = read_covariates_if_given(args)
+    predictor = load_predictor(args.model, genotypes, args.markers, covariates)
+    table = prediction_table(predictor, genotypes)
+    if not args.uncertainty and "sd" in table:
+        table = table.drop(columns="sd")
+    io.write_table(table, args.out)
+    print(
+        f"predicted {genotypes.n_individuals} individuals x "
+        f"{table['block'].nunique()} blocks -> {args.out}"
+    )
+
+
+def add_model_commands(sub) -> None:
+    """``pretrain``, ``impute``, ``finetune`` and ``predict``."""
+    p = sub.add_parser(
+        "pretrain", help="masked-marker and/or twinned pretraining on genotypes"
+    )
+    add_inputs(p, phenos=False)
+    p.add_argument("--out", required=True, help="model directory")
+    p.add_argument("--restart", action="store_true", help="ignore checkpoints in --out")
+    add_training_options(p)
+    add_masked_options(p)
+    add_pretrain_task_options(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser(
+        "impute", help="fill missing genotypes by panel attention (or a masked model)"
+    )
+    add_inputs(p, phenos=False)
+    add_impute_options(p)
+    p.add_argument(
+        "--output-format",
+        choices=list(io.IMPUTATION_FORMATS),
+        default="codes",
+        help="codes / dosage tables, or genotype probabilities "
+        "of the imputed loci (long format)",
+    )
+    add_training_options(p)
+    add_masked_options(p)
+    p.set_defaults(func=cmd_impute, restart=False)
+
+    p = sub.add_parser(
+        "finetune", help="train a phenotype model (scratch or pretrained)"
+    )
+    add_inputs(p)
+    p.add_argument("--out", required=True, help="model directory")
+    p.add_argument("--pretrained", help="directory written by gperceiver pretrain")
+    p.add_argument(
+        "--cv",
+        help="rows with this cv value are the validation set "
+        "(early stopping); default: an inner split of the individuals",
+    )
+    p.add_argument(
+        "--predictions", help="also write predictions for every individual x block"
+    )
+    add_covariate_option(p)
+    add_training_options(p)
+    add_finetune_options(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser(
+        "predict", help="predict every individual x block with a finetuned model"
+    )
+    add_inputs(p, phenos=False)
+    p.add_argument(
+        "--model", required=True, help="directory written by gperceiver finetune"
+    )
+    p.add_argument("--out", required=True, help="output TSV: name, block, prediction")
+    p.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="add the sd across ensemble members (needs --ensemble > 1)",
+    )
+    p.add_argument(
+        "--covariates",
+        help="environment covariates TSV (same columns as for finetune) of the "
+        "environments to predict, new ones included; needs a model finetuned "
+        "with --covariates",
+    )
+    p.set_defaults(func=cmd_predict)
+
+
+def add_impute_options(p) -> None:
+    """``impute``'s output, model and panel-attention options."""
+    p.add_argument(
+        "--out",
+        required=True,
+        help=".vcf.gz / .bcf (GT, DS, GP, INFO/DR2) or .tsv (--output-format)",
+    )
+    p.add_argument(
+        "--model",
+        help="impute with this masked-marker model (default: panel attention)",
+    )
+    p.add_argument(
+        "--method",
+        choices=["panel", "masked"],
+        default="panel",
+        help="without --model: copy from a panel (default) or pretrain a "
+        "masked-marker model first",
+    )
+    p.add_argument(
+        "--reference",
+        help="reference panel (VCF/BCF, PLINK, Zarr or markers table): impute the "
+        "targets at every panel marker, as Beagle's ref=",
+    )
+    p.add_argument("--reference-chroms", help="chroms TSV of a --reference table")
+    p.add_argument(
+        "--window",
+        type=int,
+        help="panel attention: typed markers per window (default 32)",
+    )
+    p.add_argument(
+        "--shortlist",
+        type=int,
+        help="panel attention: candidates per window (default 1024)",
+    )
+    p.add_argument(
+        "--fit-steps",
+        type=int,
+        help="panel attention: masked fitting steps (default 80, stopped after "
+        "--time-budget seconds, default 120)",
+    )
