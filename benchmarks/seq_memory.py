@@ -30,9 +30,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from seq_markov import digits_of, markov_bits  # noqa: E402
 
+from gperceiver.seq.experts import EXPERT_ORDERS  # noqa: E402
 from gperceiver.seq.fasta import read_fasta  # noqa: E402
 from gperceiver.seq.lm import bits_per_base, read_records  # noqa: E402
 from gperceiver.seq.loading import MEMORY_KIND, load_scorer, model_kind  # noqa: E402
+from gperceiver.seq.memory import join_digits  # noqa: E402
+from gperceiver.seq.memory_lm import expert_inputs  # noqa: E402
 from gperceiver.seq.model import SeqLM  # noqa: E402
 
 COMPRESSORS = {
@@ -83,6 +86,21 @@ def model_bits(directory, test_path) -> dict:
     }
 
 
+def expert_bits(directory, test_path) -> dict:
+    """Bits per base of each count expert of a memory model alone (same bases)."""
+    model = load_scorer(directory)
+    total, n = np.zeros(len(EXPERT_ORDERS)), 0
+    x = join_digits([r.tokens for r in read_fasta(test_path)], both_strands=False)
+    positions = np.flatnonzero(x < 4)
+    context = model.mixer.config.neural_context
+    for logp, _, _, _, y in expert_inputs(
+        model.memory, x, positions, model.run.anchor_order, context
+    ):
+        total -= logp[np.arange(len(y)), :, y].sum(0) / np.log(2.0)
+        n += len(y)
+    return {int(k): float(b / n) for k, b in zip(EXPERT_ORDERS, total, strict=True)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("train", nargs="+", help="training FASTA files")
@@ -90,6 +108,11 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], help="model directory")
     parser.add_argument("--max-order", type=int, default=16)
     parser.add_argument("--skip-markov", action="store_true")
+    parser.add_argument(
+        "--experts",
+        action="store_true",
+        help="also score each count expert of the memory models alone",
+    )
     parser.add_argument("--out", help="write the results as JSON")
     args = parser.parse_args()
     results, rows = {"load_before": os.getloadavg()}, []
@@ -104,6 +127,9 @@ def main() -> None:
             f"{rows[-1][0]}: {r['bits_per_base']:.4f} ({r['seconds']:.0f} s)",
             flush=True,
         )
+        if args.experts and model_kind(directory) == MEMORY_KIND:
+            for k, bits in expert_bits(directory, args.test).items():
+                rows.append((f"memory count expert, order {k} (interpolated)", bits, 0))
     if not args.skip_markov:
         started = time.perf_counter()
         train = digits_of(args.train, both_strands=True)
