@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import subprocess
@@ -378,14 +379,18 @@ def table(
         return "(no results yet)"
     bins = list(results[0][1])
     counts = " / ".join(f"{b}: {results[0][1][b]['n']:,}" for b in bins)
-    head = ["method", "wall time", "concordance", "r²"] + [
+    head = ["method", "wall time", "CPU time", "load", "concordance", "r²"] + [
         f"conc. / r² MAF {b}" for b in bins[1:]
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for info, s in results:
+        cpu = info.get("cpu_seconds")
+        load = (info.get("load_before"), info["load_after"])
         cells = [
             info["label"],
             fmt_time(info["seconds"]),
+            "" if cpu is None else fmt_time(cpu),
+            " → ".join(f"{v:.1f}" for v in load if v is not None),
             f"{s['all']['concordance']:.4f}",
             f"{s['all']['r2']:.4f}",
         ]
@@ -399,6 +404,13 @@ def table(
     for info, _ in results:
         lines.append(f"- {info['label']}: `{info['command']}`")
     return "\n".join(lines)
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (s)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def fmt_time(seconds: float) -> str:
@@ -475,6 +487,8 @@ def main() -> None:
     for method in methods:
         label = args.label or method
         print(f"running {label} ...", file=sys.stderr)
+        cpu_before = cpu_seconds()
+        load_before = os.getloadavg()[0]
         if method == "mode":
             t0 = time.perf_counter()
             imputed = impute_mode(masked)
@@ -506,6 +520,8 @@ def main() -> None:
             "label": label,
             "seconds": seconds,
             "command": command,
+            "cpu_seconds": cpu_seconds() - cpu_before,
+            "load_before": load_before,
             "load_after": os.getloadavg()[0],
         }
         np.savez_compressed(

@@ -145,6 +145,8 @@ def test_impute__one_shot_writes_complete_dosages(simulated, tmp_path):
             str(out),
             "--output-format",
             "dosage",
+            "--method",
+            "masked",
             "--max-steps",
             "3",
             "--width",

@@ -269,14 +269,42 @@ def test_read_phenotypes__raises_on_non_numeric_response(tmp_path):
     raises(r"line 4, column 'response': 'high' is not a number", read_phenotypes, path)
 
 
-@pytest.mark.parametrize("block", ["1.5", "-1", "env2", "NA"])
-def test_read_phenotypes__raises_on_bad_block(tmp_path, block):
+@pytest.mark.parametrize("block", ["NA", ""])
+def test_read_phenotypes__raises_on_missing_environment(tmp_path, block):
     path = write(tmp_path, "p.tsv", PHENOS + f"s3\t1\t{block}\t0\tz\n")
-    raises(
-        rf"line 4, column 'block': '{block}' is not a non-negative integer",
-        read_phenotypes,
-        path,
+    raises(r"line 4, column 'block': the environment is missing", read_phenotypes, path)
+
+
+def test_read_phenotypes__environment_names_numbered_in_natural_order(tmp_path):
+    text = "name\tresponse\tblock\ns1\t1\tenv10\ns2\t2\tenv2\ns3\t3\t-1\ns1\t4\tenv2\n"
+    p = read_phenotypes(write(tmp_path, "p.tsv", text))
+    assert p.block_labels == ["-1", "env2", "env10"]
+    assert p.table["block"].tolist() == [2, 1, 0, 1]
+    assert p.named_blocks(p.table)["block"].tolist() == ["env10", "env2", "-1", "env2"]
+    integers = read_phenotypes(write(tmp_path, "q.tsv", PHENOS))
+    assert integers.block_labels is None and integers.table["block"].tolist() == [0, 1]
+
+
+def test_read_phenotypes__trait_environment_and_name_columns(tmp_path):
+    text = (
+        "site\tanimal\tyield\theight\n2019_Obregon\ta1\t1.5\t90\n"
+        "2018_Obregon\ta2\tNA\t80\n2019_Obregon\ta2\t2.5\t85\n"
     )
+    path = write(tmp_path, "p.tsv", text)
+    with pytest.warns(InputWarning, match="dropped 1 row"):
+        p = read_phenotypes(path, trait="yield", environment="site", name="animal")
+    assert p.table[["name", "response", "block"]].values.tolist() == [
+        ["a1", 1.5, 1], ["a2", 2.5, 1],
+    ]  # fmt: skip
+    assert p.block_labels == ["2018_Obregon", "2019_Obregon"]
+    assert p.extra_columns == ["height"]
+    heights = read_phenotypes(path, trait="height", environment="site", name="animal")
+    assert heights.table["response"].tolist() == [90.0, 80.0, 85.0]
+    raises(r"no column 'weight' \(given by --trait\)", read_phenotypes, path,
+           trait="weight", environment="site", name="animal")  # fmt: skip
+    clash = write(tmp_path, "c.tsv", text.replace("height", "block"))
+    raises(r"column 'block': this column would clash with --environment site",
+           read_phenotypes, clash, trait="yield", environment="site", name="animal")  # fmt: skip
 
 
 def test_match_phenotypes__raises_when_no_name_matches(tmp_path, chroms):

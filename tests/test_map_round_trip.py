@@ -136,7 +136,7 @@ def test_fine_map__every_command_accepts_its_own_model(fine_map_data, tmp_path):
 @pytest.mark.parametrize(
     "extra, option",
     [
-        (["--params", "contrastive.json"], "--task"),
+        (["--params", "contrastive.json", "--method", "masked"], "--task"),
         (["--output-format", "dosage"], None),
     ],
 )

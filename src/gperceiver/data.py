@@ -316,11 +316,27 @@ class Phenotypes:
 
     ``block`` is a non-negative integer environment index; ``cv`` (optional) a fold
     label. Extra columns are carried through to outputs untouched.
+    ``block_labels`` (optional) names each block: ``block_labels[b]`` is the text
+    the input file gave environment ``b`` (None: the blocks were integers there).
     """
 
     table: pd.DataFrame
     source: str = "phenotypes"
     extra_columns: list[str] = field(default_factory=list)
+    block_labels: list[str] | None = None
+
+    def named_blocks(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` with its ``block`` codes replaced by their labels (unchanged
+        without labels), for outputs.
+
+        >>> p = Phenotypes(pd.DataFrame({"block": [0]}), block_labels=["2019_Obregon"])
+        >>> p.named_blocks(pd.DataFrame({"block": [0, 0]}))["block"].tolist()
+        ['2019_Obregon', '2019_Obregon']
+        """
+        if self.block_labels is None or "block" not in frame:
+            return frame
+        labels = np.asarray(self.block_labels, dtype=object)
+        return frame.assign(block=labels[frame["block"].to_numpy(np.int64)])
 
     @property
     def has_cv(self) -> bool:

@@ -21,6 +21,7 @@ from .inputs import (
     read_genotypes,
     read_marker_inputs,
     read_phenotypes_for,
+    traits_of,
 )
 from .options import (
     add_covariate_option,
@@ -37,11 +38,21 @@ WEIGHT_USERS = {"gblup-weighted", "perceiver", "perceiver-pretrained"}
 
 
 def cmd_evaluate(args) -> None:
+    """Evaluate each ``--trait`` (several: one output directory each, named by
+    the trait, under ``--out``)."""
     genotypes = read_genotypes(args)
-    phenotypes = read_phenotypes_for(args, genotypes)
+    traits = traits_of(args)
+    every = [read_phenotypes_for(args, genotypes, trait) for trait in traits]
+    for trait, phenotypes in zip(traits, every, strict=True):
+        out = Path(args.out) / trait if len(traits) > 1 else Path(args.out)
+        if len(traits) > 1:
+            print(f"trait {trait}:")
+        evaluate_trait(args, genotypes, phenotypes, out)
+
+
+def evaluate_trait(args, genotypes, phenotypes, out: Path) -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    out = Path(args.out)
-    claim = claim_output(args, phenotypes, genotypes)
+    claim = claim_output(args, phenotypes, genotypes, out)
     typed = typed_options(args) | ({"progress": False} if args.quiet else {})
     weighted = {**file_params(args), **typed}.get("marker_weights")
     if weighted and not WEIGHT_USERS & set(methods):
@@ -69,9 +80,11 @@ def cmd_evaluate(args) -> None:
         options=options,
         scheme=args.scheme,
     )
-    write_evaluation(
-        out, predictions, accuracy, genotypes, methods, options["components"]
-    )
+    # environments by name from here on
+    predictions = phenotypes.named_blocks(predictions)
+    accuracy = phenotypes.named_blocks(accuracy)
+    components = [phenotypes.named_blocks(c) for c in options["components"]]
+    write_evaluation(out, predictions, accuracy, genotypes, methods, components)
     record_directory(out, claim)
     print(
         f"{args.scheme}: Pearson r within each block, pooled over its "
@@ -106,11 +119,11 @@ def cmd_gblup(args) -> None:
     predictions, accuracy = single_split(
         phenotypes, genotypes, args.method, args.cv, options=options
     )
-    io.write_table(predictions, args.predictions)
+    io.write_table(phenotypes.named_blocks(predictions), args.predictions)
     if args.variance_components:
         components = pd.concat(options["components"], ignore_index=True)
-        io.write_table(components, args.variance_components)
-    print(format_accuracy(accuracy))
+        io.write_table(phenotypes.named_blocks(components), args.variance_components)
+    print(format_accuracy(phenotypes.named_blocks(accuracy)))
 
 
 def gblup_candidates(args, phenotypes, genotypes, options) -> None:
@@ -128,6 +141,8 @@ def gblup_candidates(args, phenotypes, genotypes, options) -> None:
     candidates, components = predict_candidates(
         phenotypes, genotypes, args.method, options["fixed"], weighted=weighted
     )
+    candidates = phenotypes.named_blocks(candidates)
+    components = phenotypes.named_blocks(components)
     io.write_table(candidates, args.predictions)
     if args.variance_components:
         io.write_table(components, args.variance_components)

@@ -37,8 +37,31 @@ def read_genotypes(args, stream: bool = False):
     )
 
 
-def read_phenotypes_for(args, genotypes):
-    return io.match_phenotypes(io.read_phenotypes(args.phenos), genotypes)
+def traits_of(args) -> list[str]:
+    """The response columns of ``--trait`` (default ``response``)."""
+    return list(column_list(getattr(args, "trait", None))) or ["response"]
+
+
+def read_phenotypes_for(args, genotypes, trait: str | None = None):
+    """The phenotypes of ``trait`` (default: the one ``--trait``), with the
+    ``--environment`` and ``--name`` columns, matched to the genotypes."""
+    if trait is None:
+        traits = traits_of(args)
+        if len(traits) > 1:
+            raise InputError(
+                "--trait",
+                None,
+                f"{args.command} takes one trait, got {traits}",
+                "run it once per trait, or use evaluate (it runs each)",
+            )
+        trait = traits[0]
+    phenotypes = io.read_phenotypes(
+        args.phenos,
+        trait=trait,
+        environment=getattr(args, "environment", None) or "block",
+        name=getattr(args, "name_column", None) or "name",
+    )
+    return io.match_phenotypes(phenotypes, genotypes)
 
 
 def read_covariates_if_given(args):
@@ -66,9 +89,10 @@ def fixed_effects_for(options: dict, phenotypes) -> FixedEffects:
 PRESENTATION = {"func", "out", "progress", "quiet", "threads", "restart", "predictions"}
 
 
-def claim_output(args, phenotypes, genotypes) -> dict:
-    """Refuse an ``--out`` that holds another finished run (unless ``--restart``),
-    before any work; returns the identity to record when this run ends."""
+def claim_output(args, phenotypes, genotypes, out=None) -> dict:
+    """Refuse an ``--out`` (or ``out``, one trait's directory) that holds another
+    finished run (unless ``--restart``), before any work; returns the identity to
+    record when this run ends."""
     from ..checkpoint import claim_directory
     from .options import file_params
 
@@ -79,4 +103,5 @@ def claim_output(args, phenotypes, genotypes) -> dict:
         "phenotypes": phenotypes.table.to_numpy(dtype=str),
         "genotypes": genotypes.fingerprint(),
     }
-    return claim_directory(args.out, identity, getattr(args, "restart", False))
+    directory = args.out if out is None else out
+    return claim_directory(directory, identity, getattr(args, "restart", False))

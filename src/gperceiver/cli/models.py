@@ -45,6 +45,17 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_impute(args) -> None:
+    from ..imputation import output_kind, write_result
+
+    kind = output_kind(args.out, args.output_format)  # refuses before any work
+    if args.reference and args.model:
+        raise InputError(
+            "--reference", None, "copies from a panel, --model imputes without one",
+            "give one of them",
+        )  # fmt: skip
+    if args.model is None and args.method == "panel":
+        cmd_impute_panel(args, kind)
+        return
     genotypes = read_genotypes(args)
     if args.output_format == "dosage" and genotypes.n_alleles != 2:
         raise InputError(
@@ -72,11 +83,47 @@ def cmd_impute(args) -> None:
         data_path=args.markers,
         marker_inputs=inputs,
     )
-    io.write_imputation(result, args.out, args.output_format)
+    write_result(result, args.out, kind, args.output_format)
     print(
         f"imputed {len(result.rows)} genotypes of "
         f"{genotypes.n_individuals} individuals "
         f"-> {args.out}"
+    )
+
+
+def cmd_impute_panel(args, kind: str) -> None:
+    """``impute`` by panel attention: one-shot, or from ``--reference``."""
+    from ..imputation import impute_with_panel, panel_settings, write_result
+
+    targets = read_genotypes(args)
+    if args.output_format == "dosage" and targets.n_alleles != 2:
+        raise InputError(
+            "--output-format", None,
+            f"dosage tables hold biallelic markers only, these have "
+            f"{targets.n_alleles} alleles",
+            "use --output-format codes or probabilities",
+        )  # fmt: skip
+    reference = read_reference(args) if args.reference else None
+    settings = panel_settings(vars(args))
+    result = impute_with_panel(targets, reference, settings, args.reference)
+    write_result(result, args.out, kind, args.output_format)
+    print(
+        f"imputed {len(result.rows)} genotypes of {targets.n_individuals} "
+        f"individuals x {result.genotypes.n_markers} markers -> {args.out}"
+    )
+
+
+def read_reference(args):
+    """The ``--reference`` panel: a genotype file, or a table with its chroms."""
+    if io.genotype_format(args.reference) != "table":
+        return io.read_genotype_file(args.reference)
+    if not args.reference_chroms:
+        raise InputError(
+            args.reference, None, "a markers table needs its chroms table",
+            "give --reference-chroms",
+        )  # fmt: skip
+    return io.read_table_genotypes(
+        args.reference, args.reference_chroms, args.ploidy, args.n_alleles
     )
 
 
@@ -138,13 +185,10 @@ def add_model_commands(sub) -> None:
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(
-        "impute", help="fill missing genotypes with a masked-marker model"
+        "impute", help="fill missing genotypes by panel attention (or a masked model)"
     )
     add_inputs(p, phenos=False)
-    p.add_argument("--out", required=True, help="output TSV")
-    p.add_argument(
-        "--model", help="pretrained model directory (default: pretrain first)"
-    )
+    add_impute_options(p)
     p.add_argument(
         "--output-format",
         choices=list(io.IMPUTATION_FORMATS),
@@ -201,3 +245,45 @@ def add_model_commands(sub) -> None:
         "with --covariates",
     )
     p.set_defaults(func=cmd_predict)
+
+
+def add_impute_options(p) -> None:
+    """``impute``'s output, model and panel-attention options."""
+    p.add_argument(
+        "--out",
+        required=True,
+        help=".vcf.gz / .bcf (GT, DS, GP, INFO/DR2) or .tsv (--output-format)",
+    )
+    p.add_argument(
+        "--model",
+        help="impute with this masked-marker model (default: panel attention)",
+    )
+    p.add_argument(
+        "--method",
+        choices=["panel", "masked"],
+        default="panel",
+        help="without --model: copy from a panel (default) or pretrain a "
+        "masked-marker model first",
+    )
+    p.add_argument(
+        "--reference",
+        help="reference panel (VCF/BCF, PLINK, Zarr or markers table): impute the "
+        "targets at every panel marker, as Beagle's ref=",
+    )
+    p.add_argument("--reference-chroms", help="chroms TSV of a --reference table")
+    p.add_argument(
+        "--window",
+        type=int,
+        help="panel attention: typed markers per window (default 32)",
+    )
+    p.add_argument(
+        "--shortlist",
+        type=int,
+        help="panel attention: candidates per window (default 1024)",
+    )
+    p.add_argument(
+        "--fit-steps",
+        type=int,
+        help="panel attention: masked fitting steps (default 80, stopped after "
+        "--time-budget seconds, default 120)",
+    )

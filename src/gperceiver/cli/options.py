@@ -65,6 +65,7 @@ def add_inputs(parser: argparse.ArgumentParser, phenos: bool = True) -> None:
         parser.add_argument(
             "phenos", help="phenotypes TSV: name, response, block[, cv]"
         )
+        add_phenotype_column_options(parser)
     parser.add_argument(
         "chroms",
         nargs="?",
@@ -76,6 +77,28 @@ def add_inputs(parser: argparse.ArgumentParser, phenos: bool = True) -> None:
         "PLINK .bed or .zarr store",
     )
     add_genotype_options(parser)
+
+
+def add_phenotype_column_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("phenotype columns")
+    group.add_argument(
+        "--trait",
+        metavar="COL[,COL...]",
+        help="the response column (default response); evaluate runs several, one "
+        "output directory each under --out",
+    )
+    group.add_argument(
+        "--environment",
+        metavar="COL",
+        help="the environment column (default block): names (2019_Obregon) or "
+        "non-negative integers; outputs show them by name",
+    )
+    group.add_argument(
+        "--name",
+        dest="name_column",
+        metavar="COL",
+        help="the individual column (default name)",
+    )
 
 
 def add_covariate_option(parser: argparse.ArgumentParser) -> None:

@@ -298,31 +298,74 @@ def read_dosages(path, markers: MarkerMap, ploidy: int = 2) -> Genotypes:
     return Genotypes(alleles, names, markers, n_alleles=2)
 
 
-def _blocks(path, table: pd.DataFrame) -> np.ndarray:
-    """The ``block`` column as non-negative integers ``(rows,)`` int64."""
-    block_raw = table["block"].str.strip()
-    block = pd.to_numeric(block_raw, errors="coerce").to_numpy()
-    bad = ~np.isfinite(block) | (block < 0) | (block != np.round(block))
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
+def _blocks(path, table: pd.DataFrame, column: str = "block"):
+    """The environment ``column`` as block codes ``(rows,)`` int64 and their labels.
+
+    Non-negative integers are the codes themselves (labels None); otherwise every
+    distinct text is a label, numbered in natural order (``env2`` before
+    ``env10``). A missing environment raises."""
+    raw = table[column].str.strip()
+    missing = raw.isin(NA_TEXT)
+    if missing.any():
+        row = int(np.flatnonzero(missing.to_numpy())[0])
         raise InputError(
             path,
-            f"line {row + 2}, column 'block'",
-            f"{block_raw.iloc[row]!r} is not a non-negative integer",
-            "number the environments 0, 1, 2, ...",
+            f"line {row + 2}, column {column!r}",
+            "the environment is missing",
+            "give every record an environment (a name or a non-negative integer)",
         )
-    return block.astype(np.int64)
+    block = pd.to_numeric(raw, errors="coerce").to_numpy()
+    integral = np.isfinite(block) & (block >= 0) & (block == np.round(block))
+    if integral.all():
+        return block.astype(np.int64), None
+    labels = sorted(raw.unique().tolist(), key=natural_key)
+    lookup = {label: code for code, label in enumerate(labels)}
+    return raw.map(lookup).to_numpy(np.int64), labels
 
 
-def read_phenotypes(path) -> Phenotypes:
-    """Read a phenotypes table; NA responses are dropped with a warning."""
-    table = _read_small_table(path, ["name", "response", "block"], "phenotypes")
-    response = _numeric(
-        path, table, "response", "use a number, or NA for a missing value"
-    )
-    out = table.copy()
+def _phenotype_columns(path, trait: str, environment: str, name: str) -> pd.DataFrame:
+    """The table with its ``name``, trait and environment columns checked (the
+    standard names must lead the header; other names may stand anywhere)."""
+    if (name, trait, environment) == ("name", "response", "block"):
+        return _read_small_table(path, ["name", "response", "block"], "phenotypes")
+    table = _read_small_table(path, [], "phenotypes")
+    chosen = {"--name": name, "--trait": trait, "--environment": environment}
+    for option, column in chosen.items():
+        if column not in table.columns:
+            raise InputError(
+                path,
+                "line 1",
+                f"no column {column!r} (given by {option})",
+                f"use one of {list(table.columns)}",
+            )
+    standard = {"--name": "name", "--trait": "response", "--environment": "block"}
+    for option, column in chosen.items():
+        if column != standard[option] and standard[option] in table.columns:
+            raise InputError(
+                path,
+                f"line 1, column {standard[option]!r}",
+                f"this column would clash with {option} {column}",
+                f"rename it, or pass {option} {standard[option]}",
+            )
+    return table
+
+
+def read_phenotypes(
+    path, trait: str = "response", environment: str = "block", name: str = "name"
+) -> Phenotypes:
+    """Read a phenotypes table; NA responses are dropped with a warning.
+
+    ``trait``, ``environment`` and ``name`` are the columns holding the response,
+    the environment (text or non-negative integers; text is numbered in natural
+    order and kept as :attr:`Phenotypes.block_labels`) and the individual; they
+    are renamed ``response``, ``block`` and ``name``.
+    """
+    table = _phenotype_columns(path, trait, environment, name)
+    response = _numeric(path, table, trait, "use a number, or NA for a missing value")
+    blocks, labels = _blocks(path, table, environment)
+    out = table.rename(columns={name: "name", trait: "response", environment: "block"})
     out["response"] = response
-    out["block"] = _blocks(path, table)
+    out["block"] = blocks
     na = np.isnan(response)
     if na.any():
         warnings.warn(
@@ -336,7 +379,7 @@ def read_phenotypes(path) -> Phenotypes:
             path, None, "no row has a response", "fill the response column"
         )
     extra = [c for c in out.columns if c not in ("name", "response", "block", "cv")]
-    return Phenotypes(out, source=str(path), extra_columns=extra)
+    return Phenotypes(out, str(path), extra, labels)
 
 
 def read_covariates(path) -> EnvCovariates:
@@ -355,7 +398,15 @@ def read_covariates(path) -> EnvCovariates:
         raise InputError(
             path, "line 1", "no covariate column", "add columns after " + required[-1]
         )
-    block = _blocks(path, table)
+    block, labels = _blocks(path, table)
+    if labels is not None:  # covariates number environments as the models do
+        row = int(np.flatnonzero(~table["block"].str.strip().str.isdigit())[0])
+        raise InputError(
+            path,
+            f"line {row + 2}, column 'block'",
+            f"{table['block'].iloc[row].strip()!r} is not a non-negative integer",
+            "number the environments 0, 1, 2, ... as in the phenotypes",
+        )
     values = np.empty((len(table), len(names)))
     for j, column in enumerate(names):
         fix = "use a number (fill missing values, e.g. by interpolation)"
@@ -613,7 +664,9 @@ def match_phenotypes(phenotypes: Phenotypes, genotypes: Genotypes) -> Phenotypes
             stacklevel=2,
         )
     table = phenotypes.table[known].reset_index(drop=True)
-    return Phenotypes(table, phenotypes.source, phenotypes.extra_columns)
+    return Phenotypes(
+        table, phenotypes.source, phenotypes.extra_columns, phenotypes.block_labels
+    )
 
 
 def write_table(frame: pd.DataFrame, path, float_format: str = "%.6g") -> None:

@@ -1,0 +1,277 @@
+"""Imputation by panel attention: one-shot (the input is its own panel) or from a
+reference panel (Beagle's ``ref=``), including markers the targets were never
+typed at.
+
+The model (:mod:`gperceiver.nn.panel`) is first fitted for a few dozen masked
+steps on the panel (:mod:`gperceiver.tasks.panel`): panel individuals are the
+queries, with the markers the targets lack hidden as well, and the other panel
+individuals are their candidates. It then copies every target's genotypes from
+the whole panel (the target itself excluded by name).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from . import io
+from .data import MISSING, Genotypes
+from .io import InputError, InputWarning
+from .io.imputed_vcf import IMPUTED_SUFFIXES, write_imputed_vcf
+from .nn.panel import (
+    PanelAttention,
+    PanelConfig,
+    PanelGenotypes,
+    chromosome_spans,
+    complete_table,
+)
+from .pretraining import Imputation, split_individuals
+from .tasks.panel import PanelFitConfig, PanelMaskedTask, fit_panel
+
+
+@dataclass(frozen=True)
+class PanelImputeSettings:
+    model: PanelConfig = field(default_factory=PanelConfig)
+    fit: PanelFitConfig = field(default_factory=PanelFitConfig)
+    val_fraction: float = 0.1  # panel individuals held out to report the fit
+    # a target marker counts as typed when called in at least this share of targets
+    typed_call_rate: float = 0.5
+    chunk: int = 256  # targets imputed at a time (bounds the (Q, M, G) output)
+
+
+@dataclass
+class PanelImputation(Imputation):
+    """:class:`Imputation` plus per-marker estimated r^2 (``r2``, (M, A - 1), as
+    Beagle's DR2, of each ALT allele's dose) and a summary of the run."""
+
+    r2: np.ndarray = None
+    typed: np.ndarray = None  # (M,) bool: markers typed in the targets
+    summary: dict = None
+
+
+def align_targets(targets: Genotypes, reference: Genotypes, path) -> Genotypes:
+    """``targets`` on the markers of ``reference`` (missing where untyped).
+
+    Markers are matched by name; target markers the panel lacks are dropped with a
+    warning, as Beagle drops them.
+    """
+    if (targets.ploidy, targets.n_alleles) != (reference.ploidy, reference.n_alleles):
+        raise InputError(
+            path,
+            None,
+            f"ploidy {reference.ploidy} with {reference.n_alleles} alleles, the "
+            f"targets have ploidy {targets.ploidy} with {targets.n_alleles}",
+            "give the reference and the targets the same ploidy and --n-alleles",
+        )
+    lookup = {n: j for j, n in enumerate(reference.markers.names.tolist())}
+    index = np.array([lookup.get(n, -1) for n in targets.markers.names.tolist()])
+    if (index < 0).all():
+        raise InputError(
+            path,
+            None,
+            "shares no marker name with the targets",
+            "name the markers alike in both files",
+        )
+    if (index < 0).any():
+        warnings.warn(
+            f"{path}: {int((index < 0).sum())} target markers are not in the "
+            "reference panel and are dropped",
+            InputWarning,
+            stacklevel=2,
+        )
+    keep = index >= 0
+    alleles = np.zeros(
+        (targets.n_individuals, reference.n_markers, targets.ploidy), np.uint8
+    )
+    alleles[:, index[keep]] = targets.alleles[:, keep]
+    return Genotypes(alleles, targets.names, reference.markers, reference.n_alleles)
+
+
+def impute_with_panel(
+    targets: Genotypes,
+    reference: Genotypes | None = None,
+    settings: PanelImputeSettings | None = None,
+    reference_path=None,
+    log=sys.stderr,
+) -> PanelImputation:
+    """Fill every locus of ``targets`` with a missing copy (and, with a
+    ``reference``, every reference marker the targets lack)."""
+    settings = settings or PanelImputeSettings()
+    start = time.perf_counter()
+    if reference is not None:
+        targets = align_targets(targets, reference, reference_path)
+    panel_g = reference if reference is not None else targets
+    panel = PanelGenotypes.from_genotypes(panel_g)
+    query = PanelGenotypes.from_genotypes(targets)
+    called = (query.genotype >= 0).float().mean(0).numpy()  # (M,) call rate
+    typed = called >= settings.typed_call_rate
+    block = max(1, round(settings.model.block * len(typed) / max(1, typed.sum())))
+    torch.manual_seed(settings.fit.seed)
+    model = PanelAttention(settings.model)
+    history, val = _fit(model, panel, panel_g, typed, settings, block, reference)
+    print(
+        f"panel attention: windows of {block} markers, fitted in {len(history)} "
+        f"steps, validation cross-entropy {val[0]:.4f} -> {val[1]:.4f}",
+        file=log,
+    )
+    result = _impute(model, query, panel, targets, block, settings.chunk)
+    result.typed = typed
+    result.summary = {
+        "block": block,
+        "fit_steps": len(history),
+        "val_loss": val,
+        "seconds": time.perf_counter() - start,
+    }
+    return result
+
+
+def _fit(model, panel, panel_g, typed, settings, block, reference):
+    """Masked fit on the panel; returns the history and validation loss
+    before / after (on held-out panel individuals, the rest as their panel)."""
+    train, val = split_individuals(
+        panel_g.n_individuals, settings.val_fraction, settings.fit.seed
+    )
+    untyped = None if reference is None else ~typed
+    task = PanelMaskedTask(
+        panel, panel_g.markers.chrom, train, val, settings.fit.hide_fraction, untyped
+    )
+    spans = _eval_spans(panel_g.markers.chrom, settings.fit.windows * block)
+    generator = torch.Generator().manual_seed(settings.fit.seed + 1)
+    before = task.evaluate(model, generator, block, spans)
+    history = fit_panel(model, task, settings.fit, block) if len(train) > 1 else []
+    generator = torch.Generator().manual_seed(settings.fit.seed + 1)
+    after = task.evaluate(model, generator, block, spans)
+    return history, (before, after)
+
+
+def _eval_spans(chrom: np.ndarray, length: int) -> list[tuple[int, int]]:
+    """One stretch of ``length`` markers at the start of each chromosome."""
+    return [(lo, min(hi, lo + length)) for lo, hi in chromosome_spans(chrom)]
+
+
+@torch.no_grad()
+def _impute(model, query, panel, targets, block, chunk) -> PanelImputation:
+    """Copy, then pick the most probable genotype holding the observed copies."""
+    a, p = targets.n_alleles, targets.ploidy
+    table = complete_table(p, a)  # (G, P) allele ids
+    counts = query.counts_table()  # (G, A)
+    filled = targets.alleles.copy()
+    incomplete = (targets.alleles == MISSING).any(-1)  # (N, M)
+    rows_out, loci_out, probs_out = [], [], []
+    r2 = _DoseR2(targets.n_markers, counts)
+    for start in range(0, targets.n_individuals, chunk):
+        rows = np.arange(start, min(start + chunk, targets.n_individuals))
+        probs = model(query.subset(rows), panel, targets.markers.chrom, block=block)
+        observed = _allele_counts(targets.alleles[rows], a)  # (Q, M, A)
+        fits = (counts[None, None] >= observed[:, :, None]).all(-1)  # (Q, M, G)
+        probs = probs.masked_fill(~fits, 0)
+        probs = probs / probs.sum(-1, keepdim=True).clamp(min=1e-12)
+        called = torch.from_numpy(~incomplete[rows])
+        g = query.genotype[rows].long().clamp(min=0)
+        onehot = torch.nn.functional.one_hot(g, len(table)).float()
+        probs = torch.where(called[..., None], onehot, probs)
+        r2.add(probs)
+        q_i, m_i = np.nonzero(incomplete[rows])
+        best = probs[q_i, m_i].argmax(-1).numpy()
+        filled[rows[q_i], m_i] = table[best]
+        rows_out.append(rows[q_i])
+        loci_out.append(m_i)
+        probs_out.append(probs[q_i, m_i].numpy())
+    return PanelImputation(
+        Genotypes(filled, targets.names, targets.markers, a),
+        np.concatenate(rows_out),
+        np.concatenate(loci_out),
+        np.concatenate(probs_out),
+        counts.long().numpy(),
+        r2=r2.value(),
+    )
+
+
+def _allele_counts(alleles: np.ndarray, n_alleles: int) -> torch.Tensor:
+    """Called copies of each real allele ``(Q, M, A)`` from ids (Q, M, P)."""
+    ids = torch.from_numpy(alleles.astype(np.int64))
+    return torch.stack([(ids == k + 1).sum(-1) for k in range(n_alleles)], -1)
+
+
+class _DoseR2:
+    """Beagle-style DR2 per marker and ALT allele from genotype probabilities:
+    ``(sum d^2 - (sum d)^2 / n) / (sum E[x^2] - (sum d)^2 / n)`` with ``d`` the
+    expected dose and ``x`` the true dose of each individual."""
+
+    def __init__(self, n_markers: int, counts: torch.Tensor):
+        self.alt = counts[:, 1:].double()  # (G, A - 1)
+        k = self.alt.shape[1]
+        self.n = 0
+        self.sum_d = torch.zeros(n_markers, k, dtype=torch.float64)
+        self.sum_d2 = torch.zeros_like(self.sum_d)
+        self.sum_x2 = torch.zeros_like(self.sum_d)
+
+    def add(self, probs: torch.Tensor) -> None:
+        p = probs.double()
+        dose = p @ self.alt  # (Q, M, A - 1)
+        self.n += p.shape[0]
+        self.sum_d += dose.sum(0)
+        self.sum_d2 += (dose**2).sum(0)
+        self.sum_x2 += (p @ self.alt**2).sum(0)
+
+    def value(self) -> np.ndarray:
+        mean_term = self.sum_d**2 / max(self.n, 1)
+        num, den = self.sum_d2 - mean_term, self.sum_x2 - mean_term
+        out = torch.where(den > 1e-12, num / den.clamp(min=1e-12), 0.0)
+        return out.clamp(0, 1).numpy()
+
+
+# -- options and outputs ---------------------------------------------------------------
+def output_kind(out, output_format: str = "codes") -> str:
+    """``vcf`` (.vcf, .vcf.gz, .bcf) or ``tsv`` from the name of ``--out``."""
+    name = str(out).lower()
+    if name.endswith(IMPUTED_SUFFIXES):
+        if output_format != "codes":
+            raise InputError(
+                "--output-format",
+                None,
+                f"{output_format} applies to a .tsv --out; a VCF holds GT, DS and GP",
+                "drop --output-format or end --out in .tsv",
+            )
+        return "vcf"
+    if name.endswith(".tsv"):
+        return "tsv"
+    raise InputError(
+        "--out",
+        None,
+        f"{out}: the suffix picks the output and this one is none of them",
+        "end it in .vcf.gz or .bcf (GT, DS, GP) or .tsv (a table)",
+    )
+
+
+def panel_settings(options: dict) -> PanelImputeSettings:
+    """Settings from command-line options (``window``, ``shortlist``, ``fit_steps``,
+    ``time_budget_s``, ``seed``; absent ones keep their defaults)."""
+    model, fit = {}, {}
+    if options.get("window") is not None:
+        model["block"] = options["window"]
+    if options.get("shortlist") is not None:
+        model["shortlist"] = options["shortlist"]
+    if options.get("fit_steps") is not None:
+        fit["steps"] = options["fit_steps"]
+    if "time_budget_s" in options:
+        fit["time_budget_s"] = options["time_budget_s"]
+    if options.get("seed") is not None:
+        fit["seed"] = options["seed"]
+    return PanelImputeSettings(
+        model=replace(PanelConfig(), **model), fit=replace(PanelFitConfig(), **fit)
+    )
+
+
+def write_result(result: Imputation, out, kind: str, output_format: str) -> None:
+    """Write to ``out``: a VCF/BCF, or the ``output_format`` table (codes, dosage,
+    or long-format probabilities of the imputed loci)."""
+    if kind == "vcf":
+        write_imputed_vcf(result, out, getattr(result, "typed", None))
+        return
+    io.write_imputation(result, out, output_format)
