@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from gperceiver.cli import main
 from gperceiver.nn.norm import RankSyncedBatchNorm1d
+from pretrain_helpers import SLOW_STEPS
 from test_distributed import free_port
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}  # float32 sums taken in another order
@@ -77,18 +78,15 @@ def cohort(tmp_path_factory):
 
 
 # pretraining slowed per step (so a kill lands mid-run), under torchrun or alone
-RUN = """
-import sys, time
-from gperceiver import distributed, train
+RUN = (
+    SLOW_STEPS
+    + """
+import sys
+from gperceiver import distributed
 from gperceiver.io import read_chroms, read_markers
 from gperceiver.pretraining import pretrain_encoder as pretrain
 chroms, markers, out, delay = sys.argv[1:5]
-if float(delay):
-    original = train.torch.nn.utils.clip_grad_norm_
-    def slow(*a, **k):
-        time.sleep(float(delay))
-        return original(*a, **k)
-    train.torch.nn.utils.clip_grad_norm_ = slow
+slow_steps(float(delay))
 g = read_markers(markers, read_chroms(chroms))
 params = {"width": 16, "n_latents": 4, "self_layers": 1, "encode_iters": 1,
           "dropout": 0.0, "progress": False, "warmup_steps": 2, "lr": 0.01}
@@ -98,6 +96,7 @@ with distributed.session():
     rank, _ = distributed.rank_and_world()
     pretrain(g, out if rank == 0 else out + f"-rank{rank}", params, typed)
 """
+)
 
 
 def weights(directory) -> dict:
@@ -185,3 +184,52 @@ def test_torchrun__finetuning_equals_one_process(cohort, tmp_path):
     np.testing.assert_allclose(
         predicted[1]["prediction"], predicted[0]["prediction"], rtol=1e-4, atol=1e-5
     )
+
+
+# a gperceiver command slowed per step (torchrun runs it once per rank)
+COMMAND = (
+    SLOW_STEPS
+    + """
+import sys
+from gperceiver.cli import main
+slow_steps(float(sys.argv[1]))
+sys.exit(main(sys.argv[2:]))
+"""
+)
+
+
+def test_torchrun__killed_finetuning_resumes_to_the_single_process_weights(
+    cohort, tmp_path
+):
+    script = tmp_path / "run.py"
+    script.write_text(COMMAND)
+    params = tmp_path / "params.json"
+    params.write_text('{"dropout": 0.0, "head_dropout": 0.0, "eval_every": 2}')
+    args = ["finetune", str(cohort / "phenotypes.tsv"), str(cohort / "chroms.tsv")]
+    args += [str(cohort / "markers.tsv"), "--cv", "1", "--width", "16"]
+    args += ["--latents", "4", "--encode-iters", "1", "--batch-size", "16"]
+    args += ["--max-steps", "8", "--params", str(params), "--out"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = [sys.executable, str(script), "0", *args, str(tmp_path / "one")]
+    subprocess.run(one, check=True, env=env, capture_output=True)
+
+    def two(delay):
+        launcher = [sys.executable, "-m", "torch.distributed.run"]
+        launcher += ["--nproc_per_node", "2", "--master_port", str(free_port())]
+        return [*launcher, str(script), delay, *args, str(tmp_path / "two")]
+
+    proc = subprocess.Popen(two("0.4"), env=env, start_new_session=True)
+    pointer = tmp_path / "two" / "member-0" / "train" / "checkpoints" / "latest.json"
+    deadline = time.time() + 180
+    while not pointer.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # kill -9 of the launcher and both ranks
+    proc.wait()
+    assert pointer.exists()
+    assert not (tmp_path / "two" / "member-0" / "model.safetensors").exists()
+    subprocess.run(two("0"), check=True, env=env, capture_output=True)
+    a = load_file(tmp_path / "one" / "member-0" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "member-0" / "model.safetensors")
+    for key in a:
+        if "running_" not in key:  # see test_torchrun__finetuning_equals_one_process
+            torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4)

@@ -29,7 +29,7 @@ from gperceiver.tasks.masked import (
     sample_targets,
     target_log_weights,
 )
-from pretrain_helpers import TINY
+from pretrain_helpers import SLOW_STEPS, TINY
 
 
 @pytest.fixture(scope="module")
@@ -210,23 +210,19 @@ def test_impute__learns_ld_better_than_frequency(tmp_path):
     assert concordance > baseline + 0.05, (concordance, baseline)
 
 
-RESUME_SCRIPT = """
+RESUME_SCRIPT = (
+    SLOW_STEPS
+    + """
 import sys
 from gperceiver.io import read_chroms, read_markers
 from gperceiver.pretraining import pretrain_encoder
 chroms, markers, out, delay = sys.argv[1:5]
 g = read_markers(markers, read_chroms(chroms))
 typed = {"epochs": 4, "batch_size": 8, "checkpoint_every": 3, "eval_every": 5, "seed": 11}
-if float(delay):
-    import time
-    from gperceiver import train
-    original = train.torch.nn.utils.clip_grad_norm_
-    def slow(*a, **k):
-        time.sleep(float(delay))
-        return original(*a, **k)
-    train.torch.nn.utils.clip_grad_norm_ = slow
+slow_steps(float(delay))
 pretrain_encoder(g, out, {"width": 32, "n_latents": 8, "self_layers": 1, "encode_iters": 1, "progress": False}, typed)
 """
+)
 
 
 def test_pretrain__killed_and_resumed_matches_uninterrupted(population, tmp_path):

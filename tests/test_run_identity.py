@@ -9,6 +9,7 @@ import torch
 from gperceiver.cli import main
 from gperceiver.io import InputError, read_chroms, read_markers, write_markers
 from gperceiver.train import TrainConfig, Trainer, digest
+from pretrain_helpers import SLOW_STEPS
 
 
 class Mean:
@@ -107,19 +108,15 @@ def test_finetune__rerun_with_another_trait_is_refused(small, tmp_path):
 
 
 # evaluate slowed per training step, so that a kill lands inside a fold
-EVALUATE = """
-import sys, time
-from gperceiver import train
+EVALUATE = (
+    SLOW_STEPS
+    + """
+import sys
 from gperceiver.cli import main
-delay = float(sys.argv[1])
-if delay:
-    original = train.torch.nn.utils.clip_grad_norm_
-    def slow(*a, **k):
-        time.sleep(delay)
-        return original(*a, **k)
-    train.torch.nn.utils.clip_grad_norm_ = slow
+slow_steps(float(sys.argv[1]))
 sys.exit(main(sys.argv[2:]))
 """
+)
 
 
 def test_evaluate__killed_and_rerun_ends_with_the_same_predictions(small, tmp_path):
