@@ -152,3 +152,16 @@ def test_out__a_file_is_refused(sim, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "is a file" in err[0]
     assert (tmp_path / "out").read_text() == "not a directory"
+
+
+@pytest.mark.parametrize(
+    "name, expected", [("g.foo", "unknown output suffix"), ("g.pgen", "PLINK 2")]
+)
+def test_convert__unknown_or_read_only_output_is_refused(
+    sim, tmp_path, capsys, name, expected
+):
+    args = ["convert", str(sim / "markers.tsv"), str(tmp_path / name)]
+    code = main([*args, "--chroms", str(sim / "chroms.tsv")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and expected in err[0], err
+    assert list(tmp_path.iterdir()) == []

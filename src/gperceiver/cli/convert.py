@@ -8,9 +8,22 @@ from .. import io
 from ..io import InputError
 from .options import add_genotype_options
 
+TABLE_SUFFIXES = (".tsv", ".txt")  # markers or dosage tables
+
 
 def cmd_convert(args) -> None:
     source, target = io.genotype_format(args.input), io.genotype_format(args.output)
+    if target == "table" and not str(args.output).lower().endswith(TABLE_SUFFIXES):
+        raise InputError(
+            args.output,
+            None,
+            "unknown output suffix",
+            "name it .vcf, .vcf.gz, .bcf, .bed, .zarr, .vcz or .tsv (a table)",
+        )
+    if target == "pgen":
+        raise InputError(
+            args.output, None, "PLINK 2 is read, not written", "write .bed (PLINK 1)"
+        )
     samples = io.read_name_list(args.samples) if args.samples else None
     sites = io.read_name_list(args.sites) if args.sites else None
     if source in io.SOURCES and target in io.TARGETS:  # streamed, REF/ALT kept
