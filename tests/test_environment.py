@@ -230,7 +230,7 @@ def test_cross_validate__held_out_environment_never_in_training(
 
 
 def test_cross_validate__per_block_methods_refuse_new_environments(weather_sim):
-    with pytest.raises(ValueError, match="cannot predict a held-out environment"):
+    with pytest.raises(InputError, match="cannot predict a held-out environment"):
         cross_validate(
             weather_sim.phenotypes,
             weather_sim.genotypes,
