@@ -79,3 +79,14 @@ def test_write_store__directories_get_mkdirs_mode(tmp_path, umask):
         mode(p) == (0o755 if p.is_dir() else 0o644)
         for p in (tmp_path / "g.zarr").rglob("*")
     )
+
+
+def test_plink_writer__files_get_ordinary_modes(tmp_path, umask):
+    umask(0o022)
+    g = simulate(
+        SimulationConfig(n_individuals=12, n_markers=20, n_qtl=2, n_folds=2)
+    ).genotypes
+    write_genotype_file(g, tmp_path / "g.bed")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["g.bed", "g.bim", "g.fam"]
+    assert all(mode(tmp_path / n) == 0o644 for n in names)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import Genotypes
+from .atomic import fsync_path, sync_tree
 from .errors import InputError, InputWarning
 from .variants import (
     VariantBlock,
@@ -260,8 +261,10 @@ def write_plink_blocks(blocks, samples, path) -> int:
         if total == 0:
             raise ValueError("no variants to write")
         staged["fam"].write_text("".join(f"{n}\t{n}\t0\t0\t0\t-9\n" for n in names))
+        sync_tree(Path(tmp))  # modes from the umask, flushed before the renames
         for ext in ("fam", "bim", "bed"):
             os.replace(staged[ext], targets[ext])
+        fsync_path(targets["bed"].parent, directory=True)
     if half:
         warnings.warn(
             f"{path}: {half} call(s) with one missing copy written as "
