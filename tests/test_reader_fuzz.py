@@ -27,6 +27,7 @@ from gperceiver.simulate import SimulationConfig, simulate
 TOKENS = ["", "x", "-1", "NA", ".", "9999", "1.5", "1e400", "nan", " ", "é", "3\t4"]
 FUZZ = settings(
     max_examples=25,
+    derandomize=True,  # the same cases on every run: CI never reddens by chance
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
