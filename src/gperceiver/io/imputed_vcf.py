@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import datetime
 import gzip
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +20,7 @@ from ..data import MISSING
 from .atomic import atomic_path
 from .variants import integer_positions
 from .vcf import placeholder_alleles
+from .vcf_writer import bcf_from_text
 
 IMPUTED_SUFFIXES = (".vcf", ".vcf.gz", ".bcf")
 
@@ -168,15 +167,4 @@ def _header(markers, pos, source) -> list[str]:
 
 
 def _write_bcf(result, path, typed, source) -> None:
-    import cyvcf2
-
-    with tempfile.TemporaryDirectory(dir=Path(path).parent) as tmp:
-        text = Path(tmp) / "records.vcf"
-        write_imputed_vcf(result, text, typed, source)
-        with atomic_path(path) as out:
-            reader = cyvcf2.VCF(str(text))
-            writer = cyvcf2.Writer(str(out), reader, mode="wb")
-            for record in reader:
-                writer.write_record(record)
-            writer.close()
-            reader.close()
+    bcf_from_text(lambda text: write_imputed_vcf(result, text, typed, source), path)

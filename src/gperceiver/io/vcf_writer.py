@@ -181,12 +181,15 @@ def write_vcf_blocks(
     return total
 
 
-def _write_bcf(blocks, samples, path, header, source) -> int:
+def bcf_from_text(write_text, path):
+    """Write a BCF at ``path`` (atomically) from the VCF text that
+    ``write_text(text_path)`` writes into a temporary file beside it; returns what
+    ``write_text`` returns."""
     import cyvcf2
 
     with tempfile.TemporaryDirectory(dir=Path(path).parent) as tmp:
         text = Path(tmp) / "records.vcf"
-        total = write_vcf_blocks(blocks, samples, text, header, source)
+        result = write_text(text)
         with atomic_path(path) as out:
             reader = cyvcf2.VCF(str(text))
             writer = cyvcf2.Writer(str(out), reader, mode="wb")
@@ -194,7 +197,13 @@ def _write_bcf(blocks, samples, path, header, source) -> int:
                 writer.write_record(record)
             writer.close()
             reader.close()
-    return total
+    return result
+
+
+def _write_bcf(blocks, samples, path, header, source) -> int:
+    return bcf_from_text(
+        lambda text: write_vcf_blocks(blocks, samples, text, header, source), path
+    )
 
 
 def write_vcf(genotypes: Genotypes, path, source: str = "gperceiver") -> None:
