@@ -10,7 +10,8 @@ environments) and reports each fold's wall time and within-environment r.
     python benchmarks/environments_scale.py --data /tmp/envscale --folds 2
 
 ``--data`` keeps the simulated tables (written on the first run, read after).
-Writes ``folds.tsv`` (method, held-out block, seconds, r) under ``--data``.
+Writes ``--table`` (default ``folds.tsv``: method, held-out block, seconds, r)
+and ``predictions-<table>`` under ``--data``.
 """
 
 from __future__ import annotations
@@ -104,10 +105,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--methods", default="gblup-main,gblup-rn")
     parser.add_argument("--folds", type=int, default=2, help="held-out blocks timed")
+    parser.add_argument(
+        "--keep-environments",
+        type=int,
+        default=None,
+        help="use only the records of the first K environments (old-vs-new checks)",
+    )
     parser.add_argument("--params", default=json.dumps(PERCEIVER))
+    parser.add_argument("--table", default="folds.tsv", help="written under --data")
     args = parser.parse_args()
     torch.set_num_threads(1)
     genotypes, phenotypes, covariates = load_or_simulate(args)
+    if args.keep_environments:
+        kept = phenotypes.table["block"] < args.keep_environments
+        phenotypes = Phenotypes(phenotypes.table[kept].reset_index(drop=True))
     table = phenotypes.table.assign(cv=phenotypes.table["block"].astype(str))
     print(
         f"{genotypes.n_individuals} individuals x {genotypes.n_markers} markers, "
@@ -125,7 +136,7 @@ def main() -> None:
     start = time.perf_counter()
     cache["relationship"] = Kernel.relationship(genotypes)  # once per data set
     print(f"relationship matrix {time.perf_counter() - start:.1f} s", flush=True)
-    rows = []
+    rows, predictions = [], []
     plan = list(splits(phenotypes, "cv0"))[: args.folds]
     for method in args.methods.split(","):
         for label, is_train, is_val in plan:
@@ -138,11 +149,19 @@ def main() -> None:
                 prediction = prediction[0] + prediction[1]
             r = pearson(np.asarray(prediction), validation["response"].to_numpy())
             rows.append({"method": method, "fold": label, "seconds": seconds, "r": r})
+            predictions.append(
+                validation[["name", "block"]].assign(
+                    method=method, prediction=prediction
+                )
+            )
             print(f"{method:12s} {label:9s} {seconds:8.1f} s  r {r:.3f}", flush=True)
     if not rows:
         return
     frame = pd.DataFrame(rows)
-    io.write_table(frame, Path(args.data) / "folds.tsv")
+    io.write_table(frame, Path(args.data) / args.table)
+    io.write_table(
+        pd.concat(predictions), Path(args.data) / f"predictions-{args.table}", "%.9g"
+    )
     print(frame.groupby("method")[["seconds", "r"]].mean().round(3).to_string())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"peak RSS {peak:.2f} GiB, load average {os.getloadavg()[0]:.1f}")
