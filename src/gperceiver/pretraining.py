@@ -21,13 +21,13 @@ from .nn.embeddings import count_targets
 from .nn.perceiver import MaskedMarkerModel, PerceiverConfig
 from .nn.twinned import TwinnedModel
 from .params import resolve
-from .tasks.contrastive import PRETRAIN_TASKS, ContrastiveConfig, TwinnedTask
 from .tasks.masked import (
     MaskedConfig,
     MaskedMarkerTask,
     complete_genotypes,
     genotype_log_probs,
 )
+from .tasks.twinned import PRETRAIN_TASKS, TwinnedConfig, TwinnedTask
 from .train import TrainConfig, Trainer
 
 
@@ -69,7 +69,7 @@ class PretrainSettings:
         0.1  # individuals held out for the validation loss / early stopping
     )
     # "masked"; "contrastive": shared copies of random pairs at loci hidden in both
-    # (tasks/contrastive.py); "both": their sum, the masked loss times masked_weight
+    # (tasks/twinned.py); "both": their sum, the masked loss times masked_weight
     task: str = "masked"
 
     def __post_init__(self):
@@ -77,11 +77,11 @@ class PretrainSettings:
             raise ValueError(f"task must be one of {PRETRAIN_TASKS}, got {self.task!r}")
 
 
-def _task(name, genotypes, frequencies, masked_cfg, contrastive_cfg):
+def _task(name, genotypes, frequencies, masked_cfg, twinned_cfg):
     """The pretraining task called ``name`` ("masked", "contrastive", "both")."""
     if name == "masked":
         return MaskedMarkerTask(genotypes, frequencies, masked_cfg)
-    weight = contrastive_cfg.masked_weight if name == "both" else 0.0
+    weight = twinned_cfg.masked_weight if name == "both" else 0.0
     return TwinnedTask(genotypes, frequencies, masked_cfg, weight)
 
 
@@ -99,7 +99,7 @@ def pretrain_encoder(
 
     ``params`` (e.g. a ``--params`` JSON) and ``typed`` (command-line options) are
     flat dictionaries of :class:`PerceiverConfig`, :class:`TrainConfig`,
-    :class:`MaskedConfig`, :class:`ContrastiveConfig`, :class:`PretrainSettings`
+    :class:`MaskedConfig`, :class:`TwinnedConfig`, :class:`PretrainSettings`
     and :class:`~gperceiver.marker_graph.GraphSettings` fields. An LD graph is computed
     from the training individuals (not the held-out ones); an edge-list graph and
     annotations come from ``marker_inputs`` (read by the caller).
@@ -108,11 +108,11 @@ def pretrain_encoder(
         PerceiverConfig,
         TrainConfig,
         MaskedConfig,
-        ContrastiveConfig,
+        TwinnedConfig,
         PretrainSettings,
         GraphSettings,
     )
-    model_cfg, train_cfg, masked_cfg, contrastive_cfg, settings, graph_cfg = resolve(
+    model_cfg, train_cfg, masked_cfg, twinned_cfg, settings, graph_cfg = resolve(
         classes,
         {},
         params or {},
@@ -138,11 +138,11 @@ def pretrain_encoder(
             f"{len(train_rows)} training and {len(val_rows)} held-out one(s)",
             "give at least 3 individuals or set --val-fraction 0",
         )
-    task = _task(settings.task, genotypes, frequencies, masked_cfg, contrastive_cfg)
+    task = _task(settings.task, genotypes, frequencies, masked_cfg, twinned_cfg)
     identity = {
         # the initial weights cover the model settings, seed, graph and annotations
         "model": model.state_dict(),
-        "task settings": [asdict(c) for c in (masked_cfg, contrastive_cfg, settings)],
+        "task settings": [asdict(c) for c in (masked_cfg, twinned_cfg, settings)],
         "genotypes": genotypes.fingerprint(),
         "training rows": [train_rows, val_rows],
     }
@@ -154,7 +154,7 @@ def pretrain_encoder(
         "model": model_cfg.to_dict(),
         "train": asdict(train_cfg),
         "masked": asdict(masked_cfg),
-        "contrastive": asdict(contrastive_cfg),
+        "contrastive": asdict(twinned_cfg),  # key kept: saved models read it,
         "pretrain": asdict(settings),
         "graph": asdict(graph_cfg),
         "result": {
