@@ -12,10 +12,13 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 MISSING = 0  # allele id of an uncalled copy
 
@@ -493,6 +496,8 @@ def genotype_batches(
     >>> [(rows.tolist(), tuple(a.shape)) for rows, a in genotype_batches(g, None, 2)]
     [([0, 1], (2, 1, 2)), ([2], (1, 1, 2))]
     """
+    import torch  # here, so that the data model (and the baselines) load without it
+
     rows = np.arange(genotypes.n_individuals) if rows is None else np.asarray(rows)
     for start in range(0, len(rows), batch_size):
         part = rows[start : start + batch_size]
