@@ -10,17 +10,20 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
 
 from .data import MarkerMap
 from .io import InputError, atomic_directory, atomic_path, read_chroms, write_chroms
 
 FORMAT_VERSION = 2  # written; 2: the Gaussian additive path scales each column
 READABLE_VERSIONS = (1, 2)  # read (format 1 is upgraded on load)
+
+if TYPE_CHECKING:  # torch loads where a tensor is saved or loaded, not on import
+    import torch
 
 
 def digest(value) -> str:
@@ -31,10 +34,12 @@ def digest(value) -> str:
     """
     h = hashlib.sha256()
 
+    torch_module = sys.modules.get("torch")  # a tensor exists only if torch loaded
+
     def feed(v) -> None:
-        if isinstance(v, torch.Tensor):
+        if torch_module is not None and isinstance(v, torch_module.Tensor):
             v = v.detach().cpu()
-            v = (v.float() if v.dtype == torch.bfloat16 else v).numpy()
+            v = (v.float() if v.dtype == torch_module.bfloat16 else v).numpy()
         if isinstance(v, np.ndarray):
             h.update(f"array:{v.dtype.str}:{v.shape}".encode())
             h.update(np.ascontiguousarray(v).data)
@@ -64,11 +69,30 @@ def read_json(path) -> dict:
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path) -> None:
+    from safetensors.torch import save_file
+
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
 
 
 def load_tensors(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def save_arrays(arrays: dict[str, np.ndarray], path) -> None:
+    """Write numpy ``arrays`` as one safetensors file, atomically (no torch)."""
+    from safetensors.numpy import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp)
+
+
+def load_arrays(path) -> dict[str, np.ndarray]:
+    """The numpy arrays of a safetensors file (:func:`save_arrays`)."""
+    from safetensors.numpy import load_file
+
     return load_file(str(path))
 
 
@@ -155,6 +179,8 @@ def check_markers(
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """Split an optimizer state into tensors (for safetensors) and JSON scalars."""
+    import torch
+
     state = optimizer.state_dict()
     tensors, scalars = {}, {"param_groups": state["param_groups"], "state": {}}
     for index, entries in state["state"].items():

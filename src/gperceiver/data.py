@@ -12,10 +12,13 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 MISSING = 0  # allele id of an uncalled copy
 
@@ -238,6 +241,54 @@ class Genotypes:
     def codes(self) -> np.ndarray:
         """Genotype codes ``(N, M)`` in the original tool's allele-set encoding."""
         return alleles_to_codes(self.alleles, self.n_alleles)
+
+    @classmethod
+    def from_dosages(
+        cls, dosages, names, markers=None, ploidy: int = 2, chrom=None, pos=None
+    ) -> Genotypes:
+        """Biallelic genotypes from copies of the second allele.
+
+        Parameters
+        ----------
+        dosages : array-like
+            ``(N, M)`` copies of allele 2, whole numbers ``0..ploidy``; NaN or a
+            negative value is missing.
+        names : array-like
+            ``(N,)`` individual names.
+        markers : MarkerMap or array-like, optional
+            The map, or ``(M,)`` marker names (default ``m1..mM``) placed by
+            ``chrom`` ``(M,)`` (default one chromosome, ``unplaced``) and ``pos``
+            ``(M,)`` (default the column order, 1..M).
+        ploidy : int
+            Copies per locus (1 for inbred lines scored 0/1).
+
+        Examples
+        --------
+        >>> g = Genotypes.from_dosages([[0, 1, 2], [2, np.nan, 0]], ["a", "b"])
+        >>> g.alleles[1].tolist(), g.markers.names.tolist()
+        ([[2, 2], [0, 0], [1, 1]], ['m1', 'm2', 'm3'])
+        """
+        dosage = np.asarray(dosages, dtype=np.float64)
+        if dosage.ndim != 2:
+            raise ValueError(f"dosages must be (individuals, markers), {dosage.shape}")
+        m = dosage.shape[1]
+        known = np.isfinite(dosage) & (dosage >= 0)
+        whole = np.where(known, dosage, 0)
+        if (whole != np.round(whole)).any() or (whole > ploidy).any():
+            raise ValueError(f"dosages must be whole numbers 0..{ploidy} or NaN")
+        if not isinstance(markers, MarkerMap):
+            labels = [f"m{j + 1}" for j in range(m)] if markers is None else markers
+            markers, order = MarkerMap.from_columns(
+                ["unplaced"] * m if chrom is None else chrom,
+                labels,
+                np.arange(1, m + 1) if pos is None else pos,
+            )
+            whole, known = whole[:, order], known[:, order]
+        copy = np.arange(ploidy)[None, None, :]
+        # sorted copies: (P - d) copies of allele 1 then d copies of allele 2
+        alleles = np.where(copy < ploidy - whole[..., None], 1, 2).astype(np.uint8)
+        alleles[~known] = MISSING
+        return cls(alleles, np.asarray(names).astype(str), markers, n_alleles=2)
 
     def subset(self, individuals=None, markers=None) -> Genotypes:
         ind = slice(None) if individuals is None else np.asarray(individuals)
@@ -493,6 +544,8 @@ def genotype_batches(
     >>> [(rows.tolist(), tuple(a.shape)) for rows, a in genotype_batches(g, None, 2)]
     [([0, 1], (2, 1, 2)), ([2], (1, 1, 2))]
     """
+    import torch  # here, so that the data model (and the baselines) load without it
+
     rows = np.arange(genotypes.n_individuals) if rows is None else np.asarray(rows)
     for start in range(0, len(rows), batch_size):
         part = rows[start : start + batch_size]

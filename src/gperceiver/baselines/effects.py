@@ -75,6 +75,64 @@ def additive_effects(
     )
 
 
+def blup_allele_effects(
+    genotypes: Genotypes,
+    individuals: np.ndarray,
+    weights: np.ndarray,
+    frequencies: np.ndarray | None = None,
+    marker_weights: np.ndarray | None = None,
+    chunk: int = 4096,
+) -> np.ndarray:
+    """The allele effects ``(M, A)`` of a GBLUP solution: rrBLUP's marker
+    effects, per allele copy.
+
+    A fit on ``G = Z W Z' / c`` (:func:`genomic_relationship` with these
+    ``frequencies`` ``(M, A)``, default those of ``genotypes``, and
+    ``marker_weights`` ``(M,)``) has ``blup = G[:, records] @ weights``, so
+    ``effects = W Z[records]' weights / c`` and any genotype's BLUP is
+    ``sum_{m,a} (dosage_ma - P p_ma) effects_ma`` (missing copies mean-imputed).
+    ``individuals`` ``(n,)`` are the rows of ``genotypes`` of the records and
+    ``weights`` ``(n,)`` their ``H^-1 (y - X b)`` (:attr:`MixedModelFit.weights`);
+    records of one individual add up. Memory ``O(n * chunk * A)``.
+    """
+    if frequencies is None:
+        frequencies = genotypes.allele_frequencies()
+    per_individual = np.bincount(
+        np.asarray(individuals), np.asarray(weights, np.float64),
+        minlength=genotypes.n_individuals,
+    )  # fmt: skip
+    rows = np.unique(individuals)
+    fitted = genotypes.subset(individuals=rows)
+    effects = np.concatenate(
+        [
+            np.einsum("n,nca->ca", per_individual[rows], z)
+            for z, _ in _centred_dosages(fitted, frequencies, chunk)
+        ]
+    )
+    scale = np.ones(genotypes.n_markers) if marker_weights is None else marker_weights
+    variance = genotypes.ploidy * frequencies * (1 - frequencies)
+    denominator = float((variance * scale[:, None]).sum())
+    if denominator == 0:
+        raise ValueError("no polymorphic marker: the relationship matrix is undefined")
+    return effects * scale[:, None] / denominator
+
+
+def allele_effect_predictions(
+    genotypes: Genotypes, effects: np.ndarray, frequencies: np.ndarray, chunk=4096
+) -> np.ndarray:
+    """``sum_{m,a} (dosage_ma - P p_ma) effects_ma`` ``(N,)`` of every individual
+    (:func:`blup_allele_effects`; same markers and alleles, missing copies
+    mean-imputed)."""
+    out = np.zeros(genotypes.n_individuals)
+    for start, (z, _) in zip(
+        range(0, genotypes.n_markers, chunk),
+        _centred_dosages(genotypes, frequencies, chunk),
+        strict=True,
+    ):
+        out += np.einsum("nca,ca->n", z, effects[start : start + chunk])
+    return out
+
+
 @dataclass(frozen=True)
 class KernelFit:
     """RKHS regression (Gaussian kernel) on the fitted individuals, kept so that any
@@ -103,12 +161,15 @@ class KernelFit:
     def predict(self, genotypes: Genotypes) -> np.ndarray:
         """Predictions ``(N,)`` for every individual of ``genotypes`` (same map)."""
         z = kernel_features(genotypes, self.frequencies, self.keep, self.column_scale)
-        d2 = (
-            (z**2).sum(1)[:, None]
-            + (self.features**2).sum(1)[None, :]
-            - 2.0 * z @ self.features.T
-        )
-        return self.intercept + np.exp(-np.maximum(d2, 0.0) * self.scale) @ self.weights
+        d2 = feature_distances(z, self.features)
+        return self.intercept + np.exp(-d2 * self.scale) @ self.weights
+
+
+def feature_distances(z: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances ``(N, n)`` (clipped at 0) between the rows of
+    ``z`` ``(N, F)`` and of ``features`` ``(n, F)`` (:func:`kernel_features`)."""
+    d2 = (z**2).sum(1)[:, None] + (features**2).sum(1)[None, :] - 2.0 * z @ features.T
+    return np.maximum(d2, 0.0)
 
 
 def kernel_columns(

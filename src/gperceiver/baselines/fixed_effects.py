@@ -130,6 +130,33 @@ class FixedDesign:
         self.names_ += list(self.spec.covariates)
         return self
 
+    def to_dict(self) -> dict:
+        """What :meth:`fit` learnt, as JSON values (:meth:`from_dict` reads it).
+
+        >>> train = pd.DataFrame({"sex": ["F", "M"], "age": [1.0, 3.0]})
+        >>> design = FixedDesign(FixedEffects(("sex",), ("age",))).fit(train)
+        >>> again = FixedDesign.from_dict(design.to_dict())
+        >>> (again.matrix(train) == design.matrix(train)).all(), again.names_
+        (np.True_, ['intercept', 'sex=M', 'age'])
+        """
+        return {
+            "factors": list(self.spec.factors),
+            "covariates": list(self.spec.covariates),
+            "levels": {column: list(v) for column, v in self.levels_.items()},
+            "means": dict(self.means_),
+            "names": list(self.names_),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> FixedDesign:
+        """A fitted design from :meth:`to_dict`'s values."""
+        spec = FixedEffects(tuple(values["factors"]), tuple(values["covariates"]))
+        design = cls(spec)
+        design.levels_ = {column: list(v) for column, v in values["levels"].items()}
+        design.means_ = {column: float(v) for column, v in values["means"].items()}
+        design.names_ = list(values["names"])
+        return design
+
     def mean_row(self) -> np.ndarray:
         """The ``(p,)`` row of a record at the mean of every factor's training
         levels and at the mean covariates (a selection candidate without

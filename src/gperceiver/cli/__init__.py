@@ -17,6 +17,7 @@ import sys
 from .. import __version__
 from .convert import add_convert_command
 from .evaluate import add_evaluate_commands
+from .fit import add_fit_command
 from .models import add_model_commands
 from .run import (
     EXIT_INPUT,
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_command(sub)
     add_evaluate_commands(sub)
     add_model_commands(sub)
+    add_fit_command(sub)
     add_seq_commands(sub)
     for command in leaf_parsers(parser):
         add_common_options(command)

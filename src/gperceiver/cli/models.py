@@ -6,11 +6,13 @@ import sys
 from pathlib import Path
 
 from .. import distributed, io
+from ..baseline_model import is_baseline_model
 from ..checkpoint import record_directory
 from ..finetuning import finetune, load_predictor, prediction_table
 from ..io import InputError
 from ..pretraining import impute_genotypes, one_shot_params, pretrain_encoder
 from ..report import write_finetune_outputs
+from .fit import predict_with_baseline
 from .inputs import (
     claim_output,
     read_covariates_if_given,
@@ -158,6 +160,8 @@ def cmd_finetune(args) -> None:
 
 
 def cmd_predict(args) -> None:
+    if is_baseline_model(args.model):  # written by gperceiver fit
+        return predict_with_baseline(args)
     genotypes = read_genotypes(args, stream=True)
     covariates = read_covariates_if_given(args)
     predictor = load_predictor(args.model, genotypes, args.markers, covariates)
@@ -230,7 +234,10 @@ def add_model_commands(sub) -> None:
     )
     add_inputs(p, phenos=False)
     p.add_argument(
-        "--model", required=True, help="directory written by gperceiver finetune"
+        "--model",
+        required=True,
+        help="directory written by gperceiver finetune, or by gperceiver fit "
+        "(a baseline: markers matched by name; adds the column gebv)",
     )
     p.add_argument("--out", required=True, help="output TSV: name, block, prediction")
     p.add_argument(

@@ -1,0 +1,400 @@
+"""A fitted kernel baseline that predicts genotypes it never saw, in memory and on
+disk: ``gperceiver fit`` writes one, ``gperceiver predict`` (and
+:class:`gperceiver.GBLUP`) reads it.
+
+Each environment (block) is fitted on its records by the estimators of
+:mod:`gperceiver.baselines`, with the relationship of *all* genotypes given (as
+``evaluate`` and ``gblup`` do; no response enters it). The solution is then written
+in a form that needs only the genotypes of a new individual:
+
+- GBLUP (and ``gblup-weighted``): allele effects ``(M, A)`` per environment
+  (:func:`~gperceiver.baselines.blup_allele_effects`), the BLUP of a genotype being
+  ``sum (dosage - P p) effects`` with the frequencies ``p`` of the fit;
+- RKHS: the scaled centred dosages of the phenotyped individuals ``(n, F)`` and,
+  per environment, the weights ``(n,)`` of the Gaussian kernel and its scale
+  ``1 / (h median d2)`` (the median over the genotypes of the fit).
+
+A new individual's prediction is the fixed part at the mean of the training
+levels and covariates (:meth:`~gperceiver.baselines.FixedDesign.mean_row`) plus
+its BLUP, as for selection candidates. The directory holds ``config.json``
+(``kind: baseline``, ``format_version``, the method, trait, environments with their
+fixed-effect levels and variance components), ``model.safetensors`` (float64
+arrays) and ``markers.tsv``; markers of new genotypes are matched by name.
+
+Shape letters: N individuals, M markers, A alleles, n phenotyped individuals,
+F polymorphic allele columns, p fixed effects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .baselines import (
+    DEFAULT_BANDWIDTHS,
+    GBLUP,
+    NO_FIXED,
+    RKHS,
+    FixedDesign,
+    FixedEffects,
+    Kernel,
+    WeightedGBLUP,
+    allele_effect_predictions,
+    blup_allele_effects,
+    feature_distances,
+    kernel_columns,
+    kernel_features,
+    mixed_weights,
+    weighted_kernels,
+)
+from .baselines.kernels import _squared_distances
+from .checkpoint import load_arrays, read_json, save_arrays, write_json
+from .data import Genotypes, MarkerMap, Phenotypes
+from .io import InputError, atomic_directory, read_chroms, write_chroms
+from .selection import COMPONENT_COLUMNS, variance_components
+
+BASELINE_METHODS = ("gblup", "rkhs", "gblup-weighted")  # predict new individuals
+BASELINE_FORMAT_VERSION = 1
+KIND = "baseline"  # config.json "kind" of a baseline model directory
+PREDICTION_COLUMNS = ["name", "block", "prediction", "gebv"]
+
+
+@dataclass
+class EnvironmentSolution:
+    """One environment's fit: ``solution`` is the allele effects ``(M, A)``
+    (GBLUP) or the kernel weights ``(n,)`` over the model's features (RKHS)."""
+
+    block: int  # the code of Phenotypes.table
+    label: object  # what outputs show (a name, or the code)
+    design: FixedDesign
+    beta: np.ndarray  # (p,)
+    solution: np.ndarray
+    components: pd.DataFrame  # COMPONENT_COLUMNS, fold "all"
+    scale: float | None = None  # RKHS: 1 / (bandwidth * median squared distance)
+
+    @property
+    def fixed_part(self) -> float:
+        """The fixed part of a record at the mean training levels/covariates."""
+        return float(self.design.mean_row() @ self.beta)
+
+
+@dataclass
+class BaselineModel:
+    """A fitted GBLUP / RKHS / weighted GBLUP that predicts new genotypes.
+
+    ``frequencies`` ``(M, A)`` centre the dosages as in the fit; RKHS models also
+    hold ``features`` ``(n, F)``, ``keep`` ``(M * A,)`` and ``column_scale``
+    ``(F,)`` (:func:`~gperceiver.baselines.kernel_columns`).
+    """
+
+    method: str
+    markers: MarkerMap
+    ploidy: int
+    n_alleles: int
+    frequencies: np.ndarray
+    environments: list[EnvironmentSolution]
+    trait: str = "response"
+    features: np.ndarray | None = None
+    keep: np.ndarray | None = None
+    column_scale: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    def aligned(self, genotypes: Genotypes, source="genotypes") -> Genotypes:
+        """``genotypes`` at the model's markers, matched by name, in its order;
+        refuses (:class:`InputError`) another ploidy, a missing marker or an
+        allele id the model never had."""
+        if genotypes.ploidy != self.ploidy:
+            raise InputError(
+                source, None,
+                f"ploidy {genotypes.ploidy}, the model was fitted on ploidy "
+                f"{self.ploidy}", "give genotypes of the same ploidy",
+            )  # fmt: skip
+        lookup = {n: i for i, n in enumerate(genotypes.markers.names.tolist())}
+        index = np.array([lookup.get(n, -1) for n in self.markers.names.tolist()])
+        lacking = self.markers.names[index < 0]
+        if len(lacking):
+            raise InputError(
+                source, None,
+                f"lacks {len(lacking)} of the model's {len(self.markers)} markers, "
+                f"e.g. {str(lacking[0])!r}",
+                "give genotypes of every marker in the model's markers.tsv",
+            )  # fmt: skip
+        alleles = genotypes.alleles[:, index]
+        if alleles.size and int(alleles.max()) > self.n_alleles:
+            raise InputError(
+                source, None,
+                f"allele id {int(alleles.max())} at the model's markers, the model "
+                f"knows {self.n_alleles} alleles per marker",
+                "give the markers with the alleles (REF/ALT) of the fit",
+            )  # fmt: skip
+        return Genotypes(alleles, genotypes.names, self.markers, self.n_alleles)
+
+    def genetic_values(self, genotypes: Genotypes, source="genotypes") -> np.ndarray:
+        """BLUPs ``(N, E)`` of every individual of ``genotypes`` in every
+        environment of the model (``E = len(environments)``)."""
+        genotypes = self.aligned(genotypes, source)
+        out = np.zeros((genotypes.n_individuals, len(self.environments)))
+        if self.method == "rkhs":
+            z = kernel_features(
+                genotypes, self.frequencies, self.keep, self.column_scale
+            )
+            d2 = feature_distances(z, self.features)  # (N, n)
+            for e, env in enumerate(self.environments):
+                out[:, e] = np.exp(-d2 * env.scale) @ env.solution
+            return out
+        for e, env in enumerate(self.environments):
+            out[:, e] = allele_effect_predictions(
+                genotypes, env.solution, self.frequencies
+            )
+        return out
+
+    def predict_table(self, genotypes: Genotypes, source="genotypes") -> pd.DataFrame:
+        """:data:`PREDICTION_COLUMNS` for every individual x environment:
+        ``gebv`` (the BLUP) and ``prediction`` (plus the fixed part at the mean
+        training levels and covariates)."""
+        gebv = self.genetic_values(genotypes, source)
+        fixed = np.array([env.fixed_part for env in self.environments])
+        n, e = gebv.shape
+        return pd.DataFrame(
+            {
+                "name": np.repeat(genotypes.names, e),
+                "block": np.tile(
+                    np.array([env.label for env in self.environments], object), n
+                ),
+                "prediction": (gebv + fixed[None, :]).ravel(),
+                "gebv": gebv.ravel(),
+            }
+        )
+
+    def predict_records(
+        self, genotypes: Genotypes, records: pd.DataFrame, source="genotypes"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(fixed, genetic)`` parts ``(k,)`` for ``records`` (``name``,
+        ``block`` codes and the fixed-effect columns), as ``evaluate`` predicts a
+        validation record; NaN in an environment the model does not have."""
+        gebv = self.genetic_values(genotypes, source)
+        rows = genotypes.index_of(records["name"])
+        if (rows < 0).any():
+            raise KeyError("records name individuals without genotypes")
+        blocks = records["block"].to_numpy()
+        fixed, genetic = np.full(len(records), np.nan), np.full(len(records), np.nan)
+        for e, env in enumerate(self.environments):
+            here = blocks == env.block
+            if here.any():
+                fixed[here] = env.design.matrix(records[here]) @ env.beta
+                genetic[here] = gebv[rows[here], e]
+        return fixed, genetic
+
+    def components(self) -> pd.DataFrame:
+        """What every environment's fit estimated (:data:`COMPONENT_COLUMNS`)."""
+        return pd.concat([env.components for env in self.environments])[
+            COMPONENT_COLUMNS
+        ].reset_index(drop=True)
+
+
+def _block_fit(method, relationship, fixed, chosen, bandwidths, records) -> GBLUP:
+    if method == "rkhs":
+        return RKHS(relationship, bandwidths, fixed=fixed).fit(records, None)
+    return GBLUP(chosen or relationship, fixed=fixed).fit(records, None)
+
+
+def fit_baseline(
+    phenotypes: Phenotypes,
+    genotypes: Genotypes,
+    method: str = "gblup",
+    fixed: FixedEffects = NO_FIXED,
+    marker_weights: np.ndarray | None = None,
+    bandwidths: tuple[float, ...] = DEFAULT_BANDWIDTHS,
+    trait: str = "response",
+    relationship: Kernel | None = None,
+) -> BaselineModel:
+    """Fit ``method`` per environment on every record of ``phenotypes`` and write
+    the solution to predict any genotype.
+
+    Parameters
+    ----------
+    phenotypes : Phenotypes
+        The records (every name genotyped); ``block_labels`` name the
+        environments in outputs.
+    genotypes : Genotypes
+        Every genotyped individual (their frequencies centre the dosages and
+        their relationship is the kernel, as in ``evaluate``), phenotyped or not.
+    method : str
+        One of :data:`BASELINE_METHODS`.
+    fixed : FixedEffects
+        Fixed effects beside the intercept (levels learnt from the records).
+    marker_weights : ndarray, optional
+        ``(M,)`` prior of ``gblup-weighted`` (how much it counts chosen by REML
+        over every environment, :class:`~gperceiver.baselines.WeightedGBLUP`).
+    bandwidths : tuple of float
+        RKHS candidates (units of the median squared distance).
+    relationship : Kernel, optional
+        VanRaden's G of ``genotypes`` (computed if absent).
+
+    Returns
+    -------
+    BaselineModel
+    """
+    if method not in BASELINE_METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {BASELINE_METHODS}")
+    relationship = relationship or Kernel.relationship(genotypes)
+    frequencies = genotypes.allele_frequencies()
+    table, chosen, weights, info = phenotypes.table, None, None, {}
+    if method == "gblup-weighted":
+        if marker_weights is None:
+            raise ValueError("gblup-weighted needs marker weights")
+        candidates = weighted_kernels(genotypes, marker_weights)
+        weighted = WeightedGBLUP(candidates, fixed=fixed).fit(table)
+        chosen, info["mix"] = weighted.relationship_, weighted.mix_
+        weights = mixed_weights(marker_weights, weighted.mix_)
+    labels = phenotypes.block_labels
+    model = BaselineModel(
+        method, genotypes.markers, genotypes.ploidy, genotypes.n_alleles,
+        frequencies, [], trait, info=info,
+    )  # fmt: skip
+    if method == "rkhs":
+        fitted = np.unique(relationship.index_of(table["name"]))
+        model.keep, model.column_scale = kernel_columns(frequencies, genotypes.ploidy)
+        features = kernel_features(
+            genotypes.subset(individuals=fitted),
+            frequencies,
+            model.keep,
+            model.column_scale,
+        )  # C order, as it loads: the products, and so the bits, are the same
+        model.features = np.ascontiguousarray(features)
+        median = _squared_distances(relationship.matrix)[1]
+    for block in np.sort(table["block"].unique()):
+        records = table[table["block"] == block]
+        fit = _block_fit(method, relationship, fixed, chosen, bandwidths, records)
+        label = block.item() if labels is None else labels[int(block)]
+        frame = variance_components(fit, method, label, "all", with_se=True)
+        if method == "rkhs":
+            on_fitted = np.bincount(
+                np.searchsorted(fitted, fit.individuals_), fit.fit_.weights,
+                minlength=len(fitted),
+            )  # fmt: skip
+            solution, scale = on_fitted, 1.0 / (fit.bandwidth_ * median)
+        else:
+            solution = blup_allele_effects(
+                genotypes, fit.individuals_, fit.fit_.weights, frequencies, weights
+            )
+            scale = None
+        env = EnvironmentSolution(
+            int(block), label, fit.design_, fit.fit_.beta, solution, frame, scale
+        )
+        model.environments.append(env)
+    return model
+
+
+def is_baseline_model(directory) -> bool:
+    """Whether ``directory`` holds a model written by :func:`save_baseline`."""
+    path = Path(directory) / "config.json"
+    return path.is_file() and read_json(path).get("kind") == KIND
+
+
+def _component_records(frame: pd.DataFrame) -> list[dict]:
+    rows = frame[["component", "value", "se"]].to_dict("records")
+    return [
+        {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+        for r in rows
+    ]
+
+
+def save_baseline(model: BaselineModel, directory) -> None:
+    """Write ``model`` to ``directory`` (staged, ``config.json`` last, so a
+    directory with ``config.json`` holds a whole model). A directory that holds
+    another kind of model is refused."""
+    directory = Path(directory)
+    if directory.is_file() or (
+        (directory / "config.json").exists() and not is_baseline_model(directory)
+    ):
+        raise InputError(
+            directory, None, "is a file or holds another kind of model",
+            "give a new directory for --out",
+        )  # fmt: skip
+    arrays = {"frequencies": model.frequencies}
+    environments = []
+    for e, env in enumerate(model.environments):
+        arrays[f"beta.{e}"] = env.beta
+        arrays[f"solution.{e}"] = env.solution
+        label = env.label.item() if hasattr(env.label, "item") else env.label
+        environments.append(
+            {
+                "block": env.block,
+                "label": label,
+                "scale": env.scale,
+                "fixed": env.design.to_dict(),
+                "components": _component_records(env.components),
+            }
+        )
+    if model.method == "rkhs":
+        arrays.update(
+            features=model.features,
+            keep=model.keep.astype(np.uint8),
+            column_scale=model.column_scale,
+        )
+    config = {
+        "kind": KIND,
+        "format_version": BASELINE_FORMAT_VERSION,
+        "method": model.method,
+        "trait": model.trait,
+        "ploidy": model.ploidy,
+        "n_alleles": model.n_alleles,
+        "markers": model.markers.fingerprint(),
+        "environments": environments,
+        "info": model.info,
+        "gperceiver_version": __version__,
+    }
+    with atomic_directory(directory, last="config.json") as staging:
+        write_chroms(model.markers, staging / "markers.tsv")
+        save_arrays(arrays, staging / "model.safetensors")
+        write_json(config, staging / "config.json")
+
+
+def load_baseline(directory) -> BaselineModel:
+    """Read a model written by :func:`save_baseline` (refuses another kind or
+    format version)."""
+    directory = Path(directory)
+    if not is_baseline_model(directory):
+        raise InputError(
+            directory, None, "holds no baseline model (no config.json of kind "
+            "'baseline')", "pass a directory written by gperceiver fit",
+        )  # fmt: skip
+    config = read_json(directory / "config.json")
+    if config.get("format_version") != BASELINE_FORMAT_VERSION:
+        raise InputError(
+            directory / "config.json", "format_version",
+            f"baseline format {config.get('format_version')} is not supported "
+            f"(this gperceiver reads {BASELINE_FORMAT_VERSION})",
+            "refit the model with this version",
+        )  # fmt: skip
+    arrays = load_arrays(directory / "model.safetensors")
+    environments = []
+    for e, entry in enumerate(config["environments"]):
+        frame = pd.DataFrame(entry["components"]).astype({"se": float})
+        frame = frame.assign(method=config["method"], block=entry["label"], fold="all")
+        environments.append(
+            EnvironmentSolution(
+                entry["block"], entry["label"], FixedDesign.from_dict(entry["fixed"]),
+                arrays[f"beta.{e}"], arrays[f"solution.{e}"],
+                frame[COMPONENT_COLUMNS], entry["scale"],
+            )
+        )  # fmt: skip
+    rkhs = config["method"] == "rkhs"
+    return BaselineModel(
+        config["method"],
+        read_chroms(directory / "markers.tsv"),
+        config["ploidy"],
+        config["n_alleles"],
+        arrays["frequencies"],
+        environments,
+        config["trait"],
+        features=arrays["features"] if rkhs else None,
+        keep=arrays["keep"].astype(bool) if rkhs else None,
+        column_scale=arrays["column_scale"] if rkhs else None,
+        info=config.get("info", {}),
+    )

@@ -1,0 +1,176 @@
+"""Saved baseline models (``gperceiver fit`` / ``predict --model``): a model fitted
+on the training folds predicts new genotypes exactly as cross-validation predicts
+the held-out fold, survives a save/load bit for bit, and refuses wrong input."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gperceiver import io
+from gperceiver.baseline_model import fit_baseline, load_baseline, save_baseline
+from gperceiver.baselines import FixedEffects
+from gperceiver.cli import main
+from gperceiver.data import Genotypes, MarkerMap, Phenotypes
+from gperceiver.evaluate import cross_validate
+from gperceiver.io import write_chroms, write_markers, write_phenotypes, write_table
+from gperceiver.simulate import SimulationConfig, simulate
+
+
+@pytest.fixture(scope="module")
+def wheat(wheat_paths):
+    genotypes = io.read_table_genotypes(wheat_paths["markers"], wheat_paths["chroms"])
+    phenotypes = io.read_phenotypes(wheat_paths["phenotypes"])
+    return genotypes, io.match_phenotypes(phenotypes, genotypes)
+
+
+@pytest.fixture(scope="module")
+def animals():
+    config = SimulationConfig(
+        n_individuals=120, n_markers=300, chromosome_length_bp=30_000_000,
+        n_qtl=30, n_environments=2, n_folds=5, fixed_variance=0.3, seed=5,
+    )  # fmt: skip
+    return simulate(config)
+
+
+def shuffled_map(genotypes: Genotypes, rows) -> Genotypes:
+    """``rows`` of ``genotypes`` on a map with the markers in reverse order (other
+    positions): a Perceiver model would refuse it, a baseline matches names."""
+    m = genotypes.n_markers
+    markers, order = MarkerMap.from_columns(
+        ["other"] * m, genotypes.markers.names, np.arange(m, 0, -1)
+    )
+    alleles = genotypes.alleles[rows][:, order]
+    return Genotypes(alleles, genotypes.names[rows], markers, genotypes.n_alleles)
+
+
+def write_genotypes(genotypes: Genotypes, directory, stem="new") -> list[str]:
+    write_chroms(genotypes.markers, directory / f"{stem}.chroms.tsv")
+    write_markers(genotypes, directory / f"{stem}.markers.tsv")
+    return [
+        str(directory / f"{stem}.chroms.tsv"),
+        str(directory / f"{stem}.markers.tsv"),
+    ]
+
+
+@pytest.mark.parametrize("method", ["gblup", "rkhs"])
+def test_fit_predict__fold_0_as_new_genotypes_equals_evaluate_fold_0(
+    wheat, wheat_paths, tmp_path, method
+):
+    genotypes, phenotypes = wheat
+    expected, _ = cross_validate(
+        phenotypes, genotypes, [method], progress=False, folds=["0"]
+    )
+    table = phenotypes.table
+    training = tmp_path / "training.tsv"
+    write_phenotypes(Phenotypes(table[table["cv"].astype(str) != "0"]), training)
+    model = tmp_path / "model"
+    genotype_files = [str(wheat_paths["chroms"]), str(wheat_paths["markers"])]
+    argv = ["fit", str(training), *genotype_files, "--method", method]
+    assert main([*argv, "--out", str(model)]) == 0
+    fold_0 = np.flatnonzero(np.isin(genotypes.names, expected["name"]))
+    new = write_genotypes(shuffled_map(genotypes, fold_0), tmp_path)
+    out = tmp_path / "predictions.tsv"
+    assert main(["predict", *new, "--model", str(model), "--out", str(out)]) == 0
+    predicted = pd.read_csv(out, sep="\t")
+    assert list(predicted.columns) == ["name", "block", "prediction", "gebv"]
+    assert len(predicted) == len(fold_0) * 4  # every new line x environment
+    merged = expected.merge(predicted, on=["name", "block"], suffixes=("", "_new"))
+    assert len(merged) == len(expected)  # every fold-0 record
+    assert np.allclose(merged["prediction_new"], merged["prediction"], atol=1e-5)
+    genetic = merged["prediction"] - merged["fixed"]
+    assert np.allclose(merged["gebv"], genetic, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gblup", "rkhs", "gblup-weighted"])
+def test_fit_baseline__records_equal_cross_validation_with_fixed_effects(
+    animals, method
+):
+    """In memory, with fixed effects: a validation record's fixed and genetic
+    parts are those of cross-validation's fold."""
+    g, table = animals.genotypes, animals.phenotypes.table
+    fixed = FixedEffects(("sex",), ("age",))
+    prior = np.isin(np.arange(g.n_markers), animals.qtl) + 0.1  # the true QTL
+    inputs = io.read_marker_inputs({}, g.markers)
+    inputs.weights = prior
+    options = {"fixed": fixed, "marker_inputs": inputs}
+    phenotypes = Phenotypes(table)
+    expected, _ = cross_validate(
+        phenotypes, g, [method], progress=False, options=options, folds=["0"]
+    )
+    train = Phenotypes(table[table["cv"].astype(str) != "0"])
+    model = fit_baseline(train, g, method, fixed, marker_weights=prior)
+    validation = table[table["cv"].astype(str) == "0"]
+    fixed_part, genetic = model.predict_records(g, validation)
+    assert np.allclose(fixed_part, expected["fixed"], atol=1e-8)
+    assert np.allclose(fixed_part + genetic, expected["prediction"], atol=1e-8)
+    if method == "gblup-weighted":
+        assert model.info["mix"] > 0  # the prior's weights entered the effects
+
+
+@pytest.mark.parametrize("method", ["gblup", "rkhs"])
+def test_save_load__predicts_bit_identically(animals, tmp_path, method):
+    g, table = animals.genotypes, animals.phenotypes.table
+    labels = Phenotypes(table, block_labels=["2019_Obregon", "2020_Obregon"])
+    fixed = FixedEffects(("sex",), ("age",))
+    model = fit_baseline(labels, g, method, fixed)
+    save_baseline(model, tmp_path / "model")
+    again = load_baseline(tmp_path / "model")
+    new = shuffled_map(g, np.arange(20))
+    before, after = model.predict_table(new), again.predict_table(new)
+    assert set(before["block"]) == {"2019_Obregon", "2020_Obregon"}
+    assert before.equals(after)  # every bit
+    records = table.iloc[:30]
+    parts = model.predict_records(g, records), again.predict_records(g, records)
+    for x, y in zip(*parts, strict=True):
+        assert np.array_equal(x, y)
+    assert model.components().equals(again.components())
+    assert set(again.components()["component"]) >= {"h2", "intercept", "sex=M", "age"}
+
+
+def test_fit__refuses_wrong_inputs_in_one_line_writing_nothing(
+    animals, tmp_path, capsys
+):
+    g = animals.genotypes
+    data = tmp_path / "data"
+    data.mkdir()
+    write_phenotypes(animals.phenotypes, data / "phenos.tsv")
+    files = [str(data / "phenos.tsv"), *write_genotypes(g, data, "all")]
+
+    def refused(argv, *expected):
+        before = sorted(p.name for p in tmp_path.iterdir())
+        code = main([*map(str, argv)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and len(err) == 1, err
+        assert all(text in err[0] for text in expected), err
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+    model = tmp_path / "model"
+    refused(["fit", *files, "--method", "bayesb", "--out", model], "invalid choice")
+    refused(["fit", *files, "--marker-weights", data / "phenos.tsv", "--out", model],
+            "--marker-weights")  # fmt: skip
+    (tmp_path / "a-file").write_text("x")
+    refused(["fit", *files, "--out", tmp_path / "a-file"], "--out", "a-file")
+    assert main(["fit", *files, "--out", str(model)]) == 0
+    capsys.readouterr()
+    fewer = g.subset(markers=np.arange(1, g.n_markers))
+    new = write_genotypes(fewer, data, "fewer")
+    out = tmp_path / "p.tsv"
+    refused(["predict", *new, "--model", model, "--out", out],
+            "fewer.markers.tsv", f"lacks 1 of the model's {g.n_markers} markers",
+            repr(str(g.markers.names[0])))  # fmt: skip
+    refused(["predict", *files[1:], "--model", model, "--out", out, "--uncertainty"],
+            "--uncertainty")  # fmt: skip
+
+
+def test_fit__gblup_weighted_needs_its_prior_and_keeps_the_mix(animals, tmp_path):
+    g = animals.genotypes
+    write_phenotypes(animals.phenotypes, tmp_path / "phenos.tsv")
+    files = [str(tmp_path / "phenos.tsv"), *write_genotypes(g, tmp_path, "all")]
+    qtl = np.isin(np.arange(g.n_markers), animals.qtl).astype(float)
+    weights = tmp_path / "w.tsv"
+    write_table(pd.DataFrame({"marker": g.markers.names, "weight": qtl}), weights)
+    out = tmp_path / "model"
+    assert main(["fit", *files, "--method", "gblup-weighted", "--out", str(out),
+                 "--marker-weights", str(weights)]) == 0  # fmt: skip
+    model = load_baseline(out)
+    assert model.method == "gblup-weighted" and 0 <= model.info["mix"] <= 1
