@@ -158,11 +158,13 @@ def wheat_cross_validation(wheat_paths):
     markers = read_chroms(wheat_paths["chroms"])
     genotypes = read_markers(wheat_paths["markers"], markers)
     phenotypes = read_phenotypes(wheat_paths["phenotypes"])
-    start = time.perf_counter()
+    # CPU seconds of this process (all threads), not wall time: a loaded box
+    # stretches the wall clock, not the work
+    start = time.process_time()
     predictions, accuracy = cross_validate(
         phenotypes, genotypes, ["gblup", "rkhs"], progress=False
     )
-    return predictions, accuracy, time.perf_counter() - start
+    return predictions, accuracy, time.process_time() - start
 
 
 @pytest.mark.slow
