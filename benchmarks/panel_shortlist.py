@@ -89,6 +89,11 @@ def recall(masked, queries, k, top, block, search: SearchConfig, seed: int = 0):
     return found / total
 
 
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
@@ -110,6 +115,7 @@ def main() -> None:
         r = recall(masked, args.queries, k, min(args.top, k), block, search)
         line = f"k={k}: recall of the exact top {min(args.top, k)} {r:.4f}"
         line += f" ({time.perf_counter() - t:.1f} s)"
+        print(line, flush=True)
         if not args.no_impute:
             settings = PanelImputeSettings()
             model = replace(
@@ -120,15 +126,19 @@ def main() -> None:
                 segment=args.segment,
             )
             settings = replace(settings, model=model)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), cpu_seconds()
             result = impute_with_panel(masked, settings=settings)
-            seconds = time.perf_counter() - t
+            seconds, cpu = time.perf_counter() - t, cpu_seconds() - c
             same = (
                 np.sort(result.genotypes.alleles, -1) == np.sort(truth.alleles, -1)
             ).all(-1)
-            line += f"; concordance {same[hidden].mean():.4f} in {seconds:.1f} s"
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        print(line + f", peak RSS so far {rss:.2f} GiB", flush=True)
+            conc = same.reshape(-1)[hidden].mean()
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            print(
+                f"k={k}: concordance {conc:.4f}, wall {seconds:.1f} s, CPU {cpu:.1f} s"
+                f", load {os.getloadavg()[0]:.1f}, peak RSS so far {rss:.2f} GiB",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
