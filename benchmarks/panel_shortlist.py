@@ -12,6 +12,9 @@ whole, so k >= N is exact full attention)::
         --chromosomes 1 --chromosome-length 50000000 --methods mode
     python benchmarks/panel_shortlist.py --workdir /tmp/bench2500 \\
         --shortlist 64,128,1024
+    # time of one copy against the panel size: full attention vs a shortlist of 128
+    python benchmarks/panel_shortlist.py --scaling 1000,2000,4000 --shortlist 128 \\
+        --queries 64
 """
 
 from __future__ import annotations
@@ -89,6 +92,40 @@ def recall(masked, queries, k, top, block, search: SearchConfig, seed: int = 0):
     return found / total
 
 
+def scaling(sizes, n_markers: int, targets: int, k: int) -> None:
+    """Seconds of one no-grad copy of ``targets`` individuals from panels of each
+    size (founder mosaics of ``formats_scale.py``, one chromosome): exact full
+    attention against the shortlist of ``k``."""
+    from formats_scale import founder_calls
+
+    from gperceiver.nn.panel import PanelAttention
+
+    calls = founder_calls(np.random.default_rng(0), max(sizes), n_markers)
+    dose = calls.astype(np.int16).sum(-1).T  # (N, M): ALT copies, -1 / -2 missing
+    genotype = torch.from_numpy(np.where((calls < 0).any(-1).T, -1, dose))
+    ids = torch.arange(max(sizes), dtype=torch.int64) * 7919 + 1
+    chrom = np.zeros(n_markers, int)
+    for n in sizes:
+        panel = PanelGenotypes(genotype[:n].to(torch.int16), ids[:n], 2, 2)
+        query = panel.subset(np.arange(targets))
+        line = f"panel {n} x {n_markers}, {targets} targets:"
+        for name, config in (
+            ("full", PanelConfig(shortlist=n)),
+            (f"shortlist {k}", PanelConfig(shortlist=k)),
+        ):
+            model = PanelAttention(config)
+            t, c = time.perf_counter(), cpu_seconds()
+            with torch.no_grad():
+                model(query, panel, chrom)
+            line += f" {name} {time.perf_counter() - t:.2f} s ({cpu_seconds() - c:.2f}"
+            line += " CPU-s);"
+        c = cpu_seconds()
+        typed = np.ones(n_markers, bool)
+        ShortlistPanel.build(panel, 0, n_markers, 32, typed, SearchConfig(), panel.ids)
+        line += f" of which the index {cpu_seconds() - c:.2f} CPU-s;"
+        print(line + f" load {os.getloadavg()[0]:.1f}", flush=True)
+
+
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -96,16 +133,22 @@ def cpu_seconds() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--workdir")
     parser.add_argument("--shortlist", default="64,128,1024")
     parser.add_argument("--top", type=int, default=16)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--no-impute", action="store_true")
+    parser.add_argument("--scaling", help="panel sizes, e.g. 1000,2000,4000")
+    parser.add_argument("--markers", type=int, default=2048)
     parser.add_argument("--tables", type=int, default=PanelConfig().hash_tables)
     parser.add_argument("--key-markers", type=int, default=PanelConfig().key_markers)
     parser.add_argument("--segment", type=int, default=PanelConfig().segment)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.scaling:
+        sizes = [int(x) for x in args.scaling.split(",")]
+        scaling(sizes, args.markers, args.queries, int(args.shortlist.split(",")[0]))
+        return
     truth, masked, hidden = load(args.workdir)
     print(f"{masked.n_individuals} x {masked.n_markers}, load {os.getloadavg()[0]:.1f}")
     block = PanelConfig().block

@@ -67,17 +67,23 @@ def choose_key_markers(
 _PRIME = 2_147_483_647  # 2^31 - 1: keys are int32
 
 
-def hash_keys(genotype: Tensor, markers: np.ndarray, base: int) -> Tensor:
-    """Keys ``(N,)`` int32 in ``[0, 2^31 - 1)`` of genotype indices ``genotype``
-    (N, L) at ``markers`` (the string in base ``base``, exact while it fits, else
-    reduced modulo a prime); -1 where a locus is missing or no marker was drawn."""
-    if len(markers) == 0:
-        return torch.full((genotype.shape[0],), -1, dtype=torch.int32)
-    part = genotype[:, torch.from_numpy(markers)].long()
-    keys = torch.zeros(genotype.shape[0], dtype=torch.int64)
-    for j in range(part.shape[1]):
-        keys = (keys * base + part[:, j].clamp(min=0)) % _PRIME
-    return keys.masked_fill((part < 0).any(1), -1).to(torch.int32)
+def hash_keys(genotype: Tensor, tables: list[np.ndarray], base: int) -> Tensor:
+    """Keys ``(T, N)`` int32 in ``[0, 2^31 - 1)`` of genotype indices ``genotype``
+    (N, L) at each table's markers (the string in base ``base``, exact while it
+    fits, else reduced modulo a prime); -1 where a locus is missing or the table
+    drew no marker."""
+    n_b = max(len(m) for m in tables)
+    index = np.zeros((len(tables), max(n_b, 1)), np.int64)
+    used = np.zeros(index.shape, bool)
+    for t, m in enumerate(tables):
+        index[t, : len(m)], used[t, : len(m)] = m, True
+    part = genotype[:, torch.from_numpy(index)].long()  # (N, T, b)
+    part = torch.where(torch.from_numpy(used), part, 0)
+    keys = torch.zeros(part.shape[:2], dtype=torch.int64)
+    for j in range(part.shape[2]):
+        keys = (keys * base + part[..., j].clamp(min=0)) % _PRIME
+    bad = (part < 0).any(-1) | torch.from_numpy(~used.any(1))[None]
+    return keys.masked_fill(bad, -1).to(torch.int32).T.contiguous()
 
 
 @dataclass
@@ -115,8 +121,9 @@ class CandidateIndex:
         tie_rank = torch.empty(r, dtype=torch.int64)
         tie_rank[by_tie] = torch.arange(r)
         sorted_keys, order = [], []
+        flat = flat[by_tie]
         for tables in markers:
-            keys = torch.stack([hash_keys(flat[by_tie], m, base) for m in tables])
+            keys = hash_keys(flat, tables, base)  # (T, R), rows in tie order
             keys = keys.masked_fill(keys < 0, torch.iinfo(torch.int32).max)
             values, idx = keys.sort(dim=1, stable=True)  # (T, R), ties by tie rank
             sorted_keys.append(values)
@@ -128,7 +135,7 @@ class CandidateIndex:
         ``query`` (Q, W * S) chromosome-local genotype indices on ``segment``."""
         r = len(self.ids)
         tables = self.markers[segment]
-        qkeys = torch.stack([hash_keys(query, m, self.base) for m in tables])  # (T, Q)
+        qkeys = hash_keys(query, tables, self.base)  # (T, Q)
         n_t, q = qkeys.shape
         cap = k + 1  # one more than k: the query's own entry may take a place
         start = torch.searchsorted(self.sorted_keys[segment], qkeys)
