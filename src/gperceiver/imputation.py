@@ -107,7 +107,7 @@ def impute_with_panel(
         targets = align_targets(targets, reference, reference_path)
     panel_g = reference if reference is not None else targets
     panel = PanelGenotypes.from_genotypes(panel_g)
-    query = PanelGenotypes.from_genotypes(targets)
+    query = panel if reference is None else PanelGenotypes.from_genotypes(targets)
     called = (query.genotype >= 0).float().mean(0).numpy()  # (M,) call rate
     typed = called >= settings.typed_call_rate
     block = max(1, round(settings.model.block * len(typed) / max(1, typed.sum())))
@@ -119,7 +119,7 @@ def impute_with_panel(
         f"steps, validation cross-entropy {val[0]:.4f} -> {val[1]:.4f}",
         file=log,
     )
-    result = _impute(model, query, panel, targets, block, settings.chunk)
+    result = _impute(model, query, panel, targets, block, settings.chunk, typed)
     result.typed = typed
     result.summary = {
         "block": block,
@@ -155,8 +155,9 @@ def _eval_spans(chrom: np.ndarray, length: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def _impute(model, query, panel, targets, block, chunk) -> PanelImputation:
-    """Copy, then pick the most probable genotype holding the observed copies."""
+def _impute(model, query, panel, targets, block, chunk, typed) -> PanelImputation:
+    """Copy, then pick the most probable genotype holding the observed copies;
+    ``typed`` (M,) bool: the markers a shortlist's hash keys may use."""
     a, p = targets.n_alleles, targets.ploidy
     table = complete_table(p, a)  # (G, P) allele ids
     counts = query.counts_table()  # (G, A)
@@ -166,7 +167,8 @@ def _impute(model, query, panel, targets, block, chunk) -> PanelImputation:
     r2 = _DoseR2(targets.n_markers, counts)
     for start in range(0, targets.n_individuals, chunk):
         rows = np.arange(start, min(start + chunk, targets.n_individuals))
-        probs = model(query.subset(rows), panel, targets.markers.chrom, block=block)
+        chrom = targets.markers.chrom
+        probs = model(query.subset(rows), panel, chrom, block=block, typed=typed)
         observed = _allele_counts(targets.alleles[rows], a)  # (Q, M, A)
         fits = (counts[None, None] >= observed[:, :, None]).all(-1)  # (Q, M, G)
         probs = probs.masked_fill(~fits, 0)

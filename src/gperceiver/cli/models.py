@@ -286,7 +286,9 @@ def add_impute_options(p) -> None:
     p.add_argument(
         "--shortlist",
         type=int,
-        help="panel attention: candidates per window (default 1024)",
+        help="panel attention: a panel of up to this many is read whole (exact); "
+        "a larger one through this many candidates per stretch of 16 windows, "
+        "found by hashed identity by state (default 1024)",
     )
     p.add_argument(
         "--fit-steps",

@@ -21,12 +21,13 @@ place of its hidden loci (the expected squared difference under the first copy),
 as an EM pass would. Panel genotypes are never updated, so a query's hidden loci
 are never read back through another individual's copy of them.
 
-Cost: the distances are one matmul pass per window, ``Q x R x S x (A + 2)``
-multiply-adds; the copy reads ``K`` candidates per window (the ``shortlist``
-highest-scoring ones) when the panel has more than ``K`` individuals, exact full
-attention otherwise. Memory per query chunk is ``Q x R x (2 radius + 1)``
-distances plus the ``Q x M x G`` output; the panel is held as one int16 genotype
-index per locus.
+Cost: with a panel of at most ``K = shortlist`` individuals, exact full
+attention: the distances are one matmul pass per window, ``Q x R x S x (A + 2)``
+multiply-adds. A larger panel is read through candidates
+(:mod:`gperceiver.nn.panel_shortlist`): per segment of windows the ``K`` panel
+individuals found by hashed identity by state (:mod:`gperceiver.nn.candidates`),
+``O(Q x K x M x (A + 2))`` in all, linear in the individuals. The panel is held
+as one int16 genotype index per locus.
 """
 
 from __future__ import annotations
@@ -39,7 +40,16 @@ import torch
 from torch import Tensor, nn
 
 from gperceiver.data import MISSING, Genotypes, allele_decoder
+from gperceiver.nn.candidates import SearchConfig
 from gperceiver.nn.embeddings import count_targets
+from gperceiver.nn.panel_shortlist import (
+    ShortlistPanel,
+    padded_windows,
+    query_features,
+    self_rows,
+    shortlist_layer,
+)
+from gperceiver.nn.window_mixing import mix_along_windows
 
 
 @dataclass(frozen=True)
@@ -52,14 +62,19 @@ class PanelConfig:
     block: int = 32
     head_radii: tuple[int, ...] = (1, 4, 12)
     inverse_temperature: float = 2.0  # initial scale of the distances (per copy)
-    # candidates per window (best by score); every panel individual at or below
+    # candidates per segment of windows (hashed identity by state, see
+    # nn/candidates.py); a panel of at most this many is read whole
     shortlist: int = 1024
+    hash_tables: int = 128  # per segment
+    key_markers: int = 8  # loci per hash key
+    segment: int = 16  # windows sharing one candidate list
+    search_seed: int = 0  # which loci the keys use
     layers: int = 1  # > 1: EM passes with the query's first copies filled in
     prior_weight: float = 0.01  # initial weight of the panel frequencies per copy
 
     def __post_init__(self):
-        if self.block < 1 or self.shortlist < 1:
-            raise ValueError("block and shortlist must be >= 1")
+        if min(self.block, self.shortlist, self.hash_tables, self.segment) < 1:
+            raise ValueError("block, shortlist, hash_tables, segment must be >= 1")
         if not self.head_radii or min(self.head_radii) < 0:
             raise ValueError(f"head_radii {self.head_radii}: give radii >= 0")
         if self.layers < 1:
@@ -124,12 +139,6 @@ class PanelGenotypes:
         return count_targets(table.long(), self.n_alleles).float()
 
 
-def _tie_breaker(ids: Tensor) -> Tensor:
-    """A number in [0, 1) per identity: breaks ties in the shortlist by who, not
-    where, so the candidates do not depend on the panel's order."""
-    return ((ids % 2147483647) * 48271 % 2147483647).double().div(2147483647).float()
-
-
 def _padded(genotype: Tensor, lo: int, hi: int, block: int) -> Tensor:
     """Markers ``lo:hi`` of ``genotype`` (N, M) as ``(N, W, S)`` windows, the last
     one padded with missing loci."""
@@ -146,13 +155,12 @@ class PanelWindows:
     """The panel on one chromosome, laid out for the matmuls of every query chunk:
     ``features`` (W, S * (A + 2), R) = [called, squared norm, copy counts] per
     locus, ``onehot`` (W, R, S * G) the called genotypes, ``counts`` (W, S * G)
-    their sum over the panel, ``ids`` / ``tie`` (R,)."""
+    their sum over the panel, ``ids`` (R,)."""
 
     features: Tensor
     onehot: Tensor
     counts: Tensor
     ids: Tensor
-    tie: Tensor
     n_genotypes: int
 
     @classmethod
@@ -171,7 +179,6 @@ class PanelWindows:
             onehot,
             onehot.sum(1),
             panel.ids,
-            _tie_breaker(panel.ids),
             table.shape[0],
         )
 
@@ -238,20 +245,15 @@ class PanelLayer(nn.Module):
         self.head_logits = nn.Parameter(torch.zeros(h))
         self.log_prior = nn.Parameter(torch.tensor(float(np.log(config.prior_weight))))
 
-    def weights(self, distance: Tensor, self_pairs: tuple, tie: Tensor) -> Tensor:
-        """Copy weights ``(W, Q, R)`` from distances ``(W, Q, R)``; ``self_pairs``
-        (query rows, panel rows) are the query itself, never a candidate; ``tie``
-        (R,) breaks equal scores in the shortlist."""
+    def weights(self, distance: Tensor, self_pairs: tuple) -> Tensor:
+        """Copy weights ``(W, Q, R)`` over the whole panel from distances
+        ``(W, Q, R)``; ``self_pairs`` (query rows, panel rows) are the query
+        itself, never a candidate."""
         mix = torch.softmax(self.head_logits, 0)
         alpha = 0
         for h, taps in enumerate(self.taps):
             logits = mix_along_windows(distance, -self.log_scale[h].exp() * taps)
             logits[:, self_pairs[0], self_pairs[1]] = -torch.inf
-            k = self.config.shortlist
-            if distance.shape[-1] > k:  # the k best candidates per query and window
-                key = logits.detach() - 1e-3 * tie  # (W, Q, R)
-                cut = key.topk(k, dim=-1).values[..., -1:]
-                logits = logits.masked_fill(key < cut, -torch.inf)
             weights = torch.softmax(logits, -1)  # over the panel
             if len(self_pairs[0]) and distance.shape[-1] == 1:
                 weights = weights.nan_to_num(0.0)  # the panel is the query alone
@@ -263,7 +265,7 @@ class PanelLayer(nn.Module):
         with weight ``exp(log_prior)`` with the genotype frequencies of the panel
         without the query (the fallback where no candidate is called)."""
         self_pairs = tuple(torch.nonzero(query.ids[:, None] == panel.ids[None, :]).T)
-        alpha = self.weights(panel.distance(query), self_pairs, panel.tie)
+        alpha = self.weights(panel.distance(query), self_pairs)
         num = torch.bmm(alpha, panel.onehot)  # (W, Q, S * G)
         n_w, q, _ = num.shape
         num = num.view(n_w, q, -1, panel.n_genotypes)
@@ -281,22 +283,6 @@ def leave_self_out(panel: PanelWindows, self_pairs, q: int, pseudo: float = 0.5)
         counts[:, self_pairs[0]] -= panel.onehot[:, self_pairs[1]]
     counts = counts.view(*counts.shape[:2], -1, panel.n_genotypes) + pseudo
     return counts / counts.sum(-1, keepdim=True)
-
-
-def mix_along_windows(distance: Tensor, taps: Tensor) -> Tensor:
-    """``out[w] = sum_d taps[d + r] * distance[w + d]`` over ``|d| <= r``, windows
-    past the chromosome's ends counting 0: (W, ...) -> (W, ...)."""
-    n_w, r = distance.shape[0], (len(taps) - 1) // 2
-    if not (torch.is_grad_enabled() and taps.requires_grad):
-        out = torch.zeros_like(distance)  # in place: no graph to keep
-        for d, tap in zip(range(-r, r + 1), taps.tolist(), strict=True):
-            lo, hi = max(0, -d), n_w - max(0, d)
-            if lo < hi:
-                out[lo:hi].add_(distance[lo + d : hi + d], alpha=tap)
-        return out
-    pad = torch.zeros((r, *distance.shape[1:]), dtype=distance.dtype)
-    padded = torch.cat([pad, distance, pad])
-    return sum(taps[d + r] * padded[r + d : r + d + n_w] for d in range(-r, r + 1))
 
 
 class PanelAttention(nn.Module):
@@ -322,30 +308,76 @@ class PanelAttention(nn.Module):
         chrom: np.ndarray,
         chunk: int | None = None,
         block: int | None = None,
+        typed: np.ndarray | None = None,
     ) -> Tensor:
         """``chrom`` (M,): the chromosome of each marker (a sorted map); ``chunk``
-        queries at a time (default: about 32 million distances per chunk);
-        ``block`` overrides the config's window size."""
+        queries at a time (default: a few tens of millions of distances per
+        chunk); ``block`` overrides the config's window size; ``typed`` (M,) bool,
+        the markers a shortlist's hash keys may use (default: those called in at
+        least half the queries). A panel of at most ``shortlist`` individuals is
+        read whole (exact full attention), a larger one through candidates."""
         block = block or self.config.block
-        table = panel.counts_table()
+        if typed is None:
+            typed = ((query.genotype >= 0).float().mean(0) >= 0.5).numpy()
         out = []
         for lo, hi in chromosome_spans(chrom):
-            side = PanelWindows.build(panel, lo, hi, block)
-            n_w = side.features.shape[0]
-            size = chunk or max(1, (32 << 20) // max(1, len(panel.ids) * n_w))
-            parts = []
-            for start in range(0, len(query.ids), size):
-                rows = slice(start, start + size)
-                g = _padded(query.genotype[rows], lo, hi, block)
-                state = QueryState.observed(g, table, query.ids[rows])
-                probs = None
-                for layer in self.layers:
-                    if probs is not None:
-                        state = QueryState.filled(g, table, query.ids[rows], probs)
-                    probs = layer(state, side)
-                parts.append(probs.flatten(1, 2)[:, : hi - lo])
-            out.append(torch.cat(parts))
+            if len(panel.ids) > self.config.shortlist:
+                out.append(self._shortlist(query, panel, lo, hi, block, typed, chunk))
+            else:
+                out.append(self._full(query, panel, lo, hi, block, chunk))
         return torch.cat(out, dim=1)
+
+    def _layers(self, g: Tensor, table: Tensor, ids: Tensor, copy) -> Tensor:
+        """Every layer on windowed query genotypes ``g`` (Q, W, S); ``copy(state)``
+        is one layer's copy. Returns ``(Q, W, S, G)``."""
+        state, probs = QueryState.observed(g, table, ids), None
+        for layer in self.layers:
+            if probs is not None:
+                state = QueryState.filled(g, table, ids, probs)
+            probs = copy(layer, state)
+        return probs
+
+    def _full(self, query, panel, lo, hi, block, chunk) -> Tensor:
+        """Exact attention over the whole panel on markers ``lo:hi``."""
+        side = PanelWindows.build(panel, lo, hi, block)
+        table = panel.counts_table()
+        n_w = side.features.shape[0]
+        size = chunk or max(1, (32 << 20) // max(1, len(panel.ids) * n_w))
+        parts = []
+        for start in range(0, len(query.ids), size):
+            rows = slice(start, start + size)
+            g = _padded(query.genotype[rows], lo, hi, block)
+            probs = self._layers(g, table, query.ids[rows], lambda m, st: m(st, side))
+            parts.append(probs.flatten(1, 2)[:, : hi - lo])
+        return torch.cat(parts)
+
+    def _shortlist(self, query, panel, lo, hi, block, typed, chunk) -> Tensor:
+        """Attention over each segment's ``shortlist`` candidates on ``lo:hi``;
+        the candidate index is built once and read by every chunk and layer."""
+        c = self.config
+        search = SearchConfig(c.hash_tables, c.key_markers, c.segment, c.search_seed)
+        side = ShortlistPanel.build(panel, lo, hi, block, typed, search, panel.ids)
+        table = panel.counts_table()
+        reach = 2 * max(c.head_radii) + c.segment
+        per_query = c.shortlist * reach * block * (table.shape[1] + 2)
+        size = chunk or max(1, (16 << 20) // per_query)
+        n_seg = len(side.index.markers)
+        parts = []
+        for start in range(0, len(query.ids), size):
+            rows = slice(start, start + size)
+            ids = query.ids[rows]
+            g = padded_windows(query.genotype[rows], lo, hi, block).long()
+            flat = g.view(g.shape[0], -1)
+            cands = [side.index.search(s, flat, ids, c.shortlist) for s in range(n_seg)]
+            own = self_rows(ids, panel.ids)
+
+            def copy(layer, state, cands=cands, own=own):
+                feats = query_features(state.counts, state.sq, state.weight)
+                return shortlist_layer(layer, feats, side, cands, own, c.segment)
+
+            probs = self._layers(g, table, ids, copy)
+            parts.append(probs.flatten(1, 2)[:, : hi - lo])
+        return torch.cat(parts)
 
 
 def chromosome_spans(chrom: np.ndarray) -> list[tuple[int, int]]:
