@@ -25,12 +25,15 @@ individual enters them), and BLUPs are returned for all of them.
 """
 
 from .effects import (
+    MARKER_EFFECT_COLUMNS,
     AdditiveFit,
     KernelFit,
     additive_effects,
+    back_solved_effects,
     kernel_columns,
     kernel_effects,
     kernel_features,
+    marker_effect_frame,
 )
 from .estimators import GBLUP, RKHS, WeightedGBLUP
 from .fixed_effects import (
@@ -56,6 +59,7 @@ __all__ = [
     "GBLUP",
     "KERNEL_WEIGHT_MIXES",
     "LOG_DELTA_BOUNDS",
+    "MARKER_EFFECT_COLUMNS",
     "NO_FIXED",
     "N_GRID",
     "RKHS",
@@ -68,6 +72,7 @@ __all__ = [
     "ReactionNorm",
     "WeightedGBLUP",
     "additive_effects",
+    "back_solved_effects",
     "best_bandwidth",
     "check_fixed_columns",
     "column_list",
@@ -78,6 +83,7 @@ __all__ = [
     "kernel_columns",
     "kernel_effects",
     "kernel_features",
+    "marker_effect_frame",
     "mixed_weights",
     "prediction_error_variance",
     "reml",

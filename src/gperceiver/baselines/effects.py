@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
-from ..data import Genotypes
+from ..data import Genotypes, MarkerMap
 from .kernels import DEFAULT_BANDWIDTHS
 from .mixed_model import best_bandwidth, reml
 from .relationship import _centred_dosages, genomic_relationship
@@ -57,22 +58,89 @@ def additive_effects(
     if relationship is None:
         relationship = genomic_relationship(genotypes, frequencies, chunk, weights)
     fit = reml(y, relationship, np.arange(genotypes.n_individuals))
-    variance = genotypes.ploidy * frequencies * (1 - frequencies)
-    denominator = float((variance * weights[:, None]).sum())
-    effects = np.concatenate(
-        [
-            np.einsum("n,nca->ca", fit.weights, z)
-            for z, _ in _centred_dosages(genotypes, frequencies, chunk)
-        ]
-    )
+    effects = back_solved_effects(
+        genotypes, np.arange(genotypes.n_individuals), fit.weights, frequencies,
+        weights, chunk,
+    )  # fmt: skip
     return AdditiveFit(
         float(fit.beta[0]),
-        effects * weights[:, None] / denominator,
+        effects,
         frequencies,
         fit.h2,
         fit.log_likelihood,
         y - fit.loo_residuals,
     )
+
+
+def back_solved_effects(
+    genotypes: Genotypes,
+    individuals: np.ndarray,
+    weights: np.ndarray,
+    frequencies: np.ndarray | None = None,
+    marker_weights: np.ndarray | None = None,
+    chunk: int = 4096,
+) -> np.ndarray:
+    """rrBLUP allele effects ``(M, A)`` of a GBLUP solution, per allele copy.
+
+    A GBLUP fit on ``G = Z W Z' / c`` (:func:`genomic_relationship` of
+    ``genotypes`` with ``frequencies`` and ``marker_weights`` ``W``) has
+    ``BLUP = G[:, records] H^-1 (y - X b)``, so with ``weights = H^-1 (y - X b)``
+    ``(n,)`` (:attr:`MixedModelFit.weights`) of the records on rows
+    ``individuals`` ``(n,)`` of ``genotypes`` the effects are
+    ``a = W Z_r' weights / c`` and ``BLUP = Z a`` for every individual. ``Z``
+    holds each allele's dosage minus ``P p`` (missing copies mean-imputed); they
+    equal ridge regression of ``y`` on ``Z`` (``X`` unpenalised) with penalty
+    ``lambda = (s2e / s2g) c``. Monomorphic allele columns get 0.
+    """
+    if frequencies is None:
+        frequencies = genotypes.allele_frequencies()
+    w = np.ones(genotypes.n_markers) if marker_weights is None else marker_weights
+    per_individual = np.bincount(
+        np.asarray(individuals, dtype=np.int64),
+        np.asarray(weights, dtype=np.float64),
+        minlength=genotypes.n_individuals,
+    )  # (N,) records of one individual summed
+    variance = genotypes.ploidy * frequencies * (1 - frequencies)
+    denominator = float((variance * w[:, None]).sum())
+    effects = np.concatenate(
+        [
+            np.einsum("n,nca->ca", per_individual, z)
+            for z, _ in _centred_dosages(genotypes, frequencies, chunk)
+        ]
+    )
+    return effects * w[:, None] / denominator
+
+
+def marker_effect_frame(
+    markers: MarkerMap, effects: np.ndarray, frequencies: np.ndarray, ploidy: int,
+    **labels,
+) -> pd.DataFrame:  # fmt: skip
+    """``effects`` ``(M, A)`` of :func:`back_solved_effects` as a long table, one
+    row per polymorphic allele column: :data:`MARKER_EFFECT_COLUMNS`. ``allele``
+    is the allele id (1..A) of the coding, ``frequency`` its frequency (the
+    centring: the dosage enters as ``dosage - ploidy * frequency``), ``effect``
+    per copy on the response scale; ``labels`` (method, block, fold) fill their
+    columns."""
+    variance = ploidy * frequencies * (1 - frequencies)
+    marker, allele = np.nonzero(variance > 0)
+    frame = pd.DataFrame(
+        {
+            "marker": markers.names[marker],
+            "chrom": markers.chrom_labels()[marker],
+            "pos": markers.pos[marker],
+            "allele": allele + 1,
+            "frequency": frequencies[marker, allele],
+            "effect": effects[marker, allele],
+        }
+    )
+    labels = {"method": None, "block": None, "fold": None, **labels}
+    return frame.assign(**labels)[MARKER_EFFECT_COLUMNS]
+
+
+MARKER_EFFECT_COLUMNS = [
+    "method", "block", "fold", "marker", "chrom", "pos", "allele", "frequency",
+    "effect",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,11 @@ def write_evaluation(
     genotypes: Genotypes,
     methods: list[str],
     components: list[pd.DataFrame] = (),
+    marker_effects: list[pd.DataFrame] = (),
 ) -> None:
     """``predictions.tsv``, ``accuracy.tsv``, ``variance_components.tsv`` (the
-    kernel fits' ``components``, if any), the figures and ``report.html`` of a
+    kernel fits' ``components``, if any), ``marker_effects.tsv`` (the GBLUP fits'
+    rrBLUP allele effects, if any), the figures and ``report.html`` of a
     cross-validation into ``out``; the neural methods' models are read from
     ``out/models`` (where ``cross_validate`` was told to keep them)."""
     out = Path(out)
@@ -57,6 +59,9 @@ def write_evaluation(
     if len(components):
         table = pd.concat(components, ignore_index=True)
         io.write_table(table, out / "variance_components.tsv")
+    if len(marker_effects):
+        table = pd.concat(marker_effects, ignore_index=True)
+        io.write_table(table, out / "marker_effects.tsv", float_format="%.6g")
     curves = first_fold_curves(out / "models")
     evaluation_report(out, predictions, accuracy, NOTES, curves, importance)
 
