@@ -13,7 +13,7 @@ from .. import io
 from ..data import EnvCovariates, Genotypes, Phenotypes, natural_key
 from ..evaluate import NOTES
 from ..finetuning import load_predictor, prediction_table
-from ..importance import marker_importance
+from ..importance import importance_frame, importance_parts
 from .html import evaluation_report, finetune_report
 from .plots import read_learning_curves
 
@@ -29,13 +29,25 @@ def first_fold_curves(models_dir: Path) -> dict:
 
 
 def fold_importance(models_dir: Path, genotypes: Genotypes, methods):
-    """Marker importance of the neural models, averaged over folds (or None)."""
+    """Marker importance of the last neural method's models by part
+    (:func:`~gperceiver.importance.importance_parts`), averaged over folds, and
+    the map (or None)."""
     neural = [m for m in methods if m.startswith("perceiver")]
     if not neural:
         return None
     folds = sorted((models_dir / neural[-1]).glob("fold-*"))
-    values = [marker_importance(load_predictor(f).members, genotypes) for f in folds]
-    return (np.mean(values, 0), genotypes.markers) if values else None
+    values = [importance_parts(load_predictor(f).members, genotypes) for f in folds]
+    if not values:
+        return None
+    mean = {part: np.mean([v[part] for v in values], 0) for part in values[0]}
+    return mean, genotypes.markers
+
+
+def write_importance(out: Path, importance) -> None:
+    """``marker_importance.tsv`` of ``(parts, MarkerMap)`` (if not None)."""
+    if importance is not None:
+        table = importance_frame(*importance)
+        io.write_table(table, out / "marker_importance.tsv", float_format="%.6g")
 
 
 def write_evaluation(
@@ -47,7 +59,8 @@ def write_evaluation(
     components: list[pd.DataFrame] = (),
     marker_effects: list[pd.DataFrame] = (),
 ) -> None:
-    """``predictions.tsv``, ``accuracy.tsv``, ``variance_components.tsv`` (the
+    """``predictions.tsv``, ``accuracy.tsv``, ``marker_importance.tsv`` (of the
+    neural methods, if any), ``variance_components.tsv`` (the
     kernel fits' ``components``, if any), ``marker_effects.tsv`` (the GBLUP fits'
     rrBLUP allele effects, if any), the figures and ``report.html`` of a
     cross-validation into ``out``; the neural methods' models are read from
@@ -62,6 +75,7 @@ def write_evaluation(
     if len(marker_effects):
         table = pd.concat(marker_effects, ignore_index=True)
         io.write_table(table, out / "marker_effects.tsv", float_format="%.6g")
+    write_importance(out, importance)
     curves = first_fold_curves(out / "models")
     evaluation_report(out, predictions, accuracy, NOTES, curves, importance)
 
@@ -85,5 +99,6 @@ def write_finetune_outputs(
     merged = table.merge(phenotypes.table, on=["name", "block"], how="left")
     if predictions:
         io.write_table(merged, predictions)
-    importance = (marker_importance(predictor.members, genotypes), genotypes.markers)
+    importance = (importance_parts(predictor.members, genotypes), genotypes.markers)
+    write_importance(Path(out), importance)
     finetune_report(out, read_learning_curves(out), importance, merged)
