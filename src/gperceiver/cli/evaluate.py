@@ -86,8 +86,9 @@ def evaluate_trait(args, genotypes, phenotypes, out: Path) -> None:
     components = [phenotypes.named_blocks(c) for c in options["components"]]
     effects = [phenotypes.named_blocks(e) for e in options["marker_effects"]]
     write_evaluation(
-        out, predictions, accuracy, genotypes, methods, components, effects
-    )
+        out, predictions, accuracy, genotypes, methods, components, effects,
+        phenotypes,
+    )  # fmt: skip
     record_directory(out, claim)
     print(
         f"{args.scheme}: Pearson r within each block, pooled over its "

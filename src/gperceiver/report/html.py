@@ -248,6 +248,8 @@ def evaluation_report(
     notes: dict[str, str] | None = None,
     curves: dict[str, pd.DataFrame] | None = None,
     importance: tuple[np.ndarray, MarkerMap] | None = None,
+    lead: Sequence[Section] = (),
+    fits: Sequence[Section] = (),
 ) -> Path:
     """Figures and ``report.html`` of a cross-validation, written into ``out_dir``.
 
@@ -267,6 +269,9 @@ def evaluation_report(
     importance : (array (M,) or dict of str to array (M,), MarkerMap), optional
         Marker importance and its map (:func:`gperceiver.importance.marker_importance`,
         or its parts, :func:`gperceiver.importance.importance_parts`).
+    lead, fits : sequence of Section
+        Shown before the accuracy (the data summary) and after observed against
+        predicted (what the fits estimated, :mod:`.summary`).
 
     Returns
     -------
@@ -276,8 +281,10 @@ def evaluation_report(
     out = Path(out_dir)
     scatter = plot_observed_vs_predicted(predictions, out / "observed_vs_predicted.png")
     sections = [
+        *lead,
         _accuracy_section(out, predictions, accuracy, notes or {}),
         Section("Observed against predicted", [SCATTER_TEXT], [scatter]),
+        *fits,
     ]
     if curves:
         sections.append(_curves_section(out, curves, [EVALUATE_CURVES_TEXT]))

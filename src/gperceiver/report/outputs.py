@@ -16,6 +16,7 @@ from ..finetuning import load_predictor, prediction_table
 from ..importance import importance_frame, importance_parts
 from .html import evaluation_report, finetune_report
 from .plots import read_learning_curves
+from .summary import data_section, data_summary, heritability_section
 
 
 def first_fold_curves(models_dir: Path) -> dict:
@@ -58,26 +59,36 @@ def write_evaluation(
     methods: list[str],
     components: list[pd.DataFrame] = (),
     marker_effects: list[pd.DataFrame] = (),
+    phenotypes: Phenotypes | None = None,
 ) -> None:
     """``predictions.tsv``, ``accuracy.tsv``, ``marker_importance.tsv`` (of the
     neural methods, if any), ``variance_components.tsv`` (the
     kernel fits' ``components``, if any), ``marker_effects.tsv`` (the GBLUP fits'
     rrBLUP allele effects, if any), the figures and ``report.html`` of a
     cross-validation into ``out``; the neural methods' models are read from
-    ``out/models`` (where ``cross_validate`` was told to keep them)."""
+    ``out/models`` (where ``cross_validate`` was told to keep them). With
+    ``phenotypes`` the report opens with a summary of the data, and the
+    components' h² are summarised over folds."""
     out = Path(out)
     importance = fold_importance(out / "models", genotypes, methods)
     io.write_table(predictions, out / "predictions.tsv")
     io.write_table(accuracy, out / "accuracy.tsv", float_format="%.4f")
+    lead = (
+        []
+        if phenotypes is None
+        else [data_section(out, data_summary(genotypes, phenotypes))]
+    )
+    fits = []
     if len(components):
         table = pd.concat(components, ignore_index=True)
         io.write_table(table, out / "variance_components.tsv")
+        fits = [s for s in [heritability_section(table)] if s is not None]
     if len(marker_effects):
         table = pd.concat(marker_effects, ignore_index=True)
         io.write_table(table, out / "marker_effects.tsv", float_format="%.6g")
     write_importance(out, importance)
     curves = first_fold_curves(out / "models")
-    evaluation_report(out, predictions, accuracy, NOTES, curves, importance)
+    evaluation_report(out, predictions, accuracy, NOTES, curves, importance, lead, fits)
 
 
 def write_finetune_outputs(

@@ -113,6 +113,32 @@ def plot_accuracy(accuracy: pd.DataFrame, path) -> Path:
     return _save(figure, path)
 
 
+def plot_maf_spectrum(spectrum: pd.DataFrame, path) -> Path:
+    """Histogram of markers per minor-allele-frequency bin.
+
+    Parameters
+    ----------
+    spectrum : DataFrame
+        Columns ``maf`` (bin labels) and ``markers`` (counts), as
+        :func:`gperceiver.report.summary.maf_spectrum` returns.
+    path : str or Path
+        PNG file to write.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    figure = Figure(figsize=(6, 2.8), layout="constrained")
+    ax = figure.subplots()
+    x = np.arange(len(spectrum))
+    ax.bar(x, spectrum["markers"].to_numpy(), 0.9, color=_colour(0))
+    ax.set_xticks(x, spectrum["maf"], rotation=45, fontsize="small")
+    ax.set_xlabel("minor allele frequency")
+    ax.set_ylabel("markers")
+    return _save(figure, path)
+
+
 # -- marker importance and learning curves ---------------------------------------------
 CHROM_COLOURS = ("#1f4e79", "#7fa7d1")  # alternate along the genome
 
