@@ -17,7 +17,7 @@ from ..selection import predict_candidates
 from .inputs import (
     claim_output,
     fixed_effects_for,
-    read_covariates_if_given,
+    read_covariates_for,
     read_genotypes,
     read_marker_inputs,
     read_phenotypes_for,
@@ -53,6 +53,7 @@ def cmd_evaluate(args) -> None:
 def evaluate_trait(args, genotypes, phenotypes, out: Path) -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     claim = claim_output(args, phenotypes, genotypes, out)
+    covariates, phenotypes = read_covariates_for(args, phenotypes)
     typed = typed_options(args) | ({"progress": False} if args.quiet else {})
     weighted = {**file_params(args), **typed}.get("marker_weights")
     if weighted and not WEIGHT_USERS & set(methods):
@@ -67,7 +68,7 @@ def evaluate_trait(args, genotypes, phenotypes, out: Path) -> None:
         "typed": typed,
         "workdir": out / "models",
         "resume": not args.restart,
-        "covariates": read_covariates_if_given(args),
+        "covariates": covariates,
         "marker_inputs": read_marker_inputs({**file_params(args), **typed}, genotypes),
     }
     options["fixed"] = fixed_effects_for({**options["params"], **typed}, phenotypes)

@@ -108,6 +108,7 @@ def write_finetune_outputs(
         blocks = np.union1d(blocks, covariates.blocks)
     table = prediction_table(predictor, genotypes, blocks)
     merged = table.merge(phenotypes.table, on=["name", "block"], how="left")
+    merged = phenotypes.named_blocks(merged)  # environments by name
     if predictions:
         io.write_table(merged, predictions)
     importance = (importance_parts(predictor.members, genotypes), genotypes.markers)
