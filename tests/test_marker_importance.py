@@ -106,3 +106,4 @@ def test_finetune__writes_marker_importance_tsv_with_every_part(few_qtl, tmp_pat
         np.testing.assert_allclose(table[part], expected[part], rtol=1e-4, atol=1e-9)
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "additive path" in page and "marker_importance.tsv" in page
+    assert f"{g.n_individuals} genotyped individuals" in page  # the data summary

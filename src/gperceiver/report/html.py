@@ -298,6 +298,7 @@ def finetune_report(
     curves: dict[str, pd.DataFrame],
     importance: tuple[np.ndarray, MarkerMap] | None = None,
     predictions: pd.DataFrame | None = None,
+    lead: Sequence[Section] = (),
 ) -> Path:
     """Figures and ``report.html`` of a finetuned model, written into ``out_dir``.
 
@@ -315,6 +316,8 @@ def finetune_report(
     predictions : DataFrame, optional
         Columns ``block``, ``prediction``, ``response`` (rows without a response
         are dropped) and optionally ``method``: fitted values of the training data.
+    lead : sequence of Section
+        Shown first (the data summary, :mod:`.summary`).
 
     Returns
     -------
@@ -322,7 +325,7 @@ def finetune_report(
         The ``report.html`` written.
     """
     out = Path(out_dir)
-    sections = []
+    sections = list(lead)
     if curves:
         sections.append(_curves_section(out, curves))
     if importance is not None:

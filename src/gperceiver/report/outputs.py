@@ -66,19 +66,16 @@ def write_evaluation(
     kernel fits' ``components``, if any), ``marker_effects.tsv`` (the GBLUP fits'
     rrBLUP allele effects, if any), the figures and ``report.html`` of a
     cross-validation into ``out``; the neural methods' models are read from
-    ``out/models`` (where ``cross_validate`` was told to keep them). With
-    ``phenotypes`` the report opens with a summary of the data, and the
-    components' h² are summarised over folds."""
+    ``out/models`` (where ``cross_validate`` was told to keep them). The
+    report shows the components' h² over folds and, with ``phenotypes``, opens
+    with a summary of the data."""
     out = Path(out)
     importance = fold_importance(out / "models", genotypes, methods)
     io.write_table(predictions, out / "predictions.tsv")
     io.write_table(accuracy, out / "accuracy.tsv", float_format="%.4f")
-    lead = (
-        []
-        if phenotypes is None
-        else [data_section(out, data_summary(genotypes, phenotypes))]
-    )
-    fits = []
+    lead, fits = [], []
+    if phenotypes is not None:
+        lead.append(data_section(out, data_summary(genotypes, phenotypes)))
     if len(components):
         table = pd.concat(components, ignore_index=True)
         io.write_table(table, out / "variance_components.tsv")
@@ -113,4 +110,5 @@ def write_finetune_outputs(
         io.write_table(merged, predictions)
     importance = (importance_parts(predictor.members, genotypes), genotypes.markers)
     write_importance(Path(out), importance)
-    finetune_report(out, read_learning_curves(out), importance, merged)
+    lead = [data_section(Path(out), data_summary(genotypes, phenotypes))]
+    finetune_report(out, read_learning_curves(out), importance, merged, lead)
