@@ -65,7 +65,7 @@ def test_read_covariates__series_sorted_by_time_and_round_trips(tmp_path):
     [
         ("env\tlat\n0\t1\n", "line 1", "expected the covariates columns"),
         ("block\n0\n", "line 1", "no covariate column"),
-        ("block\tlat\n0\t1\n-1\t2\n", "line 3, column 'block'", "not a non-negative"),
+        ("block\tlat\n0\t1\nNA\t2\n", "line 3, column 'block'", "is missing"),
         ("block\tlat\n0\t1\n1\tabc\n", "line 3, column 'lat'", "not a number"),
         ("block\tlat\n0\t1\n1\tNA\n", "line 3, column 'lat'", "value is missing"),
         ("block\tlat\n0\t1\n0\t2\n", "line 3, column 'block'", "duplicate block"),

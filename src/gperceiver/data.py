@@ -422,7 +422,8 @@ class EnvCovariates:
 
     ``values`` ``(E, T, C)`` float64 holds, for block ``blocks[e]``, covariate ``c``
     at time ``times[t]`` (``times`` is None for static covariates). Every block of a
-    series has the same time points.
+    series has the same time points. ``environments`` (optional) names each row:
+    the text the file gave block ``blocks[e]`` (None: the file numbered them).
     """
 
     blocks: np.ndarray  # (E,) int64, ascending
@@ -430,6 +431,7 @@ class EnvCovariates:
     values: np.ndarray  # (E, T, C) float64
     times: np.ndarray | None = None  # (T,) float64, ascending; None: static
     source: str = "covariates"
+    environments: list[str] | None = None  # (E,) names, or None
 
     def __post_init__(self):
         if self.values.ndim != 3 or self.values.shape[0] != len(self.blocks):

@@ -18,7 +18,10 @@ from .baselines import (
     Kernel,
     MixedModelFit,
     WeightedGBLUP,
+    blup_allele_effects,
     fixed_effect_covariance,
+    marker_effect_frame,
+    mixed_weights,
 )
 from .data import Genotypes, Phenotypes
 
@@ -69,6 +72,24 @@ def variance_components(
     )
 
 
+def marker_effects(
+    fit: MixedModelFit, names, genotypes: Genotypes, marker_weights=None, **labels
+) -> pd.DataFrame:
+    """rrBLUP allele effects of a GBLUP ``fit`` to records of individuals
+    ``names`` ``(n,)`` (in the fit's record order) on VanRaden's G of
+    ``genotypes`` (their own allele frequencies; ``marker_weights`` ``(M,)`` of a
+    weighted one), as :func:`~gperceiver.baselines.marker_effect_frame`:
+    ``gebv = sum(effect * (dosage - ploidy * frequency))`` over a genotype's
+    allele columns; ``labels`` (method, block, fold) fill their columns."""
+    frequencies = genotypes.allele_frequencies()
+    effects = blup_allele_effects(
+        genotypes, genotypes.index_of(names), fit.weights, frequencies, marker_weights
+    )
+    return marker_effect_frame(
+        genotypes.markers, effects, frequencies, genotypes.ploidy, **labels
+    )
+
+
 def _block_model(method, relationship, fixed, weighted, records) -> GBLUP:
     if method == "rkhs":
         return RKHS(relationship, fixed=fixed).fit(records, None)
@@ -84,6 +105,8 @@ def predict_candidates(
     fixed: FixedEffects = NO_FIXED,
     relationship: Kernel | None = None,
     weighted: list | None = None,
+    effects: list | None = None,
+    prior: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit ``method`` per block on every record, predict every genotyped
     individual in every block.
@@ -104,6 +127,10 @@ def predict_candidates(
         The candidate relationships of ``gblup-weighted``
         (:func:`~gperceiver.baselines.relationship_mixes`); REML chooses one mix
         for every block (:class:`~gperceiver.baselines.WeightedGBLUP`).
+    effects : list, optional
+        Receives each block's :func:`marker_effects` (``gblup``, and
+        ``gblup-weighted`` given its marker-weight ``prior`` ``(M,)``; ``rkhs``
+        has none); ``relationship`` must then be VanRaden's G of ``genotypes``.
 
     Returns
     -------
@@ -121,11 +148,17 @@ def predict_candidates(
         raise ValueError(f"unknown method {method!r}; use one of {CANDIDATE_METHODS}")
     relationship = relationship or Kernel.relationship(genotypes)
     table = phenotypes.table
-    chosen = None
+    chosen, marker_weights = None, None
     if method == "gblup-weighted":
         if not weighted:
             raise ValueError("gblup-weighted needs the weighted relationships")
-        chosen = WeightedGBLUP(weighted, fixed=fixed).fit(table).relationship_
+        selection = WeightedGBLUP(weighted, fixed=fixed).fit(table)
+        chosen = selection.relationship_
+        if prior is not None:
+            marker_weights = mixed_weights(prior, selection.mix_)
+    with_effects = effects is not None and method != "rkhs"
+    if with_effects and method == "gblup-weighted" and prior is None:
+        raise ValueError("marker effects of gblup-weighted need its prior")
     parts, components = [], []
     for block in np.sort(table["block"].unique()):
         records = table[table["block"] == block]
@@ -147,6 +180,13 @@ def predict_candidates(
             )
         )
         components.append(variance_components(model, method, block, "all", True))
+        if with_effects:
+            labels = {"method": method, "block": block, "fold": "all"}
+            effects.append(
+                marker_effects(
+                    model.fit_, records["name"], genotypes, marker_weights, **labels
+                )
+            )
     return (
         pd.concat(parts, ignore_index=True)[CANDIDATE_COLUMNS],
         pd.concat(components, ignore_index=True),

@@ -25,6 +25,7 @@ individual enters them), and BLUPs are returned for all of them.
 """
 
 from .effects import (
+    MARKER_EFFECT_COLUMNS,
     AdditiveFit,
     KernelFit,
     additive_effects,
@@ -34,6 +35,7 @@ from .effects import (
     kernel_columns,
     kernel_effects,
     kernel_features,
+    marker_effect_frame,
 )
 from .estimators import GBLUP, RKHS, WeightedGBLUP
 from .fixed_effects import (
@@ -59,6 +61,7 @@ __all__ = [
     "GBLUP",
     "KERNEL_WEIGHT_MIXES",
     "LOG_DELTA_BOUNDS",
+    "MARKER_EFFECT_COLUMNS",
     "NO_FIXED",
     "N_GRID",
     "RKHS",
@@ -84,6 +87,7 @@ __all__ = [
     "kernel_columns",
     "kernel_effects",
     "kernel_features",
+    "marker_effect_frame",
     "mixed_weights",
     "prediction_error_variance",
     "reml",

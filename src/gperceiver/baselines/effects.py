@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
-from ..data import Genotypes
+from ..data import Genotypes, MarkerMap
 from .kernels import DEFAULT_BANDWIDTHS
 from .mixed_model import best_bandwidth, reml
 from .relationship import _centred_dosages, genomic_relationship
@@ -57,17 +58,13 @@ def additive_effects(
     if relationship is None:
         relationship = genomic_relationship(genotypes, frequencies, chunk, weights)
     fit = reml(y, relationship, np.arange(genotypes.n_individuals))
-    variance = genotypes.ploidy * frequencies * (1 - frequencies)
-    denominator = float((variance * weights[:, None]).sum())
-    effects = np.concatenate(
-        [
-            np.einsum("n,nca->ca", fit.weights, z)
-            for z, _ in _centred_dosages(genotypes, frequencies, chunk)
-        ]
-    )
+    effects = blup_allele_effects(
+        genotypes, np.arange(genotypes.n_individuals), fit.weights, frequencies,
+        weights, chunk,
+    )  # fmt: skip
     return AdditiveFit(
         float(fit.beta[0]),
-        effects * weights[:, None] / denominator,
+        effects,
         frequencies,
         fit.h2,
         fit.log_likelihood,
@@ -131,6 +128,38 @@ def allele_effect_predictions(
     ):
         out += np.einsum("nca,ca->n", z, effects[start : start + chunk])
     return out
+
+
+def marker_effect_frame(
+    markers: MarkerMap, effects: np.ndarray, frequencies: np.ndarray, ploidy: int,
+    **labels,
+) -> pd.DataFrame:  # fmt: skip
+    """``effects`` ``(M, A)`` of :func:`blup_allele_effects` as a long table, one
+    row per polymorphic allele column: :data:`MARKER_EFFECT_COLUMNS`. ``allele``
+    is the allele id (1..A) of the coding, ``frequency`` its frequency (the
+    centring: the dosage enters as ``dosage - ploidy * frequency``), ``effect``
+    per copy on the response scale; ``labels`` (method, block, fold) fill their
+    columns."""
+    variance = ploidy * frequencies * (1 - frequencies)
+    marker, allele = np.nonzero(variance > 0)
+    frame = pd.DataFrame(
+        {
+            "marker": markers.names[marker],
+            "chrom": markers.chrom_labels()[marker],
+            "pos": markers.pos[marker],
+            "allele": allele + 1,
+            "frequency": frequencies[marker, allele],
+            "effect": effects[marker, allele],
+        }
+    )
+    labels = {"method": None, "block": None, "fold": None, **labels}
+    return frame.assign(**labels)[MARKER_EFFECT_COLUMNS]
+
+
+MARKER_EFFECT_COLUMNS = [
+    "method", "block", "fold", "marker", "chrom", "pos", "allele", "frequency",
+    "effect",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)

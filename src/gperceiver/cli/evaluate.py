@@ -17,7 +17,7 @@ from ..selection import predict_candidates
 from .inputs import (
     claim_output,
     fixed_effects_for,
-    read_covariates_if_given,
+    read_covariates_for,
     read_genotypes,
     read_marker_inputs,
     read_phenotypes_for,
@@ -53,6 +53,7 @@ def cmd_evaluate(args) -> None:
 def evaluate_trait(args, genotypes, phenotypes, out: Path) -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     claim = claim_output(args, phenotypes, genotypes, out)
+    covariates, phenotypes = read_covariates_for(args, phenotypes)
     typed = typed_options(args) | ({"progress": False} if args.quiet else {})
     weighted = {**file_params(args), **typed}.get("marker_weights")
     if weighted and not WEIGHT_USERS & set(methods):
@@ -67,11 +68,11 @@ def evaluate_trait(args, genotypes, phenotypes, out: Path) -> None:
         "typed": typed,
         "workdir": out / "models",
         "resume": not args.restart,
-        "covariates": read_covariates_if_given(args),
+        "covariates": covariates,
         "marker_inputs": read_marker_inputs({**file_params(args), **typed}, genotypes),
     }
     options["fixed"] = fixed_effects_for({**options["params"], **typed}, phenotypes)
-    options["components"] = []
+    options["components"], options["marker_effects"] = [], []
     predictions, accuracy = cross_validate(
         phenotypes,
         genotypes,
@@ -84,7 +85,11 @@ def evaluate_trait(args, genotypes, phenotypes, out: Path) -> None:
     predictions = phenotypes.named_blocks(predictions)
     accuracy = phenotypes.named_blocks(accuracy)
     components = [phenotypes.named_blocks(c) for c in options["components"]]
-    write_evaluation(out, predictions, accuracy, genotypes, methods, components)
+    effects = [phenotypes.named_blocks(e) for e in options["marker_effects"]]
+    write_evaluation(
+        out, predictions, accuracy, genotypes, methods, components, effects,
+        phenotypes,
+    )  # fmt: skip
     record_directory(out, claim)
     print(
         f"{args.scheme}: Pearson r within each block, pooled over its "
@@ -113,7 +118,13 @@ def cmd_gblup(args) -> None:
         ),
         "fixed": fixed_effects_for(vars(args), phenotypes),
         "components": [],
+        "marker_effects": [] if args.marker_effects else None,
     }
+    if args.marker_effects and args.method == "rkhs":
+        raise InputError(
+            "--marker-effects", None, "RKHS has no marker effects (its kernel is "
+            "not linear in the dosages)", "use --method gblup or gblup-weighted",
+        )  # fmt: skip
     if args.cv is None:
         return gblup_candidates(args, phenotypes, genotypes, options)
     predictions, accuracy = single_split(
@@ -123,7 +134,15 @@ def cmd_gblup(args) -> None:
     if args.variance_components:
         components = pd.concat(options["components"], ignore_index=True)
         io.write_table(phenotypes.named_blocks(components), args.variance_components)
+    write_marker_effects(args, phenotypes, options["marker_effects"])
     print(format_accuracy(phenotypes.named_blocks(accuracy)))
+
+
+def write_marker_effects(args, phenotypes, effects) -> None:
+    """``--marker-effects FILE``: the rrBLUP allele effects of each block's fit."""
+    if args.marker_effects:
+        table = phenotypes.named_blocks(pd.concat(effects, ignore_index=True))
+        io.write_table(table, args.marker_effects, float_format="%.6g")
 
 
 def gblup_candidates(args, phenotypes, genotypes, options) -> None:
@@ -139,8 +158,15 @@ def gblup_candidates(args, phenotypes, genotypes, options) -> None:
             )  # fmt: skip
         weighted = weighted_kernels(genotypes, prior)
     candidates, components = predict_candidates(
-        phenotypes, genotypes, args.method, options["fixed"], weighted=weighted
+        phenotypes,
+        genotypes,
+        args.method,
+        options["fixed"],
+        weighted=weighted,
+        effects=options["marker_effects"],
+        prior=options["marker_inputs"].weights,
     )
+    write_marker_effects(args, phenotypes, options["marker_effects"])
     candidates = phenotypes.named_blocks(candidates)
     components = phenotypes.named_blocks(components)
     io.write_table(candidates, args.predictions)
@@ -201,6 +227,12 @@ def add_evaluate_commands(sub) -> None:
         "--variance-components",
         metavar="FILE",
         help="also write s2g, s2e, h2 and the fixed effects of each block's fit",
+    )
+    p.add_argument(
+        "--marker-effects",
+        metavar="FILE",
+        help="also write the rrBLUP allele effects of each block's GBLUP fit "
+        "(gebv = sum of effect x (dosage - ploidy x frequency))",
     )
     p.add_argument(
         "--method", default="gblup", choices=["gblup", "rkhs", "gblup-weighted"]

@@ -3,6 +3,7 @@ through :mod:`gperceiver.io`, and handed on as data objects."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 from .. import io
@@ -67,6 +68,21 @@ def read_phenotypes_for(args, genotypes, trait: str | None = None):
 def read_covariates_if_given(args):
     path = getattr(args, "covariates", None)
     return io.read_covariates(path) if path else None
+
+
+def read_covariates_for(args, phenotypes):
+    """``(covariates or None, phenotypes)``: the ``--covariates`` matched to the
+    phenotypes' environments by name (:func:`gperceiver.io.align_environments`);
+    the phenotypes' labels then name the covariates' new environments too."""
+    covariates = read_covariates_if_given(args)
+    if covariates is None:
+        return None, phenotypes
+    covariates, labels = io.align_environments(
+        covariates, phenotypes.block_labels, phenotypes.source
+    )
+    if labels is not None:
+        phenotypes = dataclasses.replace(phenotypes, block_labels=labels)
+    return covariates, phenotypes
 
 
 def read_marker_inputs(options: dict, genotypes) -> MarkerInputs:

@@ -8,13 +8,15 @@ from pathlib import Path
 from .. import distributed, io
 from ..baseline_model import is_baseline_model
 from ..checkpoint import record_directory
-from ..finetuning import finetune, load_predictor, prediction_table
+from ..data import Phenotypes
+from ..finetuning import finetune, load_predictor, model_environments, prediction_table
 from ..io import InputError
 from ..pretraining import impute_genotypes, one_shot_params, pretrain_encoder
 from ..report import write_finetune_outputs
 from .fit import predict_with_baseline
 from .inputs import (
     claim_output,
+    read_covariates_for,
     read_covariates_if_given,
     read_genotypes,
     read_marker_inputs,
@@ -132,7 +134,7 @@ def read_reference(args):
 def cmd_finetune(args) -> None:
     genotypes = read_genotypes(args)
     phenotypes = read_phenotypes_for(args, genotypes)
-    covariates = read_covariates_if_given(args)
+    covariates, phenotypes = read_covariates_for(args, phenotypes)
     params, typed = file_params(args), typed_options(args)
     restart = getattr(args, "restart", False)
     claim = claim_output(args, phenotypes, genotypes)
@@ -164,8 +166,15 @@ def cmd_predict(args) -> None:
         return predict_with_baseline(args)
     genotypes = read_genotypes(args, stream=True)
     covariates = read_covariates_if_given(args)
+    labels = model_environments(args.model)
+    if covariates is not None:  # matched to the model's environments by name
+        covariates, labels = io.align_environments(
+            covariates, labels, f"the model {args.model}"
+        )
     predictor = load_predictor(args.model, genotypes, args.markers, covariates)
     table = prediction_table(predictor, genotypes)
+    if labels is not None:
+        table = Phenotypes(table, block_labels=labels).named_blocks(table)
     if not args.uncertainty and "sd" in table:
         table = table.drop(columns="sd")
     io.write_table(table, args.out)

@@ -29,6 +29,7 @@ from ..baselines import (
     ReactionNorm,
     WeightedGBLUP,
     environment_kernel,
+    mixed_weights,
     weighted_kernels,
 )
 from ..baselines.fixed_effects import column_list
@@ -37,7 +38,7 @@ from ..finetuning import FinetuneSettings, finetune, load_predictor
 from ..io import InputError
 from ..nn.heads import HeadConfig
 from ..pretraining import pretrain_encoder
-from ..selection import component_frame, variance_components
+from ..selection import component_frame, marker_effects, variance_components
 
 Method = Callable[[pd.DataFrame, pd.DataFrame, Genotypes, dict], np.ndarray | tuple]
 Parts = tuple[np.ndarray, np.ndarray]  # (fixed, genetic) parts, (k,) each
@@ -71,11 +72,21 @@ def _record_components(cache: dict, frame: pd.DataFrame) -> None:
     cache.setdefault("components", []).append(frame)
 
 
+def _record_effects(cache: dict, fit, names, genotypes, block, weights=None) -> None:
+    """Keep the rrBLUP marker effects of a GBLUP fit in ``cache['marker_effects']``
+    when the caller asked for them (passed a list in ``options``)."""
+    if isinstance(cache.get("marker_effects"), list):
+        labels = {"method": cache.get("method"), "fold": cache.get("split")}
+        frame = marker_effects(fit, names, genotypes, weights, block=block, **labels)
+        cache["marker_effects"].append(frame)
+
+
 def _gblup(train, genotypes, validation, cache) -> Parts:
     model = GBLUP(_relationship(genotypes, cache), fixed=fixed_effects(cache))
     model.fit(train, genotypes)
     block = train["block"].iloc[0]
     _record_components(cache, variance_components(model, "", block, ""))
+    _record_effects(cache, model.fit_, train["name"], genotypes, block)
     return model.predict_parts(validation)
 
 
@@ -109,10 +120,14 @@ def _gblup_weighted(train, validation, genotypes, cache) -> Parts:
     ``train`` (the additive path's rule), GBLUP per block under it."""
     relationships = _weighted_relationships(genotypes, cache)
     model = WeightedGBLUP(relationships, fixed=fixed_effects(cache)).fit(train)
+    prior = (cache.get("marker_inputs") or MarkerInputs()).weights
     for block, fit in model.block_fits_.items():
         names = model.designs_[block].names_
         frame = component_frame(fit, names, extra=[("mix", model.mix_)], block=block)
         _record_components(cache, frame)
+        records = train.loc[train["block"] == block, "name"]
+        weights = mixed_weights(prior, model.mix_)
+        _record_effects(cache, fit, records, genotypes, block, weights)
     return model.predict_parts(validation)
 
 

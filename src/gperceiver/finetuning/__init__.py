@@ -20,7 +20,12 @@ explicit choice; ``evaluate`` never does this, it splits the training folds).
 from .additive import AdditivePath, additive_offsets, fit_additive, fit_additive_path
 from .model import encoder_features
 from .pipeline import finetune
-from .predictor import Predictor, load_predictor, prediction_table
+from .predictor import (
+    Predictor,
+    load_predictor,
+    model_environments,
+    prediction_table,
+)
 from .settings import FINETUNE_DEFAULTS, TASK_NAME, FinetuneSettings
 
 __all__ = [
@@ -35,5 +40,6 @@ __all__ = [
     "fit_additive",
     "fit_additive_path",
     "load_predictor",
+    "model_environments",
     "prediction_table",
 ]

@@ -54,5 +54,5 @@ def finetune(
     plan = complete_settings(plan, genotypes, data)
     out = Path(out)
     members, layout = train_members(plan, data, genotypes, out, resume)
-    save_run(out, plan, data, layout, genotypes, cv)
+    save_run(out, plan, data, layout, genotypes, cv, phenotypes.block_labels)
     return members

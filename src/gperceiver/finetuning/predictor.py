@@ -147,6 +147,13 @@ def load_predictor(
     return predictor
 
 
+def model_environments(directory) -> list[str] | None:
+    """The names of a finetuned model's blocks (``config.json`` key
+    ``environments``; None when its phenotypes numbered the environments)."""
+    config, _ = load_model_config(Path(directory))
+    return config.get("environments")
+
+
 def prediction_table(
     predictor: Predictor, genotypes: Genotypes, blocks=None
 ) -> pd.DataFrame:

@@ -19,10 +19,17 @@ def save_member(directory: Path, model, genotypes: Genotypes) -> None:
 
 
 def save_run(
-    out: Path, plan, data, layout: list[dict], genotypes: Genotypes, cv=None
+    out: Path,
+    plan,
+    data,
+    layout: list[dict],
+    genotypes: Genotypes,
+    cv=None,
+    environments: list[str] | None = None,
 ) -> None:
     """``config.json`` and ``markers.tsv`` of a finetune output directory, after
-    its members (``layout``) are saved."""
+    its members (``layout``) are saved; ``environments`` names the blocks (the
+    phenotypes' :attr:`~gperceiver.data.Phenotypes.block_labels`)."""
     settings, environment = plan.settings, data.environment
     write_json(
         {
@@ -47,6 +54,7 @@ def save_run(
             if cv is not None
             else f"inner split of {settings.val_fraction:.0%} of training individuals",
             "markers": genotypes.markers.fingerprint(),
+            "environments": environments,
         },
         out / "config.json",
     )

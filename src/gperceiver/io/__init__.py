@@ -1,6 +1,7 @@
 """Readers and writers: the only place that knows file formats."""
 
 from .atomic import atomic_directory, atomic_path
+from .environments import align_environments
 from .errors import InputError, InputWarning
 from .formats import (
     SOURCES,
@@ -38,6 +39,7 @@ from .trial_tables import (
 )
 
 __all__ = [
+    "align_environments",
     "SOURCES",
     "TARGETS",
     "convert_variants",

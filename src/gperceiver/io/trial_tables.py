@@ -116,6 +116,10 @@ def read_phenotypes(
 def read_covariates(path) -> EnvCovariates:
     """Read environment covariates ``block[, time], covariate...``.
 
+    ``block`` holds non-negative integers (the phenotypes' block codes) or names
+    (kept as :attr:`EnvCovariates.environments`, numbered in natural order, to be
+    matched to the phenotypes' names by :func:`align_environments`).
+
     With a ``time`` column (second) the rows are a series per block (e.g. days
     after planting) and every block must have the same time points; without it,
     one row per block. Every covariate value must be a number (no missing value).
@@ -129,15 +133,9 @@ def read_covariates(path) -> EnvCovariates:
         raise InputError(
             path, "line 1", "no covariate column", "add columns after " + required[-1]
         )
+    # named environments are numbered in natural order here and matched to the
+    # phenotypes' names by io.align_environments
     block, labels = _blocks(path, table)
-    if labels is not None:  # covariates number environments as the models do
-        row = int(np.flatnonzero(~table["block"].str.strip().str.isdigit())[0])
-        raise InputError(
-            path,
-            f"line {row + 2}, column 'block'",
-            f"{table['block'].iloc[row].strip()!r} is not a non-negative integer",
-            "number the environments 0, 1, 2, ... as in the phenotypes",
-        )
     values = np.empty((len(table), len(names)))
     for j, column in enumerate(names):
         fix = "use a number (fill missing values, e.g. by interpolation)"
@@ -152,7 +150,7 @@ def read_covariates(path) -> EnvCovariates:
         check_unique(path, pd.Series(block), "block", "block")
         order = np.argsort(block, kind="stable")
         return EnvCovariates(
-            block[order], names, values[order, None, :], None, str(path)
+            block[order], names, values[order, None, :], None, str(path), labels
         )
     time = numeric_column(path, table, "time", "use a number, e.g. days after planting")
     if np.isnan(time).any():
@@ -188,7 +186,7 @@ def read_covariates(path) -> EnvCovariates:
                 "give every block the same time points",
             )
         out[e] = values[rows[np.argsort(own)]]
-    return EnvCovariates(blocks, names, out, times, str(path))
+    return EnvCovariates(blocks, names, out, times, str(path), labels)
 
 
 def match_phenotypes(phenotypes: Phenotypes, genotypes: Genotypes) -> Phenotypes:
@@ -225,5 +223,8 @@ def write_covariates(covariates: EnvCovariates, path) -> None:
     frame = pd.DataFrame(covariates.values.reshape(e * t, -1), columns=covariates.names)
     if covariates.is_series:
         frame.insert(0, "time", np.tile(covariates.times, e))
-    frame.insert(0, "block", np.repeat(covariates.blocks, t))
+    blocks = covariates.blocks
+    if covariates.environments is not None:
+        blocks = np.asarray(covariates.environments, dtype=object)
+    frame.insert(0, "block", np.repeat(blocks, t))
     write_table(frame, path, float_format="%.6g")

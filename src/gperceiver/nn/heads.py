@@ -83,6 +83,10 @@ class MarkerEffects(nn.Module):
         self.table[:, 1 : effects.shape[1] + 1, block] = effects.float()
         self.offset[block] = float(intercept - ploidy * mean.sum())
 
+    def per_marker(self, alleles: Tensor, marker_idx: Tensor) -> Tensor:
+        """Each marker's term ``(B, M', E)`` of the output (without the offset)."""
+        return self.table[marker_idx[None, :, None], alleles].sum(2)
+
     def forward(self, alleles: Tensor, marker_idx: Tensor, chunk: int = 65536):
         out = self.offset.expand(alleles.shape[0], -1).clone()
         for start in range(0, alleles.shape[1], chunk):
@@ -131,14 +135,22 @@ class GaussianEffects(nn.Module):
         self.scale[block] = fit.scale
         self.offset[block] = fit.intercept
 
-    def forward(self, alleles: Tensor, marker_idx: Tensor) -> Tensor:
+    def centred(self, alleles: Tensor, marker_idx: Tensor) -> Tensor:
+        """Centred dosages ``(B, M, A)`` of allele ids ``(B, M, P)`` (missing copies
+        at the frequency), the input of :meth:`from_centred`."""
         if marker_idx.dim() != 1 or len(marker_idx) != len(self.frequencies):
             raise ValueError("the Gaussian additive path needs every marker, in order")
         a = self.frequencies.shape[1]
         counts = torch.stack([(alleles == k + 1).sum(-1) for k in range(a)], -1)
         missing = (alleles == 0).sum(-1, keepdim=True)
         ploidy = alleles.shape[-1]
-        z = counts + (missing - ploidy) * self.frequencies  # centred, (B, M, A)
+        return counts + (missing - ploidy) * self.frequencies
+
+    def forward(self, alleles: Tensor, marker_idx: Tensor) -> Tensor:
+        return self.from_centred(self.centred(alleles, marker_idx))
+
+    def from_centred(self, z: Tensor) -> Tensor:
+        """Outputs ``(B, E)`` from centred dosages ``z`` ``(B, M, A)``."""
         z = z.flatten(1)[:, self.keep] * self.column_scale
         d2 = (
             (z**2).sum(1, keepdim=True)

@@ -22,7 +22,6 @@ from .plots import (
     plot_learning_curves,
     plot_marker_importance,
     plot_observed_vs_predicted,
-    relative_importance,
 )
 
 
@@ -148,6 +147,14 @@ IMPORTANCE_TEXT = (
     "method); the plot shows the average size of this over individuals, scaled so "
     "the largest is 1. Peaks point to genome regions the model relies on."
 )
+IMPORTANCE_PARTS_TEXT = (
+    "The model adds an exact additive path (GBLUP or RKHS fitted by REML) to the "
+    "network, and both count: the top panel credits each marker with its summed "
+    "effect through the two, the others show the additive path and the network "
+    "alone, on the same scale. For the linear (GBLUP) path a marker's credit is "
+    "its allele effect times how far an individual's dosage is from the mean. "
+    "The numbers are in marker_importance.tsv (columns total, network, additive)."
+)
 IMPORTANCE_CAVEATS = (
     "Caveats: this describes the model, not the biology. It is not a QTL or GWAS "
     "test and has no p-values. Markers in linkage disequilibrium share the credit, "
@@ -207,21 +214,28 @@ def _curves_section(out: Path, curves: dict, extra: Sequence[str] = ()) -> Secti
     return Section("Learning curves", paragraphs, [figure])
 
 
-def _importance_section(
-    out: Path, importance: np.ndarray, markers: MarkerMap, n_top: int = 10
-) -> Section:
+def _importance_section(out: Path, importance, markers: MarkerMap, n_top: int = 10):
     figure = plot_marker_importance(importance, markers, out / "marker_importance.png")
-    importance = np.asarray(importance, dtype=np.float64)
-    top = np.argsort(-importance, kind="stable")[:n_top]
+    parts = importance if isinstance(importance, dict) else {"total": importance}
+    parts = {k: np.asarray(v, dtype=np.float64) for k, v in parts.items()}
+    total = parts["total"]
+    top = np.argsort(-total, kind="stable")[:n_top]
     table = markers.subset(top).to_frame()
     if (table["pos"] == table["pos"].round()).all():  # bp or an order: no decimals
         table["pos"] = table["pos"].astype(np.int64)
-    table["importance"] = relative_importance(importance)[top]
+    scale = max(v.max() for v in parts.values()) or 1.0
+    table["importance"] = total[top] / scale
+    for part in ("additive", "network"):
+        if part in parts and parts["additive"].max() > 0:
+            table[part] = parts[part][top] / scale
     table.index = pd.RangeIndex(1, len(top) + 1, name="rank")
     caption = f"The {len(top)} most important markers (largest = 1)"
+    paragraphs = [IMPORTANCE_TEXT]
+    if "additive" in parts and parts["additive"].max() > 0:
+        paragraphs.append(IMPORTANCE_PARTS_TEXT)
     return Section(
         "Marker importance",
-        [IMPORTANCE_TEXT, IMPORTANCE_CAVEATS],
+        [*paragraphs, IMPORTANCE_CAVEATS],
         [figure],
         {caption: table},
     )
@@ -234,6 +248,8 @@ def evaluation_report(
     notes: dict[str, str] | None = None,
     curves: dict[str, pd.DataFrame] | None = None,
     importance: tuple[np.ndarray, MarkerMap] | None = None,
+    lead: Sequence[Section] = (),
+    fits: Sequence[Section] = (),
 ) -> Path:
     """Figures and ``report.html`` of a cross-validation, written into ``out_dir``.
 
@@ -250,8 +266,12 @@ def evaluation_report(
         methods that were not evaluated are left out.
     curves : dict of str to DataFrame, optional
         Learning curves of the neural models (:func:`read_learning_curves`).
-    importance : (array (M,), MarkerMap), optional
-        Marker importance and its map (:func:`gperceiver.importance.marker_importance`).
+    importance : (array (M,) or dict of str to array (M,), MarkerMap), optional
+        Marker importance and its map (:func:`gperceiver.importance.marker_importance`,
+        or its parts, :func:`gperceiver.importance.importance_parts`).
+    lead, fits : sequence of Section
+        Shown before the accuracy (the data summary) and after observed against
+        predicted (what the fits estimated, :mod:`.summary`).
 
     Returns
     -------
@@ -261,8 +281,10 @@ def evaluation_report(
     out = Path(out_dir)
     scatter = plot_observed_vs_predicted(predictions, out / "observed_vs_predicted.png")
     sections = [
+        *lead,
         _accuracy_section(out, predictions, accuracy, notes or {}),
         Section("Observed against predicted", [SCATTER_TEXT], [scatter]),
+        *fits,
     ]
     if curves:
         sections.append(_curves_section(out, curves, [EVALUATE_CURVES_TEXT]))
@@ -276,6 +298,7 @@ def finetune_report(
     curves: dict[str, pd.DataFrame],
     importance: tuple[np.ndarray, MarkerMap] | None = None,
     predictions: pd.DataFrame | None = None,
+    lead: Sequence[Section] = (),
 ) -> Path:
     """Figures and ``report.html`` of a finetuned model, written into ``out_dir``.
 
@@ -287,11 +310,14 @@ def finetune_report(
         inputs are given, then ``report.html``.
     curves : dict of str to DataFrame
         Learning curves (``read_learning_curves(out_dir)``).
-    importance : (array (M,), MarkerMap), optional
-        Marker importance and its map (:func:`gperceiver.importance.marker_importance`).
+    importance : (array (M,) or dict of str to array (M,), MarkerMap), optional
+        Marker importance and its map (:func:`gperceiver.importance.marker_importance`,
+        or its parts, :func:`gperceiver.importance.importance_parts`).
     predictions : DataFrame, optional
         Columns ``block``, ``prediction``, ``response`` (rows without a response
         are dropped) and optionally ``method``: fitted values of the training data.
+    lead : sequence of Section
+        Shown first (the data summary, :mod:`.summary`).
 
     Returns
     -------
@@ -299,7 +325,7 @@ def finetune_report(
         The ``report.html`` written.
     """
     out = Path(out_dir)
-    sections = []
+    sections = list(lead)
     if curves:
         sections.append(_curves_section(out, curves))
     if importance is not None:

@@ -13,9 +13,10 @@ from .. import io
 from ..data import EnvCovariates, Genotypes, Phenotypes, natural_key
 from ..evaluate import NOTES
 from ..finetuning import load_predictor, prediction_table
-from ..importance import marker_importance
+from ..importance import importance_frame, importance_parts
 from .html import evaluation_report, finetune_report
 from .plots import read_learning_curves
+from .summary import data_section, data_summary, heritability_section
 
 
 def first_fold_curves(models_dir: Path) -> dict:
@@ -29,13 +30,25 @@ def first_fold_curves(models_dir: Path) -> dict:
 
 
 def fold_importance(models_dir: Path, genotypes: Genotypes, methods):
-    """Marker importance of the neural models, averaged over folds (or None)."""
+    """Marker importance of the last neural method's models by part
+    (:func:`~gperceiver.importance.importance_parts`), averaged over folds, and
+    the map (or None)."""
     neural = [m for m in methods if m.startswith("perceiver")]
     if not neural:
         return None
     folds = sorted((models_dir / neural[-1]).glob("fold-*"))
-    values = [marker_importance(load_predictor(f).members, genotypes) for f in folds]
-    return (np.mean(values, 0), genotypes.markers) if values else None
+    values = [importance_parts(load_predictor(f).members, genotypes) for f in folds]
+    if not values:
+        return None
+    mean = {part: np.mean([v[part] for v in values], 0) for part in values[0]}
+    return mean, genotypes.markers
+
+
+def write_importance(out: Path, importance) -> None:
+    """``marker_importance.tsv`` of ``(parts, MarkerMap)`` (if not None)."""
+    if importance is not None:
+        table = importance_frame(*importance)
+        io.write_table(table, out / "marker_importance.tsv", float_format="%.6g")
 
 
 def write_evaluation(
@@ -45,20 +58,34 @@ def write_evaluation(
     genotypes: Genotypes,
     methods: list[str],
     components: list[pd.DataFrame] = (),
+    marker_effects: list[pd.DataFrame] = (),
+    phenotypes: Phenotypes | None = None,
 ) -> None:
-    """``predictions.tsv``, ``accuracy.tsv``, ``variance_components.tsv`` (the
-    kernel fits' ``components``, if any), the figures and ``report.html`` of a
+    """``predictions.tsv``, ``accuracy.tsv``, ``marker_importance.tsv`` (of the
+    neural methods, if any), ``variance_components.tsv`` (the
+    kernel fits' ``components``, if any), ``marker_effects.tsv`` (the GBLUP fits'
+    rrBLUP allele effects, if any), the figures and ``report.html`` of a
     cross-validation into ``out``; the neural methods' models are read from
-    ``out/models`` (where ``cross_validate`` was told to keep them)."""
+    ``out/models`` (where ``cross_validate`` was told to keep them). The
+    report shows the components' h² over folds and, with ``phenotypes``, opens
+    with a summary of the data."""
     out = Path(out)
     importance = fold_importance(out / "models", genotypes, methods)
     io.write_table(predictions, out / "predictions.tsv")
     io.write_table(accuracy, out / "accuracy.tsv", float_format="%.4f")
+    lead, fits = [], []
+    if phenotypes is not None:
+        lead.append(data_section(out, data_summary(genotypes, phenotypes)))
     if len(components):
         table = pd.concat(components, ignore_index=True)
         io.write_table(table, out / "variance_components.tsv")
+        fits = [s for s in [heritability_section(table)] if s is not None]
+    if len(marker_effects):
+        table = pd.concat(marker_effects, ignore_index=True)
+        io.write_table(table, out / "marker_effects.tsv", float_format="%.6g")
+    write_importance(out, importance)
     curves = first_fold_curves(out / "models")
-    evaluation_report(out, predictions, accuracy, NOTES, curves, importance)
+    evaluation_report(out, predictions, accuracy, NOTES, curves, importance, lead, fits)
 
 
 def write_finetune_outputs(
@@ -78,7 +105,10 @@ def write_finetune_outputs(
         blocks = np.union1d(blocks, covariates.blocks)
     table = prediction_table(predictor, genotypes, blocks)
     merged = table.merge(phenotypes.table, on=["name", "block"], how="left")
+    merged = phenotypes.named_blocks(merged)  # environments by name
     if predictions:
         io.write_table(merged, predictions)
-    importance = (marker_importance(predictor.members, genotypes), genotypes.markers)
-    finetune_report(out, read_learning_curves(out), importance, merged)
+    importance = (importance_parts(predictor.members, genotypes), genotypes.markers)
+    write_importance(Path(out), importance)
+    lead = [data_section(Path(out), data_summary(genotypes, phenotypes))]
+    finetune_report(out, read_learning_curves(out), importance, merged, lead)

@@ -113,6 +113,32 @@ def plot_accuracy(accuracy: pd.DataFrame, path) -> Path:
     return _save(figure, path)
 
 
+def plot_maf_spectrum(spectrum: pd.DataFrame, path) -> Path:
+    """Histogram of markers per minor-allele-frequency bin.
+
+    Parameters
+    ----------
+    spectrum : DataFrame
+        Columns ``maf`` (bin labels) and ``markers`` (counts), as
+        :func:`gperceiver.report.summary.maf_spectrum` returns.
+    path : str or Path
+        PNG file to write.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    figure = Figure(figsize=(6, 2.8), layout="constrained")
+    ax = figure.subplots()
+    x = np.arange(len(spectrum))
+    ax.bar(x, spectrum["markers"].to_numpy(), 0.9, color=_colour(0))
+    ax.set_xticks(x, spectrum["maf"], rotation=45, fontsize="small")
+    ax.set_xlabel("minor allele frequency")
+    ax.set_ylabel("markers")
+    return _save(figure, path)
+
+
 # -- marker importance and learning curves ---------------------------------------------
 CHROM_COLOURS = ("#1f4e79", "#7fa7d1")  # alternate along the genome
 
@@ -145,18 +171,28 @@ def relative_importance(importance: np.ndarray) -> np.ndarray:
     return importance / top if top > 0 else importance
 
 
-def plot_marker_importance(importance: np.ndarray, markers: MarkerMap, path) -> Path:
+PART_LABELS = {
+    "total": "network + additive path",
+    "additive": "additive path (GBLUP / RKHS)",
+    "network": "network",
+}
+
+
+def plot_marker_importance(importance, markers: MarkerMap, path) -> Path:
     """Manhattan-style plot of marker importance along the genome.
 
     Chromosomes sit side by side in natural order with alternating colours and
     are labelled at their centres (see :func:`genome_x`); importance is scaled so
-    the largest is 1.
+    the largest is 1. Given the parts of
+    :func:`gperceiver.importance.importance_parts`, one panel per part (total,
+    additive path, network; a part that is 0 everywhere is left out), on one
+    scale.
 
     Parameters
     ----------
-    importance : array (M,)
+    importance : array (M,) or dict of str to array (M,)
         Non-negative, in map order
-        (:func:`gperceiver.importance.marker_importance`).
+        (:func:`gperceiver.importance.marker_importance`, or its parts).
     markers : MarkerMap
         The M markers.
     path : str or Path
@@ -167,31 +203,38 @@ def plot_marker_importance(importance: np.ndarray, markers: MarkerMap, path) -> 
     Path
         ``path``.
     """
-    importance = np.asarray(importance, dtype=np.float64)
-    if importance.shape != (len(markers),):
-        raise ValueError(
-            f"importance has shape {importance.shape}, the map {len(markers)} markers"
-        )
-    y = relative_importance(importance)
+    parts = importance if isinstance(importance, dict) else {"total": importance}
+    parts = {k: np.asarray(v, dtype=np.float64) for k, v in parts.items()}
+    for values in parts.values():
+        if values.shape != (len(markers),):
+            raise ValueError(
+                f"importance has shape {values.shape}, the map {len(markers)} markers"
+            )
+    shown = {k: v for k, v in parts.items() if k == "total" or v.max() > 0}
+    top = max(v.max() for v in shown.values())
     x, centres = genome_x(markers)
     present, which = np.unique(markers.chrom, return_inverse=True)
-    figure = Figure(figsize=(10, 3.4), layout="constrained")
-    ax = figure.subplots()
-    ax.scatter(
-        x,
-        y,
-        s=10 if len(markers) <= 5000 else 3,
-        c=np.asarray(CHROM_COLOURS)[which % 2],
-        linewidths=0,
-    )
+    figure = Figure(figsize=(10, 0.6 + 2.8 * len(shown)), layout="constrained")
+    axes = figure.subplots(len(shown), 1, squeeze=False, sharex=True)[:, 0]
+    for ax, (part, values) in zip(axes, shown.items(), strict=True):
+        ax.scatter(
+            x,
+            values / top if top > 0 else values,
+            s=10 if len(markers) <= 5000 else 3,
+            c=np.asarray(CHROM_COLOURS)[which % 2],
+            linewidths=0,
+        )
+        ax.set_ylim(0.0, 1.05)
+        ax.set_ylabel("importance (largest = 1)")
+        if len(shown) > 1:
+            ax.set_title(PART_LABELS.get(part, part), fontsize="small")
+    ax = axes[-1]
     if len(present) > 1:
         ax.set_xticks(centres, [markers.chrom_names[c] for c in present])
         ax.set_xlabel("chromosome")
     else:
         ax.set_xlabel(f"marker in map order ({markers.chrom_names[present[0]]})")
     ax.set_xlim(x.min() - 0.01 * np.ptp(x) - 0.5, x.max() + 0.01 * np.ptp(x) + 0.5)
-    ax.set_ylim(0.0, 1.05)
-    ax.set_ylabel("importance (largest = 1)")
     return _save(figure, path)
 
 
