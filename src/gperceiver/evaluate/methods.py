@@ -306,5 +306,8 @@ NOTES = {
     "gblup-rn": "reaction-norm GBLUP: G, G o Omega kernels, Omega from the "
     "environment covariates (Jarquin et al. 2014)",
     "perceiver-pretrained": "pretrained once on the genotypes of every individual "
-    "(no phenotypes), then finetuned on the training folds of each split",
+    f"(no phenotypes; {PRETRAINED_METHOD['epochs']} epochs unless --epochs says "
+    "otherwise), then finetuned on the "
+    "training folds of each split (a head on the frozen encoder beside the "
+    "additive GBLUP/RKHS path)",
 }
