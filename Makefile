@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # GBLUP, RKHS and the Perceiver (pretrained once on the genotypes, finetuned per
-# fold) on the embedded wheat data, its 10 folds: about a minute on 2 cores
+# fold) on the embedded wheat data, its 10 folds (BENCHMARKS.md: time and accuracy)
 demo: $(STAMP)
 	$(VENV)/bin/gperceiver evaluate $(WHEAT)/phenotypes.tsv $(WHEAT)/chroms.tsv \
 		$(WHEAT)/markers.tsv --methods gblup,rkhs,perceiver-pretrained \
