@@ -17,9 +17,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# GBLUP, RKHS and the Perceiver (pretrained once on the genotypes, finetuned per
+# fold) on the embedded wheat data, its 10 folds (BENCHMARKS.md: time and accuracy)
 demo: $(STAMP)
 	$(VENV)/bin/gperceiver evaluate $(WHEAT)/phenotypes.tsv $(WHEAT)/chroms.tsv \
-		$(WHEAT)/markers.tsv --methods gblup,rkhs --out $(DEMO_OUT)
+		$(WHEAT)/markers.tsv --methods gblup,rkhs,perceiver-pretrained \
+		--out $(DEMO_OUT) --restart
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -n $(JOBS) --durations=15

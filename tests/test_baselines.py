@@ -305,6 +305,28 @@ def test_kernel_effects_predict_new_individuals_as_the_rkhs_blup():
     assert np.isclose(fit.loo_predictions[0], left_out, atol=1e-6)
 
 
+def test_kernel_effects__shared_kernels_refit_another_response_identically():
+    """Two environments' responses on the same individuals: fits that share one
+    ``kernels`` memo (one eigendecomposition per bandwidth for both) equal fits
+    that compute everything afresh, and the second fit adds no kernel."""
+    g, table, train, train_rows, _, frequencies = tetraploid_split(
+        5, epistasis_variance=0.5
+    )
+    part = g.subset(individuals=train_rows)
+    y = table.loc[train, "response"].to_numpy()
+    other = y[::-1] * 0.5 + np.random.default_rng(1).normal(size=len(y))
+    kernels = {}
+    for response in (y, other):
+        shared = kernel_effects(part, response, frequencies, kernels=kernels)
+        alone = kernel_effects(part, response, frequencies)
+        assert shared.bandwidth == alone.bandwidth
+        assert np.isclose(shared.log_likelihood, alone.log_likelihood, atol=1e-9)
+        assert np.allclose(shared.weights, alone.weights, atol=1e-9)
+        assert np.allclose(shared.loo_predictions, alone.loo_predictions, atol=1e-9)
+        assert set(DEFAULT_BANDWIDTHS) <= set(kernels)
+    assert len(kernels) == len(DEFAULT_BANDWIDTHS) + 2  # + distances and median
+
+
 def every_third_marker(g: Genotypes) -> tuple[np.ndarray, np.ndarray]:
     """Markers 0, 3, 6, ... and their 0/1 indicator ``(M,)``."""
     chosen = np.arange(0, g.n_markers, 3)

@@ -186,3 +186,26 @@ def test_wheat_evaluation_is_fast_and_complete(wheat_cross_validation):
     assert seconds < 30
     assert len(predictions) == 2 * 2396
     assert len(accuracy) == 2 * 4 * (10 + 1)
+
+
+@pytest.mark.slow
+def test_wheat_perceiver_pretrained_keeps_the_kernels_accuracy(wheat_paths):
+    """perceiver-pretrained on two wheat folds (a one-epoch pretraining, to stay
+    fast) predicts at least as well as RKHS, its additive path, less 0.01, and
+    clearly above GBLUP (RKHS 0.463, GBLUP 0.403 on these folds): the head on
+    the frozen encoder, early-stopped on training records, must not undo the
+    kernel."""
+    genotypes = read_markers(wheat_paths["markers"], read_chroms(wheat_paths["chroms"]))
+    phenotypes = read_phenotypes(wheat_paths["phenotypes"])
+    options = {"params": {"progress": False}, "typed": {"epochs": 1}}
+    _, accuracy = cross_validate(
+        phenotypes,
+        genotypes,
+        ["gblup", "rkhs", "perceiver-pretrained"],
+        progress=False,
+        options=options,
+        folds=["1", "2"],
+    )
+    mean = pooled_table(accuracy)["mean"]
+    assert mean["perceiver-pretrained"] >= mean["rkhs"] - 0.01, mean
+    assert mean["perceiver-pretrained"] >= mean["gblup"] + 0.03, mean

@@ -11,7 +11,13 @@ from gperceiver.baselines import kernel_effects
 from gperceiver.cli import main, seed_finetune
 from gperceiver.data import Phenotypes
 from gperceiver.evaluate import cross_validate, pearson
-from gperceiver.finetuning import finetune, load_predictor, prediction_table
+from gperceiver.finetuning import (
+    encoder_features,
+    finetune,
+    load_predictor,
+    prediction_table,
+)
+from gperceiver.finetuning.training import frozen_features
 from gperceiver.io import (
     InputError,
     InputWarning,
@@ -287,6 +293,55 @@ def test_finetune__from_pretrained_with_frozen_head_phase(sim, tmp_path):
     assert {"name", "block", "prediction", "sd"} <= set(table.columns)
     assert len(table) == g.n_individuals * 2
     assert table["prediction"].notna().all() and (table["sd"] > 0).all()
+
+
+def test_frozen_features__cached_once_then_each_rows_own(sim):
+    """A cache computes an encoder's features of every individual once; a subset
+    read from it equals that subset computed alone, and another encoder gets its
+    own entry."""
+    g = sim.genotypes
+    rows = np.random.default_rng(0).permutation(g.n_individuals)[:37]
+    cache = {}
+    model = model_for(g, "pool")
+    direct = encoder_features(model, g, rows)
+    cached = frozen_features(model, g, rows, cache)
+    torch.testing.assert_close(cached, direct, rtol=1e-5, atol=1e-6)
+    assert len(cache) == 1 and next(iter(cache.values())).shape[0] == g.n_individuals
+    frozen_features(model, g, rows[:5], cache)
+    assert len(cache) == 1  # read, not recomputed
+    other = model_for(g, "pool")
+    with torch.no_grad():
+        other.encoder.latents.add_(1.0)
+    moved = frozen_features(other, g, rows, cache)
+    assert len(cache) == 2
+    assert not torch.allclose(moved, cached)
+
+
+def test_finetune__feature_cache_and_single_head_checkpoint_change_no_prediction(
+    sim, tmp_path
+):
+    """Finetuning a frozen pretrained encoder with a feature cache shared by two
+    runs predicts as without it; the head phase checkpoints once, at its end."""
+    g = sim.genotypes
+    pretrain_encoder(g, tmp_path / "pre", SMALL, {"max_steps": 3})
+    params = {"head_epochs": 4, "patience": 10, "progress": False}
+    cache = {}
+    runs = {}
+    for name, feature_cache in [("a", cache), ("b", cache), ("plain", None)]:
+        finetune(
+            sim.phenotypes, g, tmp_path / name, params,
+            pretrained=tmp_path / "pre", feature_cache=feature_cache,
+        )  # fmt: skip
+        runs[name] = load_predictor(tmp_path / name, g).predict(g)
+    assert len(cache) == 1
+    np.testing.assert_allclose(runs["a"], runs["plain"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(runs["b"], runs["plain"], rtol=1e-4, atol=1e-5)
+    phase = tmp_path / "a" / "member-0" / "phase1"
+    evaluations = pd.read_csv(phase / "metrics.csv")
+    assert len(evaluations) == 4 + 1  # every epoch validated, the start too
+    assert [p.name for p in (phase / "checkpoints").glob("step-*")] == [
+        f"step-{evaluations['step'].iloc[-1]:08d}"
+    ]
 
 
 def test_finetune__refuses_typed_options_that_reshape_the_pretrained_encoder(

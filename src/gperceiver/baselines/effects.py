@@ -242,6 +242,7 @@ def kernel_effects(
     marker_weights: np.ndarray | None = None,
     relationship: np.ndarray | None = None,
     features: np.ndarray | None = None,
+    kernels: dict | None = None,
 ) -> KernelFit:
     """REML RKHS on the individuals of ``genotypes`` (one response each, ``(N,)``),
     the bandwidth chosen as in :class:`RKHS` (highest restricted likelihood) and
@@ -249,7 +250,9 @@ def kernel_effects(
     :class:`KernelFit` that predicts new genotypes. ``marker_weights`` ``(M,)``
     weigh the markers' dosages in the distances; ``relationship`` (their weighted
     :func:`genomic_relationship`, ``(N, N)``) and ``features``
-    (:func:`kernel_features`, ``(N, F)``) are computed unless given."""
+    (:func:`kernel_features`, ``(N, F)``) are computed unless given; ``kernels``
+    (a dict kept per ``relationship``) lets fits of other responses on the same
+    individuals reuse the kernels' decompositions (:func:`best_bandwidth`)."""
     if frequencies is None:
         frequencies = genotypes.allele_frequencies()
     y = np.asarray(y, dtype=np.float64)
@@ -258,7 +261,7 @@ def kernel_effects(
         features = kernel_features(genotypes, frequencies, keep, column_scale)
     if relationship is None:
         relationship = features @ features.T
-    h, median, fit = best_bandwidth(relationship, y, bandwidths)
+    h, median, fit = best_bandwidth(relationship, y, bandwidths, kernels=kernels)
     return KernelFit(
         intercept=float(fit.beta[0]),
         weights=fit.weights,

@@ -168,16 +168,27 @@ def best_bandwidth(
     y: np.ndarray,
     bandwidths=DEFAULT_BANDWIDTHS,
     covariates: np.ndarray | None = None,
+    kernels: dict | None = None,
 ) -> tuple[float, float, MixedModelFit]:
     """REML RKHS of ``y`` ``(N,)`` (one record per individual of the ``(N, N)``
     ``relationship``, fixed-effect design ``covariates`` ``(N, p)``, default an
     intercept): the bandwidth of highest restricted likelihood, the median squared
-    distance among these individuals and the fit."""
-    d2, median = _squared_distances(relationship)
+    distance among these individuals and the fit.
+
+    ``kernels``: a dict the caller keeps for one ``relationship``; it remembers
+    each bandwidth's Gaussian :class:`Kernel` and so its eigendecomposition, which
+    another response on the same individuals (another environment) then reuses.
+    """
+    kernels = {} if kernels is None else kernels
+    if "median" not in kernels:
+        kernels["d2"], kernels["median"] = _squared_distances(relationship)
+    d2, median = kernels["d2"], kernels["median"]
     individuals = np.arange(len(y))
     best = None
     for h in bandwidths:
-        fit = reml(y, np.exp(-d2 / (h * median)), individuals, covariates)
+        if h not in kernels:
+            kernels[h] = Kernel(np.exp(-d2 / (h * median)), memory=1)
+        fit = reml(y, kernels[h], individuals, covariates)
         if best is None or fit.log_likelihood > best[2].log_likelihood:
             best = (h, median, fit)
     return best

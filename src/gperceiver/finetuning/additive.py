@@ -67,6 +67,9 @@ def fit_additive(
         )
         additive.set_data(features, keep, frequencies, column_scale)
     loo = np.full(records.response.shape, np.nan)
+    # blocks recorded on the same individuals (every line in every environment)
+    # share their Gaussian kernels and eigendecompositions
+    shared_kernels: dict[bytes, dict] = {}
     for block, (rows, y) in targets.items():
         part = genotypes.subset(individuals=kept[rows])
         options = {
@@ -74,9 +77,11 @@ def fit_additive(
             "relationship": relationship[np.ix_(rows, rows)],
         }
         if gaussian:
+            kernels = shared_kernels.setdefault(rows.tobytes(), {})
             fit = kernel_effects(
-                part, y, frequencies, **options, features=features[rows]
-            )
+                part, y, frequencies, **options, features=features[rows],
+                kernels=kernels,
+            )  # fmt: skip
             additive.set_block(block, rows, fit)
         else:
             fit = additive_effects(part, y, frequencies, **options)

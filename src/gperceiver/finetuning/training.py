@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import digest
 from ..data import Genotypes
 from ..tasks.phenotype import PhenotypeTask
 from ..train import TrainConfig, Trainer
@@ -32,6 +33,7 @@ def _train_member(
     additive: AdditivePath | None,
     data_identity: dict,
     resume: bool = True,
+    feature_cache: dict | None = None,
 ):
     """Train one model in place (two phases when ``pretrained``).
 
@@ -57,12 +59,21 @@ def _train_member(
         _freeze(model, set())
         features = None
         if model.head_config.head == "pool":
-            features = encoder_features(model, genotypes, both.rows)
+            features = frozen_features(
+                model, genotypes, both.rows, feature_cache, data_identity["genotypes"]
+            )
         task = PhenotypeTask(
             genotypes, both, settings.objective, scaling, features, offset
         )
+        # the head on cached features takes seconds: one checkpoint at its end
+        # (a killed run redoes the phase) instead of one per evaluation
         phase1 = TrainConfig(
-            **{**asdict(train_cfg), "epochs": settings.head_epochs, "max_steps": None}
+            **{
+                **asdict(train_cfg),
+                "epochs": settings.head_epochs,
+                "max_steps": None,
+                "checkpoint_every": HEAD_PHASE_CHECKPOINT_EVERY,
+            }
         )
         identity = _identity(model, both, len(fit_rows), settings, data_identity)
         Trainer(model, task, phase1, directory / "phase1", resume, identity).fit(
@@ -86,6 +97,38 @@ def _train_member(
         model.additive.load_state_dict(additive.final)
 
 
+# steps between the head phase's checkpoints: more than it ever takes, so that
+# it checkpoints once, when it ends
+HEAD_PHASE_CHECKPOINT_EVERY = 10**9
+ENCODER = ("embed.", "encoder.")  # the parts a pretrained encoder provides
+
+
+def frozen_features(
+    model,
+    genotypes: Genotypes,
+    rows: np.ndarray,
+    cache: dict | None = None,
+    genotypes_id: str | None = None,
+) -> torch.Tensor:
+    """The frozen encoder's pooled features (len(rows), 2D) of genotype ``rows``.
+
+    ``cache`` (a dict the caller keeps, e.g. one per cross-validation) holds the
+    features of every individual, computed once per encoder and genotype set and
+    then indexed: a frozen encoder sees genotypes only and, in eval mode, each
+    row's features depend on its own genotype alone, so every fold and ensemble
+    member reads the same values (up to batch-size rounding) without recomputing
+    them. ``genotypes_id``: their fingerprint, if already computed.
+    """
+    if cache is None:
+        return encoder_features(model, genotypes, rows)
+    encoder = {k: v for k, v in model.state_dict().items() if k.startswith(ENCODER)}
+    key = (digest(encoder), genotypes_id or genotypes.fingerprint())
+    if key not in cache:
+        every = np.arange(genotypes.n_individuals)
+        cache[key] = encoder_features(model, genotypes, every)
+    return cache[key][torch.as_tensor(rows, dtype=torch.long)]
+
+
 def _identity(model, records, n_train: int, settings, data_identity: dict) -> dict:
     """What shapes a finetuning phase besides its TrainConfig (see train.Trainer)."""
     return {
@@ -98,14 +141,19 @@ def _identity(model, records, n_train: int, settings, data_identity: dict) -> di
 
 
 def train_members(
-    plan, data, genotypes: Genotypes, out: Path, resume: bool = True
+    plan,
+    data,
+    genotypes: Genotypes,
+    out: Path,
+    resume: bool = True,
+    feature_cache: dict | None = None,
 ) -> tuple[list, list]:
     """Train and save (:func:`~gperceiver.finetuning.save.save_member`) every
     member: ``settings.ensemble`` seeds, each one joint model or, with
     ``separate_blocks``, one model per trained block. Returns the models and
     their layout entries (``dir``, ``seed_index``, ``block``,
     ``marker_weight_mix``). The additive path of a group is fitted once, for all
-    seeds."""
+    seeds; ``feature_cache``: see :func:`frozen_features`."""
     settings, train_cfg = plan.settings, plan.train
     trained_blocks = np.flatnonzero(data.train.weight.sum(0) > 0).tolist()
     joint = not settings.separate_blocks or data.environment is not None
@@ -138,6 +186,7 @@ def train_members(
                 additive,
                 data_identity,
                 resume,
+                feature_cache,
             )
             save_member(out / name, model, genotypes)
             members.append(model)
