@@ -34,6 +34,7 @@ from ..baselines import (
 from ..baselines.fixed_effects import column_list
 from ..data import Genotypes, MarkerInputs, Phenotypes
 from ..finetuning import FinetuneSettings, finetune, load_predictor
+from ..incontext import relatives_method
 from ..io import InputError
 from ..nn.heads import HeadConfig
 from ..pretraining import pretrain_encoder
@@ -279,6 +280,7 @@ METHODS: dict[str, Method] = {
     "gblup-rn": _gblup_rn,
     "perceiver": _perceiver,
     "perceiver-pretrained": _perceiver_pretrained,
+    "relatives": relatives_method(_relationship, fixed_effects, absorb_fixed_effects),
 }
 
 
@@ -292,4 +294,7 @@ NOTES = {
     "environment covariates (Jarquin et al. 2014)",
     "perceiver-pretrained": "pretrained once on the genotypes of every individual "
     "(no phenotypes), then finetuned on the training folds of each split",
+    "relatives": "in-context: each individual attends over the phenotyped training "
+    "individuals by per-window similarity (RKHS at the start; window weights, "
+    "bandwidth and an attention correction learnt by leave-one-out per environment)",
 }
