@@ -24,6 +24,7 @@ import torch
 
 from .baselines import RKHS, Kernel
 from .data import Genotypes
+from .io.errors import InputError
 from .nn.relatives import RelativesHead, RelativesStart
 
 
@@ -175,12 +176,19 @@ def fit_relatives(
 
 
 def _settings(cache: dict) -> RelativesSettings:
-    """Settings from the ``relatives`` entry of the ``params`` option (a dict of
-    :class:`RelativesSettings` fields), seeded by ``params['seed']``."""
-    params = cache.get("params") or {}
-    chosen = dict(params.get("relatives") or {})
-    chosen.setdefault("seed", int(params.get("seed", 0)))
-    return RelativesSettings(**chosen)
+    """Settings from the ``relatives`` entry of the ``--params`` JSON (an object
+    of :class:`RelativesSettings` fields), seeded by the run's ``seed``."""
+    options = {**(cache.get("params") or {}), **(cache.get("typed") or {})}
+    chosen = options.get("relatives") or {}
+    known = set(RelativesSettings.__dataclass_fields__)
+    if not isinstance(chosen, dict) or set(chosen) - known:
+        raise InputError(
+            "--params",
+            "relatives",
+            f"expected an object with some of {sorted(known)}, got {chosen!r}",
+            'write e.g. {"relatives": {"window": 64}}',
+        )
+    return RelativesSettings(**{"seed": int(options.get("seed", 0)), **chosen})
 
 
 def relatives_method(relationship_of, fixed_effects_of, absorb_fixed_effects):
