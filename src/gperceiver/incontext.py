@@ -100,7 +100,9 @@ def _start(relationship: Kernel, names, y: np.ndarray, median: float):
 
 
 def _tensor(x) -> torch.Tensor:
-    return torch.tensor(x, dtype=torch.float64)
+    """A C-contiguous float64 copy (numpy's fancy indexing may return strided
+    arrays, and the head's window sum reshapes them)."""
+    return torch.from_numpy(np.array(x, dtype=np.float64, order="C"))
 
 
 def head_predict(head, d2: np.ndarray, context, y, queries) -> torch.Tensor:

@@ -82,7 +82,8 @@ class RelativesHead(nn.Module):
 
     def _scaled(self, d2: Tensor, log_weights: Tensor, log_scale: Tensor) -> Tensor:
         """``sum_w exp(log_weights_w) d2_w / (exp(log_scale) m)``, ``(..., C)``."""
-        summed = torch.einsum("w,w...->...", log_weights.exp(), d2)
+        flat = log_weights.exp() @ d2.reshape(len(d2), -1)  # a matmul: einsum
+        summed = flat.reshape(d2.shape[1:])  # over "w..." is ~20x slower here
         return summed / (log_scale.exp() * self.median)
 
     def forward(
@@ -105,12 +106,17 @@ class RelativesHead(nn.Module):
         y = y.to(torch.float64)
         kernel_cc = torch.exp(-self._scaled(d2_cc, self.log_window, self.log_bandwidth))
         h = kernel_cc + self.log_delta.exp() * torch.eye(len(y), dtype=y.dtype)
-        inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))  # (C, C)
-        alpha = inverse @ (y - self.mean)  # (C,)
-        kernel_qc = torch.exp(-self._scaled(d2_qc, self.log_window, self.log_bandwidth))
+        factor = torch.linalg.cholesky(h)
         inside = self_index >= 0
-        at = self_index.clamp(min=0)
-        loo = y[at] - alpha[at] / inverse.diagonal()[at]
+        if inside.any():  # leave-one-out needs diag(H^-1): the whole inverse
+            inverse = torch.cholesky_inverse(factor)  # (C, C)
+            alpha = inverse @ (y - self.mean)  # (C,)
+            at = self_index.clamp(min=0)
+            loo = y[at] - alpha[at] / inverse.diagonal()[at]
+        else:  # a solve is 3x cheaper than the inverse
+            alpha = torch.cholesky_solve((y - self.mean)[:, None], factor)[:, 0]
+            loo = torch.zeros_like(self_index, dtype=y.dtype)
+        kernel_qc = torch.exp(-self._scaled(d2_qc, self.log_window, self.log_bandwidth))
         outside = self.mean + kernel_qc @ alpha
         prediction = torch.where(inside, loo, outside)
         if self.attention:
