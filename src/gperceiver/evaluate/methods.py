@@ -35,6 +35,7 @@ from ..baselines import (
 from ..baselines.fixed_effects import column_list
 from ..data import Genotypes, MarkerInputs, Phenotypes
 from ..finetuning import FinetuneSettings, finetune, load_predictor
+from ..incontext import relatives_method
 from ..io import InputError
 from ..nn.heads import HeadConfig
 from ..pretraining import pretrain_encoder
@@ -309,6 +310,7 @@ METHODS: dict[str, Method] = {
     "gblup-rn": _gblup_rn,
     "perceiver": _perceiver,
     "perceiver-pretrained": _perceiver_pretrained,
+    "relatives": relatives_method(_relationship, fixed_effects, absorb_fixed_effects),
 }
 
 
@@ -325,4 +327,7 @@ NOTES = {
     "otherwise), then finetuned on the "
     "training folds of each split (a head on the frozen encoder beside the "
     "additive GBLUP/RKHS path)",
+    "relatives": "in-context: each individual attends over the phenotyped training "
+    "individuals by per-window similarity (RKHS at the start; window weights, "
+    "bandwidth and an attention correction learnt by leave-one-out per environment)",
 }
