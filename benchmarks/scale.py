@@ -86,6 +86,33 @@ def flop_counter():
     return FlopCounterMode(display=False, custom_mapping=custom)
 
 
+def random_genotypes(n_markers: int, n_individuals: int, n_chroms: int = 10):
+    """Random diploid biallelic :class:`Genotypes` (seed 0) on ``n_chroms``
+    equal chromosomes, allele frequencies uniform in 0.05..0.5."""
+    from gperceiver.data import Genotypes, MarkerMap
+
+    rng = np.random.default_rng(0)
+    chrom = np.repeat(
+        [f"chr{c + 1}" for c in range(n_chroms)], -(-n_markers // n_chroms)
+    )
+    chrom = chrom[:n_markers]
+    markers, _ = MarkerMap.from_columns(
+        chrom, [f"m{i}" for i in range(n_markers)], np.arange(n_markers) * 1000.0 + 1
+    )
+    freq = rng.uniform(0.05, 0.5, n_markers)
+    # uint8 from the start: float64 / int64 temporaries would inflate the peak RSS
+    alleles = np.empty((n_individuals, n_markers, 2), dtype=np.uint8)
+    for i in range(n_individuals):
+        draws = rng.random((n_markers, 2), dtype=np.float32) < freq[:, None]
+        alleles[i] = 1 + draws
+    return Genotypes(
+        np.sort(alleles, axis=-1),
+        np.array([f"i{i}" for i in range(n_individuals)]),
+        markers,
+        2,
+    )
+
+
 def child(
     n_markers: int,
     batch: int,
@@ -104,33 +131,14 @@ def child(
         torch.set_num_threads(threads)
     load_start = os.getloadavg()[0]
 
-    from gperceiver.data import Genotypes, MarkerMap
     from gperceiver.nn.perceiver import MaskedMarkerModel, PerceiverConfig
     from gperceiver.tasks.masked import MaskedConfig, MaskedMarkerTask
     from gperceiver.train import TrainConfig, make_optimizer
 
     rss_import = peak_rss_gb()
-    rng = np.random.default_rng(0)
     n_chroms, n_individuals = 10, batch * 4
-    chrom = np.repeat(
-        [f"chr{c + 1}" for c in range(n_chroms)], -(-n_markers // n_chroms)
-    )
-    chrom = chrom[:n_markers]
-    markers, _ = MarkerMap.from_columns(
-        chrom, [f"m{i}" for i in range(n_markers)], np.arange(n_markers) * 1000.0 + 1
-    )
-    freq = rng.uniform(0.05, 0.5, n_markers)
-    # uint8 from the start: float64 / int64 temporaries would inflate the peak RSS
-    alleles = np.empty((n_individuals, n_markers, 2), dtype=np.uint8)
-    for i in range(n_individuals):
-        draws = rng.random((n_markers, 2), dtype=np.float32) < freq[:, None]
-        alleles[i] = 1 + draws
-    genotypes = Genotypes(
-        np.sort(alleles, axis=-1),
-        np.array([f"i{i}" for i in range(n_individuals)]),
-        markers,
-        2,
-    )
+    genotypes = random_genotypes(n_markers, n_individuals, n_chroms)
+    markers = genotypes.markers
     config = PerceiverConfig(
         n_alleles=2, ploidy=2, n_markers=n_markers, n_chroms=n_chroms, **overrides
     )
