@@ -9,7 +9,8 @@ genotypes on 10 chromosomes, default configs unless ``--set`` overrides fields):
   block, MSE, no additive path) on the same genotypes.
 
 Three warm-up steps, then one profiled step; the table lists operators by self
-CPU time (the time inside the operator, not its callees)::
+CPU time (the time inside the operator, not its callees); ``--timed N`` prints
+the median time of N steps instead::
 
     python benchmarks/profile_step.py masked --markers 10000
     python benchmarks/profile_step.py finetune --markers 1279 --batch 32
@@ -18,7 +19,9 @@ CPU time (the time inside the operator, not its callees)::
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +63,20 @@ def main() -> None:
     parser.add_argument("--markers", type=int, default=10000)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rows", type=int, default=30, help="table rows shown")
+    parser.add_argument(
+        "--timed",
+        type=int,
+        default=0,
+        help="instead of profiling, print the median time of this many steps",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     args = parser.parse_args()
     from gperceiver.nn.perceiver import PerceiverConfig
     from gperceiver.train import TrainConfig, make_optimizer
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     genotypes = random_genotypes(args.markers, args.batch * 4)
     overrides = {}
@@ -91,6 +103,18 @@ def main() -> None:
 
     for i in range(3):
         step(i)
+    if args.timed:
+        times = []
+        for i in range(3, 3 + args.timed):
+            started = time.perf_counter()
+            step(i)
+            times.append(time.perf_counter() - started)
+        print(
+            f"{args.task}, {args.markers:,} markers, batch {args.batch}, torch threads"
+            f" {torch.get_num_threads()}: median step {statistics.median(times):.3f} s"
+            f" of {args.timed} ({', '.join(f'{t:.3f}' for t in times)})"
+        )
+        return
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as p:
         step(3)
     events = p.key_averages()

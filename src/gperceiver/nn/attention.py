@@ -86,6 +86,15 @@ def _merge(parts: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
     A query whose keys are all masked gets zeros, as
     ``scaled_dot_product_attention`` gives.
     """
+    return _merge_stats(parts)[0]
+
+
+def _merge_stats(
+    parts: list[tuple[Tensor, Tensor, Tensor]],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_merge`, and the common shift ``s`` and denominator (B, H, L, 1)
+    with which every weight is ``exp(score - s) / den`` (den 1 for a query
+    without keys)."""
     top = torch.stack([shift for _, _, shift in parts]).amax(0)  # (B, H, L, 1)
     top = torch.where(top.isfinite(), top, 0.0)
     num = den = 0.0
@@ -93,7 +102,8 @@ def _merge(parts: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
         scale = torch.exp(shift - top)
         num = num + chunk_num * scale
         den = den + chunk_den * scale
-    return num / torch.where(den > 0, den, 1.0)
+    den = torch.where(den > 0, den, 1.0)
+    return num / den, top, den
 
 
 class FeedForward(nn.Module):
@@ -148,7 +158,9 @@ class CrossAttention(nn.Module):
     (sum_m a_m n_m) + b_v`` for normed tokens ``n``. Queries move to the tokens'
     D channels (B, H, L, D) instead of every token to K and V (B, M, 2D): per
     token ``4 H L D`` instead of ``4 D^2 + 4 L D`` multiply-adds, and the K/V
-    cache shrinks to the normed tokens (B, M, D).
+    cache shrinks to the normed tokens (B, M, D). Its backward
+    (:class:`_TokenAttention`) recomputes the scores chunk by chunk whatever
+    ``checkpoint`` says: nothing of size L x M is ever kept.
     """
 
     def __init__(
@@ -184,7 +196,14 @@ class CrossAttention(nn.Module):
         holds no autograd graph: each chunk's backward recomputes its keys and
         values from the tokens, so the cache is freed after the forward pass
         instead of living (with its gradients) until the end of backward.
+
+        In token space the cache is the normed tokens alone, ``[(n, n)]`` with
+        ``n`` (B, 1, M, D) kept with its graph: :class:`_TokenAttention` stores no
+        scores, so there is nothing else to recompute.
         """
+        if self.token_space:
+            normed = self._kv(tokens)[0][:, :1]
+            return [(normed, normed)]
         if recompute(self.checkpoint, tokens):
             with torch.no_grad():
                 return [self._kv(x) for x in self._chunks(tokens, 1)]
@@ -204,6 +223,13 @@ class CrossAttention(nn.Module):
         valid token gets no update.
         """
         q, scale = self._query(queries)  # (B, H, L, D / H or D)
+        if self.token_space:
+            normed = (kv or self.project_kv(tokens))[0][0]  # (B, 1, M, D)
+            valid = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, M)
+            chunk = self.chunk_size or tokens.shape[1]
+            mixed = _TokenAttention.apply(q, normed, valid, chunk)
+            attended = self._values(mixed, mask)
+            return queries + self.drop(self.out(_merge_heads(attended)))
         chunks = self._chunks(tokens, 1)
         if mask is None:
             masks = [None] * len(chunks)
@@ -229,8 +255,6 @@ class CrossAttention(nn.Module):
                 attend = partial(checkpoint, attend, use_reentrant=False)
             parts = [attend(q, *item, m) for item, m in zip(items, masks, strict=True)]
             attended = parts[0] if whole else _merge(parts)
-        if self.token_space:
-            attended = self._values(attended, mask)
         return queries + self.drop(self.out(_merge_heads(attended)))
 
     def _query(self, queries: Tensor) -> tuple[Tensor, float]:
@@ -308,6 +332,55 @@ class _CachedChunk(torch.autograd.Function):
             )
         # (in token space the K/V weights get their gradient outside this chunk)
         return (None, grads[0], grads[1], None, None, None, None, *grads[2:])
+
+
+class _TokenAttention(torch.autograd.Function):
+    """Softmax attention of token-space queries over normed tokens, in chunks.
+
+    ``q`` (B, H, L, D) queries moved through ``W_k`` and scaled, ``normed``
+    (B, 1, M, D) the normed tokens (keys and values at once), ``valid`` (B, 1, 1,
+    M) bool or None, ``chunk`` tokens per block. Returns ``sum_m a_m n_m`` (B, H,
+    L, D), ``a = softmax(q . n)`` (zeros for a query without valid tokens).
+
+    Forward merges the chunks exactly (:func:`_merge_stats`) and keeps only the
+    shift and denominator per query; backward recomputes each chunk's scores
+    from them and writes the tokens' gradient chunk by chunk into one (B, 1, M,
+    D) tensor, both of its uses (key and value) in one product.
+    """
+
+    @staticmethod
+    def forward(ctx, q, normed, valid, chunk):
+        parts = []
+        for start in range(0, normed.shape[2], chunk):
+            n = normed[:, :, start : start + chunk]
+            mask = None if valid is None else valid[..., start : start + chunk]
+            parts.append(_partial(q, n, n, mask, 1.0))
+        mixed, top, den = _merge_stats(parts)
+        ctx.chunk = chunk
+        ctx.save_for_backward(q, normed, valid, top, den, mixed)
+        return mixed
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, normed, valid, top, den, mixed = ctx.saved_tensors
+        b, h, length, d = q.shape
+        delta = (grad * mixed).sum(-1, keepdim=True)  # sum_m a_m grad . n_m
+        grad_q = torch.zeros_like(q)
+        grad_normed = torch.empty_like(normed)
+        right = torch.cat([q, grad], 2).view(b, 1, 2 * h * length, d)
+        for start in range(0, normed.shape[2], ctx.chunk):
+            part = slice(start, start + ctx.chunk)
+            n = normed[:, :, part]  # (B, 1, C, D)
+            scores = q @ n.transpose(-1, -2)  # (B, H, L, C)
+            if valid is not None:
+                scores = scores.masked_fill(~valid[..., part], float("-inf"))
+            a = torch.exp(scores - top) / den
+            grad_s = a * (grad @ n.transpose(-1, -2) - delta)
+            grad_q += grad_s @ n
+            # key and value uses of the tokens: [s; a]^T [q; grad], heads summed
+            left = torch.cat([grad_s, a], 2).view(b, 1, 2 * h * length, -1)
+            grad_normed[:, :, part] = left.transpose(-1, -2) @ right
+        return grad_q, grad_normed, None, None
 
 
 class CrossBlock(nn.Module):
