@@ -72,7 +72,9 @@ def _partial(
     largest score, ``-inf`` where every key of the chunk is masked. ``_merge`` then
     rescales the chunks to a common shift, which gives exact softmax attention.
     """
-    scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, L, C)
+    scores = q @ k.transpose(-1, -2)  # (B, H, L, C)
+    if scale != 1.0:
+        scores = scores * scale
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     shift = scores.detach().amax(-1, keepdim=True)  # softmax is shift invariant
@@ -345,7 +347,7 @@ class _TokenAttention(torch.autograd.Function):
     Forward merges the chunks exactly (:func:`_merge_stats`) and keeps only the
     shift and denominator per query; backward recomputes each chunk's scores
     from them and writes the tokens' gradient chunk by chunk into one (B, 1, M,
-    D) tensor, both of its uses (key and value) in one product.
+    D) tensor in place, both of its uses (key and value) summed there.
     """
 
     @staticmethod
@@ -367,19 +369,24 @@ class _TokenAttention(torch.autograd.Function):
         delta = (grad * mixed).sum(-1, keepdim=True)  # sum_m a_m grad . n_m
         grad_q = torch.zeros_like(q)
         grad_normed = torch.empty_like(normed)
-        right = torch.cat([q, grad], 2).view(b, 1, 2 * h * length, d)
+        q_rows = q.reshape(b, h * length, d)  # heads x queries as one K dimension
+        grad_rows = grad.reshape(b, h * length, d)
+        shift = top + den.log()  # a = exp(score - shift)
         for start in range(0, normed.shape[2], ctx.chunk):
             part = slice(start, start + ctx.chunk)
             n = normed[:, :, part]  # (B, 1, C, D)
             scores = q @ n.transpose(-1, -2)  # (B, H, L, C)
             if valid is not None:
                 scores = scores.masked_fill(~valid[..., part], float("-inf"))
-            a = torch.exp(scores - top) / den
+            a = torch.exp(scores - shift)
             grad_s = a * (grad @ n.transpose(-1, -2) - delta)
             grad_q += grad_s @ n
-            # key and value uses of the tokens: [s; a]^T [q; grad], heads summed
-            left = torch.cat([grad_s, a], 2).view(b, 1, 2 * h * length, -1)
-            grad_normed[:, :, part] = left.transpose(-1, -2) @ right
+            # key and value uses of the tokens, heads summed, written in place
+            out = grad_normed[:, 0, part]  # (B, C, D), a strided view
+            torch.bmm(
+                grad_s.reshape(b, h * length, -1).transpose(1, 2), q_rows, out=out
+            )
+            out.baddbmm_(a.reshape(b, h * length, -1).transpose(1, 2), grad_rows)
         return grad_q, grad_normed, None, None
 
 
