@@ -1,7 +1,10 @@
-"""Cross-attention in token space (queries moved through W_k, W_v applied after the
-weighted sum) equals the projected computation: outputs and every gradient, in
-float64, for every path the encoder takes (one chunk through SDPA, chunks merged,
-recomputed in backward, a K/V cache shared by two calls)."""
+"""The train step's rewritten parts equal the computation they replace, in float64:
+cross-attention in token space (queries moved through W_k, W_v applied after the
+weighted sum) against projected keys and values, outputs and every gradient, for
+every path the encoder takes (one chunk or several, masks, checkpointing, a K/V
+cache shared by two calls); the window attention's hand-written backward against
+autograd through its per-query definition; the marker embedding against the mean
+over copies of its allele vectors."""
 
 import pytest
 import torch
@@ -89,3 +92,32 @@ def test_local_attention_gradients_equal_the_per_query_definition():
         layer.zero_grad()
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("ploidy", [1, 2, 3, 4])
+def test_marker_embedding_is_the_copy_mean_of_both_allele_tables(ploidy):
+    """Tokens = position + the mean over copies of the shared allele vector and the
+    marker's own allele vector (counts divided by P before the products)."""
+    from gperceiver.nn import MarkerEmbedding
+
+    torch.manual_seed(0)
+    m = 9
+    embed = MarkerEmbedding(
+        3,
+        W,
+        torch.rand(m),
+        torch.arange(m) % 2,
+        n_chroms=2,
+        n_fourier=3,
+        marker_allele_embedding=True,
+    ).double()
+    torch.nn.init.normal_(embed.marker_allele_embed)
+    alleles = torch.randint(0, 5, (2, m, ploidy))  # missing, 3 alleles, mask
+    marker_idx = torch.tensor([0, 2, 3, 4, 5, 6, 7, 8, 1])
+    got = embed(alleles, marker_idx)
+    rows = (
+        embed.allele_embed.weight[alleles]
+        + embed.marker_allele_embed[marker_idx[None, :, None], alleles]
+    )  # (B, M, P, D)
+    want = embed.position(marker_idx) + rows.mean(2)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
