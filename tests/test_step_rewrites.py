@@ -6,6 +6,7 @@ cache shared by two calls); the window attention's hand-written backward against
 autograd through its per-query definition; the marker embedding against the mean
 over copies of its allele vectors."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -121,3 +122,51 @@ def test_marker_embedding_is_the_copy_mean_of_both_allele_tables(ploidy):
     )  # (B, M, P, D)
     want = embed.position(marker_idx) + rows.mean(2)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def previous_masked_batch(task, rows, generator):
+    """MaskedMarkerTask.batch as it was: (locus, allele) indexing of the log
+    weights, every row of them indexed by the inputs, mask by index assignment."""
+    from gperceiver.tasks.masked import count_targets
+
+    alleles = torch.from_numpy(task.genotypes.alleles[np.sort(rows)].astype(np.int64))
+    alleles, inputs = task.select_inputs(alleles, generator)
+    log_weights = task.log_weights[inputs]
+    loci = torch.arange(alleles.shape[1])[None, :, None]
+    logits = log_weights[loci, alleles].sum(-1)
+    uniform = torch.rand(logits.shape, generator=generator).clamp_(1e-12, 1 - 1e-7)
+    keys = logits - torch.log(-torch.log(uniform))
+    targets = keys.topk(task.n_targets, dim=1).indices.sort(dim=1).values
+    valid = torch.isfinite(logits.gather(1, targets))
+    counts = count_targets(
+        alleles.gather(1, targets[..., None].expand(-1, -1, task.ploidy)),
+        task.n_alleles,
+    )
+    masked = alleles.clone()
+    masked[torch.arange(len(alleles))[:, None], targets] = task.n_alleles + 1
+    return masked, inputs, targets, valid, counts
+
+
+@pytest.mark.parametrize("input_fraction", [1.0, 0.5])
+@pytest.mark.parametrize("ploidy", [1, 2, 3, 4, 6])
+def test_masked_batch_equals_the_previous_formulation(ploidy, input_fraction):
+    """Batches (masked alleles, inputs, targets, validity, counts) from gathered
+    log weights and a scattered mask are exactly the previous ones."""
+    from gperceiver.data import Genotypes, MarkerMap
+    from gperceiver.tasks.masked import MaskedConfig, MaskedMarkerTask
+
+    rng = np.random.default_rng(ploidy)
+    n, m = 6, 300
+    alleles = np.sort(rng.integers(0, 4, (n, m, ploidy), dtype=np.uint8), -1)
+    markers, _ = MarkerMap.from_columns(
+        ["1"] * m, [f"m{i}" for i in range(m)], range(m)
+    )
+    names = np.array([f"i{i}" for i in range(n)])
+    genotypes = Genotypes(alleles, names, markers, 3)  # ids 1..3, 0 = missing
+    config = MaskedConfig(input_fraction=input_fraction)
+    task = MaskedMarkerTask(genotypes, genotypes.allele_frequencies(), config)
+    rows = np.array([4, 0, 2, 5])
+    got = task.batch(rows, torch.Generator().manual_seed(3))
+    want = previous_masked_batch(task, rows, torch.Generator().manual_seed(3))
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
