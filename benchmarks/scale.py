@@ -15,7 +15,10 @@ then measures
   is counted with the same formula as its GPU kernels), and the FLOP/s they
   imply; beside them the FLOPs the step executes (the counter on a whole train
   step, recomputation included);
-- a plain fp32 2048 x 2048 matmul's FLOP/s in the same process, for reference.
+- a plain fp32 2048 x 2048 matmul's FLOP/s in the same process, for reference;
+- the same per CPU second (``time.process_time``) beside wall time: on a shared
+  machine the process's own CPU time is far less inflated by other processes than
+  its wall time (with one thread, both agree on an idle machine).
 
     python benchmarks/scale.py                      # 10k, 50k, 100k, 500k markers
     python benchmarks/scale.py --sizes 100000 --set checkpoint_attention=false
@@ -53,17 +56,19 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
 
 
-def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
+def matmul_flops(n: int = 2048, repeats: int = 10) -> tuple[float, float]:
+    """FLOP per wall second and per CPU second of an fp32 n x n matmul."""
     import torch
 
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b  # warm up
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return 2 * n**3 / statistics.median(walls), 2 * n**3 / statistics.median(cpus)
 
 
 def flop_counter():
@@ -163,11 +168,12 @@ def child(
 
     rss_built = peak_rss_gb()
     step(0)  # warm-up: allocator, optimizer state
-    times = []
+    times, cpu_times = [], []
     for i in range(1, steps + 1):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step(i)
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     rss_steps = peak_rss_gb()
     counter = flop_counter()
     with counter:
@@ -178,7 +184,8 @@ def child(
         rows = np.arange(batch)
         task.loss(model, rows, torch.Generator().manual_seed(steps + 2))
     flops = 3 * counter.get_total_flops()
-    median = statistics.median(times)
+    median, cpu_median = statistics.median(times), statistics.median(cpu_times)
+    matmul, matmul_cpu = matmul_flops()
     return {
         "markers": n_markers,
         "batch": batch,
@@ -188,10 +195,14 @@ def child(
         "rss_peak_gb": rss_steps,
         "step_s": median,
         "step_times": times,
+        "step_cpu_s": cpu_median,
+        "step_cpu_times": cpu_times,
         "flops": flops,
         "flops_executed": executed,
         "flops_per_s": flops / median,
-        "matmul_flops_per_s": matmul_flops(),
+        "matmul_flops_per_s": matmul,
+        "flops_per_cpu_s": flops / cpu_median,
+        "matmul_flops_per_cpu_s": matmul_cpu,
         "threads": torch.get_num_threads(),
         "load": (load_start + os.getloadavg()[0]) / 2,
         "config": config.to_dict(),
@@ -291,20 +302,23 @@ def main() -> None:
     print()
     print(
         "| markers | peak RSS | RSS before 1st step | step time | GFLOP / step "
-        "| executed GFLOP | train GFLOP/s | matmul GFLOP/s | share of matmul | load |"
+        "| executed GFLOP | train GFLOP/s | matmul GFLOP/s | share of matmul "
+        "| step CPU time | share of matmul, CPU time | load |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['markers']:,} | failed: {r['error']} |" + " |" * 8)
+            print(f"| {r['markers']:,} | failed: {r['error']} |" + " |" * 10)
             continue
+        cpu_share = r["flops_per_cpu_s"] / r["matmul_flops_per_cpu_s"]
         print(
             f"| {r['markers']:,} | {r['rss_peak_gb']:.2f} GiB"
             f" | {r['rss_built_gb']:.2f} GiB"
             f" | {r['step_s']:.2f} s | {r['flops'] / 1e9:.1f}"
             f" | {r['flops_executed'] / 1e9:.1f}"
             f" | {r['flops_per_s'] / 1e9:.1f} | {r['matmul_flops_per_s'] / 1e9:.1f}"
-            f" | {r['flops_per_s'] / r['matmul_flops_per_s']:.0%} | {r['load']:.1f} |"
+            f" | {r['flops_per_s'] / r['matmul_flops_per_s']:.0%}"
+            f" | {r['step_cpu_s']:.2f} s | {cpu_share:.0%} | {r['load']:.1f} |"
         )
 
 
