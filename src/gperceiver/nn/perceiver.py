@@ -102,9 +102,10 @@ class PerceiverConfig:
     # storing them: activations shrink to ~3 (B, M, D) tensors (tokens + shared
     # K/V); 500k markers x batch 8 fit in ~7 GB. (With one cross head the encoder
     # recomputes its scores in backward anyway and keeps only the normed tokens;
-    # the setting then applies to the decoder's window and the graph layers.) None (auto): only for batches
-    # whose tokens hold >= 16M floats (64 MiB), since at wheat's size (32 x 1279
-    # x 64) recomputing costs time and saves little (BENCHMARKS.md, Scale).
+    # the setting then applies to the decoder's window and the graph layers.)
+    # None (auto): only for batches whose tokens hold >= 16M floats (64 MiB),
+    # since at wheat's size (32 x 1279 x 64) recomputing costs time and saves
+    # little (BENCHMARKS.md, Scale).
     checkpoint_attention: bool | None = None
     # Fourier features of the position; off leaves chromosome + learned vectors
     # (with learned_marker_embedding) for the position-encoding ablation.
