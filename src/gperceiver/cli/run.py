@@ -50,7 +50,8 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="threads for torch and for BLAS (default 1: on a shared machine a "
-        "train step with two torch threads took 4.6x as long as with one, as "
+        "masked train step with two torch threads took 2.1-4.6x as long as with "
+        "one, as "
         "each thread waits for the other whenever it is descheduled; "
         "BENCHMARKS.md, Scale)",
     )
