@@ -15,7 +15,7 @@ from gperceiver.baselines import (
     ReactionNorm,
     environment_kernel,
 )
-from gperceiver.baselines.reaction_norm import _dense_reml, _kronecker_reml
+from gperceiver.baselines.reaction_norm import _kronecker_reml
 from gperceiver.cli import main
 from gperceiver.data import Phenotypes
 from gperceiver.evaluate import METHODS, cross_validate, pearson, pooled_table
@@ -25,6 +25,7 @@ from gperceiver.nn.environment import EnvironmentConfig, EnvironmentPhenotypeMod
 from gperceiver.nn.heads import HeadConfig
 from gperceiver.nn.perceiver import PerceiverConfig
 from gperceiver.simulate import SimulationConfig, simulate
+from reml_helpers import dense_reml
 
 
 def write(tmp_path, text, name="covariates.tsv"):
@@ -158,7 +159,7 @@ def test_reaction_norm__kronecker_path_equals_dense_reml(interaction):
     n, m = y.shape
     individuals, envs = np.repeat(np.arange(n), m), np.tile(np.arange(m), n)
     fast = _kronecker_reml(y, g, omega if interaction else None)
-    dense = _dense_reml(y.ravel(), g, individuals, envs, omega if interaction else None)
+    dense = dense_reml(y.ravel(), g, individuals, envs, omega if interaction else None)
     assert np.allclose(fast[:4], dense[:4], rtol=1e-3)
     assert np.allclose(fast[4], dense[4], rtol=1e-3, atol=1e-6)
     assert (fast[1] > 0) == interaction

@@ -11,6 +11,7 @@ import pandas as pd
 from scipy import linalg, optimize
 
 from ..data import EnvCovariates, Genotypes
+from .environment_reml import interaction_reml, main_effect_reml
 from .estimators import _records
 from .fixed_effects import NO_FIXED, FixedDesign, FixedEffects
 from .kernels import Kernel
@@ -70,11 +71,16 @@ class ReactionNorm:
     ``g ~ N(0, s2g G)`` and, over records, ``ge ~ N(0, s2ge G o Omega)`` (``o`` the
     element-wise product, ``Omega`` :func:`environment_kernel`), ``e ~ N(0, s2e
     I)``. ``interaction=False`` drops ``ge``: main-effect GBLUP across
-    environments. Variance components are REML estimates (Nelder-Mead over the two
-    log ratios to ``s2e``, which is profiled out). When the training records fill
-    an individuals x environments grid once, the covariance is ``(s2g J + s2ge
-    Omega) (x) G + s2e I`` and two small eigendecompositions replace the one of
-    the records' covariance; other designs take the dense path (``O(n^3)``).
+    environments. Variance components are REML estimates, ``s2e`` profiled out.
+    When the training records fill an individuals x environments grid once, the
+    covariance is ``(s2g J + s2ge Omega) (x) G + s2e I`` and two small
+    eigendecompositions give the likelihood (Nelder-Mead over the two log ratios
+    to ``s2e``). Other designs (an incomplete grid, replicates, other fixed
+    effects) work in the individuals' space (:mod:`.environment_reml`): main
+    effects from one eigendecomposition of the records' ``G``; with the
+    interaction, one Cholesky factor of the records' covariance per step of a
+    Brent search over ``log(s2ge / s2e)``, the best ``s2g / s2e`` found exactly
+    at each step.
 
     Predictions for an environment without training records use its covariates
     (through ``Omega``) and the mean of the training environments' means.
@@ -91,7 +97,7 @@ class ReactionNorm:
         Fit the genotype-by-environment term.
     fixed : FixedEffects
         Record columns fitted as fixed effects beside the environment means (one
-        effect per level over all environments; always the dense path).
+        effect per level over all environments).
     """
 
     def __init__(
@@ -146,8 +152,12 @@ class ReactionNorm:
             individuals = np.repeat(ind_ids, len(env_ids))
             env_of = np.tile(np.arange(len(env_ids)), len(ind_ids))
             y = y[table].ravel()
+        elif self.interaction:
+            x = _design(env_of, len(env_ids), extra)
+            fit = interaction_reml(y, kernel.matrix, individuals, env_of, omega, x)
         else:
-            fit = _dense_reml(y, kernel.matrix, individuals, env_of, omega, extra)
+            x = _design(env_of, len(env_ids), extra)
+            fit = main_effect_reml(y, kernel.matrix, individuals, x)
         self.s2g_, self.s2ge_, self.s2e_, self.log_likelihood_ = fit[:4]
         weights = fit[4]  # (n,) V^-1 (y - X b), records in the order of y
         g_records = kernel.matrix[:, individuals]  # (N, n)
@@ -193,6 +203,13 @@ class ReactionNorm:
         fixed-effect columns), ``(k,)`` float64."""
         fixed, genetic = self.predict_parts(records)
         return fixed + genetic
+
+
+def _design(envs: np.ndarray, n_envs: int, extra: np.ndarray) -> np.ndarray:
+    """``X`` ``(n, E + q)``: environment indicators, then the ``extra`` columns."""
+    x = np.zeros((len(envs), n_envs))
+    x[np.arange(len(envs)), envs] = 1.0
+    return np.concatenate([x, extra], axis=1) if extra.shape[1] else x
 
 
 def _grid(individuals: np.ndarray, envs: np.ndarray, n_envs: int):
@@ -264,46 +281,3 @@ def _kronecker_reml(y: np.ndarray, g: np.ndarray, omega: np.ndarray | None):
     loglik = -float(objective(log_ratios)) - 0.5 * z.size
     s2ge = 0.0 if omega is None else s2e * tau_ge
     return s2e * tau_g, s2ge, s2e, loglik, weights.ravel()
-
-
-def _dense_reml(
-    y: np.ndarray,
-    g: np.ndarray,
-    individuals: np.ndarray,
-    envs: np.ndarray,
-    omega: np.ndarray | None,
-    extra: np.ndarray | None = None,
-):
-    """REML on the records' covariance, any design (environment means and the
-    ``extra`` fixed-effect columns ``(n, q)``); returns as
-    :func:`_kronecker_reml` with ``weights`` in record order."""
-    g_rr = g[np.ix_(individuals, individuals)]
-    ge_rr = None if omega is None else g_rr * omega[np.ix_(envs, envs)]
-    x = np.zeros((len(y), envs.max() + 1))
-    x[np.arange(len(y)), envs] = 1.0
-    if extra is not None and extra.shape[1]:
-        x = np.concatenate([x, extra], axis=1)
-    k = linalg.null_space(x.T)  # (n, n - rank X) contrasts
-    ky = k.T @ y
-    kgk = k.T @ g_rr @ k
-    kgek = None if ge_rr is None else k.T @ ge_rr @ k
-
-    def factor(log_ratios):
-        tau_g, tau_ge = _ratios(log_ratios)
-        h = tau_g * kgk + (0.0 if kgek is None else tau_ge * kgek)
-        h[np.diag_indices_from(h)] += 1.0
-        return linalg.cho_factor(h)
-
-    def objective(log_ratios):
-        c = factor(log_ratios)
-        s2e = ky @ linalg.cho_solve(c, ky) / len(ky)
-        return 0.5 * (len(ky) * np.log(s2e) + 2 * np.log(np.diag(c[0])).sum())
-
-    log_ratios = _best_ratios(objective, omega is not None)
-    c = factor(log_ratios)
-    s2e = float(ky @ linalg.cho_solve(c, ky) / len(ky))
-    weights = k @ linalg.cho_solve(c, ky) / s2e
-    tau_g, tau_ge = _ratios(log_ratios)
-    loglik = -float(objective(log_ratios)) - 0.5 * len(ky)
-    s2ge = 0.0 if omega is None else s2e * tau_ge
-    return s2e * tau_g, s2ge, s2e, loglik, weights
