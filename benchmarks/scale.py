@@ -8,10 +8,17 @@ then measures
 - peak RSS (``ru_maxrss``) after building everything and after the steps;
 - the median wall time of a train step (batch, forward, backward, gradient
   clipping, AdamW step, exactly as :class:`gperceiver.train.Trainer` runs it);
-- the FLOPs of one step counted with ``torch.utils.flop_counter.FlopCounterMode``
-  (recomputation under activation checkpointing included; SDPA's CPU kernel is
-  counted with the same formula as its GPU kernels) and the FLOP/s they imply;
-- a plain fp32 2048 x 2048 matmul's FLOP/s in the same process, for reference.
+- the useful FLOPs of one step: 3 x the FLOPs of its forward pass (backward
+  costs two matmuls per forward matmul), counted with
+  ``torch.utils.flop_counter.FlopCounterMode`` on a forward pass alone, so
+  recomputation under activation checkpointing is not counted (SDPA's CPU kernel
+  is counted with the same formula as its GPU kernels), and the FLOP/s they
+  imply; beside them the FLOPs the step executes (the counter on a whole train
+  step, recomputation included);
+- a plain fp32 2048 x 2048 matmul's FLOP/s in the same process, for reference;
+- the same per CPU second (``time.process_time``) beside wall time: on a shared
+  machine the process's own CPU time is far less inflated by other processes than
+  its wall time (with one thread, both agree on an idle machine).
 
     python benchmarks/scale.py                      # 10k, 50k, 100k, 500k markers
     python benchmarks/scale.py --sizes 100000 --set checkpoint_attention=false
@@ -49,17 +56,19 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
 
 
-def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
+def matmul_flops(n: int = 2048, repeats: int = 10) -> tuple[float, float]:
+    """FLOP per wall second and per CPU second of an fp32 n x n matmul."""
     import torch
 
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b  # warm up
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return 2 * n**3 / statistics.median(walls), 2 * n**3 / statistics.median(cpus)
 
 
 def flop_counter():
@@ -86,6 +95,33 @@ def flop_counter():
     return FlopCounterMode(display=False, custom_mapping=custom)
 
 
+def random_genotypes(n_markers: int, n_individuals: int, n_chroms: int = 10):
+    """Random diploid biallelic :class:`Genotypes` (seed 0) on ``n_chroms``
+    equal chromosomes, allele frequencies uniform in 0.05..0.5."""
+    from gperceiver.data import Genotypes, MarkerMap
+
+    rng = np.random.default_rng(0)
+    chrom = np.repeat(
+        [f"chr{c + 1}" for c in range(n_chroms)], -(-n_markers // n_chroms)
+    )
+    chrom = chrom[:n_markers]
+    markers, _ = MarkerMap.from_columns(
+        chrom, [f"m{i}" for i in range(n_markers)], np.arange(n_markers) * 1000.0 + 1
+    )
+    freq = rng.uniform(0.05, 0.5, n_markers)
+    # uint8 from the start: float64 / int64 temporaries would inflate the peak RSS
+    alleles = np.empty((n_individuals, n_markers, 2), dtype=np.uint8)
+    for i in range(n_individuals):
+        draws = rng.random((n_markers, 2), dtype=np.float32) < freq[:, None]
+        alleles[i] = 1 + draws
+    return Genotypes(
+        np.sort(alleles, axis=-1),
+        np.array([f"i{i}" for i in range(n_individuals)]),
+        markers,
+        2,
+    )
+
+
 def child(
     n_markers: int,
     batch: int,
@@ -104,33 +140,14 @@ def child(
         torch.set_num_threads(threads)
     load_start = os.getloadavg()[0]
 
-    from gperceiver.data import Genotypes, MarkerMap
     from gperceiver.nn.perceiver import MaskedMarkerModel, PerceiverConfig
     from gperceiver.tasks.masked import MaskedConfig, MaskedMarkerTask
     from gperceiver.train import TrainConfig, make_optimizer
 
     rss_import = peak_rss_gb()
-    rng = np.random.default_rng(0)
     n_chroms, n_individuals = 10, batch * 4
-    chrom = np.repeat(
-        [f"chr{c + 1}" for c in range(n_chroms)], -(-n_markers // n_chroms)
-    )
-    chrom = chrom[:n_markers]
-    markers, _ = MarkerMap.from_columns(
-        chrom, [f"m{i}" for i in range(n_markers)], np.arange(n_markers) * 1000.0 + 1
-    )
-    freq = rng.uniform(0.05, 0.5, n_markers)
-    # uint8 from the start: float64 / int64 temporaries would inflate the peak RSS
-    alleles = np.empty((n_individuals, n_markers, 2), dtype=np.uint8)
-    for i in range(n_individuals):
-        draws = rng.random((n_markers, 2), dtype=np.float32) < freq[:, None]
-        alleles[i] = 1 + draws
-    genotypes = Genotypes(
-        np.sort(alleles, axis=-1),
-        np.array([f"i{i}" for i in range(n_individuals)]),
-        markers,
-        2,
-    )
+    genotypes = random_genotypes(n_markers, n_individuals, n_chroms)
+    markers = genotypes.markers
     config = PerceiverConfig(
         n_alleles=2, ploidy=2, n_markers=n_markers, n_chroms=n_chroms, **overrides
     )
@@ -151,17 +168,24 @@ def child(
 
     rss_built = peak_rss_gb()
     step(0)  # warm-up: allocator, optimizer state
-    times = []
+    times, cpu_times = [], []
     for i in range(1, steps + 1):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step(i)
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     rss_steps = peak_rss_gb()
     counter = flop_counter()
     with counter:
         step(steps + 1)
-    flops = counter.get_total_flops()
-    median = statistics.median(times)
+    executed = counter.get_total_flops()
+    counter = flop_counter()
+    with counter:  # forward only: recomputation happens in backward
+        rows = np.arange(batch)
+        task.loss(model, rows, torch.Generator().manual_seed(steps + 2))
+    flops = 3 * counter.get_total_flops()
+    median, cpu_median = statistics.median(times), statistics.median(cpu_times)
+    matmul, matmul_cpu = matmul_flops()
     return {
         "markers": n_markers,
         "batch": batch,
@@ -171,9 +195,14 @@ def child(
         "rss_peak_gb": rss_steps,
         "step_s": median,
         "step_times": times,
+        "step_cpu_s": cpu_median,
+        "step_cpu_times": cpu_times,
         "flops": flops,
+        "flops_executed": executed,
         "flops_per_s": flops / median,
-        "matmul_flops_per_s": matmul_flops(),
+        "matmul_flops_per_s": matmul,
+        "flops_per_cpu_s": flops / cpu_median,
+        "matmul_flops_per_cpu_s": matmul_cpu,
         "threads": torch.get_num_threads(),
         "load": (load_start + os.getloadavg()[0]) / 2,
         "config": config.to_dict(),
@@ -273,19 +302,23 @@ def main() -> None:
     print()
     print(
         "| markers | peak RSS | RSS before 1st step | step time | GFLOP / step "
-        "| train GFLOP/s | matmul GFLOP/s | share of matmul | load |"
+        "| executed GFLOP | train GFLOP/s | matmul GFLOP/s | share of matmul "
+        "| step CPU time | share of matmul, CPU time | load |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['markers']:,} | failed: {r['error']} |" + " |" * 7)
+            print(f"| {r['markers']:,} | failed: {r['error']} |" + " |" * 10)
             continue
+        cpu_share = r["flops_per_cpu_s"] / r["matmul_flops_per_cpu_s"]
         print(
             f"| {r['markers']:,} | {r['rss_peak_gb']:.2f} GiB"
             f" | {r['rss_built_gb']:.2f} GiB"
             f" | {r['step_s']:.2f} s | {r['flops'] / 1e9:.1f}"
+            f" | {r['flops_executed'] / 1e9:.1f}"
             f" | {r['flops_per_s'] / 1e9:.1f} | {r['matmul_flops_per_s'] / 1e9:.1f}"
-            f" | {r['flops_per_s'] / r['matmul_flops_per_s']:.0%} | {r['load']:.1f} |"
+            f" | {r['flops_per_s'] / r['matmul_flops_per_s']:.0%}"
+            f" | {r['step_cpu_s']:.2f} s | {cpu_share:.0%} | {r['load']:.1f} |"
         )
 
 

@@ -49,9 +49,11 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="threads for torch and for BLAS (default: torch uses every core "
-        "this process may run on, BLAS one, as two OpenBLAS threads spin against "
-        "each other on a loaded machine)",
+        help="threads for torch and for BLAS (default 1: on a shared machine a "
+        "masked train step with two torch threads took 2.1-4.6x as long as with "
+        "one, as "
+        "each thread waits for the other whenever it is descheduled; "
+        "BENCHMARKS.md, Scale)",
     )
     group.add_argument(
         "--progress",
@@ -81,9 +83,7 @@ def set_threads(threads: int | None) -> dict:
 
     if threads is not None and threads < 1:
         raise InputError("--threads", None, f"{threads} is not positive", "give N >= 1")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    torch_threads = threads or max(1, cores)
-    blas_threads = threads or 1
+    torch_threads = blas_threads = threads or 1
     torch.set_num_threads(torch_threads)
     threadpool_limits(blas_threads)
     return {"torch": torch_threads, "blas": blas_threads}

@@ -54,22 +54,27 @@ def _merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(b, s, h * k)
 
 
-def _whole(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-    """Attention over all keys at once: (B, H, L, D / H)."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+def _whole(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float
+) -> Tensor:
+    """Attention over all keys at once: (B, H, L, V), scores ``scale * q . k``."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
 def _partial(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One chunk's unnormalised attention: numerator, denominator and score shift.
 
-    Returns ``sum_c e_c v_c`` (B, H, L, D / H), ``sum_c e_c`` (B, H, L, 1) and the
-    shift ``s`` (B, H, L, 1) with ``e_c = exp(score_c - s)``; ``s`` is the chunk's
+    Returns ``sum_c e_c v_c`` (B, H, L, V), ``sum_c e_c`` (B, H, L, 1) and the
+    shift ``s`` (B, H, L, 1) with ``e_c = exp(score_c - s)``, ``score_c = scale *
+    q . k_c``; ``s`` is the chunk's
     largest score, ``-inf`` where every key of the chunk is masked. ``_merge`` then
     rescales the chunks to a common shift, which gives exact softmax attention.
     """
-    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, L, C)
+    scores = q @ k.transpose(-1, -2)  # (B, H, L, C)
+    if scale != 1.0:
+        scores = scores * scale
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     shift = scores.detach().amax(-1, keepdim=True)  # softmax is shift invariant
@@ -83,6 +88,15 @@ def _merge(parts: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
     A query whose keys are all masked gets zeros, as
     ``scaled_dot_product_attention`` gives.
     """
+    return _merge_stats(parts)[0]
+
+
+def _merge_stats(
+    parts: list[tuple[Tensor, Tensor, Tensor]],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_merge`, and the common shift ``s`` and denominator (B, H, L, 1)
+    with which every weight is ``exp(score - s) / den`` (den 1 for a query
+    without keys)."""
     top = torch.stack([shift for _, _, shift in parts]).amax(0)  # (B, H, L, 1)
     top = torch.where(top.isfinite(), top, 0.0)
     num = den = 0.0
@@ -90,7 +104,8 @@ def _merge(parts: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
         scale = torch.exp(shift - top)
         num = num + chunk_num * scale
         den = den + chunk_den * scale
-    return num / torch.where(den > 0, den, 1.0)
+    den = torch.where(den > 0, den, 1.0)
+    return num / den, top, den
 
 
 class FeedForward(nn.Module):
@@ -138,6 +153,16 @@ class CrossAttention(nn.Module):
     ``chunk_size`` (None: all at once) sets how many tokens one chunk holds;
     ``checkpoint`` recomputes each chunk's LN, K/V projection and scores in
     backward, so training keeps little more than the tokens themselves.
+
+    ``token_space`` (None: auto, on with one head) computes the same attention
+    without projecting the tokens: ``q . (W_k n + b_k) = (W_k^T q) . n`` plus a
+    per-query constant the softmax drops, and ``sum_m a_m (W_v n_m + b_v) = W_v
+    (sum_m a_m n_m) + b_v`` for normed tokens ``n``. Queries move to the tokens'
+    D channels (B, H, L, D) instead of every token to K and V (B, M, 2D): per
+    token ``4 H L D`` instead of ``4 D^2 + 4 L D`` multiply-adds, and the K/V
+    cache shrinks to the normed tokens (B, M, D). Its backward
+    (:class:`_TokenAttention`) recomputes the scores chunk by chunk whatever
+    ``checkpoint`` says: nothing of size L x M is ever kept.
     """
 
     def __init__(
@@ -147,6 +172,7 @@ class CrossAttention(nn.Module):
         dropout: float = 0.0,
         chunk_size: int | None = None,
         checkpoint: bool | None = False,
+        token_space: bool | None = None,
     ):
         super().__init__()
         if width % heads:
@@ -156,6 +182,7 @@ class CrossAttention(nn.Module):
         self.heads = heads
         self.chunk_size = chunk_size
         self.checkpoint = checkpoint
+        self.token_space = heads == 1 if token_space is None else token_space
         self.norm_q = nn.LayerNorm(width)
         self.norm_kv = nn.LayerNorm(width)
         self.to_q = nn.Linear(width, width)
@@ -171,7 +198,14 @@ class CrossAttention(nn.Module):
         holds no autograd graph: each chunk's backward recomputes its keys and
         values from the tokens, so the cache is freed after the forward pass
         instead of living (with its gradients) until the end of backward.
+
+        In token space the cache is the normed tokens alone, ``[(n, n)]`` with
+        ``n`` (B, 1, M, D) kept with its graph: :class:`_TokenAttention` stores no
+        scores, so there is nothing else to recompute.
         """
+        if self.token_space:
+            normed = self._kv(tokens)[0][:, :1]
+            return [(normed, normed)]
         if recompute(self.checkpoint, tokens):
             with torch.no_grad():
                 return [self._kv(x) for x in self._chunks(tokens, 1)]
@@ -190,7 +224,14 @@ class CrossAttention(nn.Module):
         ``mask`` (B, M) bool is True for tokens to attend to; a query row with no
         valid token gets no update.
         """
-        q = _split_heads(self.to_q(self.norm_q(queries)), self.heads)  # (B, H, L, D/H)
+        q, scale = self._query(queries)  # (B, H, L, D / H or D)
+        if self.token_space:
+            normed = (kv or self.project_kv(tokens))[0][0]  # (B, 1, M, D)
+            valid = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, M)
+            chunk = self.chunk_size or tokens.shape[1]
+            mixed = _TokenAttention.apply(q, normed, valid, chunk)
+            attended = self._values(mixed, mask)
+            return queries + self.drop(self.out(_merge_heads(attended)))
         chunks = self._chunks(tokens, 1)
         if mask is None:
             masks = [None] * len(chunks)
@@ -198,15 +239,17 @@ class CrossAttention(nn.Module):
             masks = self._chunks(mask[:, None, None, :], -1)  # (B, 1, 1, C) each
         recomputing = recompute(self.checkpoint, tokens)
         if kv is not None and recomputing:
-            params = [*self.norm_kv.parameters(), *self.to_kv.parameters()]
+            kv_params = [*self.norm_kv.parameters(), *self.to_kv.parameters()]
             parts = [
-                _CachedChunk.apply(self, q, x, k.detach(), v.detach(), m, *params)
+                _CachedChunk.apply(
+                    self, q, x, k.detach(), v.detach(), m, scale, *kv_params
+                )
                 for x, (k, v), m in zip(chunks, kv, masks, strict=True)
             ]
             attended = _merge(parts)
         else:
             whole = len(chunks) == 1
-            attend = _whole if whole else _partial
+            attend = partial(_whole if whole else _partial, scale=scale)
             items = kv if kv is not None else [(x,) for x in chunks]
             if kv is None:
                 attend = partial(self._projected, attend)
@@ -216,8 +259,32 @@ class CrossAttention(nn.Module):
             attended = parts[0] if whole else _merge(parts)
         return queries + self.drop(self.out(_merge_heads(attended)))
 
+    def _query(self, queries: Tensor) -> tuple[Tensor, float]:
+        """Per-head queries (B, H, L, D / H) and the score scale; in token space
+        the queries times ``W_k`` and the scale, (B, H, L, D), and scale 1."""
+        q = _split_heads(self.to_q(self.norm_q(queries)), self.heads)
+        scale = q.shape[-1] ** -0.5
+        if not self.token_space:
+            return q, scale
+        h, c = self.heads, q.shape[-1]
+        w_k = self.to_kv.weight[: h * c].view(h, c, h * c)  # (H, D/H, D)
+        return torch.einsum("bhlc,hcd->bhld", q * scale, w_k), 1.0
+
+    def _values(self, mixed: Tensor, mask: Tensor | None) -> Tensor:
+        """Token space: attention-weighted normed tokens (B, H, L, D) -> the
+        weighted values ``W_v mixed + b_v`` (B, H, L, D / H); a row whose tokens
+        are all masked stays zero."""
+        h, d = self.heads, mixed.shape[-1]
+        w_v = self.to_kv.weight[d:].view(h, d // h, d)  # (H, D/H, D)
+        b_v = self.to_kv.bias[d:].view(h, 1, d // h)
+        values = torch.einsum("bhld,hcd->bhlc", mixed, w_v)
+        if mask is None:
+            return values + b_v
+        return values + b_v * mask.any(-1).to(values.dtype)[:, None, None, None]
+
     def _kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Tokens (B, C, D) -> keys, values (B, H, C, D / H).
+        """Tokens (B, C, D) -> keys, values (B, H, C, D / H); in token space both
+        are the normed tokens (B, H, C, D), one tensor (a view per head).
 
         Functional calls rather than the submodules: :class:`_CachedChunk` runs
         this inside backward, where module hooks (e.g. profilers') must not fire.
@@ -225,6 +292,9 @@ class CrossAttention(nn.Module):
         norm = self.norm_kv
         shape = norm.normalized_shape
         normed = F.layer_norm(x, shape, norm.weight, norm.bias, norm.eps)
+        if self.token_space:
+            normed = normed[:, None].expand(-1, self.heads, -1, -1)
+            return normed, normed
         k, v = F.linear(normed, self.to_kv.weight, self.to_kv.bias).chunk(2, dim=-1)
         return _split_heads(k, self.heads), _split_heads(v, self.heads)
 
@@ -246,10 +316,10 @@ class _CachedChunk(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, layer, q, x, k, v, mask, *params):
-        ctx.layer, ctx.mask = layer, mask
+    def forward(ctx, layer, q, x, k, v, mask, scale, *params):
+        ctx.layer, ctx.mask, ctx.scale = layer, mask, scale
         ctx.save_for_backward(q, x)  # x is a view of the tokens: no copy
-        return _partial(q, k, v, mask)
+        return _partial(q, k, v, mask, scale)
 
     @staticmethod
     def backward(ctx, grad_num, grad_den, grad_shift):
@@ -258,11 +328,66 @@ class _CachedChunk(torch.autograd.Function):
         params = [*layer.norm_kv.parameters(), *layer.to_kv.parameters()]
         with torch.enable_grad():
             q, x = q.detach().requires_grad_(), x.detach().requires_grad_()
-            num, den, _ = _partial(q, *layer._kv(x), ctx.mask)
+            num, den, _ = _partial(q, *layer._kv(x), ctx.mask, ctx.scale)
             grads = torch.autograd.grad(
-                (num, den), (q, x, *params), (grad_num, grad_den)
+                (num, den), (q, x, *params), (grad_num, grad_den), allow_unused=True
             )
-        return (None, grads[0], grads[1], None, None, None, *grads[2:])
+        # (in token space the K/V weights get their gradient outside this chunk)
+        return (None, grads[0], grads[1], None, None, None, None, *grads[2:])
+
+
+class _TokenAttention(torch.autograd.Function):
+    """Softmax attention of token-space queries over normed tokens, in chunks.
+
+    ``q`` (B, H, L, D) queries moved through ``W_k`` and scaled, ``normed``
+    (B, 1, M, D) the normed tokens (keys and values at once), ``valid`` (B, 1, 1,
+    M) bool or None, ``chunk`` tokens per block. Returns ``sum_m a_m n_m`` (B, H,
+    L, D), ``a = softmax(q . n)`` (zeros for a query without valid tokens).
+
+    Forward merges the chunks exactly (:func:`_merge_stats`) and keeps only the
+    shift and denominator per query; backward recomputes each chunk's scores
+    from them and writes the tokens' gradient chunk by chunk into one (B, 1, M,
+    D) tensor in place, both of its uses (key and value) summed there.
+    """
+
+    @staticmethod
+    def forward(ctx, q, normed, valid, chunk):
+        parts = []
+        for start in range(0, normed.shape[2], chunk):
+            n = normed[:, :, start : start + chunk]
+            mask = None if valid is None else valid[..., start : start + chunk]
+            parts.append(_partial(q, n, n, mask, 1.0))
+        mixed, top, den = _merge_stats(parts)
+        ctx.chunk = chunk
+        ctx.save_for_backward(q, normed, valid, top, den, mixed)
+        return mixed
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, normed, valid, top, den, mixed = ctx.saved_tensors
+        b, h, length, d = q.shape
+        delta = (grad * mixed).sum(-1, keepdim=True)  # sum_m a_m grad . n_m
+        grad_q = torch.zeros_like(q)
+        grad_normed = torch.empty_like(normed)
+        q_rows = q.reshape(b, h * length, d)  # heads x queries as one K dimension
+        grad_rows = grad.reshape(b, h * length, d)
+        shift = top + den.log()  # a = exp(score - shift)
+        for start in range(0, normed.shape[2], ctx.chunk):
+            part = slice(start, start + ctx.chunk)
+            n = normed[:, :, part]  # (B, 1, C, D)
+            scores = q @ n.transpose(-1, -2)  # (B, H, L, C)
+            if valid is not None:
+                scores = scores.masked_fill(~valid[..., part], float("-inf"))
+            a = torch.exp(scores - shift)
+            grad_s = a * (grad @ n.transpose(-1, -2) - delta)
+            grad_q += grad_s @ n
+            # key and value uses of the tokens, heads summed, written in place
+            out = grad_normed[:, 0, part]  # (B, C, D), a strided view
+            torch.bmm(
+                grad_s.reshape(b, h * length, -1).transpose(1, 2), q_rows, out=out
+            )
+            out.baddbmm_(a.reshape(b, h * length, -1).transpose(1, 2), grad_rows)
+        return grad_q, grad_normed, None, None
 
 
 class CrossBlock(nn.Module):
@@ -309,9 +434,11 @@ class LocalAttention(nn.Module):
     Queries (B, T, D) sit at ``centers`` (B, T), positions in the token sequence
     (B, S, D); the centre token itself is skipped. Keys carry a learned embedding of
     their offset, so the query knows which neighbour is adjacent. Targets are
-    processed ``target_chunk`` at a time (recomputed in backward when
-    ``checkpoint``), so besides the normed tokens (B, S, D) memory is
-    ``B * target_chunk * 2 * window * D``, whatever the number of targets.
+    processed ``target_chunk`` at a time and their neighbours gathered again in
+    backward, so besides the normed tokens (B, S, D) and the weights (B, T, H,
+    2 * window) memory is ``B * target_chunk * 2 * window * D``, whatever the
+    number of targets. ``checkpoint`` is kept for the callers, which recompute the
+    whole layer (:meth:`MaskedMarkerModel._run`).
     """
 
     def __init__(
@@ -339,44 +466,94 @@ class LocalAttention(nn.Module):
         self.register_buffer("offsets", offsets, persistent=False)  # (W,)
 
     def forward(self, queries: Tensor, tokens: Tensor, centers: Tensor) -> Tensor:
-        normed = self.norm_kv(tokens)  # (B, S, D); K/V maps are applied per target
-        parts = []
-        for start in range(0, queries.shape[1], self.target_chunk):
-            part = slice(start, start + self.target_chunk)
-            args = (queries[:, part], normed, centers[:, part])
-            if recompute(self.checkpoint, normed):
-                parts.append(checkpoint(self._attend, *args, use_reentrant=False))
-            else:
-                parts.append(self._attend(*args))
-        return torch.cat(parts, dim=1)
-
-    def _attend(self, queries: Tensor, normed: Tensor, centers: Tensor) -> Tensor:
-        """One chunk of targets: queries (B, T', D), normed tokens (B, S, D),
-        centres (B, T').
+        """Queries (B, T, D) after reading their neighbours in tokens (B, S, D).
 
         Attention runs in token space: ``q . (W_k x + b_k)`` is ``(W_k^T q) . x``
         plus a per-head constant that the softmax drops, and ``sum_w a_w (W_v x_w +
         b_v) = W_v (sum_w a_w x_w) + b_v sum_w a_w``. So only the D-wide normed
         tokens are gathered (not 2D-wide keys and values), and no token outside
-        the windows is ever projected.
+        the windows is ever projected; :class:`_WindowAttention` gathers them
+        ``target_chunk`` targets at a time and again in backward instead of
+        keeping them.
         """
         b, t, d = queries.shape
-        s, h = normed.shape[1], self.heads
+        s, h = tokens.shape[1], self.heads
         c = d // h
+        normed = self.norm_kv(tokens)  # (B, S, D); K/V maps are applied per target
         w_k, w_v = self.to_kv.weight.view(2, h, c, d).unbind(0)  # (H, D/H, D)
         b_v = self.to_kv.bias.view(2, h, c)[1]  # (H, D/H)
-        positions = centers[..., None] + self.offsets  # (B, T', W)
+        positions = centers[..., None] + self.offsets  # (B, T, W)
         inside = (positions >= 0) & (positions < s)
         rows = torch.arange(b, device=normed.device)[:, None, None]
-        near = normed[rows, positions.clamp(0, s - 1)]  # (B, T', W, D), row gathers
+        index = (rows * s + positions.clamp(0, s - 1)).flatten()  # into (B * S)
         q = self.to_q(self.norm_q(queries)).unflatten(-1, (h, c)) * c**-0.5
-        q_tokens = torch.einsum("bthc,hcd->bthd", q, w_k)  # (B, T', H, D)
+        q_tokens = torch.einsum("bthc,hcd->bthd", q, w_k)  # (B, T, H, D)
         offsets = self.offset.weight.view(-1, h, c)  # (W, H, D/H)
-        scores = q_tokens @ near.transpose(-1, -2)  # (B, T', H, W)
-        scores = scores + torch.einsum("bthc,whc->bthw", q, offsets)
-        scores = scores.masked_fill(~inside[:, :, None, :], -torch.inf)
-        weights = torch.nan_to_num(scores.softmax(-1))  # a lone token: no neighbour
-        mixed = weights @ near  # (B, T', H, D)
+        bias = torch.einsum("bthc,whc->bthw", q, offsets)  # (B, T, H, W)
+        bias = bias.masked_fill(~inside[:, :, None, :], -torch.inf)
+        mixed = _WindowAttention.apply(
+            q_tokens, bias, normed.reshape(b * s, d), index, self.target_chunk
+        )  # (B, T, H, D)
         attended = torch.einsum("bthd,hcd->bthc", mixed, w_v)
-        attended = attended + weights.sum(-1, keepdim=True) * b_v
+        # the weights sum to 1, or to 0 for a lone token without neighbours
+        read = inside.any(-1).to(attended.dtype)[:, :, None, None]  # (B, T, 1, 1)
+        attended = attended + read * b_v
         return queries + self.drop(self.out(attended.reshape(b, t, d)))
+
+
+class _WindowAttention(torch.autograd.Function):
+    """Softmax attention of token-space queries over gathered neighbours.
+
+    ``q`` (B, T, H, D) queries already moved through ``W_k`` and scaled, ``bias``
+    (B, T, H, W) score offsets (``-inf`` for neighbours outside the sequence),
+    ``normed`` (B * S, D) the normed tokens and ``index`` (B * T * W,) the row of
+    each target's neighbours in it. Returns ``sum_w a_w n_w`` (B, T, H, D) with
+    ``a = softmax(q . n_w + bias)`` (zeros where every neighbour is outside).
+
+    The neighbours (B, T, W, D), the largest tensor here, exist for ``chunk``
+    targets at a time and are gathered again in backward rather than kept;
+    gradients for all chunks accumulate into one (B * S, D) buffer by row.
+    """
+
+    @staticmethod
+    def forward(ctx, q, bias, normed, index, chunk):
+        b, t, h, d = q.shape
+        w = bias.shape[-1]
+        index = index.view(b, t, w)
+        mixed, weights = [], []
+        for start in range(0, t, chunk):
+            part = slice(start, start + chunk)
+            near = _gather(normed, index[:, part])  # (B, T', W, D)
+            scores = q[:, part] @ near.transpose(-1, -2) + bias[:, part]
+            weights.append(torch.nan_to_num(scores.softmax(-1)))  # (B, T', H, W)
+            mixed.append(weights[-1] @ near)  # (B, T', H, D)
+        mixed, weights = torch.cat(mixed, 1), torch.cat(weights, 1)
+        ctx.chunk = chunk
+        ctx.save_for_backward(q, normed, index, weights)
+        return mixed
+
+    @staticmethod
+    def backward(ctx, grad_mixed):
+        q, normed, index, weights = ctx.saved_tensors
+        grad_q, grad_bias = [], []
+        grad_normed = torch.zeros_like(normed)
+        for start in range(0, q.shape[1], ctx.chunk):
+            part = slice(start, start + ctx.chunk)
+            near = _gather(normed, index[:, part])  # (B, T', W, D)
+            a, g = weights[:, part], grad_mixed[:, part]
+            grad_a = g @ near.transpose(-1, -2)  # (B, T', H, W)
+            grad_s = a * (grad_a - (grad_a * a).sum(-1, keepdim=True))
+            grad_bias.append(grad_s)
+            grad_q.append(grad_s @ near)  # (B, T', H, D)
+            # both uses of the neighbours in one product: [s; a]^T [q; g]
+            left = torch.cat([grad_s, a], 2).transpose(-1, -2)  # (B, T', W, 2H)
+            right = torch.cat([q[:, part], g], 2)  # (B, T', 2H, D)
+            grad_near = left @ right  # (B, T', W, D)
+            rows = index[:, part].flatten()
+            grad_normed.index_add_(0, rows, grad_near.view(-1, grad_near.shape[-1]))
+        return torch.cat(grad_q, 1), torch.cat(grad_bias, 1), grad_normed, None, None
+
+
+def _gather(normed: Tensor, index: Tensor) -> Tensor:
+    """Rows ``index`` (B, T, W) of ``normed`` (N, D) -> (B, T, W, D), row copies."""
+    return normed.index_select(0, index.flatten()).view(*index.shape, -1)

@@ -277,16 +277,17 @@ class MarkerEmbedding(nn.Module):
     ) -> Tensor:
         """Tokens (B, M', D) of allele ids (B, M', P) at marker_idx (M',) or (B, M');
         ``table`` as in :meth:`position`."""
-        weights = self.allele_embed.weight / alleles.shape[-1]  # mean over copies
-        # counts @ weights == sum of the copies' rows, without a (B, M', P, D) tensor
+        weights = self.allele_embed.weight
+        # counts @ weights == sum of the copies' rows, without a (B, M', P, D)
+        # tensor; dividing the counts (A + 2 wide), not the tokens (D wide), by P
+        # gives the mean over copies
         counts = _id_counts(alleles, len(weights), weights.dtype)  # (B, M', A + 2)
+        counts = counts / alleles.shape[-1]
         tokens = counts @ weights + self.position(marker_idx, table)
         if self.marker_allele_embed is not None:
             per_marker = self.marker_allele_embed[
                 marker_idx
             ]  # (M', A+2, D) or (B, ...)
             equation = "bmk,mkd->bmd" if marker_idx.dim() == 1 else "bmk,bmkd->bmd"
-            tokens = (
-                tokens + torch.einsum(equation, counts, per_marker) / alleles.shape[-1]
-            )
+            tokens = tokens + torch.einsum(equation, counts, per_marker)
         return tokens

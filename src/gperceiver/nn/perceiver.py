@@ -52,12 +52,14 @@ class PerceiverConfig:
     n_markers: int  # M of the marker map
     n_chroms: int  # chromosomes of the marker map (an unplaced group counts as one)
     # D: a batch of 8 x 10k markers trains in a fraction of a second on 2 CPU
-    # cores; the cost per marker grows with D^2 (the K/V projection).
+    # cores; with one cross head the cost per marker grows with L * D (attention
+    # runs in token space, see CrossAttention), with more heads with D^2 too.
     width: int = 64
     # L: the bottleneck every marker is summarised into; cost is linear in L * M,
     # and 32 x 64 numbers already exceed what a few hundred phenotyped lines fit.
     n_latents: int = 32
-    # one cross head reads each marker with all D channels, as in Perceiver.
+    # one cross head reads each marker with all D channels, as in Perceiver; with
+    # one head the markers are never projected to keys and values (token space).
     cross_heads: int = 1
     # heads of 16 channels in the latent self-attention, where L^2 is cheap.
     self_heads: int = 4
@@ -98,9 +100,12 @@ class PerceiverConfig:
     chunk_size: int | None = 16384
     # recompute each chunk's LN, K/V projection and scores in backward instead of
     # storing them: activations shrink to ~3 (B, M, D) tensors (tokens + shared
-    # K/V); 500k markers x batch 8 fit in ~7 GB. None (auto): only for batches
-    # whose tokens hold >= 16M floats (64 MiB), since at wheat's size (32 x 1279
-    # x 64) recomputing costs time and saves little (BENCHMARKS.md, Scale).
+    # K/V); 500k markers x batch 8 fit in ~7 GB. (With one cross head the encoder
+    # recomputes its scores in backward anyway and keeps only the normed tokens;
+    # the setting then applies to the decoder's window and the graph layers.)
+    # None (auto): only for batches whose tokens hold >= 16M floats (64 MiB),
+    # since at wheat's size (32 x 1279 x 64) recomputing costs time and saves
+    # little (BENCHMARKS.md, Scale).
     checkpoint_attention: bool | None = None
     # Fourier features of the position; off leaves chromosome + learned vectors
     # (with learned_marker_embedding) for the position-encoding ablation.

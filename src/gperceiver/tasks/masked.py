@@ -63,8 +63,13 @@ def sample_targets(
     Returns positions (B, T) into M' and a validity mask (B, T): a row with fewer
     eligible loci than T gets invalid entries instead of missing loci.
     """
-    loci = torch.arange(alleles.shape[1])[None, :, None]
-    logits = log_weights[loci, alleles].sum(-1)  # (B, M')
+    b, m, ploidy = alleles.shape
+    # a gather along the allele column rather than (locus, allele) indexing
+    per_copy = log_weights.expand(b, m, -1).gather(2, alleles)  # (B, M', P)
+    if ploidy == 2:  # one addition: the same number sum(-1) gives, faster
+        logits = per_copy[..., 0] + per_copy[..., 1]
+    else:
+        logits = per_copy.sum(-1)  # (B, M')
     uniform = torch.rand(logits.shape, generator=generator).clamp_(1e-12, 1 - 1e-7)
     keys = logits - torch.log(-torch.log(uniform))
     top = keys.topk(n_targets, dim=1).indices.sort(dim=1).values  # (B, T)
@@ -142,16 +147,14 @@ class MaskedMarkerTask:
             self.genotypes.alleles[np.sort(rows)].astype(np.int64)
         )
         alleles, inputs = self.select_inputs(alleles, generator)
-        targets, valid = sample_targets(
-            alleles, self.log_weights[inputs], self.n_targets, generator
-        )
-        target_alleles = alleles.gather(
-            1, targets[..., None].expand(-1, -1, self.ploidy)
-        )
+        weights = self.log_weights
+        if len(inputs) < len(weights):  # else inputs are every locus, in order
+            weights = weights.index_select(0, inputs)
+        targets, valid = sample_targets(alleles, weights, self.n_targets, generator)
+        copies = targets[..., None].expand(-1, -1, self.ploidy)  # (B, T, P)
+        target_alleles = alleles.gather(1, copies)
         counts = count_targets(target_alleles, self.n_alleles)  # (B, T, A)
-        masked = alleles.clone()
-        rows_idx = torch.arange(len(alleles))[:, None]
-        masked[rows_idx, targets] = self.n_alleles + 1  # the mask id, on every copy
+        masked = alleles.scatter(1, copies, self.n_alleles + 1)  # the mask id
         return masked, inputs, targets, valid, counts
 
     # under torchrun every rank draws the whole batch's inputs and targets from

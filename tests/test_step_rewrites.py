@@ -1,0 +1,172 @@
+"""The train step's rewritten parts equal the computation they replace, in float64:
+cross-attention in token space (queries moved through W_k, W_v applied after the
+weighted sum) against projected keys and values, outputs and every gradient, for
+every path the encoder takes (one chunk or several, masks, checkpointing, a K/V
+cache shared by two calls); the window attention's hand-written backward against
+autograd through its per-query definition; the marker embedding against the mean
+over copies of its allele vectors."""
+
+import numpy as np
+import pytest
+import torch
+
+from gperceiver.nn import CrossAttention
+
+W = 16
+
+
+def two_reads(layer, queries, tokens, valid, cached):
+    """Output of two calls sharing weights (and, if cached, one K/V cache) and the
+    gradients of queries, tokens and every parameter."""
+    q, x = queries.clone().requires_grad_(), tokens.clone().requires_grad_()
+    kv = layer.project_kv(x) if cached else None
+    out = layer(layer(q, x, valid, kv), x, valid, kv)
+    (out * torch.linspace(-1, 1, W, dtype=out.dtype)).sum().backward()
+    grads = [q.grad, x.grad] + [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("checkpoint", [False, True])
+@pytest.mark.parametrize("chunk_size", [None, 7])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("heads", [1, 2])
+def test_token_space_equals_projected_keys_and_values(
+    heads, masked, chunk_size, checkpoint, cached
+):
+    torch.manual_seed(0)
+    layer = CrossAttention(W, heads, chunk_size=chunk_size, checkpoint=checkpoint)
+    layer = layer.double()
+    for p in layer.parameters():  # non-trivial norms and biases
+        torch.nn.init.normal_(p, std=0.3)
+    gen = torch.Generator().manual_seed(1)
+    queries = torch.randn(3, 5, W, generator=gen, dtype=torch.float64)
+    tokens = torch.randn(3, 30, W, generator=gen, dtype=torch.float64)
+    valid = None
+    if masked:
+        valid = torch.rand(3, 30, generator=gen) > 0.3
+        valid[1, :14] = False  # whole chunks of row 1 masked
+        valid[2] = False  # nothing to read: the queries get no update
+    results = {}
+    for token_space in (False, True):
+        layer.token_space = token_space
+        results[token_space] = two_reads(layer, queries, tokens, valid, cached)
+    (want, want_grads), (got, got_grads) = results[False], results[True]
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10)
+    if masked:
+        once = layer(queries, tokens, valid)
+        torch.testing.assert_close(once[2], queries[2] + layer.out.bias)
+
+
+def test_token_space_is_the_default_with_one_head_only():
+    assert CrossAttention(W, 1).token_space
+    assert not CrossAttention(W, 2).token_space
+    assert not CrossAttention(W, 1, token_space=False).token_space
+
+
+def test_local_attention_gradients_equal_the_per_query_definition():
+    """The window attention's hand-written backward (neighbours gathered again,
+    gradients added by row) equals autograd through the per-query loops, in
+    float64, with targets at both ends, repeated centres and several chunks."""
+    from gperceiver.nn import LocalAttention
+    from test_nn import local_attention_by_loops
+
+    torch.manual_seed(0)
+    layer = LocalAttention(W, 2, window=3, target_chunk=3).double()
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    gen = torch.Generator().manual_seed(5)
+    tokens = torch.randn(2, 12, W, generator=gen, dtype=torch.float64)
+    queries = torch.randn(2, 7, W, generator=gen, dtype=torch.float64)
+    centers = torch.tensor([[0, 1, 5, 11, 10, 6, 6], [2, 3, 0, 9, 11, 4, 7]])
+    weights = torch.linspace(-1, 1, W, dtype=torch.float64)
+    results = []
+    for run in (layer, lambda q, x, c: local_attention_by_loops(layer, q, x, c)):
+        q, x = queries.clone().requires_grad_(), tokens.clone().requires_grad_()
+        out = run(q, x, centers)
+        (out * weights).sum().backward()
+        results.append([out.detach(), q.grad, x.grad])
+        results[-1] += [p.grad.clone() for p in layer.parameters()]
+        layer.zero_grad()
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("ploidy", [1, 2, 3, 4])
+def test_marker_embedding_is_the_copy_mean_of_both_allele_tables(ploidy):
+    """Tokens = position + the mean over copies of the shared allele vector and the
+    marker's own allele vector (counts divided by P before the products)."""
+    from gperceiver.nn import MarkerEmbedding
+
+    torch.manual_seed(0)
+    m = 9
+    embed = MarkerEmbedding(
+        3,
+        W,
+        torch.rand(m),
+        torch.arange(m) % 2,
+        n_chroms=2,
+        n_fourier=3,
+        marker_allele_embedding=True,
+    ).double()
+    torch.nn.init.normal_(embed.marker_allele_embed)
+    alleles = torch.randint(0, 5, (2, m, ploidy))  # missing, 3 alleles, mask
+    marker_idx = torch.tensor([0, 2, 3, 4, 5, 6, 7, 8, 1])
+    got = embed(alleles, marker_idx)
+    rows = (
+        embed.allele_embed.weight[alleles]
+        + embed.marker_allele_embed[marker_idx[None, :, None], alleles]
+    )  # (B, M, P, D)
+    want = embed.position(marker_idx) + rows.mean(2)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def previous_masked_batch(task, rows, generator):
+    """MaskedMarkerTask.batch as it was: (locus, allele) indexing of the log
+    weights, every row of them indexed by the inputs, mask by index assignment."""
+    from gperceiver.tasks.masked import count_targets
+
+    alleles = torch.from_numpy(task.genotypes.alleles[np.sort(rows)].astype(np.int64))
+    alleles, inputs = task.select_inputs(alleles, generator)
+    log_weights = task.log_weights[inputs]
+    loci = torch.arange(alleles.shape[1])[None, :, None]
+    logits = log_weights[loci, alleles].sum(-1)
+    uniform = torch.rand(logits.shape, generator=generator).clamp_(1e-12, 1 - 1e-7)
+    keys = logits - torch.log(-torch.log(uniform))
+    targets = keys.topk(task.n_targets, dim=1).indices.sort(dim=1).values
+    valid = torch.isfinite(logits.gather(1, targets))
+    counts = count_targets(
+        alleles.gather(1, targets[..., None].expand(-1, -1, task.ploidy)),
+        task.n_alleles,
+    )
+    masked = alleles.clone()
+    masked[torch.arange(len(alleles))[:, None], targets] = task.n_alleles + 1
+    return masked, inputs, targets, valid, counts
+
+
+@pytest.mark.parametrize("input_fraction", [1.0, 0.5])
+@pytest.mark.parametrize("ploidy", [1, 2, 3, 4, 6])
+def test_masked_batch_equals_the_previous_formulation(ploidy, input_fraction):
+    """Batches (masked alleles, inputs, targets, validity, counts) from gathered
+    log weights and a scattered mask are exactly the previous ones."""
+    from gperceiver.data import Genotypes, MarkerMap
+    from gperceiver.tasks.masked import MaskedConfig, MaskedMarkerTask
+
+    rng = np.random.default_rng(ploidy)
+    n, m = 6, 300
+    alleles = np.sort(rng.integers(0, 4, (n, m, ploidy), dtype=np.uint8), -1)
+    markers, _ = MarkerMap.from_columns(
+        ["1"] * m, [f"m{i}" for i in range(m)], range(m)
+    )
+    names = np.array([f"i{i}" for i in range(n)])
+    genotypes = Genotypes(alleles, names, markers, 3)  # ids 1..3, 0 = missing
+    config = MaskedConfig(input_fraction=input_fraction)
+    task = MaskedMarkerTask(genotypes, genotypes.allele_frequencies(), config)
+    rows = np.array([4, 0, 2, 5])
+    got = task.batch(rows, torch.Generator().manual_seed(3))
+    want = previous_masked_batch(task, rows, torch.Generator().manual_seed(3))
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
