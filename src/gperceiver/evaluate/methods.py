@@ -241,8 +241,9 @@ def _fold_predictions(train, validation, genotypes, cache, pretrained):
         covariates=covariates,
         marker_inputs=cache.get("marker_inputs"),
         resume=cache.get("resume", True),
+        device=cache.get("device"),
     )
-    predictor = load_predictor(out)
+    predictor = load_predictor(out, device=cache.get("device"))
     rows = genotypes.index_of(validation["name"])
     values = predictor.predict(genotypes, rows).mean(-1)  # (k, E)
     genetic = values[np.arange(len(rows)), validation["block"].to_numpy()]
@@ -266,6 +267,7 @@ def _perceiver_pretrained(train, validation, genotypes, cache) -> np.ndarray:
             resume=cache.get("resume", True),
             also_known=(HeadConfig, FinetuneSettings),
             marker_inputs=cache.get("marker_inputs"),
+            device=cache.get("device"),
         )
         cache["pretrained"] = directory
     return _fold_predictions(train, validation, genotypes, cache, cache["pretrained"])

@@ -24,6 +24,7 @@ def finetune(
     covariates: EnvCovariates | None = None,
     marker_inputs: MarkerInputs | None = None,
     resume: bool = True,
+    device=None,
 ) -> list[PhenotypeModel]:
     """Train phenotype model(s) and save them to ``out``; returns the ensemble members.
 
@@ -45,7 +46,8 @@ def finetune(
     (:func:`gperceiver.io.read_marker_inputs`): the library opens no input file.
     Members resume from their checkpoints in ``out`` when these hold the same run
     (``resume=False``: start afresh); another run's checkpoints are refused
-    (:class:`~gperceiver.train.Trainer`).
+    (:class:`~gperceiver.train.Trainer`). The members train on ``device``
+    (default the CPU; see :mod:`gperceiver.device`) and are returned there.
     """
     plan = resolve_settings(
         phenotypes, genotypes, params, typed, pretrained, covariates, marker_inputs
@@ -53,6 +55,6 @@ def finetune(
     data = prepare_data(plan, phenotypes, genotypes, cv, covariates)
     plan = complete_settings(plan, genotypes, data)
     out = Path(out)
-    members, layout = train_members(plan, data, genotypes, out, resume)
+    members, layout = train_members(plan, data, genotypes, out, resume, device)
     save_run(out, plan, data, layout, genotypes, cv)
     return members

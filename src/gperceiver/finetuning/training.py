@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..data import Genotypes
+from ..device import as_device, autocast, model_device
 from ..tasks.phenotype import PhenotypeTask
 from ..train import TrainConfig, Trainer
 from .additive import AdditivePath, fit_additive_path
@@ -80,7 +81,7 @@ def _train_member(
             fit_rows, shifted_val
         )
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(model_device(model)):
         task.evaluate(model, fit_rows[:1], train_rows=fit_rows)  # final calibration
     if additive is not None:
         model.additive.load_state_dict(additive.final)
@@ -98,14 +99,16 @@ def _identity(model, records, n_train: int, settings, data_identity: dict) -> di
 
 
 def train_members(
-    plan, data, genotypes: Genotypes, out: Path, resume: bool = True
+    plan, data, genotypes: Genotypes, out: Path, resume: bool = True, device=None
 ) -> tuple[list, list]:
     """Train and save (:func:`~gperceiver.finetuning.save.save_member`) every
     member: ``settings.ensemble`` seeds, each one joint model or, with
     ``separate_blocks``, one model per trained block. Returns the models and
     their layout entries (``dir``, ``seed_index``, ``block``,
     ``marker_weight_mix``). The additive path of a group is fitted once, for all
-    seeds."""
+    seeds. Each model is built and its additive path fitted on the CPU, then it
+    trains on ``device`` (default the CPU)."""
+    device = as_device(device)
     settings, train_cfg = plan.settings, plan.train
     trained_blocks = np.flatnonzero(data.train.weight.sum(0) > 0).tolist()
     joint = not settings.separate_blocks or data.environment is not None
@@ -125,6 +128,7 @@ def train_members(
                     model.additive, genotypes, train, val, data.scaling, plan.prior
                 )
             additive = additive_paths.get(block)
+            model.to(device)
             _train_member(
                 model,
                 genotypes,
