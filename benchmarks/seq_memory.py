@@ -31,8 +31,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from seq_markov import digits_of, markov_bits  # noqa: E402
 
 from gperceiver.seq.experts import EXPERT_ORDERS  # noqa: E402
-from gperceiver.seq.fasta import read_fasta  # noqa: E402
-from gperceiver.seq.lm import bits_per_base, read_records  # noqa: E402
+from gperceiver.seq.fasta import (
+    read_fasta,  # noqa: E402
+    read_sequence_files,  # noqa: E402
+)
+from gperceiver.seq.lm import bits_per_base  # noqa: E402
 from gperceiver.seq.loading import MEMORY_KIND, load_scorer, model_kind  # noqa: E402
 from gperceiver.seq.memory import join_digits  # noqa: E402
 from gperceiver.seq.memory_lm import expert_inputs  # noqa: E402
@@ -75,10 +78,11 @@ def conditional_bits(command, train: bytes, test: bytes, scored: int) -> dict:
 def model_bits(directory, test_path) -> dict:
     started = time.perf_counter()
     if model_kind(directory) == MEMORY_KIND:
-        bits, n = load_scorer(directory).bits_per_base([test_path])
+        bits, n = load_scorer(directory).bits_per_base(read_sequence_files([test_path]))
     else:
         model = SeqLM.from_pretrained(directory)
-        bits, n = bits_per_base(model, read_records([test_path]))
+        records = read_sequence_files([test_path])[0].records
+        bits, n = bits_per_base(model, records)
     return {
         "bits_per_base": bits,
         "scored": n,

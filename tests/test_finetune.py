@@ -1,5 +1,7 @@
 """Phenotype heads, objectives, finetuning, prediction and the evaluate methods."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -298,12 +300,23 @@ def test_finetune__refuses_typed_options_that_reshape_the_pretrained_encoder(
             {"n_latents": SMALL["n_latents"] * 2}, pretrained=tmp_path / "pre",
         )  # fmt: skip
     assert not (tmp_path / "ft").exists()
-    # a runtime knob and a value equal to the pretrained one are accepted
+    # a --params key is held to the same rule, not silently replaced
+    with pytest.raises(InputError, match="--params.*n_latents.*differs"):
+        finetune(
+            sim.phenotypes, g, tmp_path / "ft",
+            {"epochs": 1, "progress": False, "n_latents": SMALL["n_latents"] * 2},
+            pretrained=tmp_path / "pre",
+        )  # fmt: skip
+    assert not (tmp_path / "ft").exists()
+    # a runtime knob and a value equal to the pretrained one are accepted, and a
+    # runtime knob in --params is honoured
     typed = {"chunk_size": 64, "n_latents": SMALL["n_latents"]}
+    params = {"epochs": 1, "progress": False, "dropout": 0.25}
     finetune(
-        sim.phenotypes, g, tmp_path / "ok", {"epochs": 1, "progress": False},
-        typed, pretrained=tmp_path / "pre",
-    )  # fmt: skip
+        sim.phenotypes, g, tmp_path / "ok", params, typed, pretrained=tmp_path / "pre"
+    )
+    saved = json.loads(next((tmp_path / "ok").rglob("config.json")).read_text())
+    assert saved["model"]["dropout"] == 0.25
 
 
 def test_finetune__warns_when_a_pretrained_encoder_lacks_the_asked_graph(sim, tmp_path):

@@ -200,10 +200,10 @@ def test_impute__cuda_matches_cpu(sim, tmp_path):
 
 @pytest.mark.parametrize("attention", ["exact", "performer", "hierarchical"])
 def test_seq_model__cuda_bits_per_base_match_cpu(attention, tmp_path):
-    from gperceiver.seq.lm import read_records
+    from gperceiver.seq.fasta import read_sequence_files
 
     write_fasta(tmp_path / "x.fa", {"x": order2_chain(3000, 1)})
-    records = read_records([tmp_path / "x.fa"])
+    records = read_sequence_files([tmp_path / "x.fa"])[0].records
     config = SeqConfig(
         width=32, depth=2, heads=2, features=16, chunk=16, context=128,
         attention=attention,

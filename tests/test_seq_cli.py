@@ -119,9 +119,9 @@ def test_seq_pretrain__time_budget_stops_on_the_clock(tmp_path):
     summary = json.loads((tmp_path / "m" / "config.json").read_text())["summary"]
     metrics = (tmp_path / "m" / "metrics.csv").read_text().splitlines()
     last = dict(zip(metrics[0].split(","), metrics[-1].split(","), strict=True))
-    assert summary["steps"] == int(last["step"]) > 5
+    assert summary["steps"] == int(last["step"]) > 2  # past the warm-up
     # the last step ends past the budget (generous bound: the box may be loaded)
-    assert 2.0 <= float(last["seconds"]) < 10.0
+    assert 2.0 <= float(last["seconds"]) < 30.0
     # the clock, not the steps (a tiny share of 1000 epochs), annealed the LR, at
     # least half way, even when a loaded box makes the last step long
     assert float(last["lr"]) < 0.5 * 2e-3

@@ -13,6 +13,7 @@ import pytest
 
 from gperceiver.cli import main
 from gperceiver.io import InputError
+from gperceiver.seq.fasta import read_sequence_files
 from gperceiver.seq.memory_lm import MemoryLM
 from seq_helpers import letters, related_strains, write_fasta
 
@@ -131,7 +132,7 @@ def test_memory_lm__rebuilt_memory_gives_the_saved_model(strains, tmp_path):
     with pytest.raises(InputError, match="no memory/ beside the mixer"):
         MemoryLM.load(shipped)
     train = [root / f"s{i}.fa" for i in range(3)]
-    rebuilt = MemoryLM.load(shipped, memory_from=train)
+    rebuilt = MemoryLM.load(shipped, memory_from=read_sequence_files(train))
     x = genomes[3][:5000]
     assert np.array_equal(
         rebuilt.log2_probs(x), MemoryLM.load(root / "m").log2_probs(x)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gperceiver.io import InputError
-from gperceiver.seq.fasta import read_fasta
+from gperceiver.seq.fasta import read_fasta, read_sequence_files
 from gperceiver.seq.memory import join_digits
 from gperceiver.seq.memory_lm import MemoryLM
 from seq_helpers import write_fasta
@@ -28,7 +28,7 @@ needs_data = pytest.mark.skipif(
 @needs_data
 @pytest.mark.slow
 def test_released_memory_model__beats_xz_on_held_out_ntuh_k2044():
-    model = MemoryLM.load(RELEASE, memory_from=TRAIN)
+    model = MemoryLM.load(RELEASE, memory_from=read_sequence_files(TRAIN))
     chromosome = next(read_fasta(DATA / "NTUH-K2044.fna.xz")).tokens
     x = join_digits([chromosome[:300_000]], both_strands=False)
     lp = model.log2_probs(x)
@@ -42,4 +42,4 @@ def test_released_memory_model__refuses_a_memory_of_other_genomes(tmp_path):
     with pytest.raises(
         InputError, match="200 bases, the mixer was trained with 16763920"
     ):
-        MemoryLM.load(RELEASE, memory_from=[tmp_path / "other.fa"])
+        MemoryLM.load(RELEASE, memory_from=read_sequence_files([tmp_path / "other.fa"]))

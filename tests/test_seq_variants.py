@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from gperceiver.io import InputError
+from gperceiver.seq.fasta import read_sequence_files
 from gperceiver.seq.memory_lm import MemoryLM, pretrain_memory
 from gperceiver.seq.variants import Variant, read_variants, score_variants
 from seq_helpers import SymmetricChain, letters, write_fasta
@@ -67,7 +68,8 @@ def test_score_variants__memory_model_trained_on_the_chain_recovers_the_llr(
             tmp_path / f"g{i}.fa", {f"g{i}": letters(chain.sample(60_000, 10 + i))}
         )
     params = dict(samples_per_group=40_000, epochs=3, batch_size=1024)
-    pretrain_memory([tmp_path / "g0.fa", tmp_path / "g1.fa"], tmp_path / "m", params)
+    files = read_sequence_files([tmp_path / "g0.fa", tmp_path / "g1.fa"])
+    pretrain_memory(files, tmp_path / "m", params)
     model = MemoryLM.load(tmp_path / "m")
     reference = chain.sample(20_000, 3)  # held out: never in the memory
     variants = [

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import check_markers, load_model_config, load_weights, save_model
-from .data import MISSING, Genotypes, MarkerInputs
+from .data import MISSING, Genotypes, MarkerInputs, genotype_batches
 from .device import as_device, autocast, model_device
 from .io import InputError
 from .marker_graph import GraphSettings, attach, graph_and_annotations, marker_sizes
@@ -22,13 +22,13 @@ from .nn.embeddings import count_targets
 from .nn.perceiver import MaskedMarkerModel, PerceiverConfig
 from .nn.twinned import TwinnedModel
 from .params import resolve
-from .tasks.contrastive import PRETRAIN_TASKS, ContrastiveConfig, TwinnedTask
 from .tasks.masked import (
     MaskedConfig,
     MaskedMarkerTask,
     complete_genotypes,
     genotype_log_probs,
 )
+from .tasks.twinned import PRETRAIN_TASKS, TwinnedConfig, TwinnedTask
 from .train import TrainConfig, Trainer
 
 
@@ -70,12 +70,20 @@ class PretrainSettings:
         0.1  # individuals held out for the validation loss / early stopping
     )
     # "masked"; "contrastive": shared copies of random pairs at loci hidden in both
-    # (tasks/contrastive.py); "both": their sum, the masked loss times masked_weight
+    # (tasks/twinned.py); "both": their sum, the masked loss times masked_weight
     task: str = "masked"
 
     def __post_init__(self):
         if self.task not in PRETRAIN_TASKS:
             raise ValueError(f"task must be one of {PRETRAIN_TASKS}, got {self.task!r}")
+
+
+def _task(name, genotypes, frequencies, masked_cfg, twinned_cfg):
+    """The pretraining task called ``name`` ("masked", "contrastive", "both")."""
+    if name == "masked":
+        return MaskedMarkerTask(genotypes, frequencies, masked_cfg)
+    weight = twinned_cfg.masked_weight if name == "both" else 0.0
+    return TwinnedTask(genotypes, frequencies, masked_cfg, weight)
 
 
 def pretrain_encoder(
@@ -93,7 +101,7 @@ def pretrain_encoder(
 
     ``params`` (e.g. a ``--params`` JSON) and ``typed`` (command-line options) are
     flat dictionaries of :class:`PerceiverConfig`, :class:`TrainConfig`,
-    :class:`MaskedConfig`, :class:`ContrastiveConfig`, :class:`PretrainSettings`
+    :class:`MaskedConfig`, :class:`TwinnedConfig`, :class:`PretrainSettings`
     and :class:`~gperceiver.marker_graph.GraphSettings` fields. An LD graph is computed
     from the training individuals (not the held-out ones); an edge-list graph and
     annotations come from ``marker_inputs`` (read by the caller). The model is
@@ -104,11 +112,11 @@ def pretrain_encoder(
         PerceiverConfig,
         TrainConfig,
         MaskedConfig,
-        ContrastiveConfig,
+        TwinnedConfig,
         PretrainSettings,
         GraphSettings,
     )
-    model_cfg, train_cfg, masked_cfg, contrastive_cfg, settings, graph_cfg = resolve(
+    model_cfg, train_cfg, masked_cfg, twinned_cfg, settings, graph_cfg = resolve(
         classes,
         {},
         params or {},
@@ -126,23 +134,19 @@ def pretrain_encoder(
     model = build_model(model_cfg, genotypes, settings.task)
     attach(model.embed, graph, annotations)
     frequencies = genotypes.allele_frequencies(train_rows)
-    if settings.task == "masked":
-        task = MaskedMarkerTask(genotypes, frequencies, masked_cfg)
-    else:
-        if len(train_rows) < 2 or len(val_rows) == 1:
-            raise InputError(
-                "genotypes",
-                None,
-                f"task {settings.task!r} pairs individuals, but the split has "
-                f"{len(train_rows)} training and {len(val_rows)} held-out one(s)",
-                "give at least 3 individuals or set --val-fraction 0",
-            )
-        weight = contrastive_cfg.masked_weight if settings.task == "both" else 0.0
-        task = TwinnedTask(genotypes, frequencies, masked_cfg, weight)
+    if settings.task != "masked" and (len(train_rows) < 2 or len(val_rows) == 1):
+        raise InputError(
+            "genotypes",
+            None,
+            f"task {settings.task!r} pairs individuals, but the split has "
+            f"{len(train_rows)} training and {len(val_rows)} held-out one(s)",
+            "give at least 3 individuals or set --val-fraction 0",
+        )
+    task = _task(settings.task, genotypes, frequencies, masked_cfg, twinned_cfg)
     identity = {
         # the initial weights cover the model settings, seed, graph and annotations
         "model": model.state_dict(),
-        "task settings": [asdict(c) for c in (masked_cfg, contrastive_cfg, settings)],
+        "task settings": [asdict(c) for c in (masked_cfg, twinned_cfg, settings)],
         "genotypes": genotypes.fingerprint(),
         "training rows": [train_rows, val_rows],
     }
@@ -155,7 +159,7 @@ def pretrain_encoder(
         "model": model_cfg.to_dict(),
         "train": asdict(train_cfg),
         "masked": asdict(masked_cfg),
-        "contrastive": asdict(contrastive_cfg),
+        "contrastive": asdict(twinned_cfg),  # key kept: saved models read it,
         "pretrain": asdict(settings),
         "graph": asdict(graph_cfg),
         "result": {
@@ -218,9 +222,9 @@ def impute(
     The model runs where it is (under autocast on CUDA); the choice of genotypes
     is made in float32 on the CPU.
     """
-    a, p = genotypes.n_alleles, genotypes.ploidy
     device = model_device(model)
-    complete = complete_genotypes(p, a)  # (G, A)
+    a = genotypes.n_alleles
+    complete = complete_genotypes(genotypes.ploidy, a)  # (G, A)
     log_rest = torch.from_numpy(
         np.log(np.clip(1.0 - genotypes.allele_frequencies(), 1e-6, None))
     ).float()  # (M, A)
@@ -231,11 +235,11 @@ def impute(
         table = model.embed.position_table()  # fixed weights: once for every batch
     incomplete = (genotypes.alleles == MISSING).any(-1)  # (N, M)
     todo = np.flatnonzero(incomplete.any(1))
-    for start in tqdm(
-        range(0, len(todo), batch_size), disable=not progress, unit="batch", leave=False
+    batches = genotype_batches(genotypes, todo, batch_size)
+    n_batches = -(-len(todo) // batch_size)
+    for rows, alleles in tqdm(
+        batches, total=n_batches, disable=not progress, unit="batch", leave=False
     ):
-        rows = todo[start : start + batch_size]
-        alleles = torch.from_numpy(genotypes.alleles[rows].astype(np.int64))
         hidden = torch.from_numpy(incomplete[rows])
         observed = count_targets(alleles, a)  # (B, M, A)
         masked = alleles.masked_fill(hidden[..., None], a + 1).to(device)
@@ -262,13 +266,7 @@ def impute(
                 # genotypes must contain every observed copy
                 fits = (complete[None] >= observed[b, chunk][:, None]).all(-1)  # (T, G)
                 log_p = log_p.masked_fill(~fits, -torch.inf).log_softmax(-1)
-                best = log_p.argmax(-1)
-                counts = complete[best]  # (T, A)
-                ids = torch.repeat_interleave(
-                    torch.arange(1, a + 1).expand(len(chunk), -1).flatten(),
-                    counts.flatten(),
-                ).view(len(chunk), p)
-                filled[row, chunk.numpy()] = ids.numpy().astype(filled.dtype)
+                filled[row, chunk.numpy()] = _copies(complete[log_p.argmax(-1)])
                 out_rows.append(np.full(len(chunk), row))
                 out_loci.append(chunk.numpy())
                 out_probs.append(log_p.exp().numpy())
@@ -283,6 +281,13 @@ def impute(
         np.concatenate(out_probs) if out_probs else np.zeros((0, len(complete))),
         complete.numpy(),
     )
+
+
+def _copies(counts: torch.Tensor) -> np.ndarray:
+    """(T, A) copy counts of alleles 1..A -> (T, P) allele ids, ascending."""
+    n, a = counts.shape
+    ids = torch.arange(1, a + 1).expand(n, -1).flatten()
+    return torch.repeat_interleave(ids, counts.flatten()).view(n, -1).numpy()
 
 
 # one-shot imputation (no model given) pretrains first and should end in bounded

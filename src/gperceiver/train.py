@@ -297,18 +297,81 @@ class Trainer:
         return {f"val_{k}": v for k, v in metrics.items()}
 
     def fit(self, train_rows: np.ndarray, val_rows: np.ndarray | None) -> TrainResult:
+        """Train on ``train_rows`` (early stopping on ``val_rows`` when given) and
+        return the history; the model ends holding its best weights."""
         config, model = self.config, self.model
-        batch = min(config.batch_size, len(train_rows))
-        steps_per_epoch = max(1, len(train_rows) // batch)
-        total = config.max_steps or config.epochs * steps_per_epoch
-        eval_every = config.eval_every or steps_per_epoch
-        checkpoint_every = config.checkpoint_every or eval_every
+        plan = _Schedule.of(config, len(train_rows))
         rank, world = rank_and_world()
-        if world > batch:
-            raise ValueError(f"batch_size {batch} is below the {world} processes")
+        if world > plan.batch:
+            raise ValueError(f"batch_size {plan.batch} is below the {world} processes")
         optimizer = make_optimizer(model, config)
-        device = model_device(model)
+        state, best_weights, resumed = self._restore(optimizer)
+        distributed = None
+        if world > 1:  # DDP's own copy of the weights follows rank 0's
+            device = model_device(model)
+            distributed = torch.nn.parallel.DistributedDataParallel(
+                TaskLoss(model, self.task),
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+        history = state["history"]
+        validating = val_rows is not None and len(val_rows) > 0
+        if not resumed and validating:
+            # the starting point competes too: a model that only gets worse on the
+            # validation set is returned unchanged (e.g. a head initialised at GBLUP)
+            initial = self._validate(val_rows, train_rows)
+            history.append({"step": 0, "epoch": 0.0, **initial, "seconds": 0.0})
+            state["best_loss"] = initial["val_loss"]
 
+        bar = tqdm(
+            total=plan.total,
+            initial=state["step"],
+            disable=not config.progress or rank > 0,
+            unit="step",
+            leave=False,
+        )
+        clock = _Clock(state.get("seconds", 0.0), config.time_budget_s or None)
+        # losses since the last evaluation: checkpointed, so a resume logs the same
+        state.setdefault("running", [])
+        stopped_early = False
+        while (
+            state["step"] < plan.total
+            and state["bad_evals"] < config.patience
+            and not clock.out_of_time
+        ):
+            state["running"].append(
+                self._step(optimizer, distributed, train_rows, plan, state, clock)
+            )
+            state["step"] = step = state["step"] + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{state['running'][-1]['loss']:.4f}")
+            state["seconds"] = clock.elapsed
+            last = step == plan.total or clock.out_of_time
+            if step % plan.eval_every == 0 or last:
+                improved = self._record(
+                    optimizer, history, state, plan, clock, val_rows, train_rows
+                )
+                if improved:
+                    best_weights = {
+                        k: v.detach().clone() for k, v in model.state_dict().items()
+                    }
+                if state["bad_evals"] >= config.patience:
+                    stopped_early = True
+                    if rank == 0:
+                        self._save_checkpoint(optimizer, state, best_weights)
+                    break
+            if rank == 0 and (step % plan.checkpoint_every == 0 or last):
+                self._save_checkpoint(optimizer, state, best_weights)
+        bar.close()
+        stopped_early = stopped_early or state["bad_evals"] >= config.patience
+        model.load_state_dict(best_weights)
+        return TrainResult(
+            history, state["best_step"], state["best_loss"], stopped_early
+        )
+
+    def _restore(self, optimizer) -> tuple[dict, dict, bool]:
+        """The loop state, best weights and whether they come from a checkpoint;
+        under torchrun every rank takes rank 0's (a refusal stops every rank)."""
         state = {
             "step": 0,
             "best_loss": math.inf,
@@ -317,7 +380,10 @@ class Trainer:
             "history": [],
             "seconds": 0.0,  # training time so far, resumes included
         }
-        best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        best_weights = {
+            k: v.detach().clone() for k, v in self.model.state_dict().items()
+        }
+        rank, world = rank_and_world()
         restored, refusal = None, None
         if rank == 0:  # the one writer reads the checkpoint...
             try:
@@ -331,134 +397,122 @@ class Trainer:
         if restored is not None:
             state, best_weights = restored
         resumed = restored is not None
-        distributed = None
-        if world > 1:  # every rank takes rank 0's state (weights: DDP's own copy)
+        if world > 1:
             state, best_weights, optimizer_state, resumed = broadcast(
                 _on_cpu((state, best_weights, optimizer.state_dict(), resumed))
             )
             optimizer.load_state_dict(optimizer_state)  # onto the model's device
-            distributed = torch.nn.parallel.DistributedDataParallel(
-                TaskLoss(model, self.task),
-                device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=True,
-            )
-        history = state["history"]
+        return state, best_weights, resumed
+
+    def _step(self, optimizer, distributed, train_rows, plan, state, clock) -> dict:
+        """One optimiser step at ``state["step"]``; its losses, rank-averaged."""
+        config, model = self.config, self.model
+        rank, world = rank_and_world()
         shared = world > 1 and getattr(self.task, "shares_batches", False)
-        validating = val_rows is not None and len(val_rows) > 0
-        if not resumed and validating:
-            # the starting point competes too: a model that only gets worse on the
-            # validation set is returned unchanged (e.g. a head initialised at GBLUP)
-            initial = self._validate(val_rows, train_rows)
-            history.append({"step": 0, "epoch": 0.0, **initial, "seconds": 0.0})
-            state["best_loss"] = initial["val_loss"]
+        step = state["step"]
+        epoch, offset = divmod(step, plan.steps_per_epoch)
+        rng = np.random.default_rng([config.seed, epoch])
+        shuffle = getattr(self.task, "epoch_order", None)
+        order = shuffle(train_rows, rng) if shuffle else rng.permutation(train_rows)
+        rows = order[offset * plan.batch : (offset + 1) * plan.batch]
+        # a task that draws the global batch's randomness once gets the same
+        # seed on every rank and computes its share; others draw per rank
+        rank_offset = 0 if shared else rank * RANK_SEED_STRIDE
+        seed = config.seed * 1_000_003 + step + rank_offset
+        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # dropout
 
-        bar = tqdm(
-            total=total,
-            initial=state["step"],
-            disable=not config.progress or rank > 0,
-            unit="step",
-            leave=False,
+        spent = clock.elapsed / clock.budget if clock.budget else 0.0
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, plan.total, config, spent)
+        model.train()
+        with autocast(model_device(model)):
+            if distributed is None:
+                loss, metrics = self.task.loss(model, rows, generator)
+            elif shared:
+                loss, metrics = distributed(rows, generator, slice(rank, None, world))
+            else:
+                loss, metrics = distributed(rows[rank::world], generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        # the clock is averaged too, so every rank stops at the same step
+        *values, elapsed = all_mean([loss.item(), *metrics.values(), clock.now()])
+        clock.elapsed = elapsed
+        return {
+            "loss": values[0],
+            **dict(zip(metrics, values[1:], strict=True)),
+            "grad_norm": grad_norm.item(),
+        }
+
+    def _record(self, optimizer, history, state, plan, clock, val_rows, train_rows):
+        """Log the losses since the last evaluation (and validate); update the
+        early-stopping state; return whether the monitored loss improved."""
+        step, running = state["step"], state["running"]
+        row = {
+            "step": step,
+            "epoch": round(step / plan.steps_per_epoch, 3),
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        row.update(
+            {f"train_{k}": float(np.mean([r[k] for r in running])) for k in running[0]}
         )
-        started, stopped_early = time.perf_counter(), False
-        # losses since the last evaluation: checkpointed, so a resume logs the same
-        running = state.setdefault("running", [])
-        clock_base = state.get("seconds", 0.0)
-        budget = config.time_budget_s or None  # 0 means none
-        elapsed = clock_base
-        out_of_time = budget is not None and elapsed >= budget  # a spent run resumed
-        while (
-            state["step"] < total
-            and state["bad_evals"] < config.patience
-            and not out_of_time
-        ):
-            step = state["step"]
-            epoch, offset = divmod(step, steps_per_epoch)
-            rng = np.random.default_rng([config.seed, epoch])
-            shuffle = getattr(self.task, "epoch_order", None)
-            order = shuffle(train_rows, rng) if shuffle else rng.permutation(train_rows)
-            rows = order[offset * batch : (offset + 1) * batch]
-            # a task that draws the global batch's randomness once gets the same
-            # seed on every rank and computes its share; others draw per rank
-            rank_offset = 0 if shared else rank * RANK_SEED_STRIDE
-            seed = config.seed * 1_000_003 + step + rank_offset
-            generator = torch.Generator().manual_seed(seed)
-            torch.manual_seed(seed)  # dropout
+        state["running"] = []
+        if val_rows is not None and len(val_rows) > 0:
+            row.update(self._validate(val_rows, train_rows))
+            monitored = row["val_loss"]
+        else:
+            monitored = row["train_loss"]
+        row["seconds"] = round(clock.now(), 2)
+        history.append(row)
+        improved = monitored < state["best_loss"] - self.config.min_delta
+        if improved:
+            state.update(best_loss=monitored, best_step=step, bad_evals=0)
+        else:
+            state["bad_evals"] += 1
+        if rank_and_world()[0] == 0:
+            self._write_metrics(history)
+        return improved
 
-            spent = elapsed / budget if budget else 0.0
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total, config, spent)
-            model.train()
-            with autocast(device):
-                if distributed is None:
-                    loss, metrics = self.task.loss(model, rows, generator)
-                elif shared:
-                    share = slice(rank, None, world)
-                    loss, metrics = distributed(rows, generator, share)
-                else:
-                    loss, metrics = distributed(rows[rank::world], generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), config.grad_clip
-            )
-            optimizer.step()
-            # the clock is averaged too, so every rank stops at the same step
-            clock = clock_base + time.perf_counter() - started
-            *values, elapsed = all_mean([loss.item(), *metrics.values(), clock])
-            out_of_time = budget is not None and elapsed >= budget
-            running.append(
-                {
-                    "loss": values[0],
-                    **dict(zip(metrics, values[1:], strict=True)),
-                    "grad_norm": grad_norm.item(),
-                }
-            )
-            state["step"] = step = step + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{running[-1]['loss']:.4f}")
 
-            state["seconds"] = elapsed
-            if step % eval_every == 0 or step == total or out_of_time:
-                row = {
-                    "step": step,
-                    "epoch": round(step / steps_per_epoch, 3),
-                    "lr": optimizer.param_groups[0]["lr"],
-                }
-                row.update(
-                    {
-                        f"train_{k}": float(np.mean([r[k] for r in running]))
-                        for k in running[0]
-                    }
-                )
-                running = state["running"] = []
-                if validating:
-                    row.update(self._validate(val_rows, train_rows))
-                    monitored = row["val_loss"]
-                else:
-                    monitored = row["train_loss"]
-                row["seconds"] = round(clock_base + time.perf_counter() - started, 2)
-                history.append(row)
-                if monitored < state["best_loss"] - config.min_delta:
-                    state.update(best_loss=monitored, best_step=step, bad_evals=0)
-                    best_weights = {
-                        k: v.detach().clone() for k, v in model.state_dict().items()
-                    }
-                else:
-                    state["bad_evals"] += 1
-                if rank == 0:
-                    self._write_metrics(history)
-                if state["bad_evals"] >= config.patience:
-                    stopped_early = True
-                    if rank == 0:
-                        self._save_checkpoint(optimizer, state, best_weights)
-                    break
-            if rank == 0 and (
-                step % checkpoint_every == 0 or step == total or out_of_time
-            ):
-                self._save_checkpoint(optimizer, state, best_weights)
-        bar.close()
-        stopped_early = stopped_early or state["bad_evals"] >= config.patience
-        model.load_state_dict(best_weights)
-        return TrainResult(
-            history, state["best_step"], state["best_loss"], stopped_early
+@dataclass(frozen=True)
+class _Schedule:
+    """Step counts of one run: batch size, steps per epoch, total steps and the
+    evaluation and checkpoint periods (in steps)."""
+
+    batch: int
+    steps_per_epoch: int
+    total: int
+    eval_every: int
+    checkpoint_every: int
+
+    @classmethod
+    def of(cls, config: TrainConfig, n_rows: int) -> _Schedule:
+        batch = min(config.batch_size, n_rows)
+        steps_per_epoch = max(1, n_rows // batch)
+        total = config.max_steps or config.epochs * steps_per_epoch
+        eval_every = config.eval_every or steps_per_epoch
+        return cls(
+            batch,
+            steps_per_epoch,
+            total,
+            eval_every,
+            config.checkpoint_every or eval_every,
         )
+
+
+class _Clock:
+    """Training seconds so far (resumes included) against an optional budget."""
+
+    def __init__(self, base: float, budget: float | None):
+        self.base, self.budget = base, budget
+        self.started = time.perf_counter()
+        self.elapsed = base  # as last agreed by all ranks
+
+    def now(self) -> float:
+        return self.base + time.perf_counter() - self.started
+
+    @property
+    def out_of_time(self) -> bool:
+        return self.budget is not None and self.elapsed >= self.budget

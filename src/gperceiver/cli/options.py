@@ -18,8 +18,8 @@ from ..nn.heads import HeadConfig
 from ..nn.perceiver import PerceiverConfig
 from ..params import field_names, read_params
 from ..pretraining import PretrainSettings
-from ..tasks.contrastive import ContrastiveConfig
 from ..tasks.masked import MaskedConfig
+from ..tasks.twinned import TwinnedConfig
 from ..train import TrainConfig
 
 # every hyper-parameter a command-line option may set: the fields of these classes
@@ -28,7 +28,7 @@ CONFIG_FIELDS = frozenset(
         PerceiverConfig,
         TrainConfig,
         MaskedConfig,
-        ContrastiveConfig,
+        TwinnedConfig,
         PretrainSettings,
         GraphSettings,
         HeadConfig,

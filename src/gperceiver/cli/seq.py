@@ -6,14 +6,16 @@ from .options import add_device_option, file_params
 
 
 def cmd_seq_pretrain(args) -> None:
+    from ..seq.fasta import read_sequence_files
     from ..seq.lm import pretrain
 
     params = file_params(args)
+    files = read_sequence_files(args.fasta)
     if args.kind == "memory":
         from ..seq.memory_lm import pretrain_memory
 
         params = {**params, "device": str(args.device)}
-        s = pretrain_memory(args.fasta, args.out, params)
+        s = pretrain_memory(files, args.out, params)
         print(
             f"wrote the memory model to {args.out} ({s['training_bases']} bases, "
             f"{s['memory_ram_mb_per_mb']} MB RAM per Mb, validation "
@@ -21,7 +23,7 @@ def cmd_seq_pretrain(args) -> None:
         )
         return
     summary = pretrain(
-        args.fasta, args.out, params, resume=not args.restart, device=args.device
+        files, args.out, params, resume=not args.restart, device=args.device
     )
     print(
         f"wrote the sequence model to {args.out} ({summary['steps']} steps, "
@@ -31,24 +33,27 @@ def cmd_seq_pretrain(args) -> None:
 
 def cmd_seq_evaluate(args) -> None:
     from ..seq import SeqLM
-    from ..seq.lm import bits_per_base, read_records
+    from ..seq.fasta import read_sequence_files
+    from ..seq.lm import bits_per_base
     from ..seq.loading import MEMORY_KIND, load_scorer, model_kind
 
+    files = read_sequence_files([args.fasta])
     if model_kind(args.model) == MEMORY_KIND:
-        bits, count = load_scorer(args.model, args.device).bits_per_base([args.fasta])
+        bits, count = load_scorer(args.model, args.device).bits_per_base(files)
     else:
         model = SeqLM.from_pretrained(args.model, args.device)
-        bits, count = bits_per_base(model, read_records([args.fasta]), args.overlap)
+        bits, count = bits_per_base(model, files[0].records, args.overlap)
     print(f"scored_bases={count}")
     print(f"bits_per_base={bits:.6f}")
 
 
 def cmd_seq_embed(args) -> None:
     from ..seq import SeqLM
-    from ..seq.lm import embed_records, read_records, write_embeddings
+    from ..seq.fasta import read_sequence_files
+    from ..seq.lm import embed_records, write_embeddings
 
     model = SeqLM.from_pretrained(args.model, args.device)
-    records = read_records([args.fasta])
+    records = read_sequence_files([args.fasta])[0].records
     embeddings = embed_records(model, records)
     write_embeddings(args.out, [r.name for r in records], embeddings, args.model)
     print(f"wrote {len(records)} record embeddings of width {embeddings.shape[1]}")

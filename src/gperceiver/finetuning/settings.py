@@ -106,19 +106,21 @@ AUTO_GAUSSIAN_FLOATS = 50_000_000
 RUNTIME_MODEL_KEYS = {"chunk_size", "checkpoint_attention", "dropout"}
 
 
-def _check_typed_architecture(typed: dict, pretrained_model: dict, directory) -> None:
-    """Refuse a typed option that would change the pretrained encoder's shape (its
-    weights would not fit, or would be dropped without a word)."""
-    for key, value in typed.items():
+def _check_architecture(given: dict, pretrained_model: dict, directory, source) -> None:
+    """Refuse a model key in ``given`` (typed options when ``source`` is None, else
+    the ``--params`` keys) that would change the pretrained encoder's shape: its
+    weights would not fit, or would be dropped without a word."""
+    for key, value in given.items():
         if key in RUNTIME_MODEL_KEYS or key not in pretrained_model:
             continue
         if value != pretrained_model[key]:
             raise InputError(
-                f"option for {key!r}",
-                None,
+                f"option for {key!r}" if source is None else source,
+                None if source is None else key,
                 f"{value!r} differs from the pretrained encoder in {directory} "
                 f"({pretrained_model[key]!r})",
-                "drop the option to use the pretrained value, or pretrain again",
+                f"drop the {'option' if source is None else 'key'} to use the "
+                "pretrained value, or pretrain again",
             )
 
 
@@ -160,20 +162,18 @@ class FinetunePlan:
 
 
 def _pretrained_params(params: dict, typed: dict, pretrained, genotypes):
-    """The pretrained encoder's weights and ``params`` with its model keys (they
-    win over ``params``; a typed option that would change them is refused)."""
+    """The pretrained encoder's weights and ``params`` completed with its model
+    keys. A ``params`` key or typed option that would change its shape is
+    refused; runtime keys (:data:`RUNTIME_MODEL_KEYS`) given are honoured."""
     masked, pre_config = load_masked_model(pretrained, genotypes)
     state = {
         k: v
         for k, v in masked.state_dict().items()
         if k.startswith(("embed.", "encoder."))
     }
-    params = {
-        **pre_config["model"],
-        **{k: v for k, v in params.items() if k not in pre_config["model"]},
-    }
-    _check_typed_architecture(typed, pre_config["model"], pretrained)
-    return state, params
+    _check_architecture(typed, pre_config["model"], pretrained, None)
+    _check_architecture(params, pre_config["model"], pretrained, "--params")
+    return state, {**pre_config["model"], **params}
 
 
 def _head_sizes(phenotypes, objective: str, n_blocks: int) -> dict:

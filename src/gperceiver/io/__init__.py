@@ -14,23 +14,27 @@ from .formats import (
     write_genotype_file,
 )
 from .imputed import IMPUTATION_FORMATS, write_imputation
-from .marker_files import read_marker_inputs
-from .tables import (
-    match_phenotypes,
+from .marker_files import (
     read_annotations,
-    read_chroms,
-    read_covariates,
-    read_dosages,
     read_marker_graph,
+    read_marker_inputs,
     read_marker_weights,
+)
+from .tables import (
+    read_chroms,
+    read_dosages,
     read_markers,
-    read_phenotypes,
     write_chroms,
-    write_covariates,
     write_dosages,
     write_markers,
-    write_phenotypes,
     write_table,
+)
+from .trial_tables import (
+    match_phenotypes,
+    read_covariates,
+    read_phenotypes,
+    write_covariates,
+    write_phenotypes,
 )
 
 __all__ = [

@@ -188,6 +188,52 @@ def _header_text(header: VariantHeader, contigs: dict, samples, source: str) -> 
     return "\n".join(lines) + "\n"
 
 
+def _append_blocks(group, blocks, header, contigs, n, variant_chunk, sample_chunk):
+    """Append every block to the variant arrays of ``group`` (created from the
+    first block, widened as alleles or filters grow). Returns the arrays, each
+    contig's largest position and the (V,) map positions in cM (NaN: none)."""
+    arrays: dict = {}
+    tops: dict[str, int] = {}
+    map_positions, total = [], 0
+    for block in blocks:
+        if not arrays:
+            arrays = _variant_arrays(group, block, n, variant_chunk, sample_chunk)
+        if block.calls.shape[2] != arrays["call_genotype"].shape[2]:
+            raise ValueError("every block must have the same ploidy")
+        stop = total + len(block)
+        k = max(arrays["variant_allele"].shape[1], block.alleles.shape[1])
+        f = max(
+            len(header.filters),
+            0 if block.filters is None else block.filters.shape[1],
+        )
+        widths = {"variant_allele": k, "variant_filter": f}
+        for name, arr in arrays.items():
+            arr.resize(
+                (stop, widths[name]) if name in widths else (stop,) + arr.shape[1:]
+            )
+        for name, values in _block_fields(block, contigs, k, f).items():
+            arrays[name][total:stop] = values
+        for name in dict.fromkeys(block.contig.tolist()):
+            top = int(block.position[block.contig == name].max())
+            tops[name] = max(tops.get(name, 0), top)
+        map_positions.append(block.map_position)
+        total = stop
+    if not arrays:
+        raise ValueError("no variants to write")
+    return arrays, tops, np.concatenate(map_positions)
+
+
+def _replace(path: Path, staging: Path) -> None:
+    """Rename the finished ``staging`` store to ``path``, replacing a whole old one."""
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+        os.replace(path, old / path.name)
+        os.replace(staging, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, path)
+
+
 def write_zarr(
     blocks: Iterable[VariantBlock],
     samples,
@@ -214,41 +260,15 @@ def write_zarr(
         group = zarr.open_group(staging, mode="w", zarr_format=2)
         ids_arr = _array(group, "sample_id", (n,), str, (sample_chunk,), ["samples"])
         ids_arr[:] = samples
-        arrays: dict = {}
         contigs = {name: i for i, (name, _) in enumerate(header.contigs)}
-        tops: dict[str, int] = {}
-        map_positions, total = [], 0
-        for block in blocks:
-            if not arrays:
-                arrays = _variant_arrays(group, block, n, variant_chunk, sample_chunk)
-            if block.calls.shape[2] != arrays["call_genotype"].shape[2]:
-                raise ValueError("every block must have the same ploidy")
-            stop = total + len(block)
-            k = max(arrays["variant_allele"].shape[1], block.alleles.shape[1])
-            f = max(
-                len(header.filters),
-                0 if block.filters is None else block.filters.shape[1],
-            )
-            widths = {"variant_allele": k, "variant_filter": f}
-            for name, arr in arrays.items():
-                shape = (stop,) + arr.shape[1:]
-                if name in widths:
-                    shape = (stop, widths[name])
-                arr.resize(shape)
-            for name, values in _block_fields(block, contigs, k, f).items():
-                arrays[name][total:stop] = values
-            for name in dict.fromkeys(block.contig.tolist()):
-                top = int(block.position[block.contig == name].max())
-                tops[name] = max(tops.get(name, 0), top)
-            map_positions.append(block.map_position)
-            total = stop
-        if not arrays:
-            raise ValueError("no variants to write")
+        arrays, tops, map_position = _append_blocks(
+            group, blocks, header, contigs, n, variant_chunk, sample_chunk
+        )
+        total = len(map_position)
         while len(header.filters) < arrays["variant_filter"].shape[1]:
             header.filters.append((f"filter{len(header.filters)}", ""))
         _header_arrays(group, header, contigs, tops)
         _region_index(group, variant_chunk)
-        map_position = np.concatenate(map_positions)
         if np.isfinite(map_position).all():
             mappos = _array(
                 group, "variant_MAPPOS", (total,), "f8", (variant_chunk,), ["variants"]
@@ -266,13 +286,7 @@ def write_zarr(
         )
         zarr.consolidate_metadata(staging)
         sync_tree(staging)  # mkdir's modes (not mkdtemp's 0o700), flushed to disk
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(staging, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, path)
+        _replace(path, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -165,6 +165,66 @@ def _emit(row, p_snap, z, logp_out, z_out, pred_out, ptr, hist, cnt, x, ms):
 
 
 @numba.njit(cache=True)
+def _count_orders(
+    ctx, run, codes, cum, orders, base_p, expert_at, feature_at, p_snap, z
+):
+    """Blend the memory's next-base counts order by order while the context
+    ``ctx`` (valid for ``run`` bases) is found; snapshot the blend for each expert
+    in ``p_snap`` and write the count features into ``z``. Returns the final
+    memory range and the longest order found with its total and distinct counts."""
+    p = base_p.copy()
+    lo, hi, longest, n_long, u_long = 0, codes.shape[0], 0, 0, 0
+    reached, e, fo = True, 0, 0
+    for o in range(orders.shape[0]):
+        k = orders[o]
+        if reached and k <= run and hi > lo:
+            shift = 62 - 2 * k
+            q = ctx >> shift
+            nlo = _lower_bound(codes, lo, hi, shift, q)
+            nhi = _lower_bound(codes, nlo, hi, shift, q + 1)
+            if nlo < nhi:
+                lo, hi = nlo, nhi
+                total, u = 0, 0
+                for b in range(4):
+                    c = np.int64(cum[hi, b]) - np.int64(cum[lo, b])
+                    total += c
+                    u += 1 if c > 0 else 0
+                for b in range(4):
+                    c = np.int64(cum[hi, b]) - np.int64(cum[lo, b])
+                    p[b] = (c + u * p[b]) / (total + u)
+                longest, n_long, u_long = k, total, u
+            else:
+                reached = False
+        else:
+            reached = False
+        if fo < feature_at.shape[0] and feature_at[fo] == o:
+            z[5 * SLOTS + 3 + fo] = math.log1p(n_long if longest == k else 0) / 8.0
+            fo += 1
+        if e < expert_at.shape[0] and expert_at[e] == o:
+            p_snap[e] = p
+            e += 1
+    return lo, hi, longest, n_long, u_long
+
+
+@numba.njit(cache=True)
+def _advance_slots(b, ptr, hist, cnt, x, ms):
+    """Score every live copy pointer against the observed base ``b`` (4 = N),
+    move it one base on, and drop pointers that mispredict or run off."""
+    for s in range(SLOTS):
+        if ptr[s] < 0:
+            continue
+        d = _slot_pred(_kind(s), ptr[s], x, ms)
+        if b < 4:
+            hist[s] = ((hist[s] << 1) | (1 if d == b else 0)) & MASK32
+            cnt[s] += 1
+        ptr[s] += -1 if _kind(s) == 2 else 1
+        if cnt[s] >= 16 and _popcount(hist[s] & 0xFFFF) < 8:
+            ptr[s] = -1
+        elif _slot_pred(_kind(s), ptr[s], x, ms) == 4:
+            ptr[s] = -1
+
+
+@numba.njit(cache=True)
 def run_experts(
     x, emit, ms, codes, cum, order, base_p, orders, expert_at, feature_at,
     anchor_order, state, ptr, hist, cnt, fkeys, fvals, rkeys, rvals,
@@ -173,7 +233,6 @@ def run_experts(
     """Advance over ``x[start:stop]``; emit rows at positions listed in ``emit``
     (sorted, from index ``row``). Returns the next row index. ``state`` holds
     [context code, valid run, forward 16-mer code, reverse-complement 16-mer code]."""
-    n_orders = orders.shape[0]
     p_snap = np.empty((expert_at.shape[0], 4))
     z = np.zeros(z_out.shape[1])
     bits = int(np.log2(fkeys.shape[0]))
@@ -181,37 +240,9 @@ def run_experts(
     for t in range(start, stop):
         ctx, run, fcode, rcode = state[0], state[1], state[2], state[3]
         # 1. variable-order counts, narrowing the memory range order by order
-        p = base_p.copy()
-        lo, hi, longest, n_long, u_long = 0, codes.shape[0], 0, 0, 0
-        reached, e, fo = True, 0, 0
-        for o in range(n_orders):
-            k = orders[o]
-            if reached and k <= run and hi > lo:
-                shift = 62 - 2 * k
-                q = ctx >> shift
-                nlo = _lower_bound(codes, lo, hi, shift, q)
-                nhi = _lower_bound(codes, nlo, hi, shift, q + 1)
-                if nlo < nhi:
-                    lo, hi = nlo, nhi
-                    total, u = 0, 0
-                    for b in range(4):
-                        c = np.int64(cum[hi, b]) - np.int64(cum[lo, b])
-                        total += c
-                        u += 1 if c > 0 else 0
-                    for b in range(4):
-                        c = np.int64(cum[hi, b]) - np.int64(cum[lo, b])
-                        p[b] = (c + u * p[b]) / (total + u)
-                    longest, n_long, u_long = k, total, u
-                else:
-                    reached = False
-            else:
-                reached = False
-            if fo < feature_at.shape[0] and feature_at[fo] == o:
-                z[5 * SLOTS + 3 + fo] = math.log1p(n_long if longest == k else 0) / 8.0
-                fo += 1
-            if e < expert_at.shape[0] and expert_at[e] == o:
-                p_snap[e] = p
-                e += 1
+        lo, hi, longest, n_long, u_long = _count_orders(
+            ctx, run, codes, cum, orders, base_p, expert_at, feature_at, p_snap, z
+        )
         z[5 * SLOTS] = longest / 31.0
         z[5 * SLOTS + 1] = math.log1p(n_long) / 8.0
         z[5 * SLOTS + 2] = u_long / 4.0
@@ -228,18 +259,7 @@ def run_experts(
             row += 1
         # 4. observe x[t]
         b = x[t]
-        for s in range(SLOTS):
-            if ptr[s] < 0:
-                continue
-            d = _slot_pred(_kind(s), ptr[s], x, ms)
-            if b < 4:
-                hist[s] = ((hist[s] << 1) | (1 if d == b else 0)) & MASK32
-                cnt[s] += 1
-            ptr[s] += -1 if _kind(s) == 2 else 1
-            if cnt[s] >= 16 and _popcount(hist[s] & 0xFFFF) < 8:
-                ptr[s] = -1
-            elif _slot_pred(_kind(s), ptr[s], x, ms) == 4:
-                ptr[s] = -1
+        _advance_slots(b, ptr, hist, cnt, x, ms)
         if b < 4:
             if run >= SELF_K:  # context x[t-16:t] was followed by x[t]
                 h = _hash(fcode, bits)

@@ -21,6 +21,28 @@ _GZIP, _XZ = b"\x1f\x8b", b"\xfd7zXZ\x00"
 
 
 @dataclass
+class SequenceFile:
+    """The records of one FASTA file, read at the edge: ``path`` names it in
+    summaries and messages."""
+
+    path: str
+    records: list[Record]
+
+    @property
+    def tokens(self) -> list[np.ndarray]:
+        return [r.tokens for r in self.records]
+
+
+def read_sequence_files(paths) -> list[SequenceFile]:
+    """Every record of every FASTA file in ``paths``; refuses files without a
+    single sequence letter between them."""
+    files = [SequenceFile(str(p), list(read_fasta(p))) for p in paths]
+    if not any(len(r.tokens) for f in files for r in f.records):
+        raise InputError(paths[0], None, "no sequence letters", "pass non-empty FASTA")
+    return files
+
+
+@dataclass
 class Record:
     """One FASTA record: ``tokens`` (S,) uint8 ids and ``soft_mask`` (S,) bool."""
 

@@ -22,7 +22,7 @@ from ..device import as_device, autocast, model_device
 from ..io import InputError, atomic_path
 from ..params import resolve
 from ..train import TrainConfig, Trainer
-from .fasta import Record, read_fasta
+from .fasta import Record, SequenceFile
 from .model import SeqConfig, SeqLM
 from .tokenizer import SEP, is_base, reverse_complement
 
@@ -66,13 +66,6 @@ class Stream:
         if not tokens:
             return cls(np.zeros(0, np.uint8), np.zeros(0, bool))
         return cls(np.concatenate(tokens), np.concatenate(masks))
-
-
-def read_records(paths) -> list[Record]:
-    records = [r for path in paths for r in read_fasta(path)]
-    if not any(len(r.tokens) for r in records):
-        raise InputError(paths[0], None, "no sequence letters", "pass non-empty FASTA")
-    return records
 
 
 def split_records(records: list[Record], val_fraction: float) -> tuple[Stream, Stream]:
@@ -149,9 +142,12 @@ class LanguageModelTask:
         return {"loss": bits, "bits_per_base": bits}
 
 
-def pretrain(paths, out, params: dict, resume: bool = True, device=None) -> dict:
-    """Train a sequence model on FASTA ``paths`` on ``device`` (default the CPU);
-    write it to ``out``.
+def pretrain(
+    files: list[SequenceFile], out, params: dict, resume: bool = True, device=None
+) -> dict:
+    """Train a sequence model on the records of FASTA ``files`` (read by the
+    caller, :func:`~gperceiver.seq.fasta.read_sequence_files`) on ``device``
+    (default the CPU); write it to ``out``.
 
     ``params``: flat JSON of :class:`SeqConfig`, :class:`SeqRunConfig` and
     :class:`~gperceiver.train.TrainConfig` fields. Returns the training summary.
@@ -159,11 +155,11 @@ def pretrain(paths, out, params: dict, resume: bool = True, device=None) -> dict
     model_config, data_config, train_config = resolve(
         (SeqConfig, SeqRunConfig, TrainConfig), SEQ_TRAIN_DEFAULTS, params, {}
     )
-    records = read_records(paths)
+    records = [r for f in files for r in f.records]
     train, val = split_records(records, data_config.val_fraction)
     if len(train.tokens) <= model_config.context + 1:
         raise InputError(
-            paths[0],
+            files[0].path,
             None,
             f"{len(train.tokens)} training positions do not fill one window of "
             f"context {model_config.context}",
@@ -178,7 +174,7 @@ def pretrain(paths, out, params: dict, resume: bool = True, device=None) -> dict
         train_rows, val_rows
     )
     summary = {
-        "files": [str(p) for p in paths],
+        "files": [f.path for f in files],
         "records": len(records),
         "train_tokens": int(len(train.tokens)),
         "val_tokens": int(len(val.tokens)),

@@ -27,7 +27,7 @@ from ..device import resolve_device
 from ..io import InputError
 from ..params import resolve
 from .experts import ExpertPass
-from .fasta import read_fasta
+from .fasta import SequenceFile
 from .memory import BREAK, Memory, join_digits
 from .mixer import MemoryMixer, MixerConfig
 
@@ -52,15 +52,14 @@ class MemoryRunConfig:
             raise ValueError("val_fraction must lie in (0, 0.5)")
 
 
-def read_groups(paths) -> list[tuple[str, list[np.ndarray]]]:
+def genome_groups(files: list[SequenceFile]) -> list[tuple[str, list[np.ndarray]]]:
     """(name, record token arrays) per file, or per record when one file is given."""
-    files = [(str(p), [r.tokens for r in read_fasta(p)]) for p in paths]
     if len(files) >= 2:
-        return files
-    groups = [(f"{files[0][0]}:{i}", [t]) for i, t in enumerate(files[0][1])]
+        return [(f.path, f.tokens) for f in files]
+    groups = [(f"{files[0].path}:{i}", [t]) for i, t in enumerate(files[0].tokens)]
     if len(groups) < 2:
         raise InputError(
-            paths[0],
+            files[0].path,
             None,
             "one record: the mixer is trained leave-one-genome-out",
             "pass two or more FASTA files (genomes) or records",
@@ -166,14 +165,14 @@ def train_mixer(mixer, train, val, run: MemoryRunConfig, device) -> dict:
     return {"val_bits_per_base_by_epoch": [round(b, 5) for b in history]}
 
 
-def pretrain_memory(paths, out, params: dict) -> dict:
-    """Build the memory of FASTA ``paths``, train the mixer leave-one-genome-out and
-    write both to ``out``. ``params``: flat JSON of :class:`MixerConfig` and
-    :class:`MemoryRunConfig` fields. Returns the training summary."""
+def pretrain_memory(files: list[SequenceFile], out, params: dict) -> dict:
+    """Build the memory of FASTA ``files`` (read by the caller), train the mixer
+    leave-one-genome-out and write both to ``out``. ``params``: flat JSON of
+    :class:`MixerConfig` and :class:`MemoryRunConfig` fields. Returns the summary."""
     mixer_config, run = resolve((MixerConfig, MemoryRunConfig), {}, params, {})
     device = resolve_device(run.device)
     started = time.perf_counter()
-    groups = read_groups(paths)
+    groups = genome_groups(files)
     train, val = logo_examples(groups, run, mixer_config.neural_context)
     features_s = time.perf_counter() - started
     mixer = MemoryMixer(mixer_config)
@@ -182,7 +181,7 @@ def pretrain_memory(paths, out, params: dict) -> dict:
     memory = Memory.build(join_digits([t for _, rs in groups for t in rs], True))
     bases = int((memory.stream < 4).sum()) // 2
     summary = {
-        "files": [str(p) for p in paths],
+        "files": [f.path for f in files],
         "groups": [name for name, _ in groups],
         "train_examples": int(len(train[4])),
         "val_examples": int(len(val[4])),
@@ -201,7 +200,9 @@ def pretrain_memory(paths, out, params: dict) -> dict:
     return summary
 
 
-def _memory(directory: Path, memory_from, summary: dict) -> Memory:
+def _memory(
+    directory: Path, memory_from: list[SequenceFile] | None, summary: dict
+) -> Memory:
     if (directory / "memory").exists():
         return Memory.load(directory / "memory")
     if not memory_from:
@@ -209,12 +210,12 @@ def _memory(directory: Path, memory_from, summary: dict) -> Memory:
             directory, None, "no memory/ beside the mixer",
             "rebuild it: gperceiver seq pretrain TRAIN.fa ... --kind memory",
         )  # fmt: skip
-    records = [r.tokens for p in memory_from for r in read_fasta(p)]
+    records = [t for f in memory_from for t in f.tokens]
     memory = Memory.build(join_digits(records, both_strands=True))
     bases = int((memory.stream < 4).sum()) // 2
     if bases != summary["training_bases"]:
         raise InputError(
-            memory_from[0], None,
+            memory_from[0].path, None,
             f"{bases} bases, the mixer was trained with {summary['training_bases']}",
             f"pass the files it was trained on: {', '.join(summary['files'])}",
         )  # fmt: skip
@@ -244,10 +245,16 @@ class MemoryLM:
         )
 
     @classmethod
-    def load(cls, directory, device: str = "cpu", memory_from=None) -> MemoryLM:
+    def load(
+        cls,
+        directory,
+        device: str = "cpu",
+        memory_from: list[SequenceFile] | None = None,
+    ) -> MemoryLM:
         """Read a directory written by :meth:`save`. Without ``memory/`` (the
-        repository ships the mixer only), ``memory_from`` lists the training FASTA
-        files to rebuild the memory from; their base count must match the summary."""
+        repository ships the mixer only), ``memory_from`` holds the training FASTA
+        files (read by the caller) to rebuild the memory from; their base count
+        must match the summary."""
         directory = Path(directory)
         config = read_json(directory / "config.json")
         if config.get("format_version") != MEMORY_FORMAT_VERSION:
@@ -287,12 +294,12 @@ class MemoryLM:
                 row += len(y)
         return out
 
-    def bits_per_base(self, paths) -> tuple[float, int]:
-        """Bits per base of every A/C/G/T in FASTA ``paths`` (each file one causal
+    def bits_per_base(self, files: list[SequenceFile]) -> tuple[float, int]:
+        """Bits per base of every A/C/G/T in FASTA ``files`` (each file one causal
         stream, its records joined by breaks), and the number of scored bases."""
         total, n = 0.0, 0
-        for path in paths:
-            x = join_digits([r.tokens for r in read_fasta(path)], both_strands=False)
+        for f in files:
+            x = join_digits(f.tokens, both_strands=False)
             lp = self.log2_probs(x)
             scored = ~np.isnan(lp)
             total, n = total - lp[scored].sum(), n + int(scored.sum())

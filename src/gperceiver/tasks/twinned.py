@@ -1,5 +1,7 @@
-"""Twinned (contrastive) objective: hide the same loci in two individuals and predict
-how many allele copies the pair shares there.
+"""Twinned pretraining — the task named ``contrastive`` on the command line, trained
+by :class:`~gperceiver.nn.twinned.TwinnedModel`: hide the same loci in two
+individuals and predict how many allele copies the pair shares there (task
+``both`` adds the masked-marker loss).
 
 Shape letters: B individuals in a batch, K = B / 2 pairs (rows ``2k`` and ``2k + 1``
 form pair ``k``), M' markers fed to the encoder, P ploidy, A real alleles, T targets
@@ -32,7 +34,7 @@ PRETRAIN_TASKS = ("masked", "contrastive", "both")
 
 
 @dataclass
-class ContrastiveConfig:
+class TwinnedConfig:
     # weight of the masked-marker loss (both twins' copy counts at the pair's hidden
     # loci) added to the shared-copy loss in task "both"; 1 gives the two
     # cross-entropies equal say

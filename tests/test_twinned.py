@@ -22,8 +22,8 @@ from gperceiver.pretraining import (
     pretrain_encoder,
 )
 from gperceiver.simulate import SimulationConfig, simulate
-from gperceiver.tasks.contrastive import TwinnedTask, shared_copies
 from gperceiver.tasks.masked import MaskedConfig
+from gperceiver.tasks.twinned import TwinnedTask, shared_copies
 from pretrain_helpers import TINY
 
 
