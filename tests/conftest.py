@@ -24,3 +24,13 @@ def wheat_paths():
         "dosages": root / "markers_dosage.tsv",
         "phenotypes": root / "phenotypes.tsv",
     }
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: skipped (with the reason) where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (none here)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

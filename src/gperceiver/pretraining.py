@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import check_markers, load_model_config, load_weights, save_model
 from .data import MISSING, Genotypes, MarkerInputs, genotype_batches
+from .device import as_device, autocast, model_device
 from .io import InputError
 from .marker_graph import GraphSettings, attach, graph_and_annotations, marker_sizes
 from .nn.embeddings import count_targets
@@ -93,6 +94,7 @@ def pretrain_encoder(
     resume: bool = True,
     also_known: tuple = (),
     marker_inputs: MarkerInputs | None = None,
+    device=None,
 ) -> MaskedMarkerModel:
     """Train a :class:`MaskedMarkerModel` (task "masked") or a
     :class:`TwinnedModel` ("contrastive", "both") and save it to ``out``.
@@ -102,7 +104,9 @@ def pretrain_encoder(
     :class:`MaskedConfig`, :class:`TwinnedConfig`, :class:`PretrainSettings`
     and :class:`~gperceiver.marker_graph.GraphSettings` fields. An LD graph is computed
     from the training individuals (not the held-out ones); an edge-list graph and
-    annotations come from ``marker_inputs`` (read by the caller).
+    annotations come from ``marker_inputs`` (read by the caller). The model is
+    built on the CPU and trained on ``device`` (default the CPU; see
+    :mod:`gperceiver.device`), where it is returned.
     """
     classes = (
         PerceiverConfig,
@@ -146,6 +150,7 @@ def pretrain_encoder(
         "genotypes": genotypes.fingerprint(),
         "training rows": [train_rows, val_rows],
     }
+    model.to(as_device(device))  # after the identity: the same run on any device
     result = Trainer(model, task, train_cfg, out, resume, identity).fit(
         train_rows, val_rows
     )
@@ -169,9 +174,12 @@ def pretrain_encoder(
     return model
 
 
-def load_masked_model(directory, genotypes: Genotypes | None = None, data_path=None):
+def load_masked_model(
+    directory, genotypes: Genotypes | None = None, data_path=None, device=None
+):
     """Load a pretrained model (a :class:`TwinnedModel` when its task was
-    contrastive or both); with ``genotypes``, check their marker map matches."""
+    contrastive or both) onto ``device`` (default the CPU); with ``genotypes``,
+    check their marker map matches."""
     config, markers = load_model_config(directory)
     if genotypes is not None:
         check_markers(markers, genotypes.markers, directory, data_path or "genotypes")
@@ -179,7 +187,7 @@ def load_masked_model(directory, genotypes: Genotypes | None = None, data_path=N
     model = model_class(config.get("task", "masked"))(
         model_cfg, markers.relative_pos(), markers.chrom
     )
-    return load_weights(directory, model).eval(), config
+    return load_weights(directory, model).to(as_device(device)).eval(), config
 
 
 @dataclass
@@ -211,7 +219,10 @@ def impute(
     weight ``prod_copies (1 - p)^s``, so its decoder learned genotype probabilities
     tilted towards rare alleles; that weight is divided out here (with the allele
     frequencies of ``genotypes``), which turns them back into p(genotype | data).
+    The model runs where it is (under autocast on CUDA); the choice of genotypes
+    is made in float32 on the CPU.
     """
+    device = model_device(model)
     a = genotypes.n_alleles
     complete = complete_genotypes(genotypes.ploidy, a)  # (G, A)
     log_rest = torch.from_numpy(
@@ -219,8 +230,9 @@ def impute(
     ).float()  # (M, A)
     filled = genotypes.alleles.copy()
     out_rows, out_loci, out_probs = [], [], []
-    marker_idx = torch.arange(genotypes.n_markers)
-    table = model.embed.position_table()  # fixed weights: once for every batch
+    marker_idx = torch.arange(genotypes.n_markers, device=device)
+    with autocast(device):
+        table = model.embed.position_table()  # fixed weights: once for every batch
     incomplete = (genotypes.alleles == MISSING).any(-1)  # (N, M)
     todo = np.flatnonzero(incomplete.any(1))
     batches = genotype_batches(genotypes, todo, batch_size)
@@ -230,16 +242,23 @@ def impute(
     ):
         hidden = torch.from_numpy(incomplete[rows])
         observed = count_targets(alleles, a)  # (B, M, A)
-        masked = alleles.masked_fill(hidden[..., None], a + 1)
-        latents, tokens = model.encode(
-            masked, marker_idx, return_tokens=True, table=table
-        )
+        masked = alleles.masked_fill(hidden[..., None], a + 1).to(device)
+        with autocast(device):
+            latents, tokens = model.encode(
+                masked, marker_idx, return_tokens=True, table=table
+            )
         for b, row in enumerate(rows):
             loci = torch.nonzero(hidden[b]).squeeze(1)
             for chunk in loci.split(max_targets):
-                logits = model.decode(
-                    latents[b : b + 1], tokens[b : b + 1], marker_idx, chunk, table
-                )[0]
+                with autocast(device):
+                    logits = model.decode(
+                        latents[b : b + 1],
+                        tokens[b : b + 1],
+                        marker_idx,
+                        chunk.to(device),
+                        table,
+                    )[0]
+                logits = logits.float().cpu()
                 log_p = genotype_log_probs(logits, complete)  # (T, G)
                 if frequency_scaler:
                     prior = log_rest[chunk] @ complete.T.float()  # (T, G)
@@ -302,16 +321,23 @@ def impute_genotypes(
     progress: bool = True,
     data_path=None,
     marker_inputs: MarkerInputs | None = None,
+    device=None,
 ) -> Imputation:
     """Impute ``genotypes`` with the masked model in ``model_dir``; with
     ``pretrain_params`` (from :func:`one_shot_params`) pretrain it there first, on
     these genotypes. A model pretrained without a trained allele decoder
-    (contrastive) is refused; the model's frequency weighting is divided out."""
+    (contrastive) is refused; the model's frequency weighting is divided out.
+    Pretraining and imputation run on ``device`` (default the CPU)."""
     if pretrain_params is not None:
         pretrain_encoder(
-            genotypes, model_dir, pretrain_params, typed, marker_inputs=marker_inputs
+            genotypes,
+            model_dir,
+            pretrain_params,
+            typed,
+            marker_inputs=marker_inputs,
+            device=device,
         )
-    model, config = load_masked_model(model_dir, genotypes, data_path)
+    model, config = load_masked_model(model_dir, genotypes, data_path, device)
     if config.get("task") == "contrastive":
         raise InputError(
             model_dir,

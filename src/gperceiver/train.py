@@ -10,6 +10,12 @@ global batch and takes every N-th row of it; DistributedDataParallel averages th
 gradients, logged losses are averaged over ranks, each rank validates on the whole
 validation set (so all take the same early-stopping decision), and rank 0 alone
 writes metrics and checkpoints.
+
+Devices: the loop trains the model where it is (see :mod:`gperceiver.device`):
+forward passes under that device's autocast (bfloat16 on CUDA), DDP on its GPU.
+Checkpoints hold CPU copies and are read back onto the model's device, and no
+device enters the checkpoint's identity: a run resumed on another device is the
+same run (its remaining steps then round as that device does).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from .checkpoint import (
     save_tensors,
     write_json,
 )
+from .device import autocast, model_device
 from .distributed import all_mean, broadcast, rank_and_world
 from .io import InputError, atomic_path
 
@@ -178,6 +185,17 @@ class TaskLoss(torch.nn.Module):
         return self.task.loss(self.model, rows, generator, share=share)
 
 
+def _on_cpu(value):
+    """``value`` (nested tuples, lists, dicts) with every tensor copied to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
+
+
 @dataclass
 class TrainResult:
     history: list[dict]
@@ -283,7 +301,7 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------
     def _validate(self, val_rows: np.ndarray, train_rows: np.ndarray) -> dict:
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(model_device(self.model)):
             metrics = self.task.evaluate(self.model, val_rows, train_rows=train_rows)
         return {f"val_{k}": v for k, v in metrics.items()}
 
@@ -299,8 +317,11 @@ class Trainer:
         state, best_weights, resumed = self._restore(optimizer)
         distributed = None
         if world > 1:  # DDP's own copy of the weights follows rank 0's
+            device = model_device(model)
             distributed = torch.nn.parallel.DistributedDataParallel(
-                TaskLoss(model, self.task), find_unused_parameters=True
+                TaskLoss(model, self.task),
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=True,
             )
         history = state["history"]
         validating = val_rows is not None and len(val_rows) > 0
@@ -387,9 +408,9 @@ class Trainer:
         resumed = restored is not None
         if world > 1:
             state, best_weights, optimizer_state, resumed = broadcast(
-                (state, best_weights, optimizer.state_dict(), resumed)
+                _on_cpu((state, best_weights, optimizer.state_dict(), resumed))
             )
-            optimizer.load_state_dict(optimizer_state)
+            optimizer.load_state_dict(optimizer_state)  # onto the model's device
         return state, best_weights, resumed
 
     def _step(self, optimizer, distributed, train_rows, plan, state, clock) -> dict:
@@ -415,12 +436,13 @@ class Trainer:
             group["lr"] = lr_at(step, plan.total, config, spent)
         if not model.training:  # the first step and after each validation
             model.train()
-        if distributed is None:
-            loss, metrics = self.task.loss(model, rows, generator)
-        elif shared:
-            loss, metrics = distributed(rows, generator, slice(rank, None, world))
-        else:
-            loss, metrics = distributed(rows[rank::world], generator)
+        with autocast(model_device(model)):
+            if distributed is None:
+                loss, metrics = self.task.loss(model, rows, generator)
+            elif shared:
+                loss, metrics = distributed(rows, generator, slice(rank, None, world))
+            else:
+                loss, metrics = distributed(rows[rank::world], generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         trained = [p for group in optimizer.param_groups for p in group["params"]]

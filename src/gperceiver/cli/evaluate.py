@@ -25,6 +25,7 @@ from .inputs import (
 )
 from .options import (
     add_covariate_option,
+    add_device_option,
     add_finetune_options,
     add_fixed_options,
     add_inputs,
@@ -70,6 +71,7 @@ def evaluate_trait(args, genotypes, phenotypes, out: Path) -> None:
         "resume": not args.restart,
         "covariates": covariates,
         "marker_inputs": read_marker_inputs({**file_params(args), **typed}, genotypes),
+        "device": args.device,
     }
     options["fixed"] = fixed_effects_for({**options["params"], **typed}, phenotypes)
     options["components"], options["marker_effects"] = [], []
@@ -208,6 +210,7 @@ def add_evaluate_commands(sub) -> None:
     add_fixed_options(p, suppress=True)
     add_training_options(p)
     add_finetune_options(p)
+    add_device_option(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(

@@ -101,8 +101,9 @@ def fixed_effects_for(options: dict, phenotypes) -> FixedEffects:
     return spec
 
 
-# options that change how a run is shown, not what it computes
+# options that change how a run is shown or where it runs, not what it computes
 PRESENTATION = {"func", "out", "progress", "quiet", "threads", "restart", "predictions"}
+PRESENTATION |= {"device"}
 
 
 def claim_output(args, phenotypes, genotypes, out=None) -> dict:

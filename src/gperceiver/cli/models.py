@@ -24,6 +24,7 @@ from .inputs import (
 )
 from .options import (
     add_covariate_option,
+    add_device_option,
     add_finetune_options,
     add_inputs,
     add_masked_options,
@@ -44,6 +45,7 @@ def cmd_pretrain(args) -> None:
         typed,
         resume=not args.restart,
         marker_inputs=read_marker_inputs({**params, **typed}, genotypes),
+        device=args.device,
     )
     print(f"wrote the pretrained model to {args.out}")
 
@@ -86,6 +88,7 @@ def cmd_impute(args) -> None:
         progress=getattr(args, "progress", True),
         data_path=args.markers,
         marker_inputs=inputs,
+        device=args.device,
     )
     write_result(result, args.out, kind, args.output_format)
     print(
@@ -149,11 +152,12 @@ def cmd_finetune(args) -> None:
         covariates=covariates,
         marker_inputs=read_marker_inputs({**params, **typed}, genotypes),
         resume=not restart,
+        device=args.device,
     )
     if not distributed.is_main():
         return  # rank 0 writes the predictions and the report
     write_finetune_outputs(
-        args.out, phenotypes, genotypes, covariates, args.predictions
+        args.out, phenotypes, genotypes, covariates, args.predictions, args.device
     )
     record_directory(args.out, claim)
     print(f"wrote the finetuned model and report.html to {args.out}")
@@ -171,7 +175,9 @@ def cmd_predict(args) -> None:
         covariates, labels = io.align_environments(
             covariates, labels, f"the model {args.model}"
         )
-    predictor = load_predictor(args.model, genotypes, args.markers, covariates)
+    predictor = load_predictor(
+        args.model, genotypes, args.markers, covariates, args.device
+    )
     table = prediction_table(predictor, genotypes)
     if labels is not None:
         table = Phenotypes(table, block_labels=labels).named_blocks(table)
@@ -195,6 +201,7 @@ def add_model_commands(sub) -> None:
     add_training_options(p)
     add_masked_options(p)
     add_pretrain_task_options(p)
+    add_device_option(p)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(
@@ -211,6 +218,7 @@ def add_model_commands(sub) -> None:
     )
     add_training_options(p)
     add_masked_options(p)
+    add_device_option(p)
     p.set_defaults(func=cmd_impute, restart=False)
 
     p = sub.add_parser(
@@ -236,6 +244,7 @@ def add_model_commands(sub) -> None:
         help="replace the run in --out (default: resume it if it is the same run, "
         "refuse another)",
     )
+    add_device_option(p)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser(
@@ -260,6 +269,7 @@ def add_model_commands(sub) -> None:
         "environments to predict, new ones included; needs a model finetuned "
         "with --covariates",
     )
+    add_device_option(p)
     p.set_defaults(func=cmd_predict)
 
 

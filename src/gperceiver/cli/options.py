@@ -284,6 +284,20 @@ def add_fixed_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     )
 
 
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where a command's models train and predict (resolved, and a
+    missing CUDA refused, by :func:`gperceiver.device.resolve_device` before the
+    command runs)."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        metavar="auto|cpu|cuda[:N]",
+        help="where models train and predict: auto (default) = the CUDA GPU when "
+        "there is one, else the CPU; under torchrun each process takes the GPU of "
+        "its LOCAL_RANK",
+    )
+
+
 def typed_options(args) -> dict:
     """The hyper-parameters typed on the command line (config fields only)."""
     return {

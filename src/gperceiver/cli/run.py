@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .. import __version__, distributed
+from ..device import resolve_device
 from ..io import InputError, InputWarning, atomic_path
 
 EXIT_INPUT, EXIT_INTERRUPTED = 1, 130
@@ -155,6 +156,8 @@ def run(parser: argparse.ArgumentParser, argv) -> int:
     started, threads, status = time.time(), {}, "failed"
     try:
         threads = set_threads(getattr(args, "threads", None))
+        if "device" in vars(args):  # refused (one line) before anything is written
+            args.device = resolve_device(args.device)
         default_progress(args)
         # under torchrun: one process group; ranks > 0 write into a private tmp dir
         with distributed.session(["out", "predictions"], args):

@@ -7,6 +7,7 @@ import argparse
 
 from .models import cmd_finetune, cmd_pretrain
 from .options import (
+    add_device_option,
     add_finetune_options,
     add_genotype_options,
     add_masked_options,
@@ -56,6 +57,7 @@ def seed_pretrain(argv=None) -> int:
         default=argparse.SUPPRESS,
         help="weight of the masked (allele) loss in the twinned task",
     )
+    add_device_option(parser)
     add_common_options(parser)
     parser.set_defaults(func=cmd_seed_pretrain)
     return run(parser, argv)
@@ -83,6 +85,7 @@ def seed_finetune(argv=None) -> int:
     add_genotype_options(parser)
     add_training_options(parser)
     add_finetune_options(parser)
+    add_device_option(parser)
     add_common_options(parser)
     parser.set_defaults(func=cmd_finetune)
     return run(parser, argv)

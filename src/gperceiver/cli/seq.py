@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .options import file_params
+from .options import add_device_option, file_params
 
 
 def cmd_seq_pretrain(args) -> None:
@@ -14,7 +14,7 @@ def cmd_seq_pretrain(args) -> None:
     if args.kind == "memory":
         from ..seq.memory_lm import pretrain_memory
 
-        params = {**params, **({"device": args.device} if args.device else {})}
+        params = {**params, "device": str(args.device)}
         s = pretrain_memory(files, args.out, params)
         print(
             f"wrote the memory model to {args.out} ({s['training_bases']} bases, "
@@ -22,7 +22,9 @@ def cmd_seq_pretrain(args) -> None:
             f"bits_per_base={s['val_bits_per_base']:.4f}, {s['seconds']} s)"
         )
         return
-    summary = pretrain(files, args.out, params, resume=not args.restart)
+    summary = pretrain(
+        files, args.out, params, resume=not args.restart, device=args.device
+    )
     print(
         f"wrote the sequence model to {args.out} ({summary['steps']} steps, "
         f"validation bits_per_base={summary['best_val_bits_per_base']:.4f})"
@@ -39,7 +41,7 @@ def cmd_seq_evaluate(args) -> None:
     if model_kind(args.model) == MEMORY_KIND:
         bits, count = load_scorer(args.model, args.device).bits_per_base(files)
     else:
-        model = SeqLM.from_pretrained(args.model)
+        model = SeqLM.from_pretrained(args.model, args.device)
         bits, count = bits_per_base(model, files[0].records, args.overlap)
     print(f"scored_bases={count}")
     print(f"bits_per_base={bits:.6f}")
@@ -50,7 +52,7 @@ def cmd_seq_embed(args) -> None:
     from ..seq.fasta import read_sequence_files
     from ..seq.lm import embed_records, write_embeddings
 
-    model = SeqLM.from_pretrained(args.model)
+    model = SeqLM.from_pretrained(args.model, args.device)
     records = read_sequence_files([args.fasta])[0].records
     embeddings = embed_records(model, records)
     write_embeddings(args.out, [r.name for r in records], embeddings, args.model)
@@ -89,7 +91,7 @@ def add_seq_commands(sub) -> None:
         default="transformer",
         help="memory: exact k-mer memory of the files + a learned mixer (see README)",
     )
-    p.add_argument("--device", help="memory kind: auto|cpu|cuda[:N] for the mixer")
+    add_device_option(p)  # --kind memory: the mixer's (its experts run on the CPU)
     p.set_defaults(func=cmd_seq_pretrain)
     p = commands.add_parser("evaluate", help="bits per base of a FASTA file")
     p.add_argument("fasta")
@@ -99,12 +101,13 @@ def add_seq_commands(sub) -> None:
         type=int,
         help="context positions re-read by each sliding window (default context/4)",
     )
-    p.add_argument("--device", default="cpu", help="memory models: auto|cpu|cuda[:N]")
+    add_device_option(p)
     p.set_defaults(func=cmd_seq_evaluate)
     p = commands.add_parser("embed", help="mean hidden state of every record")
     p.add_argument("fasta")
     p.add_argument("--model", required=True, help="directory from seq pretrain")
     p.add_argument("--out", required=True, help="output .safetensors file")
+    add_device_option(p)
     p.set_defaults(func=cmd_seq_embed)
     p = commands.add_parser("score", help="zero-shot log-likelihood ratio of variants")
     p.add_argument("reference", help="reference FASTA the VCF was called on")
@@ -112,5 +115,5 @@ def add_seq_commands(sub) -> None:
     p.add_argument("--model", required=True, help="directory from seq pretrain")
     p.add_argument("--out", required=True, help="output TSV")
     p.add_argument("--flank", type=int, default=128, help="bases on each side")
-    p.add_argument("--device", default="cpu", help="auto|cpu|cuda[:N]")
+    add_device_option(p)
     p.set_defaults(func=cmd_seq_score)

@@ -167,7 +167,8 @@ def cross_validate(
     hyper-parameters), ``workdir`` (where neural models are kept), ``covariates``
     (:class:`~gperceiver.data.EnvCovariates` for methods that use them),
     ``marker_inputs`` (:class:`~gperceiver.data.MarkerInputs`: the marker files
-    the hyper-parameters name, read by the caller).
+    the hyper-parameters name, read by the caller), ``device`` (where the
+    Perceiver methods train and predict; default the CPU).
 
     Per-block kernel methods are fitted per block (``cv1`` only), the others on
     all blocks at once; a block without training rows in a split is skipped there.

@@ -258,8 +258,9 @@ def _fold_predictions(train, validation, genotypes, cache, pretrained):
         marker_inputs=cache.get("marker_inputs"),
         resume=cache.get("resume", True),
         feature_cache=cache.setdefault("encoder_features", {}),
+        device=cache.get("device"),
     )
-    predictor = load_predictor(out)
+    predictor = load_predictor(out, device=cache.get("device"))
     # each validation individual once (it has a record in several blocks)
     individuals, record_of = np.unique(
         genotypes.index_of(validation["name"]), return_inverse=True
@@ -297,6 +298,7 @@ def _perceiver_pretrained(train, validation, genotypes, cache) -> np.ndarray:
             resume=cache.get("resume", True),
             also_known=(HeadConfig, FinetuneSettings),
             marker_inputs=cache.get("marker_inputs"),
+            device=cache.get("device"),
         )
         cache["pretrained"] = directory
     return _fold_predictions(train, validation, genotypes, cache, cache["pretrained"])

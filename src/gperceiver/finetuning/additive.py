@@ -21,6 +21,7 @@ from ..baselines import (
     relationship_mixes,
 )
 from ..data import Genotypes, genotype_batches
+from ..device import model_device
 from ..nn.heads import GaussianEffects, MarkerEffects
 from ..tasks.phenotype import Records, Scaling
 
@@ -96,9 +97,10 @@ def fit_additive(
 def additive_offsets(
     additive, genotypes: Genotypes, rows: np.ndarray, batch_size=256
 ) -> torch.Tensor:
-    """The additive path's outputs (N, E) for genotype ``rows``."""
-    marker_idx = torch.arange(genotypes.n_markers)
-    batches = genotype_batches(genotypes, rows, batch_size)
+    """The additive path's outputs (N, E) for genotype ``rows``, on its device."""
+    device = model_device(additive)
+    marker_idx = torch.arange(genotypes.n_markers, device=device)
+    batches = genotype_batches(genotypes, rows, batch_size, device)
     return torch.cat([additive(alleles, marker_idx) for _, alleles in batches])
 
 

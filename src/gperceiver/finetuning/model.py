@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..data import Genotypes, genotype_batches
+from ..device import autocast, model_device
 from ..marker_graph import attach
 from ..nn.environment import EnvironmentPhenotypeModel
 from ..nn.heads import PhenotypeModel
@@ -46,11 +47,15 @@ def _freeze(model: PhenotypeModel, trainable: set[str]) -> None:
 def encoder_features(
     model: PhenotypeModel, genotypes: Genotypes, rows: np.ndarray, batch_size: int = 64
 ) -> torch.Tensor:
-    """Pooled encoder features (N, D) of genotype ``rows`` in eval mode."""
+    """Pooled encoder features (N, D) of genotype ``rows`` in eval mode, float32
+    on the model's device."""
     model.eval()
-    marker_idx = torch.arange(genotypes.n_markers)
-    batches = genotype_batches(genotypes, rows, batch_size)
-    return torch.cat([model.features(alleles, marker_idx) for _, alleles in batches])
+    device = model_device(model)
+    marker_idx = torch.arange(genotypes.n_markers, device=device)
+    batches = genotype_batches(genotypes, rows, batch_size, device)
+    with autocast(device):
+        parts = [model.features(alleles, marker_idx) for _, alleles in batches]
+    return torch.cat(parts).float()
 
 
 def build_model(plan, data, genotypes: Genotypes) -> PhenotypeModel:

@@ -25,6 +25,7 @@ def finetune(
     marker_inputs: MarkerInputs | None = None,
     resume: bool = True,
     feature_cache: dict | None = None,
+    device=None,
 ) -> list[PhenotypeModel]:
     """Train phenotype model(s) and save them to ``out``; returns the ensemble members.
 
@@ -49,7 +50,9 @@ def finetune(
     (:class:`~gperceiver.train.Trainer`). ``feature_cache``: a dict the caller
     keeps across runs on the same genotypes (``evaluate``: one per data set), in
     which a frozen pretrained encoder's features of every individual are computed
-    once (:func:`~gperceiver.finetuning.training.frozen_features`).
+    once (:func:`~gperceiver.finetuning.training.frozen_features`). The members
+    train on ``device`` (default the CPU; see :mod:`gperceiver.device`) and are
+    returned there.
     """
     plan = resolve_settings(
         phenotypes, genotypes, params, typed, pretrained, covariates, marker_inputs
@@ -57,6 +60,8 @@ def finetune(
     data = prepare_data(plan, phenotypes, genotypes, cv, covariates)
     plan = complete_settings(plan, genotypes, data)
     out = Path(out)
-    members, layout = train_members(plan, data, genotypes, out, resume, feature_cache)
+    members, layout = train_members(
+        plan, data, genotypes, out, resume, feature_cache, device
+    )
     save_run(out, plan, data, layout, genotypes, cv, phenotypes.block_labels)
     return members

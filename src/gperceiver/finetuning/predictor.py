@@ -11,6 +11,7 @@ import torch
 
 from ..checkpoint import check_markers, load_model_config, load_weights
 from ..data import EnvCovariates, Genotypes, genotype_batches
+from ..device import as_device, autocast, model_device
 from ..io import InputError
 from ..nn.environment import EnvironmentConfig
 from ..nn.heads import HeadConfig, PhenotypeModel
@@ -42,18 +43,18 @@ class Predictor:
         Blocks that no member predicts are NaN.
         """
         rows = np.arange(genotypes.n_individuals) if rows is None else np.asarray(rows)
-        marker_idx = torch.arange(genotypes.n_markers)
+        device = model_device(self.members[0])
+        marker_idx = torch.arange(genotypes.n_markers, device=device)
         n_seeds = 1 + max(entry["seed_index"] for entry in self.layout)
         n_blocks = self.members[0].head_config.n_blocks
         out = np.full((len(rows), n_blocks, n_seeds), np.nan)
         for model, entry in zip(self.members, self.layout, strict=True):
             model.eval()
-            parts = [
-                predictions(
-                    self.objective, model(alleles, marker_idx), model, self.scaling
-                )
-                for _, alleles in genotype_batches(genotypes, rows, batch_size)
-            ]
+            parts = []
+            for _, alleles in genotype_batches(genotypes, rows, batch_size, device):
+                with autocast(device):
+                    outputs = model(alleles, marker_idx)
+                parts.append(predictions(self.objective, outputs, model, self.scaling))
             values = np.concatenate(parts) if parts else np.zeros((0, n_blocks))
             columns = slice(None) if entry["block"] is None else entry["block"]
             out[:, columns, entry["seed_index"]] = values[:, columns]
@@ -100,8 +101,11 @@ def load_predictor(
     genotypes: Genotypes | None = None,
     data_path=None,
     covariates: EnvCovariates | None = None,
+    device=None,
 ) -> Predictor:
-    """Load a finetune output directory; checks the marker map of ``genotypes``.
+    """Load a finetune output directory onto ``device`` (default the CPU; the
+    weights are read onto the CPU first, so a model trained on any device
+    loads); checks the marker map of ``genotypes``.
 
     ``covariates`` (for a model finetuned with covariates) replace or add the
     covariates of their blocks, so environments never seen in training, with
@@ -144,6 +148,8 @@ def load_predictor(
                 "finetune with --covariates, or predict without them",
             )
         _new_environments(predictor, covariates, config)
+    for model in predictor.members:  # after the covariates: set on the CPU
+        model.to(as_device(device))
     return predictor
 
 

@@ -12,6 +12,7 @@ import torch
 
 from ..checkpoint import digest
 from ..data import Genotypes
+from ..device import as_device, autocast, model_device
 from ..tasks.phenotype import PhenotypeTask
 from ..train import TrainConfig, Trainer
 from .additive import AdditivePath, fit_additive_path
@@ -91,7 +92,7 @@ def _train_member(
             fit_rows, shifted_val
         )
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(model_device(model)):
         task.evaluate(model, fit_rows[:1], train_rows=fit_rows)  # final calibration
     if additive is not None:
         model.additive.load_state_dict(additive.final)
@@ -147,13 +148,17 @@ def train_members(
     out: Path,
     resume: bool = True,
     feature_cache: dict | None = None,
+    device=None,
 ) -> tuple[list, list]:
     """Train and save (:func:`~gperceiver.finetuning.save.save_member`) every
     member: ``settings.ensemble`` seeds, each one joint model or, with
     ``separate_blocks``, one model per trained block. Returns the models and
     their layout entries (``dir``, ``seed_index``, ``block``,
     ``marker_weight_mix``). The additive path of a group is fitted once, for all
-    seeds; ``feature_cache``: see :func:`frozen_features`."""
+    seeds; ``feature_cache``: see :func:`frozen_features`. Each model is built and
+    its additive path fitted on the CPU, then it trains on ``device`` (default the
+    CPU)."""
+    device = as_device(device)
     settings, train_cfg = plan.settings, plan.train
     trained_blocks = np.flatnonzero(data.train.weight.sum(0) > 0).tolist()
     joint = not settings.separate_blocks or data.environment is not None
@@ -173,6 +178,7 @@ def train_members(
                     model.additive, genotypes, train, val, data.scaling, plan.prior
                 )
             additive = additive_paths.get(block)
+            model.to(device)
             _train_member(
                 model,
                 genotypes,

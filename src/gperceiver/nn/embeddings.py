@@ -251,7 +251,8 @@ class MarkerEmbedding(nn.Module):
             key = tuple((t.data_ptr(), t._version) for t in self._state_tensors())
             if self._frozen_table is not None and self._frozen_table[0] == key:
                 return self._frozen_table[1]
-        table = self._base_position(torch.arange(len(self.marker_chrom)))
+        every = torch.arange(len(self.marker_chrom), device=self.marker_chrom.device)
+        table = self._base_position(every)
         for layer in self.graph:
             table = layer(table, self.graph_src, self.graph_dst, self.graph_weight)
         self._frozen_table = (key, table) if frozen else None

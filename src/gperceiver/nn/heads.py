@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gperceiver.device import full_precision
 from gperceiver.nn.attention import init_weights
 from gperceiver.nn.norm import RankSyncedBatchNorm1d
 from gperceiver.nn.perceiver import PerceiverConfig, PerceiverEncoder, marker_embedding
@@ -140,6 +141,10 @@ class GaussianEffects(nn.Module):
         at the frequency), the input of :meth:`from_centred`."""
         if marker_idx.dim() != 1 or len(marker_idx) != len(self.frequencies):
             raise ValueError("the Gaussian additive path needs every marker, in order")
+        with full_precision(alleles.device):  # d2 cancels: never in bfloat16
+            return self._kernel_sum(alleles)
+
+    def _kernel_sum(self, alleles: Tensor) -> Tensor:
         a = self.frequencies.shape[1]
         counts = torch.stack([(alleles == k + 1).sum(-1) for k in range(a)], -1)
         missing = (alleles == 0).sum(-1, keepdim=True)
@@ -255,7 +260,7 @@ class PhenotypeModel(nn.Module):
         """Set the normalisation statistics exactly from features (N, ...) of the
         training individuals ("precise batch norm"): running averages lag behind
         features that change quickly during training."""
-        flat = features.reshape(len(features), -1)
+        flat = features.reshape(len(features), -1).float()
         self.norm.running_mean.copy_(flat.mean(0))
         self.norm.running_var.copy_(flat.var(0, unbiased=True))
 

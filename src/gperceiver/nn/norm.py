@@ -35,7 +35,7 @@ class RankSyncedBatchNorm1d(nn.BatchNorm1d):
 
         # two passes (mean, then squared deviations): E[x^2] - mean^2 in float32
         # loses the variance of a column whose mean is large next to its sd
-        n = torch.tensor([float(x.shape[0])], dtype=x.dtype)
+        n = torch.tensor([float(x.shape[0])], dtype=x.dtype, device=x.device)
         sums = all_reduce(torch.cat([n, x.sum(0)]))  # (1 + C,)
         count, mean = sums[0], sums[1:] / sums[0]
         var = all_reduce(((x - mean) ** 2).sum(0)) / count

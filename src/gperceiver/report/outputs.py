@@ -106,12 +106,14 @@ def write_finetune_outputs(
     genotypes: Genotypes,
     covariates: EnvCovariates | None = None,
     predictions=None,
+    device=None,
 ) -> None:
     """The report of the finetuned model in ``out`` (fit to the training records,
     learning curves, marker importance) and, to ``predictions`` if given, its
     predictions for every individual x block (blocks with covariates included),
-    next to the phenotype table's records."""
-    predictor = load_predictor(out)
+    next to the phenotype table's records. The model runs on ``device``
+    (default the CPU)."""
+    predictor = load_predictor(out, device=device)
     blocks = phenotypes.blocks
     if covariates is not None:  # environments without records are predicted too
         blocks = np.union1d(blocks, covariates.blocks)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from ..device import as_device, autocast, model_device
 from ..io import InputError, atomic_path
 from ..params import resolve
 from ..train import TrainConfig, Trainer
@@ -79,7 +80,10 @@ def split_records(records: list[Record], val_fraction: float) -> tuple[Stream, S
 
 
 def window_loss(model: SeqLM, tokens: torch.Tensor, mask: torch.Tensor):
-    """Summed nats over scored (base) targets and their count; windows (B, S + 1)."""
+    """Summed nats over scored (base) targets and their count; windows (B, S + 1)
+    (moved to the model's device)."""
+    device = model_device(model)
+    tokens, mask = tokens.to(device), mask.to(device)
     logits = model(tokens[:, :-1], mask[:, :-1])
     targets = tokens[:, 1:].long()
     nats = F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")
@@ -138,9 +142,12 @@ class LanguageModelTask:
         return {"loss": bits, "bits_per_base": bits}
 
 
-def pretrain(files: list[SequenceFile], out, params: dict, resume: bool = True) -> dict:
+def pretrain(
+    files: list[SequenceFile], out, params: dict, resume: bool = True, device=None
+) -> dict:
     """Train a sequence model on the records of FASTA ``files`` (read by the
-    caller, :func:`~gperceiver.seq.fasta.read_sequence_files`); write it to ``out``.
+    caller, :func:`~gperceiver.seq.fasta.read_sequence_files`) on ``device``
+    (default the CPU); write it to ``out``.
 
     ``params``: flat JSON of :class:`SeqConfig`, :class:`SeqRunConfig` and
     :class:`~gperceiver.train.TrainConfig` fields. Returns the training summary.
@@ -160,7 +167,7 @@ def pretrain(files: list[SequenceFile], out, params: dict, resume: bool = True) 
         )
     task = LanguageModelTask(train, val, model_config, data_config)
     torch.manual_seed(train_config.seed)
-    model = SeqLM(model_config)
+    model = SeqLM(model_config).to(as_device(device))  # initialised on the CPU
     started = time.perf_counter()
     train_rows, val_rows = task.rows()
     result = Trainer(model, task, train_config, out, resume=resume).fit(
@@ -211,12 +218,14 @@ def _score_windows(model: SeqLM, stream: Stream, windows) -> tuple[float, int]:
         tokens[i, : len(piece)] = piece
         mask[i, : len(piece)] = stream.soft_mask[start : start + span]
         keep[i, first : len(piece) - 1] = True
-    inputs = torch.from_numpy(tokens)
-    logits = model(inputs[:, :-1], torch.from_numpy(mask)[:, :-1])
+    device = model_device(model)
+    inputs = torch.from_numpy(tokens).to(device)
+    with autocast(device):
+        logits = model(inputs[:, :-1], torch.from_numpy(mask).to(device)[:, :-1])
     nats = F.cross_entropy(
         logits.transpose(1, 2).float(), inputs[:, 1:].long(), reduction="none"
     )
-    scored = torch.from_numpy(keep & is_base(tokens[:, 1:]))
+    scored = torch.from_numpy(keep & is_base(tokens[:, 1:])).to(device)
     return float((nats * scored).sum()), int(scored.sum())
 
 
@@ -247,15 +256,18 @@ def embed_records(model: SeqLM, records: list[Record]) -> np.ndarray:
     model.eval()
     context = model.config.context
     out = np.zeros((len(records), model.config.width), np.float32)
+    device = model_device(model)
     for r, record in enumerate(records):
         stream = Stream.join([(record.tokens, record.soft_mask)])
-        total, n = torch.zeros(model.config.width), 0
+        total, n = torch.zeros(model.config.width, device=device), 0
         for s in range(0, len(stream.tokens), context):
             tokens = torch.from_numpy(stream.tokens[s : s + context].copy())
             mask = torch.from_numpy(stream.soft_mask[s : s + context].copy())
-            total += model.hidden(tokens[None], mask[None])[0].sum(0)
+            with autocast(device):
+                hidden = model.hidden(tokens[None].to(device), mask[None].to(device))
+            total += hidden[0].float().sum(0)
             n += len(tokens)
-        out[r] = (total / max(n, 1)).numpy()
+        out[r] = (total / max(n, 1)).cpu().numpy()
     return out
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import load_tensors, read_json, save_tensors, write_json
+from ..device import resolve_device
 from ..io import InputError
 from ..params import resolve
 from .experts import ExpertPass
@@ -49,14 +50,6 @@ class MemoryRunConfig:
     def __post_init__(self):
         if not 0 < self.val_fraction < 0.5:
             raise ValueError("val_fraction must lie in (0, 0.5)")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device", None, f"{name!r}: no CUDA device", "use cpu")
-    return torch.device(name)
 
 
 def genome_groups(files: list[SequenceFile]) -> list[tuple[str, list[np.ndarray]]]:

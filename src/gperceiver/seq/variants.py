@@ -133,8 +133,10 @@ class TransformerScorer:
 
         tokens = np.where(x < 4, x + 2, 6).astype(np.int64)  # N for breaks
         inputs = torch.from_numpy(np.concatenate([[1], tokens]))[None]  # <sep> first
-        device = next(self.model.parameters()).device
-        with torch.no_grad():
+        from ..device import autocast, model_device
+
+        device = model_device(self.model)
+        with torch.no_grad(), autocast(device):
             logits = self.model(inputs[:, :-1].to(device)).float()
             lp = torch.log_softmax(logits, -1)[0]
         out = lp.gather(1, inputs[0, 1:, None].to(device))[:, 0].cpu().numpy()

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import MISSING, Genotypes, allele_decoder
+from ..device import model_device
 from ..nn.embeddings import count_targets
 
 
@@ -166,11 +167,13 @@ class MaskedMarkerTask:
         self, model, rows, generator, share: slice = slice(None)
     ) -> tuple[Tensor, dict]:
         masked, inputs, targets, valid, counts = self.batch(rows, generator)
+        device = model_device(model)  # drawn on the CPU, computed on the device
         masked, targets, valid, counts = (
-            t[share] for t in (masked, targets, valid, counts)
+            t[share].to(device) for t in (masked, targets, valid, counts)
         )
-        logits = model(masked, inputs, targets)  # (B, T, A, P + 1)
-        loss, accuracy = allele_count_loss(logits, counts, valid, self.complete)
+        logits = model(masked, inputs.to(device), targets)  # (B, T, A, P + 1)
+        complete = self.complete.to(device)
+        loss, accuracy = allele_count_loss(logits, counts, valid, complete)
         return loss, {"accuracy": accuracy}
 
     def epoch_order(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:

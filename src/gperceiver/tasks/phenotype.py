@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import Genotypes, genotype_batches
+from ..device import model_device, to_numpy
 
 OBJECTIVES = ("mse", "huber", "binary", "multiclass", "ordinal", "ranking")
 
@@ -167,19 +168,22 @@ def predictions(objective: str, out: Tensor, model, scaling: Scaling) -> np.ndar
     Regression: de-scaled values; binary: probability of 1; multiclass and ordinal:
     expected class index (continuous, so Pearson r is meaningful); ranking: score.
     """
+    out = out.float()  # bfloat16 under CUDA autocast
     score = out[..., 0]
     if objective in ("mse", "huber"):
-        pred = score.numpy() * scaling.sd + scaling.mean
+        pred = to_numpy(score) * scaling.sd + scaling.mean
     elif objective == "binary":
-        pred = torch.sigmoid(score).numpy()
+        pred = to_numpy(torch.sigmoid(score))
     elif objective == "multiclass":
         probs = out.softmax(-1)
-        pred = (probs * torch.arange(out.shape[-1])).sum(-1).numpy()
+        classes = torch.arange(out.shape[-1], device=out.device)
+        pred = to_numpy((probs * classes).sum(-1))
     elif objective == "ordinal":
-        probs = ordinal_log_probs(score, model.thresholds()).exp()
-        pred = (probs * torch.arange(probs.shape[-1])).sum(-1).numpy()
+        probs = ordinal_log_probs(score, model.thresholds().float()).exp()
+        classes = torch.arange(probs.shape[-1], device=out.device)
+        pred = to_numpy((probs * classes).sum(-1))
     else:
-        pred = score.numpy()
+        pred = to_numpy(score)
     return pred
 
 
@@ -211,20 +215,29 @@ class PhenotypeTask:
         self.offset = offset  # (N, E) the model's fixed additive part per record row
 
     def _features(self, model, rows: np.ndarray, batch_size: int = 64) -> Tensor:
+        device = model_device(model)
         if self.features is not None:
-            return self.features[rows]
-        batches = genotype_batches(self.genotypes, self.records.rows[rows], batch_size)
-        return torch.cat([model.features(a, self.marker_idx) for _, a in batches])
+            return self.features[rows].to(device)
+        batches = genotype_batches(
+            self.genotypes, self.records.rows[rows], batch_size, device
+        )
+        marker_idx = self.marker_idx.to(device)
+        return torch.cat([model.features(a, marker_idx) for _, a in batches])
 
     def _outputs(self, model, rows: np.ndarray) -> Tensor:
         out = model.head(self._features(model, rows))
-        return out if self.offset is None else out + self.offset[rows][..., None]
+        if self.offset is None:
+            return out
+        return out + self.offset[rows][..., None].to(out.device)
+
+    def _targets(self, model, rows: np.ndarray) -> tuple[Tensor, Tensor]:
+        device = model_device(model)
+        return self.y[rows].to(device), self.w[rows].to(device)
 
     def loss(self, model, rows: np.ndarray, generator=None) -> tuple[Tensor, dict]:
         out = self._outputs(model, rows)
-        return objective_loss(
-            self.objective, out, self.y[rows], self.w[rows], model
-        ), {}
+        y, w = self._targets(model, rows)
+        return objective_loss(self.objective, out, y, w, model), {}
 
     def evaluate(
         self, model, rows: np.ndarray, train_rows: np.ndarray | None = None
@@ -233,5 +246,5 @@ class PhenotypeTask:
         if train_rows is not None:
             model.calibrate(self._features(model, train_rows))
         out = self._outputs(model, rows)
-        loss = objective_loss(self.objective, out, self.y[rows], self.w[rows], model)
+        loss = objective_loss(self.objective, out, *self._targets(model, rows), model)
         return {"loss": float(loss)}

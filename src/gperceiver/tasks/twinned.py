@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import Genotypes
+from ..device import model_device
 from ..nn.embeddings import count_targets
 from .masked import MaskedConfig, MaskedMarkerTask, allele_count_loss, sample_targets
 
@@ -122,7 +123,9 @@ class TwinnedTask(MaskedMarkerTask):
     def _forward(self, model, rows, generator) -> tuple[Tensor, dict]:
         if len(rows) < 2:
             raise ValueError("the twinned task needs at least two individuals a batch")
-        masked, inputs, targets, valid, shared, counts = self.batch(rows, generator)
+        batch = self.batch(rows, generator)
+        device = model_device(model)  # drawn on the CPU, computed on the device
+        masked, inputs, targets, valid, shared, counts = (t.to(device) for t in batch)
         table = model.embed.position_table()  # once for encoder and both decoders
         latents, tokens = model.encode(masked, inputs, return_tokens=True, table=table)
         logits = model.decode_pairs(latents, tokens, inputs, targets, table)
@@ -139,7 +142,7 @@ class TwinnedTask(MaskedMarkerTask):
         if self.masked_weight > 0:
             count_logits = model.decode(latents, tokens, inputs, targets, table)
             masked_loss, masked_accuracy = allele_count_loss(
-                count_logits, counts, valid, self.complete
+                count_logits, counts, valid, self.complete.to(device)
             )
             loss = loss + self.masked_weight * masked_loss
             metrics.update(masked_loss=masked_loss.item(), accuracy=masked_accuracy)
