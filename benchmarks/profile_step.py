@@ -46,7 +46,7 @@ def finetune_step(genotypes, config, batch):
     from gperceiver.tasks.phenotype import PhenotypeTask, Records, Scaling
 
     markers = genotypes.markers
-    head = HeadConfig(n_blocks=1, additive=False)
+    head = HeadConfig(n_environments=1, additive=False)
     model = PhenotypeModel(config, head, markers.relative_pos(), markers.chrom)
     n = genotypes.n_individuals
     rng = np.random.default_rng(1)

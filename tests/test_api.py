@@ -118,7 +118,9 @@ def test_estimators__get_params_set_params_and_clone(animals):
 
 def test_gblup__save_pretrained_from_pretrained_is_gperceiver_fit(animals, tmp_path):
     g = animals.genotypes
-    phenotypes = Phenotypes(animals.phenotypes.table, block_labels=["north", "south"])
+    phenotypes = Phenotypes(
+        animals.phenotypes.table, environment_labels=["north", "south"]
+    )
     model = gp.GBLUP(fixed="sex").fit(g, phenotypes)
     model.save_pretrained(tmp_path / "model")
     again = gp.GBLUP.from_pretrained(tmp_path / "model")

@@ -110,7 +110,7 @@ def test_fit_baseline__records_equal_cross_validation_with_fixed_effects(
 @pytest.mark.parametrize("method", ["gblup", "rkhs"])
 def test_save_load__predicts_bit_identically(animals, tmp_path, method):
     g, table = animals.genotypes, animals.phenotypes.table
-    labels = Phenotypes(table, block_labels=["2019_Obregon", "2020_Obregon"])
+    labels = Phenotypes(table, environment_labels=["2019_Obregon", "2020_Obregon"])
     fixed = FixedEffects(("sex",), ("age",))
     model = fit_baseline(labels, g, method, fixed)
     save_baseline(model, tmp_path / "model")

@@ -37,7 +37,7 @@ def write(tmp_path, text, name="covariates.tsv"):
 def test_read_covariates__static_one_row_per_block(tmp_path):
     path = write(tmp_path, "block\tlat\tclay\n2\t40.5\t0.3\n0\t38\t0.1\n")
     cov = read_covariates(path)
-    assert cov.blocks.tolist() == [0, 2] and cov.names == ["lat", "clay"]
+    assert cov.environments.tolist() == [0, 2] and cov.names == ["lat", "clay"]
     assert not cov.is_series
     assert cov.values.shape == (2, 1, 2)
     assert cov.values[:, 0].tolist() == [[38.0, 0.1], [40.5, 0.3]]
@@ -138,7 +138,7 @@ def test_simulate__weather_cli_writes_covariates(tmp_path):
     )  # fmt: skip
     assert code == 0
     cov = read_covariates(out / "covariates.tsv")
-    assert cov.blocks.tolist() == [0, 1, 2] and cov.values.shape == (3, 30, 3)
+    assert cov.environments.tolist() == [0, 1, 2] and cov.values.shape == (3, 30, 3)
 
 
 def grid_problem(n=40, m=5, seed=0):
@@ -267,7 +267,7 @@ TINY = {"width": 16, "n_latents": 4, "self_layers": 1, "encode_iters": 1}
 
 def tiny_model(n_times, has=(True, True, False)):
     config = PerceiverConfig(n_alleles=2, ploidy=2, n_markers=30, n_chroms=1, **TINY)
-    head = HeadConfig(n_blocks=3)
+    head = HeadConfig(n_environments=3)
     environment = EnvironmentConfig(n_covariates=2, n_times=n_times, env_tokens=4)
     torch.manual_seed(0)
     covariates = torch.randn(3, n_times, 2)
@@ -316,7 +316,7 @@ def test_environment_model__set_covariates_grows_to_new_blocks():
         before = model(alleles, idx)
         model.set_covariates(torch.tensor([4]), model.covariates[1:2].clone())
         after = model(alleles, idx)
-    assert after.shape == (4, 5, 1) and model.head_config.n_blocks == 5
+    assert after.shape == (4, 5, 1) and model.head_config.n_environments == 5
     assert torch.allclose(after[:, :3], before)
     assert torch.allclose(after[:, 4], before[:, 1] - model.intercept[1], atol=1e-5)
     assert not model.has_covariates[3]  # block 3 got no covariates

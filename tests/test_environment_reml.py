@@ -201,6 +201,6 @@ def test_gblup_rn_cv0__held_out_records_unused_and_covariates_used():
     # other covariates of the held-out environment: other predictions
     values = env_covariates.values.copy()
     values[1] += 2.0
-    moved = EnvCovariates(env_covariates.blocks, env_covariates.names, values)
+    moved = EnvCovariates(env_covariates.environments, env_covariates.names, values)
     other = METHODS["gblup-rn"](train, validation, None, {**cache, "covariates": moved})
     assert not np.allclose(genetic, other[1])

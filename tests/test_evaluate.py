@@ -12,7 +12,7 @@ from gperceiver.evaluate import (
     cross_validate,
     format_accuracy,
     pearson,
-    per_block,
+    per_environment,
     pooled_table,
     single_split,
 )
@@ -64,7 +64,7 @@ def test_every_row_is_validated_once_training_on_the_other_folds(
 ):
     phenotypes, genotypes = small_data
     calls = []
-    monkeypatch.setitem(METHODS, "spy", per_block(spy_method(calls)))
+    monkeypatch.setitem(METHODS, "spy", per_environment(spy_method(calls)))
     predictions, _ = cross_validate(phenotypes, genotypes, ["spy"], progress=False)
     assert len(calls) == 4 * 2
     table = phenotypes.table

@@ -119,7 +119,9 @@ def test_additive_path__starts_as_gblup_marker_effects():
     expected = []
     for block in range(2):
         effects = rng.normal(size=(g.n_markers, g.n_alleles))
-        model.additive.set_block(block, 0.5 * block, effects, frequencies, g.ploidy)
+        model.additive.set_environment(
+            block, 0.5 * block, effects, frequencies, g.ploidy
+        )
         z = g.dosages(frequencies) - g.ploidy * frequencies
         expected.append(0.5 * block + np.einsum("nma,ma->n", z, effects))
     with torch.no_grad():

@@ -278,11 +278,19 @@ def test_read_phenotypes__raises_on_missing_environment(tmp_path, block):
 def test_read_phenotypes__environment_names_numbered_in_natural_order(tmp_path):
     text = "name\tresponse\tblock\ns1\t1\tenv10\ns2\t2\tenv2\ns3\t3\t-1\ns1\t4\tenv2\n"
     p = read_phenotypes(write(tmp_path, "p.tsv", text))
-    assert p.block_labels == ["-1", "env2", "env10"]
+    assert p.environment_labels == ["-1", "env2", "env10"]
     assert p.table["block"].tolist() == [2, 1, 0, 1]
-    assert p.named_blocks(p.table)["block"].tolist() == ["env10", "env2", "-1", "env2"]
+    assert p.named_environments(p.table)["block"].tolist() == [
+        "env10",
+        "env2",
+        "-1",
+        "env2",
+    ]
     integers = read_phenotypes(write(tmp_path, "q.tsv", PHENOS))
-    assert integers.block_labels is None and integers.table["block"].tolist() == [0, 1]
+    assert integers.environment_labels is None and integers.table["block"].tolist() == [
+        0,
+        1,
+    ]
 
 
 def test_read_phenotypes__trait_environment_and_name_columns(tmp_path):
@@ -296,7 +304,7 @@ def test_read_phenotypes__trait_environment_and_name_columns(tmp_path):
     assert p.table[["name", "response", "block"]].values.tolist() == [
         ["a1", 1.5, 1], ["a2", 2.5, 1],
     ]  # fmt: skip
-    assert p.block_labels == ["2018_Obregon", "2019_Obregon"]
+    assert p.environment_labels == ["2018_Obregon", "2019_Obregon"]
     assert p.extra_columns == ["height"]
     heights = read_phenotypes(path, trait="height", environment="site", name="animal")
     assert heights.table["response"].tolist() == [90.0, 80.0, 85.0]

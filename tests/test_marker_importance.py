@@ -33,12 +33,12 @@ def linear_model(rng, n=50, m=40, n_alleles=3, missing=0.05):
         n_alleles=n_alleles, ploidy=2, n_markers=m, n_chroms=1, width=8, n_latents=2
     )
     model = PhenotypeModel(
-        config, HeadConfig(n_blocks=2), markers.relative_pos(), markers.chrom
+        config, HeadConfig(n_environments=2), markers.relative_pos(), markers.chrom
     )
     effects = rng.normal(size=(2, m, n_alleles))
     frequencies = genotypes.allele_frequencies()
     for block in range(2):
-        model.additive.set_block(block, 0.3, effects[block], frequencies, 2)
+        model.additive.set_environment(block, 0.3, effects[block], frequencies, 2)
     return model, genotypes, effects.sum(0), frequencies
 
 

@@ -64,10 +64,10 @@ def files(trial, kind):
 
 def test_read_covariates__keeps_environment_names(trial):
     covariates = read_covariates(trial / "named" / "cov.tsv")
-    assert covariates.environments == NAMES[:4]
-    assert covariates.blocks.tolist() == [0, 1, 2, 3]
+    assert covariates.environment_labels == NAMES[:4]
+    assert covariates.environments.tolist() == [0, 1, 2, 3]
     numbered = read_covariates(trial / "numbered" / "cov.tsv")
-    assert numbered.environments is None
+    assert numbered.environment_labels is None
     np.testing.assert_allclose(covariates.values, numbered.values)
 
 
@@ -118,7 +118,7 @@ def test_align_environments__raises_on_mismatched_keys():
     numbered = EnvCovariates(np.array([2019, 2020]), ["rain"], values, None, "c.tsv")
     aligned, labels = align_environments(numbered, ["2020", "x"], "phenos.tsv")
     assert labels == ["2020", "x", "2019"] and aligned.blocks.tolist() == [0, 2]
-    assert aligned.environments == ["2020", "2019"]
+    assert aligned.environment_labels == ["2020", "2019"]
 
 
 def test_finetune__named_covariates_for_numbered_phenotypes_is_one_line(

@@ -109,7 +109,7 @@ def test_importance_finds_the_marker_that_drives_the_trait():
     )
     model = PhenotypeModel(
         config,
-        HeadConfig(n_blocks=1, head_dropout=0.0),
+        HeadConfig(n_environments=1, head_dropout=0.0),
         markers.relative_pos(),
         markers.chrom,
     )

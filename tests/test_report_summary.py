@@ -40,7 +40,9 @@ def test_data_summary__numbers_equal_direct_counts(trial):
     data, named = trial
     g = data.genotypes
     codes = pd.Series(named["block"]).map({n: i for i, n in enumerate(NAMES)})
-    phenotypes = Phenotypes(named.assign(block=codes.to_numpy()), block_labels=NAMES)
+    phenotypes = Phenotypes(
+        named.assign(block=codes.to_numpy()), environment_labels=NAMES
+    )
     summary = data_summary(g, phenotypes)
     assert summary.n_individuals == 90 and summary.n_markers == 250
     assert summary.n_records == len(named)

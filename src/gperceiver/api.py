@@ -313,7 +313,7 @@ class Perceiver(Estimator):
             phenotypes, genotypes, out, dict(self.params or {}), self._typed(),
             pretrained=self.pretrained, resume=False,
         )  # fmt: skip
-        labels = phenotypes.block_labels
+        labels = phenotypes.environment_labels
         return self._loaded(out, None if labels is None else list(labels))
 
     def _loaded(self, directory, labels) -> Perceiver:
@@ -323,7 +323,7 @@ class Perceiver(Estimator):
         self.model_dir_ = Path(directory)
         self.predictor_ = load_predictor(directory)
         self.markers_ = load_model_config(directory)[1]
-        blocks = range(self.predictor_.members[0].head_config.n_blocks)
+        blocks = range(self.predictor_.members[0].head_config.n_environments)
         self.environments_ = list(blocks) if labels is None else labels
         return self
 
@@ -405,8 +405,8 @@ def cross_validate(
     table, accuracy = evaluate_folds(
         phenotypes, genotypes, list(methods), False, options, scheme, folds
     )
-    accuracy = phenotypes.named_blocks(accuracy)
-    return (accuracy, phenotypes.named_blocks(table)) if predictions else accuracy
+    accuracy = phenotypes.named_environments(accuracy)
+    return (accuracy, phenotypes.named_environments(table)) if predictions else accuracy
 
 
 __all__ = [

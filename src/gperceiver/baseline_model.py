@@ -251,7 +251,7 @@ def fit_baseline(
         weighted = WeightedGBLUP(candidates, fixed=fixed).fit(table)
         chosen, info["mix"] = weighted.relationship_, weighted.mix_
         weights = mixed_weights(marker_weights, weighted.mix_)
-    labels = phenotypes.block_labels
+    labels = phenotypes.environment_labels
     model = BaselineModel(
         method, genotypes.markers, genotypes.ploidy, genotypes.n_alleles,
         frequencies, [], trait, info=info,

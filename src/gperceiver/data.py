@@ -317,8 +317,8 @@ class Genotypes:
         counts = np.zeros((m, k), dtype=np.int64)
         offsets = (np.arange(m, dtype=np.int64) * k)[None, :, None]
         for start in range(0, alleles.shape[0], chunk):
-            block = alleles[start : start + chunk].astype(np.int64) + offsets
-            counts += np.bincount(block.ravel(), minlength=m * k).reshape(m, k)
+            environment = alleles[start : start + chunk].astype(np.int64) + offsets
+            counts += np.bincount(environment.ravel(), minlength=m * k).reshape(m, k)
         return counts
 
     def allele_frequencies(self, individuals=None) -> np.ndarray:
@@ -367,26 +367,29 @@ class Phenotypes:
 
     ``block`` is a non-negative integer environment index; ``cv`` (optional) a fold
     label. Extra columns are carried through to outputs untouched.
-    ``block_labels`` (optional) names each block: ``block_labels[b]`` is the text
-    the input file gave environment ``b`` (None: the blocks were integers there).
+    ``environment_labels`` (optional) names each environment:
+    ``environment_labels[b]`` is the text the input file gave environment ``b``
+    (None: the blocks were integers there).
     """
 
     table: pd.DataFrame
     source: str = "phenotypes"
     extra_columns: list[str] = field(default_factory=list)
-    block_labels: list[str] | None = None
+    environment_labels: list[str] | None = None
 
-    def named_blocks(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def named_environments(self, frame: pd.DataFrame) -> pd.DataFrame:
         """``frame`` with its ``block`` codes replaced by their labels (unchanged
         without labels), for outputs.
 
-        >>> p = Phenotypes(pd.DataFrame({"block": [0]}), block_labels=["2019_Obregon"])
-        >>> p.named_blocks(pd.DataFrame({"block": [0, 0]}))["block"].tolist()
+        >>> p = Phenotypes(
+        ...     pd.DataFrame({"block": [0]}), environment_labels=["2019_Obregon"]
+        ... )
+        >>> p.named_environments(pd.DataFrame({"block": [0, 0]}))["block"].tolist()
         ['2019_Obregon', '2019_Obregon']
         """
-        if self.block_labels is None or "block" not in frame:
+        if self.environment_labels is None or "block" not in frame:
             return frame
-        labels = np.asarray(self.block_labels, dtype=object)
+        labels = np.asarray(self.environment_labels, dtype=object)
         return frame.assign(block=labels[frame["block"].to_numpy(np.int64)])
 
     @property
@@ -394,11 +397,11 @@ class Phenotypes:
         return "cv" in self.table.columns
 
     @property
-    def blocks(self) -> np.ndarray:
+    def environments(self) -> np.ndarray:
         return np.sort(self.table["block"].unique())
 
     @property
-    def n_blocks(self) -> int:
+    def n_environments(self) -> int:
         """Number of block slots a model needs (``max(block) + 1``)."""
         return int(self.table["block"].max()) + 1
 
@@ -422,19 +425,19 @@ class EnvCovariates:
 
     ``values`` ``(E, T, C)`` float64 holds, for block ``blocks[e]``, covariate ``c``
     at time ``times[t]`` (``times`` is None for static covariates). Every block of a
-    series has the same time points. ``environments`` (optional) names each row:
+    series has the same time points. ``environment_labels`` (optional) names each row:
     the text the file gave block ``blocks[e]`` (None: the file numbered them).
     """
 
-    blocks: np.ndarray  # (E,) int64, ascending
+    environments: np.ndarray  # (E,) int64, ascending
     names: list[str]  # (C,) covariate names
     values: np.ndarray  # (E, T, C) float64
     times: np.ndarray | None = None  # (T,) float64, ascending; None: static
     source: str = "covariates"
-    environments: list[str] | None = None  # (E,) names, or None
+    environment_labels: list[str] | None = None  # (E,) names, or None
 
     def __post_init__(self):
-        if self.values.ndim != 3 or self.values.shape[0] != len(self.blocks):
+        if self.values.ndim != 3 or self.values.shape[0] != len(self.environments):
             raise ValueError("values must be (blocks, times, covariates)")
         if self.values.shape[2] != len(self.names):
             raise ValueError("values do not match the covariate names")
@@ -443,10 +446,10 @@ class EnvCovariates:
     def is_series(self) -> bool:
         return self.times is not None
 
-    def index_of(self, blocks) -> np.ndarray:
+    def index_of(self, environments) -> np.ndarray:
         """Row of each block in ``values`` (``-1`` where the block has none)."""
-        lookup = {int(b): i for i, b in enumerate(self.blocks.tolist())}
-        return np.array([lookup.get(int(b), -1) for b in blocks], dtype=np.int64)
+        lookup = {int(b): i for i, b in enumerate(self.environments.tolist())}
+        return np.array([lookup.get(int(b), -1) for b in environments], dtype=np.int64)
 
     def summary(self, n_windows: int = 6) -> np.ndarray:
         """Means over ``n_windows`` equal time windows, ``(E, n_windows * C)``.
@@ -460,7 +463,7 @@ class EnvCovariates:
         n_windows = min(n_windows, self.values.shape[1])
         windows = np.array_split(np.arange(self.values.shape[1]), n_windows)
         means = [self.values[:, w].mean(1) for w in windows]  # each (E, C)
-        return np.stack(means, axis=2).reshape(len(self.blocks), -1)
+        return np.stack(means, axis=2).reshape(len(self.environments), -1)
 
 
 @dataclass

@@ -55,7 +55,7 @@ def component_frame(
 
 
 def variance_components(
-    model: GBLUP, method: str, block, fold: str, with_se: bool = False
+    model: GBLUP, method: str, environment, fold: str, with_se: bool = False
 ) -> pd.DataFrame:
     """:func:`component_frame` of a fitted :class:`~gperceiver.baselines.GBLUP`
     or RKHS; standard errors of the fixed effects when ``with_se`` (one Cholesky
@@ -68,7 +68,13 @@ def variance_components(
         se = np.sqrt(np.maximum(np.diag(covariance), 0.0))
     extra = [("bandwidth", model.bandwidth_)] if hasattr(model, "bandwidth_") else []
     return component_frame(
-        fit, model.design_.names_, se, extra, method=method, block=block, fold=fold
+        fit,
+        model.design_.names_,
+        se,
+        extra,
+        method=method,
+        block=environment,
+        fold=fold,
     )
 
 
@@ -90,7 +96,7 @@ def marker_effects(
     )
 
 
-def _block_model(method, relationship, fixed, weighted, records) -> GBLUP:
+def _environment_model(method, relationship, fixed, weighted, records) -> GBLUP:
     if method == "rkhs":
         return RKHS(relationship, fixed=fixed).fit(records, None)
     if method == "gblup-weighted":  # the mix chosen on every block at once
@@ -160,9 +166,9 @@ def predict_candidates(
     if with_effects and method == "gblup-weighted" and prior is None:
         raise ValueError("marker effects of gblup-weighted need its prior")
     parts, components = [], []
-    for block in np.sort(table["block"].unique()):
-        records = table[table["block"] == block]
-        model = _block_model(method, relationship, fixed, chosen, records)
+    for environment in np.sort(table["block"].unique()):
+        records = table[table["block"] == environment]
+        model = _environment_model(method, relationship, fixed, chosen, records)
         fixed_part, gebv = model.predict_parts(genotypes.names)
         rows = model.kernel_.index_of(genotypes.names)
         counts = records["name"].value_counts()
@@ -170,7 +176,7 @@ def predict_candidates(
             pd.DataFrame(
                 {
                     "name": genotypes.names,
-                    "block": block,
+                    "block": environment,
                     "records": counts.reindex(genotypes.names, fill_value=0).values,
                     "prediction": fixed_part + gebv,
                     "gebv": gebv,
@@ -179,9 +185,9 @@ def predict_candidates(
                 }
             )
         )
-        components.append(variance_components(model, method, block, "all", True))
+        components.append(variance_components(model, method, environment, "all", True))
         if with_effects:
-            labels = {"method": method, "block": block, "fold": "all"}
+            labels = {"method": method, "block": environment, "fold": "all"}
             effects.append(
                 marker_effects(
                     model.fit_, records["name"], genotypes, marker_weights, **labels

@@ -210,11 +210,11 @@ def simulate(config: SimulationConfig) -> SimulatedData:
     names = np.array([f"ind{i + 1:0{width}d}" for i in range(config.n_individuals)])
     e = config.n_environments
     long_names = np.tile(names, e)
-    blocks = np.repeat(np.arange(e), config.n_individuals)
+    environments = np.repeat(np.arange(e), config.n_individuals)
     truth = pd.DataFrame(
         {
             "name": long_names,
-            "block": blocks,
+            "block": environments,
             "additive": additive.T.ravel(),
             "dominance": np.tile(dominance, e),
             "epistasis": np.tile(epistasis, e),
@@ -225,7 +225,7 @@ def simulate(config: SimulationConfig) -> SimulatedData:
         {
             "name": long_names,
             "response": response.T.ravel(),
-            "block": blocks,
+            "block": environments,
             "cv": np.tile(folds, e),
         }
     )

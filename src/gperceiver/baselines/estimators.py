@@ -233,29 +233,31 @@ class WeightedGBLUP:
         fixed-effect columns; one group per block, each with its own fixed-effect
         design), then GBLUP per block under it; returns ``self``."""
         names, y = _records(records)
-        blocks = records["block"].to_numpy()
-        self.blocks_ = np.unique(blocks)
+        environments = records["block"].to_numpy()
+        self.environments_ = np.unique(environments)
         index = self.relationships[0][1].index_of(names)
         self.designs_, groups = {}, []
-        for b in self.blocks_:
-            here = blocks == b
+        for b in self.environments_:
+            here = environments == b
             design = FixedDesign(self.fixed).fit(records[here])
             self.designs_[b.item()] = design
             groups.append((index[here], y[here], design.matrix(records[here])))
         self.select(groups)
         fits = self.fits_ or [reml(y, self.relationship_, *group) for group in groups]
-        self.block_fits_ = dict(zip(self.blocks_.tolist(), fits, strict=True))
+        self.environment_fits_ = dict(
+            zip(self.environments_.tolist(), fits, strict=True)
+        )
         return self
 
     def predict_parts(self, records: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """``(fixed, genetic)`` parts ``(k,)`` for ``records`` (``name``, ``block``
         and the fixed-effect columns); NaN for a block without training records."""
         rows = self.relationship_.index_of(records["name"])
-        blocks = records["block"].to_numpy()
+        environments = records["block"].to_numpy()
         fixed, genetic = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
-        for block, fit in self.block_fits_.items():
-            here = blocks == block
-            x = self.designs_[block].matrix(records[here])
+        for environment, fit in self.environment_fits_.items():
+            here = environments == environment
+            x = self.designs_[environment].matrix(records[here])
             fixed[here] = x @ fit.beta
             genetic[here] = fit.blup[rows[here]]
         return fixed, genetic

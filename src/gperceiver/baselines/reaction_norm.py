@@ -19,7 +19,7 @@ from .mixed_model import LOG_DELTA_BOUNDS
 
 
 def environment_kernel(
-    covariates: EnvCovariates, blocks, n_windows: int = 6
+    covariates: EnvCovariates, environments, n_windows: int = 6
 ) -> np.ndarray:
     """Linear kernel between environments from their covariates (Jarquín 2014).
 
@@ -51,12 +51,12 @@ def environment_kernel(
            [-1.5,  1.5,  0. ],
            [ 0. ,  0. ,  1. ]])
     """
-    blocks = np.asarray(blocks)
-    rows = covariates.index_of(blocks)
+    environments = np.asarray(environments)
+    rows = covariates.index_of(environments)
     features = covariates.summary(n_windows)
     sd = features.std(0)
     w = (features[:, sd > 0] - features[:, sd > 0].mean(0)) / sd[sd > 0]
-    kernel = np.eye(len(blocks))
+    kernel = np.eye(len(environments))
     known = rows >= 0
     if w.shape[1]:
         wk = w[rows[known]]
@@ -104,7 +104,7 @@ class ReactionNorm:
         self,
         relationship: Kernel | None = None,
         environment: np.ndarray | None = None,
-        blocks=None,
+        environments=None,
         interaction: bool = True,
         fixed: FixedEffects = NO_FIXED,
     ):
@@ -112,21 +112,23 @@ class ReactionNorm:
             raise ValueError("the interaction term needs an environment kernel")
         self.relationship = relationship
         self.environment = None if environment is None else np.asarray(environment)
-        if blocks is None and environment is not None:
-            blocks = np.arange(len(environment))
-        self.blocks = None if blocks is None else np.asarray(blocks, dtype=np.int64)
+        if environments is None and environment is not None:
+            environments = np.arange(len(environment))
+        self.environments = (
+            None if environments is None else np.asarray(environments, dtype=np.int64)
+        )
         self.interaction = interaction
         self.fixed = fixed
 
-    def _block_rows(self, blocks) -> np.ndarray:
-        blocks = np.asarray(blocks, dtype=np.int64)
-        if self.blocks is None:  # main effects only: any block is fine
-            return blocks
-        lookup = {int(b): i for i, b in enumerate(self.blocks.tolist())}
-        unknown = [int(b) for b in blocks if int(b) not in lookup]
+    def _block_rows(self, environments) -> np.ndarray:
+        environments = np.asarray(environments, dtype=np.int64)
+        if self.environments is None:  # main effects only: any block is fine
+            return environments
+        lookup = {int(b): i for i, b in enumerate(self.environments.tolist())}
+        unknown = [int(b) for b in environments if int(b) not in lookup]
         if unknown:
             raise KeyError(f"block(s) {sorted(set(unknown))[:3]} have no kernel row")
-        return np.array([lookup[int(b)] for b in blocks], dtype=np.int64)
+        return np.array([lookup[int(b)] for b in environments], dtype=np.int64)
 
     def fit(self, records: pd.DataFrame, genotypes: Genotypes | None) -> ReactionNorm:
         """Fit on ``records`` (``name``, ``response``, ``block``); returns ``self``."""

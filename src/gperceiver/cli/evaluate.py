@@ -84,10 +84,10 @@ def evaluate_trait(args, genotypes, phenotypes, out: Path) -> None:
         scheme=args.scheme,
     )
     # environments by name from here on
-    predictions = phenotypes.named_blocks(predictions)
-    accuracy = phenotypes.named_blocks(accuracy)
-    components = [phenotypes.named_blocks(c) for c in options["components"]]
-    effects = [phenotypes.named_blocks(e) for e in options["marker_effects"]]
+    predictions = phenotypes.named_environments(predictions)
+    accuracy = phenotypes.named_environments(accuracy)
+    components = [phenotypes.named_environments(c) for c in options["components"]]
+    effects = [phenotypes.named_environments(e) for e in options["marker_effects"]]
     write_evaluation(
         out, predictions, accuracy, genotypes, methods, components, effects,
         phenotypes,
@@ -132,18 +132,20 @@ def cmd_gblup(args) -> None:
     predictions, accuracy = single_split(
         phenotypes, genotypes, args.method, args.cv, options=options
     )
-    io.write_table(phenotypes.named_blocks(predictions), args.predictions)
+    io.write_table(phenotypes.named_environments(predictions), args.predictions)
     if args.variance_components:
         components = pd.concat(options["components"], ignore_index=True)
-        io.write_table(phenotypes.named_blocks(components), args.variance_components)
+        io.write_table(
+            phenotypes.named_environments(components), args.variance_components
+        )
     write_marker_effects(args, phenotypes, options["marker_effects"])
-    print(format_accuracy(phenotypes.named_blocks(accuracy)))
+    print(format_accuracy(phenotypes.named_environments(accuracy)))
 
 
 def write_marker_effects(args, phenotypes, effects) -> None:
     """``--marker-effects FILE``: the rrBLUP allele effects of each block's fit."""
     if args.marker_effects:
-        table = phenotypes.named_blocks(pd.concat(effects, ignore_index=True))
+        table = phenotypes.named_environments(pd.concat(effects, ignore_index=True))
         io.write_table(table, args.marker_effects, float_format="%.6g")
 
 
@@ -169,18 +171,20 @@ def gblup_candidates(args, phenotypes, genotypes, options) -> None:
         prior=options["marker_inputs"].weights,
     )
     write_marker_effects(args, phenotypes, options["marker_effects"])
-    candidates = phenotypes.named_blocks(candidates)
-    components = phenotypes.named_blocks(components)
+    candidates = phenotypes.named_environments(candidates)
+    components = phenotypes.named_environments(components)
     io.write_table(candidates, args.predictions)
     if args.variance_components:
         io.write_table(components, args.variance_components)
     unphenotyped = int((candidates.groupby("name")["records"].sum() == 0).sum())
     h2 = components[components["component"] == "h2"]
-    per_block = ", ".join(f"block {r.block}: {r.value:.3f}" for r in h2.itertuples())
+    per_environment = ", ".join(
+        f"block {r.block}: {r.value:.3f}" for r in h2.itertuples()
+    )
     print(
         f"{args.method}: fitted on {len(phenotypes.table)} records, predicted "
         f"{genotypes.n_individuals} individuals ({unphenotyped} without records) "
-        f"in {candidates['block'].nunique()} block(s); h2 {per_block}"
+        f"in {candidates['block'].nunique()} block(s); h2 {per_environment}"
     )
 
 

@@ -78,10 +78,10 @@ def read_covariates_for(args, phenotypes):
     if covariates is None:
         return None, phenotypes
     covariates, labels = io.align_environments(
-        covariates, phenotypes.block_labels, phenotypes.source
+        covariates, phenotypes.environment_labels, phenotypes.source
     )
     if labels is not None:
-        phenotypes = dataclasses.replace(phenotypes, block_labels=labels)
+        phenotypes = dataclasses.replace(phenotypes, environment_labels=labels)
     return covariates, phenotypes
 
 

@@ -180,7 +180,7 @@ def cmd_predict(args) -> None:
     )
     table = prediction_table(predictor, genotypes)
     if labels is not None:
-        table = Phenotypes(table, block_labels=labels).named_blocks(table)
+        table = Phenotypes(table, environment_labels=labels).named_environments(table)
     if not args.uncertainty and "sd" in table:
         table = table.drop(columns="sd")
     io.write_table(table, args.out)

@@ -31,7 +31,7 @@ from .accuracy import (
     pearson,
     pooled_table,
 )
-from .methods import METHODS, NOTES, Method, per_block
+from .methods import METHODS, NOTES, Method, per_environment
 
 SCHEMES = ("cv1", "cv0", "cv00")
 
@@ -58,13 +58,15 @@ def _check(
         raise InputError(
             "--scheme", None, f"unknown scheme {scheme!r}", f"use one of {SCHEMES}"
         )
-    per_block_methods = [m for m in methods if getattr(METHODS[m], "per_block", 0)]
-    if scheme != "cv1" and per_block_methods:
+    per_environment_methods = [
+        m for m in methods if getattr(METHODS[m], "per_environment", 0)
+    ]
+    if scheme != "cv1" and per_environment_methods:
         raise InputError(
             "--methods",
             None,
-            f"{', '.join(per_block_methods)} fit each block on its own and cannot "
-            f"predict a held-out environment ({scheme})",
+            f"{', '.join(per_environment_methods)} fit each environment on its own "
+            f"and cannot predict a held-out environment ({scheme})",
             "use gblup-main or gblup-rn",
         )
     absent = genotypes.index_of(phenotypes.table["name"]) < 0
@@ -82,24 +84,24 @@ def splits(phenotypes: Phenotypes, scheme: str, folds: list[str] | None = None):
     block absent from the training rows is left out of the validation rows.
     """
     table = phenotypes.table
-    block = table["block"].to_numpy()
+    environment = table["block"].to_numpy()
     if scheme == "cv1":
         for fold in phenotypes.folds() if folds is None else folds:
             is_val = (table["cv"].astype(str) == str(fold)).to_numpy()
-            seen = np.isin(block, np.unique(block[~is_val]))
+            seen = np.isin(environment, np.unique(environment[~is_val]))
             yield str(fold), ~is_val, is_val & seen
     elif scheme == "cv0":
-        for b in phenotypes.blocks:
-            yield f"block {b}", block != b, block == b
+        for b in phenotypes.environments:
+            yield f"block {b}", environment != b, environment == b
     elif scheme == "cv00":
         cv = table["cv"].astype(str).to_numpy()
-        for b in phenotypes.blocks:
+        for b in phenotypes.environments:
             for fold in phenotypes.folds() if folds is None else folds:
                 is_fold = cv == str(fold)
                 yield (
                     f"block {b} fold {fold}",
-                    (block != b) & ~is_fold,
-                    (block == b) & is_fold,
+                    (environment != b) & ~is_fold,
+                    (environment == b) & is_fold,
                 )
     else:
         raise ValueError(f"unknown scheme {scheme!r}; use one of {SCHEMES}")
@@ -239,7 +241,7 @@ __all__ = [
     "cross_validate",
     "format_accuracy",
     "pearson",
-    "per_block",
+    "per_environment",
     "pooled_table",
     "single_split",
     "splits",

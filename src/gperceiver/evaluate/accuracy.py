@@ -61,14 +61,16 @@ def accuracy_table(predictions: pd.DataFrame) -> pd.DataFrame:
     folds = predictions["cv"].astype(str)
     for method in dict.fromkeys(predictions["method"]):
         of_method = predictions["method"] == method
-        for block in np.sort(predictions.loc[of_method, "block"].unique()):
-            group = of_method & (predictions["block"] == block)
+        for environment in np.sort(predictions.loc[of_method, "block"].unique()):
+            group = of_method & (predictions["block"] == environment)
             labels = sorted(folds[group].unique(), key=natural_key)
             selections = [(f, group & (folds == f)) for f in labels]
             for fold, selected in [*selections, (POOLED, group)]:
                 part = predictions[selected]
                 r = pearson(part["prediction"], part["response"])
-                rows.append((method, int(block), fold, r, _genetic_r(part), len(part)))
+                rows.append(
+                    (method, int(environment), fold, r, _genetic_r(part), len(part))
+                )
     return pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
 
 

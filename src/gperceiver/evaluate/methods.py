@@ -7,7 +7,7 @@ predictions for the ``k`` rows of ``validation``, or a pair ``(fixed, genetic)``
 of ``(k,)`` arrays whose sum is the prediction (the kernel baselines: the fitted
 fixed effects, the intercept at least, and the BLUP). It is called once per fold with
 every block's training rows; kernel baselines fit each block separately
-(:func:`per_block`), neural methods fit all blocks at once. ``cache`` is a dict
+(:func:`per_environment`), neural methods fit all blocks at once. ``cache`` is a dict
 shared by every call on one data set, where a method keeps what does not depend on
 the split (a relationship matrix, its decompositions, a pretrained encoder).
 """
@@ -43,7 +43,7 @@ from ..selection import component_frame, marker_effects, variance_components
 
 Method = Callable[[pd.DataFrame, pd.DataFrame, Genotypes, dict], np.ndarray | tuple]
 Parts = tuple[np.ndarray, np.ndarray]  # (fixed, genetic) parts, (k,) each
-BlockMethod = Callable[[pd.DataFrame, Genotypes, pd.DataFrame, dict], Parts]
+EnvironmentMethod = Callable[[pd.DataFrame, Genotypes, pd.DataFrame, dict], Parts]
 
 
 def fixed_effects(cache: dict) -> FixedEffects:
@@ -73,29 +73,33 @@ def _record_components(cache: dict, frame: pd.DataFrame) -> None:
     cache.setdefault("components", []).append(frame)
 
 
-def _record_effects(cache: dict, fit, names, genotypes, block, weights=None) -> None:
+def _record_effects(
+    cache: dict, fit, names, genotypes, environment, weights=None
+) -> None:
     """Keep the rrBLUP marker effects of a GBLUP fit in ``cache['marker_effects']``
     when the caller asked for them (passed a list in ``options``)."""
     if isinstance(cache.get("marker_effects"), list):
         labels = {"method": cache.get("method"), "fold": cache.get("split")}
-        frame = marker_effects(fit, names, genotypes, weights, block=block, **labels)
+        frame = marker_effects(
+            fit, names, genotypes, weights, block=environment, **labels
+        )
         cache["marker_effects"].append(frame)
 
 
 def _gblup(train, genotypes, validation, cache) -> Parts:
     model = GBLUP(_relationship(genotypes, cache), fixed=fixed_effects(cache))
     model.fit(train, genotypes)
-    block = train["block"].iloc[0]
-    _record_components(cache, variance_components(model, "", block, ""))
-    _record_effects(cache, model.fit_, train["name"], genotypes, block)
+    environment = train["block"].iloc[0]
+    _record_components(cache, variance_components(model, "", environment, ""))
+    _record_effects(cache, model.fit_, train["name"], genotypes, environment)
     return model.predict_parts(validation)
 
 
 def _rkhs(train, genotypes, validation, cache) -> Parts:
     model = RKHS(_relationship(genotypes, cache), fixed=fixed_effects(cache))
     model.fit(train, genotypes)
-    block = train["block"].iloc[0]
-    _record_components(cache, variance_components(model, "", block, ""))
+    environment = train["block"].iloc[0]
+    _record_components(cache, variance_components(model, "", environment, ""))
     return model.predict_parts(validation)
 
 
@@ -122,33 +126,35 @@ def _gblup_weighted(train, validation, genotypes, cache) -> Parts:
     relationships = _weighted_relationships(genotypes, cache)
     model = WeightedGBLUP(relationships, fixed=fixed_effects(cache)).fit(train)
     prior = (cache.get("marker_inputs") or MarkerInputs()).weights
-    for block, fit in model.block_fits_.items():
-        names = model.designs_[block].names_
-        frame = component_frame(fit, names, extra=[("mix", model.mix_)], block=block)
+    for environment, fit in model.environment_fits_.items():
+        names = model.designs_[environment].names_
+        frame = component_frame(
+            fit, names, extra=[("mix", model.mix_)], block=environment
+        )
         _record_components(cache, frame)
-        records = train.loc[train["block"] == block, "name"]
+        records = train.loc[train["block"] == environment, "name"]
         weights = mixed_weights(prior, model.mix_)
-        _record_effects(cache, fit, records, genotypes, block, weights)
+        _record_effects(cache, fit, records, genotypes, environment, weights)
     return model.predict_parts(validation)
 
 
-_gblup_weighted.per_block = True  # fits each block: cannot predict a new one
+_gblup_weighted.per_environment = True  # fits each block: cannot predict a new one
 
 
 def _across_environments(train, validation, genotypes, cache, interaction):
     if interaction and cache.get("covariates") is None:
         raise ValueError("gblup-rn needs environment covariates (--covariates)")
-    blocks = np.union1d(
+    environments = np.union1d(
         np.union1d(train["block"].unique(), validation["block"].unique()),
-        [] if not interaction else cache["covariates"].blocks,
+        [] if not interaction else cache["covariates"].environments,
     ).astype(np.int64)
     environment = (
-        environment_kernel(cache["covariates"], blocks) if interaction else None
+        environment_kernel(cache["covariates"], environments) if interaction else None
     )
     model = ReactionNorm(
         _relationship(genotypes, cache),
         environment,
-        blocks,
+        environments,
         interaction,
         fixed_effects(cache),
     )
@@ -164,22 +170,22 @@ def _gblup_rn(train, validation, genotypes, cache) -> np.ndarray:
     return _across_environments(train, validation, genotypes, cache, True)
 
 
-def per_block(fit_predict: BlockMethod) -> Method:
+def per_environment(fit_predict: EnvironmentMethod) -> Method:
     """A method fitted on each block's training rows, predicting its validation rows."""
 
     def method(train, validation, genotypes, cache) -> Parts:
         fixed = np.full(len(validation), np.nan)
         genetic = np.full(len(validation), np.nan)
-        for block in np.unique(validation["block"]):
-            train_block = train[train["block"] == block]
-            in_block = (validation["block"] == block).to_numpy()
-            if len(train_block):
-                rows = validation[in_block]
-                parts = fit_predict(train_block, genotypes, rows, cache)
-                fixed[in_block], genetic[in_block] = parts
+        for environment in np.unique(validation["block"]):
+            train_environment = train[train["block"] == environment]
+            in_environment = (validation["block"] == environment).to_numpy()
+            if len(train_environment):
+                rows = validation[in_environment]
+                parts = fit_predict(train_environment, genotypes, rows, cache)
+                fixed[in_environment], genetic[in_environment] = parts
         return fixed, genetic
 
-    method.per_block = True  # cannot predict a block absent from training
+    method.per_environment = True  # cannot predict a block absent from training
     return method
 
 
@@ -201,13 +207,13 @@ def absorb_fixed_effects(train, validation, genotypes, cache) -> tuple:
     spec = fixed_effects(cache)
     corrected = train.copy()
     fixed = np.full(len(validation), np.nan)
-    for block in np.unique(train["block"]):
-        in_train = (train["block"] == block).to_numpy()
+    for environment in np.unique(train["block"]):
+        in_train = (train["block"] == environment).to_numpy()
         model = GBLUP(_relationship(genotypes, cache), fixed=spec)
         model.fit(train[in_train], genotypes)
         x = model.covariates_
         corrected.loc[in_train, "response"] -= x @ model.fit_.beta
-        in_val = (validation["block"] == block).to_numpy()
+        in_val = (validation["block"] == environment).to_numpy()
         if in_val.any():
             fixed[in_val] = model.predict_parts(validation[in_val])[0]
     return corrected, fixed
@@ -235,8 +241,8 @@ def _fold_predictions(train, validation, genotypes, cache, pretrained):
     fold = "-".join(sorted(map(str, validation["cv"].unique())))
     scheme = cache.get("scheme", "cv1")
     if scheme != "cv1":
-        blocks = "-".join(map(str, sorted(validation["block"].unique())))
-        fold = f"block-{blocks}" + ("" if scheme == "cv0" else f"-cv-{fold}")
+        environments = "-".join(map(str, sorted(validation["block"].unique())))
+        fold = f"block-{environments}" + ("" if scheme == "cv0" else f"-cv-{fold}")
     kind = "perceiver-pretrained" if pretrained else "perceiver"
     out = _workdir(cache) / kind / f"fold-{fold}"
     covariates = cache.get("covariates")
@@ -305,8 +311,8 @@ def _perceiver_pretrained(train, validation, genotypes, cache) -> np.ndarray:
 
 
 METHODS: dict[str, Method] = {
-    "gblup": per_block(_gblup),
-    "rkhs": per_block(_rkhs),
+    "gblup": per_environment(_gblup),
+    "rkhs": per_environment(_rkhs),
     "gblup-weighted": _gblup_weighted,
     "gblup-main": _gblup_main,
     "gblup-rn": _gblup_rn,

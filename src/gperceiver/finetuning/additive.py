@@ -50,12 +50,12 @@ def fit_additive(
     """
     gaussian = isinstance(additive, GaussianEffects)
     targets = {}  # block -> (rows of kept with a record, their scaled responses)
-    for block in np.flatnonzero(records.weight.sum(0) > 0):
-        seen = records.weight[:, block] > 0
-        mean, sd = scaling.mean[block], scaling.sd[block]
-        targets[block] = (
+    for environment in np.flatnonzero(records.weight.sum(0) > 0):
+        seen = records.weight[:, environment] > 0
+        mean, sd = scaling.mean[environment], scaling.sd[environment]
+        targets[environment] = (
             np.flatnonzero(seen),
-            (records.response[seen, block] - mean) / sd,
+            (records.response[seen, environment] - mean) / sd,
         )
 
     selection = WeightedGBLUP(relationships, gaussian).select(list(targets.values()))
@@ -71,7 +71,7 @@ def fit_additive(
     # blocks recorded on the same individuals (every line in every environment)
     # share their Gaussian kernels and eigendecompositions
     shared_kernels: dict[bytes, dict] = {}
-    for block, (rows, y) in targets.items():
+    for environment, (rows, y) in targets.items():
         part = genotypes.subset(individuals=kept[rows])
         options = {
             "marker_weights": weights,
@@ -83,13 +83,13 @@ def fit_additive(
                 part, y, frequencies, **options, features=features[rows],
                 kernels=kernels,
             )  # fmt: skip
-            additive.set_block(block, rows, fit)
+            additive.set_environment(environment, rows, fit)
         else:
             fit = additive_effects(part, y, frequencies, **options)
-            additive.set_block(
-                block, fit.intercept, fit.effects, frequencies, genotypes.ploidy
+            additive.set_environment(
+                environment, fit.intercept, fit.effects, frequencies, genotypes.ploidy
             )
-        loo[rows, block] = fit.loo_predictions
+        loo[rows, environment] = fit.loo_predictions
     return loo, mix
 
 

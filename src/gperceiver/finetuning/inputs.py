@@ -25,7 +25,7 @@ def _records_split(
     cv,
     val_fraction,
     seed,
-    n_blocks: int | None = None,
+    n_environments: int | None = None,
     by_environment: bool = False,
 ):
     """Training and validation :class:`Records` (validation may be None).
@@ -33,18 +33,22 @@ def _records_split(
     ``by_environment``: without ``cv``, hold out a share ``val_fraction`` of the
     blocks (at least one unless it is 0) instead of individuals.
     """
-    n_blocks = n_blocks or phenotypes.n_blocks
+    n_environments = n_environments or phenotypes.n_environments
     if cv is None and by_environment:
-        blocks = phenotypes.blocks
-        n_held = round(val_fraction * len(blocks))
-        if val_fraction > 0 and len(blocks) > 1:
+        environments = phenotypes.environments
+        n_held = round(val_fraction * len(environments))
+        if val_fraction > 0 and len(environments) > 1:
             n_held = max(1, n_held)
-        held = np.random.default_rng(seed).choice(blocks, n_held, replace=False)
+        held = np.random.default_rng(seed).choice(environments, n_held, replace=False)
         is_held = phenotypes.table["block"].isin(held)
-        train = Records.from_table(phenotypes.table[~is_held], genotypes, n_blocks)
+        train = Records.from_table(
+            phenotypes.table[~is_held], genotypes, n_environments
+        )
         if not n_held:
             return train, None
-        return train, Records.from_table(phenotypes.table[is_held], genotypes, n_blocks)
+        return train, Records.from_table(
+            phenotypes.table[is_held], genotypes, n_environments
+        )
     if cv is not None:
         train_table, val_table = phenotypes.split(str(cv))
         if val_table.empty:
@@ -56,21 +60,23 @@ def _records_split(
                 f"no row of {phenotypes.source} has cv == {cv!r}",
                 f"use one of the table's folds ({folds})",
             )
-        train = Records.from_table(train_table, genotypes, n_blocks)
-        val = Records.from_table(val_table, genotypes, n_blocks)
+        train = Records.from_table(train_table, genotypes, n_environments)
+        val = Records.from_table(val_table, genotypes, n_environments)
         return train, val
-    records = Records.from_table(phenotypes.table, genotypes, n_blocks)
+    records = Records.from_table(phenotypes.table, genotypes, n_environments)
     fit, held = split_individuals(len(records.rows), val_fraction, seed)
     return records.subset(fit), (records.subset(held) if len(held) else None)
 
 
-def _only_block(records: Records | None, block: int | None) -> Records | None:
+def _only_environment(
+    records: Records | None, environment: int | None
+) -> Records | None:
     """Records with every other block blanked out (None: keep all)."""
-    if records is None or block is None:
+    if records is None or environment is None:
         return records
     keep = np.zeros(records.response.shape[1], dtype=bool)
-    keep[block] = True
-    present = records.weight[:, block] > 0
+    keep[environment] = True
+    present = records.weight[:, environment] > 0
     response = np.where(keep, records.response, np.nan)[present]
     weight = np.where(keep, records.weight, 0.0)[present]
     return Records(records.rows[present], response, weight)
@@ -95,11 +101,11 @@ def _environment_inputs(covariates: EnvCovariates) -> dict:
         "mean": mean.tolist(),
         "sd": sd.tolist(),
     }
-    n_blocks = int(covariates.blocks.max()) + 1
-    full = np.zeros((n_blocks, *values.shape[1:]), dtype=np.float32)
-    full[covariates.blocks] = (values - mean) / sd
-    has = np.zeros(n_blocks, dtype=bool)
-    has[covariates.blocks] = True
+    n_environments = int(covariates.environments.max()) + 1
+    full = np.zeros((n_environments, *values.shape[1:]), dtype=np.float32)
+    full[covariates.environments] = (values - mean) / sd
+    has = np.zeros(n_environments, dtype=bool)
+    has[covariates.environments] = True
     return {
         "values": torch.from_numpy(full),
         "has": torch.from_numpy(has),
@@ -151,7 +157,7 @@ def prepare_data(
     """Records split for training and early stopping (``cv``: that fold
     validates), scaling and marker inputs, for a
     :class:`~gperceiver.finetuning.settings.FinetunePlan`."""
-    settings, n_blocks = plan.settings, plan.n_blocks
+    settings, n_environments = plan.settings, plan.n_environments
     environment = None if covariates is None else _environment_inputs(covariates)
     by_environment = settings.val_split == "environments"
     train, val = _records_split(
@@ -160,7 +166,7 @@ def prepare_data(
         cv,
         settings.val_fraction,
         plan.train.seed,
-        n_blocks,
+        n_environments,
         by_environment,
     )
     held = val if by_environment and cv is None else None  # training environments
@@ -170,7 +176,7 @@ def prepare_data(
             plan.graph, genotypes, train.rows, plan.marker_inputs
         )
     if settings.objective not in ("mse", "huber"):
-        scaling = Scaling.identity(n_blocks)
+        scaling = Scaling.identity(n_environments)
     elif environment is None:
         scaling = Scaling.fit(train)
     else:

@@ -14,7 +14,7 @@ from ..nn.environment import EnvironmentPhenotypeModel
 from ..nn.heads import PhenotypeModel
 
 
-def _new_model(model_cfg, head_cfg, env_cfg, markers, environment, n_blocks):
+def _new_model(model_cfg, head_cfg, env_cfg, markers, environment, n_environments):
     """A :class:`PhenotypeModel`, or with ``env_cfg`` an
     :class:`EnvironmentPhenotypeModel` (zero covariates when loading weights)."""
     if env_cfg is None:
@@ -22,14 +22,14 @@ def _new_model(model_cfg, head_cfg, env_cfg, markers, environment, n_blocks):
             model_cfg, head_cfg, markers.relative_pos(), markers.chrom
         )
     if environment is None:
-        shape = (n_blocks, env_cfg.n_times, env_cfg.n_covariates)
+        shape = (n_environments, env_cfg.n_times, env_cfg.n_covariates)
         environment = {
             "values": torch.zeros(shape),
-            "has": torch.zeros(n_blocks, dtype=torch.bool),
+            "has": torch.zeros(n_environments, dtype=torch.bool),
         }
     values, has = environment["values"], environment["has"]
-    if len(values) < n_blocks:  # blocks with phenotypes beyond the covariates
-        pad = n_blocks - len(values)
+    if len(values) < n_environments:  # blocks with phenotypes beyond the covariates
+        pad = n_environments - len(values)
         values = torch.cat([values, values.new_zeros(pad, *values.shape[1:])])
         has = torch.cat([has, has.new_zeros(pad)])
     return EnvironmentPhenotypeModel(
@@ -68,7 +68,7 @@ def build_model(plan, data, genotypes: Genotypes) -> PhenotypeModel:
         plan.environment,
         genotypes.markers,
         data.environment,
-        plan.n_blocks,
+        plan.n_environments,
     )
     attach(model.embed, data.graph, data.annotations)
     if plan.pretrained_state is not None:

@@ -63,5 +63,5 @@ def finetune(
     members, layout = train_members(
         plan, data, genotypes, out, resume, feature_cache, device
     )
-    save_run(out, plan, data, layout, genotypes, cv, phenotypes.block_labels)
+    save_run(out, plan, data, layout, genotypes, cv, phenotypes.environment_labels)
     return members

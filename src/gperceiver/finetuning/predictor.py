@@ -46,8 +46,8 @@ class Predictor:
         device = model_device(self.members[0])
         marker_idx = torch.arange(genotypes.n_markers, device=device)
         n_seeds = 1 + max(entry["seed_index"] for entry in self.layout)
-        n_blocks = self.members[0].head_config.n_blocks
-        out = np.full((len(rows), n_blocks, n_seeds), np.nan)
+        n_environments = self.members[0].head_config.n_environments
+        out = np.full((len(rows), n_environments, n_seeds), np.nan)
         for model, entry in zip(self.members, self.layout, strict=True):
             model.eval()
             parts = []
@@ -55,7 +55,7 @@ class Predictor:
                 with autocast(device):
                     outputs = model(alleles, marker_idx)
                 parts.append(predictions(self.objective, outputs, model, self.scaling))
-            values = np.concatenate(parts) if parts else np.zeros((0, n_blocks))
+            values = np.concatenate(parts) if parts else np.zeros((0, n_environments))
             columns = slice(None) if entry["block"] is None else entry["block"]
             out[:, columns, entry["seed_index"]] = values[:, columns]
         return out
@@ -85,10 +85,12 @@ def _new_environments(predictor: Predictor, covariates: EnvCovariates, config) -
         )
     values = (covariates.values - np.array(standard["mean"])) / np.array(standard["sd"])
     values = torch.as_tensor(values, dtype=torch.float32)
-    blocks = torch.as_tensor(covariates.blocks)
+    environments = torch.as_tensor(covariates.environments)
     for model in predictor.members:
-        model.set_covariates(blocks, values)
-    grown = predictor.members[0].head_config.n_blocks - len(predictor.scaling.mean)
+        model.set_covariates(environments, values)
+    grown = predictor.members[0].head_config.n_environments - len(
+        predictor.scaling.mean
+    )
     centre, scale = standard["new_environment_scaling"]
     predictor.scaling = Scaling(
         np.concatenate([predictor.scaling.mean, np.full(grown, centre)]),
@@ -123,13 +125,18 @@ def load_predictor(
     if genotypes is not None:
         check_markers(markers, genotypes.markers, directory, data_path or "genotypes")
     model_cfg = PerceiverConfig.from_dict(config["model"])
-    head_cfg = HeadConfig(**config["head"])
+    head = dict(config["head"])
+    if "n_blocks" in head:  # written before environments were named so in code
+        head["n_environments"] = head.pop("n_blocks")
+    head_cfg = HeadConfig(**head)
     env_cfg = config.get("environment")
     env_cfg = None if env_cfg is None else EnvironmentConfig(**env_cfg)
     members = [
         load_weights(
             directory / entry["dir"],
-            _new_model(model_cfg, head_cfg, env_cfg, markers, None, head_cfg.n_blocks),
+            _new_model(
+                model_cfg, head_cfg, env_cfg, markers, None, head_cfg.n_environments
+            ),
         )
         for entry in config["members"]
     ]
@@ -161,19 +168,19 @@ def model_environments(directory) -> list[str] | None:
 
 
 def prediction_table(
-    predictor: Predictor, genotypes: Genotypes, blocks=None
+    predictor: Predictor, genotypes: Genotypes, environments=None
 ) -> pd.DataFrame:
     """``name, block, prediction[, sd]`` for every individual x block."""
     values = predictor.predict(genotypes)  # (N, E, K)
     n, e, k = values.shape
-    blocks = np.arange(e) if blocks is None else np.asarray(blocks)
+    environments = np.arange(e) if environments is None else np.asarray(environments)
     frame = pd.DataFrame(
         {
-            "name": np.repeat(genotypes.names, len(blocks)),
-            "block": np.tile(blocks, n),
-            "prediction": values[:, blocks].mean(-1).ravel(),
+            "name": np.repeat(genotypes.names, len(environments)),
+            "block": np.tile(environments, n),
+            "prediction": values[:, environments].mean(-1).ravel(),
         }
     )
     if k > 1:
-        frame["sd"] = values[:, blocks].std(-1, ddof=1).ravel()
+        frame["sd"] = values[:, environments].std(-1, ddof=1).ravel()
     return frame

@@ -29,7 +29,7 @@ def save_run(
 ) -> None:
     """``config.json`` and ``markers.tsv`` of a finetune output directory, after
     its members (``layout``) are saved; ``environments`` names the blocks (the
-    phenotypes' :attr:`~gperceiver.data.Phenotypes.block_labels`)."""
+    phenotypes' :attr:`~gperceiver.data.Phenotypes.environment_labels`)."""
     settings, environment = plan.settings, data.environment
     write_json(
         {

@@ -153,7 +153,7 @@ class FinetunePlan:
     settings: FinetuneSettings
     graph: GraphSettings
     environment: EnvironmentConfig | None  # with covariates only
-    n_blocks: int  # environments: phenotype blocks, and covariate blocks beyond
+    n_environments: int  # environments: phenotype blocks, and covariate blocks beyond
     pretrained: object | None  # the pretrain output directory, if any
     # the pretrained encoder's weights (embed.*, encoder.*), if any
     pretrained_state: dict | None
@@ -176,10 +176,10 @@ def _pretrained_params(params: dict, typed: dict, pretrained, genotypes):
     return state, {**pre_config["model"], **params}
 
 
-def _head_sizes(phenotypes, objective: str, n_blocks: int) -> dict:
+def _head_sizes(phenotypes, objective: str, n_environments: int) -> dict:
     n_classes = class_count(phenotypes.table, objective, phenotypes.source)
     return {
-        "n_blocks": n_blocks,
+        "n_environments": n_environments,
         "n_outputs": n_outputs(objective, n_classes),
         "n_classes": n_classes if objective == "ordinal" else 0,
     }
@@ -210,9 +210,9 @@ def resolve_settings(
             "the ordinal objective is not available with covariates",
             "use mse, huber, binary, multiclass or ranking",
         )
-    n_blocks = phenotypes.n_blocks
+    n_environments = phenotypes.n_environments
     if covariates is not None:
-        n_blocks = max(n_blocks, int(covariates.blocks.max()) + 1)
+        n_environments = max(n_environments, int(covariates.environments.max()) + 1)
     classes = (PerceiverConfig, HeadConfig, TrainConfig, FinetuneSettings)
     classes += (GraphSettings,)
     env_sizes = {}
@@ -222,7 +222,10 @@ def resolve_settings(
             "n_times": covariates.values.shape[1],
             "n_covariates": len(covariates.names),
         }
-    sizes = {**data_sizes(genotypes), **_head_sizes(phenotypes, objective, n_blocks)}
+    sizes = {
+        **data_sizes(genotypes),
+        **_head_sizes(phenotypes, objective, n_environments),
+    }
     model_cfg, head_cfg, train_cfg, settings, graph_cfg, *env_cfg = resolve(
         classes,
         FINETUNE_DEFAULTS,
@@ -245,7 +248,7 @@ def resolve_settings(
         settings,
         graph_cfg,
         env_cfg[0] if env_cfg else None,
-        n_blocks,
+        n_environments,
         pretrained,
         state,
         prior,

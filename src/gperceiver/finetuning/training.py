@@ -16,7 +16,7 @@ from ..device import as_device, autocast, model_device
 from ..tasks.phenotype import PhenotypeTask
 from ..train import TrainConfig, Trainer
 from .additive import AdditivePath, fit_additive_path
-from .inputs import _only_block
+from .inputs import _only_environment
 from .model import _freeze, build_model, encoder_features
 from .save import save_member
 
@@ -160,24 +160,26 @@ def train_members(
     CPU)."""
     device = as_device(device)
     settings, train_cfg = plan.settings, plan.train
-    trained_blocks = np.flatnonzero(data.train.weight.sum(0) > 0).tolist()
+    trained_environments = np.flatnonzero(data.train.weight.sum(0) > 0).tolist()
     joint = not settings.separate_blocks or data.environment is not None
-    groups = [None] if joint else trained_blocks
+    groups = [None] if joint else trained_environments
     members, layout, additive_paths = [], [], {}
     data_identity = {"genotypes": genotypes.fingerprint()}  # one pass, every member
     for k in range(settings.ensemble):
         member_cfg = TrainConfig(**{**asdict(train_cfg), "seed": train_cfg.seed + k})
-        for block in groups:
-            name = f"member-{k}" + ("" if block is None else f"-block-{block}")
+        for environment in groups:
+            name = f"member-{k}" + (
+                "" if environment is None else f"-block-{environment}"
+            )
             torch.manual_seed(member_cfg.seed)
             model = build_model(plan, data, genotypes)
-            train = _only_block(data.train, block)
-            val = _only_block(data.val, block)
-            if plan.head.additive and block not in additive_paths:
-                additive_paths[block] = fit_additive_path(
+            train = _only_environment(data.train, environment)
+            val = _only_environment(data.val, environment)
+            if plan.head.additive and environment not in additive_paths:
+                additive_paths[environment] = fit_additive_path(
                     model.additive, genotypes, train, val, data.scaling, plan.prior
                 )
-            additive = additive_paths.get(block)
+            additive = additive_paths.get(environment)
             model.to(device)
             _train_member(
                 model,
@@ -200,7 +202,7 @@ def train_members(
                 {
                     "dir": name,
                     "seed_index": k,
-                    "block": block,
+                    "block": environment,
                     "marker_weight_mix": None if additive is None else additive.mix,
                 }
             )

@@ -32,18 +32,18 @@ def align_environments(
         Named covariates for numbered blocks, or no name in common.
     """
     if labels is None:
-        if covariates.environments is not None:
+        if covariates.environment_labels is not None:
             raise InputError(
                 covariates.source,
                 "column 'block'",
-                f"environments are named here ({covariates.environments[0]!r}, ...) "
-                f"but numbered in {where}",
+                "environments are named here "
+                f"({covariates.environment_labels[0]!r}, ...) but numbered in {where}",
                 "use the same environment column in both files",
             )
         return covariates, None
-    names = covariates.environments
+    names = covariates.environment_labels
     if names is None:
-        names = [str(int(b)) for b in covariates.blocks]
+        names = [str(int(b)) for b in covariates.environments]
     if not set(names) & set(labels):
         raise InputError(
             covariates.source,

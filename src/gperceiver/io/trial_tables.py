@@ -27,7 +27,7 @@ from .tables import (
 )
 
 
-def _blocks(path, table: pd.DataFrame, column: str = "block"):
+def _environments(path, table: pd.DataFrame, column: str = "block"):
     """The environment ``column`` as block codes ``(rows,)`` int64 and their labels.
 
     Non-negative integers are the codes themselves (labels None); otherwise every
@@ -43,10 +43,14 @@ def _blocks(path, table: pd.DataFrame, column: str = "block"):
             "the environment is missing",
             "give every record an environment (a name or a non-negative integer)",
         )
-    block = pd.to_numeric(raw, errors="coerce").to_numpy()
-    integral = np.isfinite(block) & (block >= 0) & (block == np.round(block))
+    environment = pd.to_numeric(raw, errors="coerce").to_numpy()
+    integral = (
+        np.isfinite(environment)
+        & (environment >= 0)
+        & (environment == np.round(environment))
+    )
     if integral.all():
-        return block.astype(np.int64), None
+        return environment.astype(np.int64), None
     labels = sorted(raw.unique().tolist(), key=natural_key)
     lookup = {label: code for code, label in enumerate(labels)}
     return raw.map(lookup).to_numpy(np.int64), labels
@@ -86,17 +90,17 @@ def read_phenotypes(
 
     ``trait``, ``environment`` and ``name`` are the columns holding the response,
     the environment (text or non-negative integers; text is numbered in natural
-    order and kept as :attr:`Phenotypes.block_labels`) and the individual; they
+    order and kept as :attr:`Phenotypes.environment_labels`) and the individual; they
     are renamed ``response``, ``block`` and ``name``.
     """
     table = _phenotype_columns(path, trait, environment, name)
     response = numeric_column(
         path, table, trait, "use a number, or NA for a missing value"
     )
-    blocks, labels = _blocks(path, table, environment)
+    environments, labels = _environments(path, table, environment)
     out = table.rename(columns={name: "name", trait: "response", environment: "block"})
     out["response"] = response
-    out["block"] = blocks
+    out["block"] = environments
     na = np.isnan(response)
     if na.any():
         warnings.warn(
@@ -117,7 +121,7 @@ def read_covariates(path) -> EnvCovariates:
     """Read environment covariates ``block[, time], covariate...``.
 
     ``block`` holds non-negative integers (the phenotypes' block codes) or names
-    (kept as :attr:`EnvCovariates.environments`, numbered in natural order, to be
+    (kept as :attr:`EnvCovariates.environment_labels`, numbered in natural order, to be
     matched to the phenotypes' names by :func:`align_environments`).
 
     With a ``time`` column (second) the rows are a series per block (e.g. days
@@ -135,7 +139,7 @@ def read_covariates(path) -> EnvCovariates:
         )
     # named environments are numbered in natural order here and matched to the
     # phenotypes' names by io.align_environments
-    block, labels = _blocks(path, table)
+    environment, labels = _environments(path, table)
     values = np.empty((len(table), len(names)))
     for j, column in enumerate(names):
         fix = "use a number (fill missing values, e.g. by interpolation)"
@@ -147,10 +151,10 @@ def read_covariates(path) -> EnvCovariates:
                 path, f"line {row + 2}, column {column!r}", "value is missing", fix
             )
     if required == ["block"]:
-        check_unique(path, pd.Series(block), "block", "block")
-        order = np.argsort(block, kind="stable")
+        check_unique(path, pd.Series(environment), "block", "block")
+        order = np.argsort(environment, kind="stable")
         return EnvCovariates(
-            block[order], names, values[order, None, :], None, str(path), labels
+            environment[order], names, values[order, None, :], None, str(path), labels
         )
     time = numeric_column(path, table, "time", "use a number, e.g. days after planting")
     if np.isnan(time).any():
@@ -158,20 +162,20 @@ def read_covariates(path) -> EnvCovariates:
         raise InputError(
             path, f"line {row + 2}, column 'time'", "time is missing", "fill it"
         )
-    twice = pd.DataFrame({"block": block, "time": time}).duplicated()
+    twice = pd.DataFrame({"block": environment, "time": time}).duplicated()
     if twice.any():
         row = int(np.flatnonzero(twice.to_numpy())[0])
         raise InputError(
             path,
             f"line {row + 2}, column 'time'",
-            f"block {block[row]} has time {time[row]:g} twice",
+            f"block {environment[row]} has time {time[row]:g} twice",
             "keep one row per block and time",
         )
-    blocks = np.unique(block)
-    times = np.sort(time[block == blocks[0]])
-    out = np.empty((len(blocks), len(times), len(names)))
-    for e, b in enumerate(blocks):
-        rows = np.flatnonzero(block == b)
+    environments = np.unique(environment)
+    times = np.sort(time[environment == environments[0]])
+    out = np.empty((len(environments), len(times), len(names)))
+    for e, b in enumerate(environments):
+        rows = np.flatnonzero(environment == b)
         own = time[rows]
         absent = np.setdiff1d(times, own)
         extra = np.setdiff1d(own, times)
@@ -182,11 +186,11 @@ def read_covariates(path) -> EnvCovariates:
                 path,
                 f"line {row + 2}, column 'time'",
                 f"block {b} {'lacks' if len(absent) else 'has extra'} time {t:g} "
-                f"(block {blocks[0]} has {len(times)} time points)",
+                f"(block {environments[0]} has {len(times)} time points)",
                 "give every block the same time points",
             )
         out[e] = values[rows[np.argsort(own)]]
-    return EnvCovariates(blocks, names, out, times, str(path), labels)
+    return EnvCovariates(environments, names, out, times, str(path), labels)
 
 
 def match_phenotypes(phenotypes: Phenotypes, genotypes: Genotypes) -> Phenotypes:
@@ -209,7 +213,10 @@ def match_phenotypes(phenotypes: Phenotypes, genotypes: Genotypes) -> Phenotypes
         )
     table = phenotypes.table[known].reset_index(drop=True)
     return Phenotypes(
-        table, phenotypes.source, phenotypes.extra_columns, phenotypes.block_labels
+        table,
+        phenotypes.source,
+        phenotypes.extra_columns,
+        phenotypes.environment_labels,
     )
 
 
@@ -223,8 +230,8 @@ def write_covariates(covariates: EnvCovariates, path) -> None:
     frame = pd.DataFrame(covariates.values.reshape(e * t, -1), columns=covariates.names)
     if covariates.is_series:
         frame.insert(0, "time", np.tile(covariates.times, e))
-    blocks = covariates.blocks
-    if covariates.environments is not None:
-        blocks = np.asarray(covariates.environments, dtype=object)
-    frame.insert(0, "block", np.repeat(blocks, t))
+    environments = covariates.environments
+    if covariates.environment_labels is not None:
+        environments = np.asarray(covariates.environment_labels, dtype=object)
+    frame.insert(0, "block", np.repeat(environments, t))
     write_table(frame, path, float_format="%.6g")

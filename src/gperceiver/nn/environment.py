@@ -123,7 +123,7 @@ class EnvironmentPhenotypeModel(nn.Module):
             environment,
         )
         e, d, k, r = (
-            head.n_blocks,
+            head.n_environments,
             config.width,
             head.n_outputs,
             environment.reaction_rank,
@@ -186,14 +186,16 @@ class EnvironmentPhenotypeModel(nn.Module):
         ]
 
     @torch.no_grad()
-    def set_covariates(self, blocks: Tensor, values: Tensor) -> None:
+    def set_covariates(self, environments: Tensor, values: Tensor) -> None:
         """Give ``blocks`` (E',) the standardised covariates ``values`` (E', T, C).
 
         Blocks beyond the model's grow the per-block tables with what a block
         without records has after training: zero intercept and zero tokens.
         """
-        n_blocks = max(self.head_config.n_blocks, int(blocks.max()) + 1)
-        grow = n_blocks - self.head_config.n_blocks
+        n_environments = max(
+            self.head_config.n_environments, int(environments.max()) + 1
+        )
+        grow = n_environments - self.head_config.n_environments
         if grow:
             self.covariates = torch.cat(
                 [self.covariates, self.covariates.new_zeros(grow, *values.shape[1:])]
@@ -208,9 +210,9 @@ class EnvironmentPhenotypeModel(nn.Module):
             self.intercept = nn.Parameter(
                 torch.cat([intercept, intercept.new_zeros(grow, intercept.shape[1])])
             )
-            self.head_config = replace(self.head_config, n_blocks=n_blocks)
-        self.covariates[blocks] = values.to(self.covariates.dtype)
-        self.has_covariates[blocks] = True
+            self.head_config = replace(self.head_config, n_environments=n_environments)
+        self.covariates[environments] = values.to(self.covariates.dtype)
+        self.has_covariates[environments] = True
 
     def features(self, alleles: Tensor, marker_idx: Tensor) -> Tensor:
         """Latents next to the mean marker token, (B, L + 1, D)."""

@@ -23,7 +23,7 @@ HEADS = ("latent", "pool")
 
 @dataclass
 class HeadConfig:
-    n_blocks: int  # E, from the data (max block + 1)
+    n_environments: int  # E, from the data (max block + 1)
     n_outputs: int = 1  # K per block: 1 for regression/binary/ranking/ordinal scores
     n_classes: int = 0  # ordinal only: classes, giving K - 1 thresholds per block
     # "pool": mean latent + block embedding -> MLP (the seed found it more accurate);
@@ -53,7 +53,7 @@ class HeadConfig:
                 "additive_kernel must be linear, gaussian or None (auto), "
                 f"got {self.additive_kernel!r}"
             )
-        if self.n_blocks < 1 or self.n_outputs < 1:
+        if self.n_environments < 1 or self.n_outputs < 1:
             raise ValueError("n_blocks and n_outputs must be positive")
 
     def to_dict(self) -> dict:
@@ -69,20 +69,22 @@ class MarkerEffects(nn.Module):
     Buffers, not parameters: set from a REML fit, saved with the model.
     """
 
-    def __init__(self, n_markers: int, n_ids: int, n_blocks: int):
+    def __init__(self, n_markers: int, n_ids: int, n_environments: int):
         super().__init__()
-        self.register_buffer("table", torch.zeros(n_markers, n_ids, n_blocks))
-        self.register_buffer("offset", torch.zeros(n_blocks))
+        self.register_buffer("table", torch.zeros(n_markers, n_ids, n_environments))
+        self.register_buffer("offset", torch.zeros(n_environments))
 
     @torch.no_grad()
-    def set_block(self, block: int, intercept, effects, frequencies, ploidy) -> None:
+    def set_environment(
+        self, environment: int, intercept, effects, frequencies, ploidy
+    ) -> None:
         """Block ``block`` predicts ``intercept + sum (dosage - P p) * effects``
         (``effects``, ``frequencies``: ``(M, A)`` arrays)."""
         effects = torch.as_tensor(effects, dtype=torch.float64)
         mean = (torch.as_tensor(frequencies, dtype=torch.float64) * effects).sum(1)
-        self.table[:, 0, block] = mean.float()
-        self.table[:, 1 : effects.shape[1] + 1, block] = effects.float()
-        self.offset[block] = float(intercept - ploidy * mean.sum())
+        self.table[:, 0, environment] = mean.float()
+        self.table[:, 1 : effects.shape[1] + 1, environment] = effects.float()
+        self.offset[environment] = float(intercept - ploidy * mean.sum())
 
     def per_marker(self, alleles: Tensor, marker_idx: Tensor) -> Tensor:
         """Each marker's term ``(B, M', E)`` of the output (without the offset)."""
@@ -107,15 +109,15 @@ class GaussianEffects(nn.Module):
     Buffers, set from REML fits.
     """
 
-    def __init__(self, n_markers, n_alleles, n_blocks, n_rows, n_features):
+    def __init__(self, n_markers, n_alleles, n_environments, n_rows, n_features):
         super().__init__()
         self.register_buffer("frequencies", torch.zeros(n_markers, n_alleles))
         self.register_buffer("keep", torch.zeros(n_features, dtype=torch.long))
         self.register_buffer("column_scale", torch.zeros(n_features))
         self.register_buffer("features", torch.zeros(n_rows, n_features))
-        self.register_buffer("weights", torch.zeros(n_rows, n_blocks))
-        self.register_buffer("scale", torch.zeros(n_blocks))
-        self.register_buffer("offset", torch.zeros(n_blocks))
+        self.register_buffer("weights", torch.zeros(n_rows, n_environments))
+        self.register_buffer("scale", torch.zeros(n_environments))
+        self.register_buffer("offset", torch.zeros(n_environments))
 
     @torch.no_grad()
     def set_data(self, features, keep, frequencies, column_scale) -> None:
@@ -126,15 +128,15 @@ class GaussianEffects(nn.Module):
         self.column_scale.copy_(torch.as_tensor(column_scale))
 
     @torch.no_grad()
-    def set_block(self, block: int, rows, fit) -> None:
+    def set_environment(self, environment: int, rows, fit) -> None:
         """Block ``block`` from a :class:`~gperceiver.baselines.KernelFit` fitted on
         the kept individuals ``rows`` (indices into ``features``)."""
-        self.weights[:, block] = 0.0
-        self.weights[torch.as_tensor(rows), block] = torch.as_tensor(
+        self.weights[:, environment] = 0.0
+        self.weights[torch.as_tensor(rows), environment] = torch.as_tensor(
             fit.weights, dtype=self.weights.dtype
         )
-        self.scale[block] = fit.scale
-        self.offset[block] = fit.intercept
+        self.scale[environment] = fit.scale
+        self.offset[environment] = fit.intercept
 
     def centred(self, alleles: Tensor, marker_idx: Tensor) -> Tensor:
         """Centred dosages ``(B, M, A)`` of allele ids ``(B, M, P)`` (missing copies
@@ -182,7 +184,7 @@ class PhenotypeModel(nn.Module):
         c, self.config, self.head_config = config, config, head
         self.embed = marker_embedding(config, relative_pos, marker_chrom)
         self.encoder = PerceiverEncoder(config)
-        e, d, k = head.n_blocks, c.width, head.n_outputs
+        e, d, k = head.n_environments, c.width, head.n_outputs
         # Attention averages over many markers, so the part of the latents that
         # differs between individuals is small next to the shared part; batch
         # normalisation across individuals (running statistics at inference) brings
@@ -239,19 +241,19 @@ class PhenotypeModel(nn.Module):
         tokens = self.embed(alleles, marker_idx)
         if self.head_config.head == "latent":
             latents = self.encoder(tokens, extra_latents=self.block_queries[None])
-            return latents[:, -self.head_config.n_blocks :]  # (B, E, D)
+            return latents[:, -self.head_config.n_environments :]  # (B, E, D)
         return torch.cat([self.encoder(tokens).mean(1), tokens.mean(1)], -1)  # (B, 2D)
 
     def head(self, features: Tensor) -> Tensor:
         """Outputs (B, E, K) from :meth:`features`."""
-        b, e = features.shape[0], self.head_config.n_blocks
+        b, e = features.shape[0], self.head_config.n_environments
         normed = self.norm(features.reshape(b, -1)).view_as(features)
         if self.head_config.head == "latent":
             out = self.readout(normed)
         else:
-            blocks = self.block_embed.weight.expand(b, -1, -1)  # (B, E, D)
+            environments = self.block_embed.weight.expand(b, -1, -1)  # (B, E, D)
             out = self.readout(
-                torch.cat([normed[:, None].expand(-1, e, -1), blocks], -1)
+                torch.cat([normed[:, None].expand(-1, e, -1), environments], -1)
             )
         return out + self.intercept
 

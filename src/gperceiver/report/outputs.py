@@ -114,12 +114,12 @@ def write_finetune_outputs(
     next to the phenotype table's records. The model runs on ``device``
     (default the CPU)."""
     predictor = load_predictor(out, device=device)
-    blocks = phenotypes.blocks
+    environments = phenotypes.environments
     if covariates is not None:  # environments without records are predicted too
-        blocks = np.union1d(blocks, covariates.blocks)
-    table = prediction_table(predictor, genotypes, blocks)
+        environments = np.union1d(environments, covariates.environments)
+    table = prediction_table(predictor, genotypes, environments)
     merged = table.merge(phenotypes.table, on=["name", "block"], how="left")
-    merged = phenotypes.named_blocks(merged)  # environments by name
+    merged = phenotypes.named_environments(merged)  # environments by name
     if predictions:
         io.write_table(merged, predictions)
     importance = (importance_parts(predictor.members, genotypes), genotypes.markers)

@@ -50,14 +50,14 @@ def plot_observed_vs_predicted(predictions: pd.DataFrame, path) -> Path:
     Path
         ``path``.
     """
-    blocks = np.sort(predictions["block"].unique())
+    environments = np.sort(predictions["block"].unique())
     methods = list(dict.fromkeys(predictions["method"]))
-    figure = Figure(figsize=(3.6 * len(blocks), 3.6), layout="constrained")
-    axes = figure.subplots(1, len(blocks), squeeze=False, sharey=False)[0]
-    for ax, block in zip(axes, blocks, strict=True):
-        in_block = predictions[predictions["block"] == block]
+    figure = Figure(figsize=(3.6 * len(environments), 3.6), layout="constrained")
+    axes = figure.subplots(1, len(environments), squeeze=False, sharey=False)[0]
+    for ax, environment in zip(axes, environments, strict=True):
+        in_environment = predictions[predictions["block"] == environment]
         for i, method in enumerate(methods):
-            rows = in_block[in_block["method"] == method]
+            rows = in_environment[in_environment["method"] == method]
             r = pearson(rows["prediction"], rows["response"])
             ax.scatter(
                 rows["prediction"],
@@ -67,7 +67,7 @@ def plot_observed_vs_predicted(predictions: pd.DataFrame, path) -> Path:
                 color=_colour(i),
                 label=f"{method} (r = {r:.3f})",
             )
-        ax.set_title(f"block {block}")
+        ax.set_title(f"block {environment}")
         ax.set_xlabel("predicted")
         ax.legend(fontsize="small", loc="upper left")
     axes[0].set_ylabel("observed")

@@ -58,7 +58,7 @@ def maf_spectrum(maf: np.ndarray) -> pd.DataFrame:
 def data_summary(genotypes: Genotypes, phenotypes: Phenotypes) -> DataSummary:
     """:class:`DataSummary` of ``genotypes`` and the records of ``phenotypes``
     (environments by name)."""
-    table = phenotypes.named_blocks(phenotypes.table)
+    table = phenotypes.named_environments(phenotypes.table)
     codes = phenotypes.table["block"].to_numpy()
     groups = table.assign(code=codes).groupby("code", sort=True)
     records = pd.DataFrame(

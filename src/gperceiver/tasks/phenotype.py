@@ -34,15 +34,17 @@ class Records:
 
     @classmethod
     def from_table(
-        cls, table: pd.DataFrame, genotypes: Genotypes, n_blocks: int
+        cls, table: pd.DataFrame, genotypes: Genotypes, n_environments: int
     ) -> Records:
         index = genotypes.index_of(table["name"])
         rows, inverse = np.unique(index, return_inverse=True)
-        total = np.zeros((len(rows), n_blocks))
-        count = np.zeros((len(rows), n_blocks))
-        block = table["block"].to_numpy()
-        np.add.at(total, (inverse, block), table["response"].to_numpy(dtype=float))
-        np.add.at(count, (inverse, block), 1.0)
+        total = np.zeros((len(rows), n_environments))
+        count = np.zeros((len(rows), n_environments))
+        environment = table["block"].to_numpy()
+        np.add.at(
+            total, (inverse, environment), table["response"].to_numpy(dtype=float)
+        )
+        np.add.at(count, (inverse, environment), 1.0)
         with np.errstate(invalid="ignore"):
             response = np.where(count > 0, total / np.maximum(count, 1), np.nan)
         return cls(rows, response, count)
@@ -82,8 +84,8 @@ class Scaling:
         return cls(mean, sd)
 
     @classmethod
-    def identity(cls, n_blocks: int) -> Scaling:
-        return cls(np.zeros(n_blocks), np.ones(n_blocks))
+    def identity(cls, n_environments: int) -> Scaling:
+        return cls(np.zeros(n_environments), np.ones(n_environments))
 
 
 def n_outputs(objective: str, n_classes: int) -> int:
