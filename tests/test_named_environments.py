@@ -51,7 +51,7 @@ def trial(tmp_path_factory):
         for n, name in ((4, "cov.tsv"), (5, "cov_new.tsv")):
             names = NAMES[:n] if kind == "named" else None
             part = EnvCovariates(
-                cov.blocks[:n], cov.names, cov.values[:n], cov.times, "c", names
+                cov.environments[:n], cov.names, cov.values[:n], cov.times, "c", names
             )
             write_covariates(part, d / name)
     return root
@@ -117,7 +117,7 @@ def test_align_environments__raises_on_mismatched_keys():
     # whole numbers name environments of a named table: "2019"
     numbered = EnvCovariates(np.array([2019, 2020]), ["rain"], values, None, "c.tsv")
     aligned, labels = align_environments(numbered, ["2020", "x"], "phenos.tsv")
-    assert labels == ["2020", "x", "2019"] and aligned.blocks.tolist() == [0, 2]
+    assert labels == ["2020", "x", "2019"] and aligned.environments.tolist() == [0, 2]
     assert aligned.environment_labels == ["2020", "2019"]
 
 
