@@ -202,6 +202,22 @@ def _block_fit(method, relationship, fixed, chosen, bandwidths, records) -> GBLU
     return GBLUP(chosen or relationship, fixed=fixed).fit(records, None)
 
 
+def _keep_rkhs_features(model, relationship, table, genotypes):
+    """Store in ``model`` the scaled dosages of the phenotyped individuals an RKHS
+    fit predicts from; return their rows (of ``relationship``) and the median
+    squared distance that scales its bandwidths."""
+    fitted = np.unique(relationship.index_of(table["name"]))
+    model.keep, model.column_scale = kernel_columns(model.frequencies, genotypes.ploidy)
+    features = kernel_features(
+        genotypes.subset(individuals=fitted),
+        model.frequencies,
+        model.keep,
+        model.column_scale,
+    )  # C order, as it loads: the products, and so the bits, are the same
+    model.features = np.ascontiguousarray(features)
+    return fitted, _squared_distances(relationship.matrix)[1]
+
+
 def fit_baseline(
     phenotypes: Phenotypes,
     genotypes: Genotypes,
@@ -218,7 +234,7 @@ def fit_baseline(
     Parameters
     ----------
     phenotypes : Phenotypes
-        The records (every name genotyped); ``block_labels`` name the
+        The records (every name genotyped); ``environment_labels`` name the
         environments in outputs.
     genotypes : Genotypes
         Every genotyped individual (their frequencies centre the dosages and
@@ -257,16 +273,7 @@ def fit_baseline(
         frequencies, [], trait, info=info,
     )  # fmt: skip
     if method == "rkhs":
-        fitted = np.unique(relationship.index_of(table["name"]))
-        model.keep, model.column_scale = kernel_columns(frequencies, genotypes.ploidy)
-        features = kernel_features(
-            genotypes.subset(individuals=fitted),
-            frequencies,
-            model.keep,
-            model.column_scale,
-        )  # C order, as it loads: the products, and so the bits, are the same
-        model.features = np.ascontiguousarray(features)
-        median = _squared_distances(relationship.matrix)[1]
+        fitted, median = _keep_rkhs_features(model, relationship, table, genotypes)
     for block in np.sort(table["block"].unique()):
         records = table[table["block"] == block]
         fit = _block_fit(method, relationship, fixed, chosen, bandwidths, records)

@@ -1,5 +1,8 @@
 """The data model every module shares: marker maps, genotypes and phenotypes.
 
+One module on purpose (over 500 lines): the design keeps the one data model in one
+place, read top to bottom, and every other module imports from here.
+
 Shape letters: N individuals, M markers, P ploidy (copies per locus), A real alleles.
 Allele ids are ``1..A``; ``MISSING`` (0) marks a copy that was not called.
 """

@@ -154,24 +154,35 @@ def pretrain_encoder(
     result = Trainer(model, task, train_cfg, out, resume, identity).fit(
         train_rows, val_rows
     )
-    config = {
+    config = _saved_config(
+        settings, model_cfg, train_cfg, masked_cfg, twinned_cfg, graph_cfg,
+        result, len(train_rows), len(val_rows),
+    )  # fmt: skip
+    save_model(out, model, config, genotypes.markers)
+    return model
+
+
+def _saved_config(
+    settings, model_cfg, train_cfg, masked_cfg, twinned_cfg, graph_cfg, result,
+    n_train: int, n_val: int,
+) -> dict:  # fmt: skip
+    """The ``config.json`` of a pretrained model: its settings and result."""
+    return {
         "task": settings.task,
         "model": model_cfg.to_dict(),
         "train": asdict(train_cfg),
         "masked": asdict(masked_cfg),
-        "contrastive": asdict(twinned_cfg),  # key kept: saved models read it,
+        "contrastive": asdict(twinned_cfg),  # key kept: saved models read it
         "pretrain": asdict(settings),
         "graph": asdict(graph_cfg),
         "result": {
             "best_step": result.best_step,
             "best_val_loss": result.best_loss,
             "stopped_early": result.stopped_early,
-            "n_train": len(train_rows),
-            "n_val": len(val_rows),
+            "n_train": n_train,
+            "n_val": n_val,
         },
     }
-    save_model(out, model, config, genotypes.markers)
-    return model
 
 
 def load_masked_model(

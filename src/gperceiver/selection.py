@@ -104,6 +104,24 @@ def _environment_model(method, relationship, fixed, weighted, records) -> GBLUP:
     return GBLUP(relationship, fixed=fixed).fit(records, None)
 
 
+def _candidate_rows(model, records, genotypes, environment) -> pd.DataFrame:
+    """One environment's :data:`CANDIDATE_COLUMNS` rows from its fitted ``model``."""
+    fixed_part, gebv = model.predict_parts(genotypes.names)
+    rows = model.kernel_.index_of(genotypes.names)
+    counts = records["name"].value_counts()
+    return pd.DataFrame(
+        {
+            "name": genotypes.names,
+            "block": environment,
+            "records": counts.reindex(genotypes.names, fill_value=0).values,
+            "prediction": fixed_part + gebv,
+            "gebv": gebv,
+            "pev": model.prediction_error_variance()[rows],
+            "reliability": model.reliability()[rows],
+        }
+    )
+
+
 def predict_candidates(
     phenotypes: Phenotypes,
     genotypes: Genotypes,
@@ -169,22 +187,7 @@ def predict_candidates(
     for environment in np.sort(table["block"].unique()):
         records = table[table["block"] == environment]
         model = _environment_model(method, relationship, fixed, chosen, records)
-        fixed_part, gebv = model.predict_parts(genotypes.names)
-        rows = model.kernel_.index_of(genotypes.names)
-        counts = records["name"].value_counts()
-        parts.append(
-            pd.DataFrame(
-                {
-                    "name": genotypes.names,
-                    "block": environment,
-                    "records": counts.reindex(genotypes.names, fill_value=0).values,
-                    "prediction": fixed_part + gebv,
-                    "gebv": gebv,
-                    "pev": model.prediction_error_variance()[rows],
-                    "reliability": model.reliability()[rows],
-                }
-            )
-        )
+        parts.append(_candidate_rows(model, records, genotypes, environment))
         components.append(variance_components(model, method, environment, "all", True))
         if with_effects:
             labels = {"method": method, "block": environment, "fold": "all"}

@@ -1,5 +1,7 @@
 """One training loop for every task: AdamW, warm-up + cosine/cyclic LR, clipping,
-early stopping on a validation set, checkpoints and exact resume.
+early stopping on a validation set, checkpoints and exact resume (over 500 lines
+on purpose: the loop and the checkpoint state it must restore exactly live
+together).
 
 Determinism: the batch order of epoch ``e`` comes from ``(seed, e)`` and every step's
 randomness (target sampling, dropout) from ``(seed, step)``, so a run killed and

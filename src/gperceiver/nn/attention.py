@@ -1,5 +1,8 @@
 """Pre-LN residual attention blocks whose heads split the width.
 
+Over 500 lines on purpose: self-, cross- and windowed attention share their
+projections, chunking and masking here, so each kernel is written once.
+
 Shape letters: B batch, L queries (latents or targets), M keys (markers or latents),
 C keys in one chunk, H heads, D width (each head sees D / H channels).
 
