@@ -116,6 +116,15 @@ def _n_multisets(n_ids: int, size: int) -> int:
     return comb(n_ids + size - 1, size)
 
 
+def dosage_alleles(dosage: np.ndarray, ploidy: int) -> np.ndarray:
+    """Copies of allele 2 ``(N, M)`` (``0..ploidy``; negative: missing) -> sorted
+    allele ids ``(N, M, P)`` uint8: ``P - d`` copies of allele 1, then ``d`` of 2."""
+    copy = np.arange(ploidy)[None, None, :]
+    alleles = np.where(copy < ploidy - dosage[..., None], 1, 2).astype(np.uint8)
+    alleles[dosage < 0] = MISSING
+    return alleles
+
+
 @dataclass(frozen=True)
 class MarkerMap:
     """Markers ordered by chromosome (natural order) then position.
@@ -287,10 +296,7 @@ class Genotypes:
                 np.arange(1, m + 1) if pos is None else pos,
             )
             whole, known = whole[:, order], known[:, order]
-        copy = np.arange(ploidy)[None, None, :]
-        # sorted copies: (P - d) copies of allele 1 then d copies of allele 2
-        alleles = np.where(copy < ploidy - whole[..., None], 1, 2).astype(np.uint8)
-        alleles[~known] = MISSING
+        alleles = dosage_alleles(np.where(known, whole, -1), ploidy)
         return cls(alleles, np.asarray(names).astype(str), markers, n_alleles=2)
 
     def subset(self, individuals=None, markers=None) -> Genotypes:

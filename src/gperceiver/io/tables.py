@@ -26,6 +26,7 @@ from ..data import (
     Genotypes,
     MarkerMap,
     allele_decoder,
+    dosage_alleles,
     smallest_uint,
 )
 from .atomic import atomic_path
@@ -284,11 +285,7 @@ def read_dosages(path, markers: MarkerMap, ploidy: int = 2) -> Genotypes:
             f"dosage {dosage[i, m]} is above the ploidy {ploidy}",
             "set --ploidy to match the file",
         )
-    copy = np.arange(ploidy)[None, None, :]
-    # sorted copies: (P - d) copies of allele 1 then d copies of allele 2
-    alleles = np.where(copy < ploidy - dosage[..., None], 1, 2).astype(np.uint8)
-    alleles[dosage < 0] = 0
-    return Genotypes(alleles, names, markers, n_alleles=2)
+    return Genotypes(dosage_alleles(dosage, ploidy), names, markers, n_alleles=2)
 
 
 def write_table(frame: pd.DataFrame, path, float_format: str = "%.6g") -> None:
