@@ -251,6 +251,18 @@ def output_kind(out, output_format: str = "codes") -> str:
     )
 
 
+def check_output_format(genotypes, output_format: str) -> None:
+    """Refuse, before any work, an ``--output-format`` these genotypes cannot
+    fill: dosage tables hold biallelic markers only."""
+    if output_format == "dosage" and genotypes.n_alleles != 2:
+        raise InputError(
+            "--output-format", None,
+            f"dosage tables hold biallelic markers only, these have "
+            f"{genotypes.n_alleles} alleles",
+            "use --output-format codes or probabilities",
+        )  # fmt: skip
+
+
 def panel_settings(options: dict) -> PanelImputeSettings:
     """Settings from command-line options (``window``, ``shortlist``, ``fit_steps``,
     ``time_budget_s``, ``seed``; absent ones keep their defaults)."""

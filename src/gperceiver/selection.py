@@ -22,8 +22,10 @@ from .baselines import (
     fixed_effect_covariance,
     marker_effect_frame,
     mixed_weights,
+    weighted_kernels,
 )
 from .data import Genotypes, Phenotypes
+from .io import InputError
 
 CANDIDATE_METHODS = ("gblup", "rkhs", "gblup-weighted")
 CANDIDATE_COLUMNS = [
@@ -149,8 +151,9 @@ def predict_candidates(
         VanRaden's G of ``genotypes`` (computed if absent).
     weighted : list of (float, Kernel), optional
         The candidate relationships of ``gblup-weighted``
-        (:func:`~gperceiver.baselines.relationship_mixes`); REML chooses one mix
-        for every block (:class:`~gperceiver.baselines.WeightedGBLUP`).
+        (:func:`~gperceiver.baselines.relationship_mixes`; made from ``prior``
+        when absent); REML chooses one mix for every block
+        (:class:`~gperceiver.baselines.WeightedGBLUP`).
     effects : list, optional
         Receives each block's :func:`marker_effects` (``gblup``, and
         ``gblup-weighted`` given its marker-weight ``prior`` ``(M,)``; ``rkhs``
@@ -174,8 +177,12 @@ def predict_candidates(
     table = phenotypes.table
     chosen, marker_weights = None, None
     if method == "gblup-weighted":
-        if not weighted:
-            raise ValueError("gblup-weighted needs the weighted relationships")
+        if not weighted and prior is None:
+            raise InputError(
+                "--method", None, "gblup-weighted needs a prior",
+                "pass --marker-weights FILE (a TSV marker, weight)",
+            )  # fmt: skip
+        weighted = weighted or weighted_kernels(genotypes, prior)
         selection = WeightedGBLUP(weighted, fixed=fixed).fit(table)
         chosen = selection.relationship_
         if prior is not None:

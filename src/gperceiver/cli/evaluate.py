@@ -8,7 +8,6 @@ from pathlib import Path
 import pandas as pd
 
 from .. import io
-from ..baselines import weighted_kernels
 from ..checkpoint import record_directory
 from ..evaluate import NOTES, cross_validate, format_accuracy, single_split
 from ..io import InputError
@@ -34,9 +33,6 @@ from .options import (
     typed_options,
 )
 
-# the methods that read --marker-weights
-WEIGHT_USERS = {"gblup-weighted", "perceiver", "perceiver-pretrained"}
-
 
 def cmd_evaluate(args) -> None:
     """Evaluate each ``--trait`` (several: one output directory each, named by
@@ -56,14 +52,6 @@ def evaluate_trait(args, genotypes, phenotypes, out: Path) -> None:
     claim = claim_output(args, phenotypes, genotypes, out)
     covariates, phenotypes = read_covariates_for(args, phenotypes)
     typed = typed_options(args) | ({"progress": False} if args.quiet else {})
-    weighted = {**file_params(args), **typed}.get("marker_weights")
-    if weighted and not WEIGHT_USERS & set(methods):
-        raise InputError(
-            "--marker-weights",
-            None,
-            f"none of the methods {methods} uses marker weights",
-            f"add one of {sorted(WEIGHT_USERS)} to --methods or drop the weights",
-        )
     options = {
         "params": file_params(args),
         "typed": typed,
@@ -152,21 +140,11 @@ def write_marker_effects(args, phenotypes, effects) -> None:
 def gblup_candidates(args, phenotypes, genotypes, options) -> None:
     """``gblup`` without ``--cv``: fit on every record, predict every genotyped
     individual (selection candidates) with PEV and reliability."""
-    weighted = None
-    if args.method == "gblup-weighted":
-        prior = options["marker_inputs"].weights
-        if prior is None:
-            raise InputError(
-                "--method", None, "gblup-weighted needs a prior",
-                "pass --marker-weights FILE (a TSV marker, weight)",
-            )  # fmt: skip
-        weighted = weighted_kernels(genotypes, prior)
     candidates, components = predict_candidates(
         phenotypes,
         genotypes,
         args.method,
         options["fixed"],
-        weighted=weighted,
         effects=options["marker_effects"],
         prior=options["marker_inputs"].weights,
     )

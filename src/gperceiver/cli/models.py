@@ -51,7 +51,7 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_impute(args) -> None:
-    from ..imputation import output_kind, write_result
+    from ..imputation import check_output_format, output_kind, write_result
 
     kind = output_kind(args.out, args.output_format)  # refuses before any work
     if args.reference and args.model:
@@ -63,14 +63,7 @@ def cmd_impute(args) -> None:
         cmd_impute_panel(args, kind)
         return
     genotypes = read_genotypes(args)
-    if args.output_format == "dosage" and genotypes.n_alleles != 2:
-        raise InputError(
-            "--output-format",
-            None,
-            f"dosage tables hold biallelic markers only, these have "
-            f"{genotypes.n_alleles} alleles",
-            "use --output-format codes or probabilities",
-        )
+    check_output_format(genotypes, args.output_format)
     model_dir, params, inputs = args.model, None, None
     if not model_dir:  # every refusal comes before the (long) pretraining
         model_dir = Path(args.out).with_name(Path(args.out).name + ".model")
@@ -100,16 +93,15 @@ def cmd_impute(args) -> None:
 
 def cmd_impute_panel(args, kind: str) -> None:
     """``impute`` by panel attention: one-shot, or from ``--reference``."""
-    from ..imputation import impute_with_panel, panel_settings, write_result
+    from ..imputation import (
+        check_output_format,
+        impute_with_panel,
+        panel_settings,
+        write_result,
+    )
 
     targets = read_genotypes(args)
-    if args.output_format == "dosage" and targets.n_alleles != 2:
-        raise InputError(
-            "--output-format", None,
-            f"dosage tables hold biallelic markers only, these have "
-            f"{targets.n_alleles} alleles",
-            "use --output-format codes or probabilities",
-        )  # fmt: skip
+    check_output_format(targets, args.output_format)
     reference = read_reference(args) if args.reference else None
     settings = panel_settings(vars(args))
     result = impute_with_panel(targets, reference, settings, args.reference)
@@ -192,6 +184,11 @@ def cmd_predict(args) -> None:
 
 def add_model_commands(sub) -> None:
     """``pretrain``, ``impute``, ``finetune`` and ``predict``."""
+    for add in (add_pretrain, add_impute, add_finetune, add_predict):
+        add(sub)
+
+
+def add_pretrain(sub) -> None:
     p = sub.add_parser(
         "pretrain", help="masked-marker and/or twinned pretraining on genotypes"
     )
@@ -204,6 +201,8 @@ def add_model_commands(sub) -> None:
     add_device_option(p)
     p.set_defaults(func=cmd_pretrain)
 
+
+def add_impute(sub) -> None:
     p = sub.add_parser(
         "impute", help="fill missing genotypes by panel attention (or a masked model)"
     )
@@ -221,6 +220,8 @@ def add_model_commands(sub) -> None:
     add_device_option(p)
     p.set_defaults(func=cmd_impute, restart=False)
 
+
+def add_finetune(sub) -> None:
     p = sub.add_parser(
         "finetune", help="train a phenotype model (scratch or pretrained)"
     )
@@ -247,6 +248,8 @@ def add_model_commands(sub) -> None:
     add_device_option(p)
     p.set_defaults(func=cmd_finetune)
 
+
+def add_predict(sub) -> None:
     p = sub.add_parser(
         "predict", help="predict every individual x block with a finetuned model"
     )

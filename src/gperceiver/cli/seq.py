@@ -32,17 +32,11 @@ def cmd_seq_pretrain(args) -> None:
 
 
 def cmd_seq_evaluate(args) -> None:
-    from ..seq import SeqLM
     from ..seq.fasta import read_sequence_files
-    from ..seq.lm import bits_per_base
-    from ..seq.loading import MEMORY_KIND, load_scorer, model_kind
+    from ..seq.loading import bits_per_base
 
     files = read_sequence_files([args.fasta])
-    if model_kind(args.model) == MEMORY_KIND:
-        bits, count = load_scorer(args.model, args.device).bits_per_base(files)
-    else:
-        model = SeqLM.from_pretrained(args.model, args.device)
-        bits, count = bits_per_base(model, files[0].records, args.overlap)
+    bits, count = bits_per_base(args.model, files, args.overlap, args.device)
     print(f"scored_bases={count}")
     print(f"bits_per_base={bits:.6f}")
 

@@ -31,7 +31,7 @@ from .accuracy import (
     pearson,
     pooled_table,
 )
-from .methods import METHODS, NOTES, Method, per_environment
+from .methods import METHODS, NOTES, WEIGHT_USERS, Method, per_environment
 
 SCHEMES = ("cv1", "cv0", "cv00")
 
@@ -45,7 +45,16 @@ def _check(
     genotypes: Genotypes,
     methods: list[str],
     scheme: str = "cv1",
+    options: dict | None = None,
 ) -> None:
+    inputs = (options or {}).get("marker_inputs")
+    if inputs is not None and inputs.weights is not None:
+        if not WEIGHT_USERS & set(methods):
+            raise InputError(
+                "--marker-weights", None,
+                f"none of the methods {methods} uses marker weights",
+                f"add one of {sorted(WEIGHT_USERS)} to --methods or drop the weights",
+            )  # fmt: skip
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise InputError(
@@ -196,7 +205,7 @@ def cross_validate(
     accuracy : DataFrame
         :func:`accuracy_table` of ``predictions``.
     """
-    _check(phenotypes, genotypes, methods, scheme)
+    _check(phenotypes, genotypes, methods, scheme, options)
     unknown = set(folds) - set(phenotypes.folds()) if folds else set()
     if unknown:
         raise InputError(
@@ -222,7 +231,7 @@ def single_split(
     Returns ``(predictions, accuracy)`` as :func:`cross_validate` (``options``
     likewise), for that fold only (its ``"all"`` rows equal the fold's rows).
     """
-    _check(phenotypes, genotypes, [method])
+    _check(phenotypes, genotypes, [method], options=options)
     if str(fold) not in phenotypes.folds():
         raise ValueError(f"fold {fold!r} is not a value of the cv column")
     predictions = _run(phenotypes, genotypes, [method], [str(fold)], progress, options)

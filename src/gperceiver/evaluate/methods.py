@@ -321,6 +321,9 @@ METHODS: dict[str, Method] = {
     "relatives": relatives_method(_relationship, fixed_effects, absorb_fixed_effects),
 }
 
+# the methods that read the marker weights of ``options["marker_inputs"]``
+WEIGHT_USERS = {"gblup-weighted", "perceiver", "perceiver-pretrained"}
+
 
 NOTES = {
     "gblup-weighted": "GBLUP with the --marker-weights prior, how much it counts "
