@@ -8,7 +8,7 @@ Shape letters: N individuals, M markers, P ploidy.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msprime
 import numpy as np
@@ -16,8 +16,23 @@ import tskit
 
 from .data import MarkerMap
 
-if TYPE_CHECKING:
-    from .simulate import SimulationConfig
+
+class CoalescentSettings(Protocol):
+    """What the coalescent reads of :class:`gperceiver.simulate.SimulationConfig`
+    (its fields document units and defaults)."""
+
+    n_individuals: int
+    n_markers: int
+    n_chromosomes: int
+    ploidy: int
+    n_alleles: int
+    population_size: float
+    mutation_rate: float
+    recombination_rate: float
+    chromosome_length_bp: int
+    site_spacing_bp: int | None
+    min_maf: float
+
 
 # Mean mutations per candidate site when multi-allelic sites are wanted: high enough
 # that recurrent mutation often leaves three or more alleles at a site.
@@ -27,7 +42,7 @@ DECODE_BATCH = 2048
 
 
 def simulate_markers(
-    config: SimulationConfig, rng: np.random.Generator
+    config: CoalescentSettings, rng: np.random.Generator
 ) -> tuple[np.ndarray, MarkerMap]:
     """Allele ids ``(N, M, P)`` uint8 of ``config.n_markers`` markers spread evenly
     over ``config.n_chromosomes`` simulated chromosomes, and their map (names
@@ -50,7 +65,7 @@ def simulate_markers(
     return alleles, markers
 
 
-def _site_spacing(config: SimulationConfig) -> int:
+def _site_spacing(config: CoalescentSettings) -> int:
     """Bp between candidate sites (see ``SimulationConfig.site_spacing_bp``)."""
     if config.site_spacing_bp is not None:
         return config.site_spacing_bp
@@ -75,7 +90,7 @@ def _k_allele_model(k: int) -> msprime.MatrixMutationModel:
 
 
 def _simulate_chromosome(
-    config: SimulationConfig,
+    config: CoalescentSettings,
     name: str,
     n_sites: int,
     spacing: int,
