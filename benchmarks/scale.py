@@ -129,8 +129,11 @@ def child(
     overrides: dict,
     threads: int,
     limit_gb: float,
+    keep_freed: bool = True,
 ) -> dict:
     import torch
+
+    from gperceiver.allocator import keep_freed_memory
 
     if limit_gb:
         # a failed allocation beats the kernel's OOM killer picking another process
@@ -139,6 +142,8 @@ def child(
     if threads:
         torch.set_num_threads(threads)
     load_start = os.getloadavg()[0]
+    # as the command line does once the genotypes are read
+    kept = keep_freed_memory(n_markers) if keep_freed else False
 
     from gperceiver.nn.perceiver import MaskedMarkerModel, PerceiverConfig
     from gperceiver.tasks.masked import MaskedConfig, MaskedMarkerTask
@@ -189,6 +194,7 @@ def child(
     return {
         "markers": n_markers,
         "batch": batch,
+        "keep_freed_memory": kept,
         "parameters": sum(p.numel() for p in model.parameters()),
         "rss_import_gb": rss_import,
         "rss_built_gb": rss_built,
@@ -237,6 +243,12 @@ def main() -> None:
         "needs more fails with an out-of-memory error instead of "
         "waking the kernel's OOM killer",
     )
+    parser.add_argument(
+        "--no-keep-freed-memory",
+        action="store_true",
+        help="leave glibc's malloc as it is (the command line keeps freed memory "
+        "up to gperceiver.allocator.MARKER_LIMIT markers)",
+    )
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -255,6 +267,7 @@ def main() -> None:
                     overrides,
                     args.threads,
                     args.memory_limit_gb,
+                    not args.no_keep_freed_memory,
                 )
             )
         )
@@ -276,6 +289,8 @@ def main() -> None:
             "--memory-limit-gb",
             str(args.memory_limit_gb),
         ]
+        if args.no_keep_freed_memory:
+            command.append("--no-keep-freed-memory")
         for item in args.set:
             command += ["--set", item]
         t0 = time.perf_counter()

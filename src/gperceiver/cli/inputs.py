@@ -7,6 +7,7 @@ import dataclasses
 import warnings
 
 from .. import io
+from ..allocator import keep_freed_memory
 from ..baselines import FixedEffects, check_fixed_columns, column_list
 from ..data import MarkerInputs
 from ..io import InputError, InputWarning
@@ -16,8 +17,16 @@ def read_genotypes(args, stream: bool = False):
     """Genotypes of MARKERS: a table with its CHROMS, or a VCF/BCF, PLINK .bed or
     VCF Zarr store (by extension; positions come from the file, CHROMS is not used).
 
-    ``stream``: a Zarr store is read block by block instead of loaded.
+    ``stream``: a Zarr store is read block by block instead of loaded. Once read,
+    freed memory is kept for reuse up to :data:`gperceiver.allocator.MARKER_LIMIT`
+    markers (:func:`gperceiver.allocator.keep_freed_memory`).
     """
+    genotypes = _read_genotypes(args, stream)
+    keep_freed_memory(genotypes.n_markers)
+    return genotypes
+
+
+def _read_genotypes(args, stream: bool):
     if io.genotype_format(args.markers) != "table":
         if args.chroms:
             warnings.warn(
