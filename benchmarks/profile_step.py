@@ -71,6 +71,7 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    parser.add_argument("--no-keep-freed-memory", action="store_true")
     args = parser.parse_args()
     from gperceiver.nn.perceiver import PerceiverConfig
     from gperceiver.train import TrainConfig, make_optimizer
@@ -78,6 +79,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if not args.no_keep_freed_memory:  # as the command line does
+        from gperceiver.allocator import keep_freed_memory
+
+        keep_freed_memory(args.markers)
     genotypes = random_genotypes(args.markers, args.batch * 4)
     overrides = {}
     for item in args.set:
