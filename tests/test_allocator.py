@@ -13,19 +13,25 @@ pytestmark = pytest.mark.skipif(
 
 SCRIPT = """
 import resource, sys
-import torch
+import numpy as np
 from gperceiver.allocator import keep_freed_memory
-torch.set_num_threads(1)
+core = getattr(np, "_core", None) or np.core  # numpy 2 / 1.26
+core.multiarray._set_madvise_hugepage(False)  # count 4 KiB pages, as torch's
 applied = keep_freed_memory(int(sys.argv[1]))
 faults = []
-for _ in range(6):  # a step's large tensors, allocated and freed again and again
+for _ in range(5):  # a step's large arrays, allocated and freed again and again
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    x = torch.ones(50_000_000)  # 200 MB, above glibc's largest mmap threshold
-    y = torch.ones(25_000_000) + x[:25_000_000]
+    x = np.ones(50_000_000, np.float32)  # 200 MB, above glibc's largest mmap threshold
+    y = np.ones(25_000_000, np.float32) + x[:25_000_000]
     del x, y
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(applied, sum(faults[2:]))  # after two warm-up rounds
+print(applied, sum(faults[1:]))  # after one warm-up round
 """
+
+# Each round touches 97,656 pages of 4 KiB (200 + 100 + 100 MB). torch's
+# 64-byte-aligned blocks fit the heap's holes less neatly than malloc's, so its
+# reuse is measured per train step instead (BENCHMARKS.md, Scale).
+PAGES_PER_ROUND = 97_656
 
 
 def page_faults(n_markers: int) -> tuple[bool, int]:
@@ -39,13 +45,10 @@ def page_faults(n_markers: int) -> tuple[bool, int]:
 def test_keep_freed_memory__a_repeated_allocation_faults_no_page_in_again():
     applied, faults = page_faults(100_000)
     assert applied
-    # 4 rounds of 3 tensors, 97,656 pages of 4 KiB a round: each faulted in afresh
-    # without the setting; with it the heap's blocks are reused (now and then a
-    # round whose blocks land elsewhere faults one 100 MB tensor, 24,414 pages)
-    assert faults < 4 * 97_656 / 2
+    assert faults < 0.01 * 4 * PAGES_PER_ROUND  # the freed blocks are reused
 
 
 def test_keep_freed_memory__leaves_the_allocator_alone_above_the_marker_limit():
     applied, faults = page_faults(500_000)
     assert not applied
-    assert faults > 0.9 * 4 * 97_656  # glibc maps and unmaps each block each time
+    assert faults > 0.5 * 4 * PAGES_PER_ROUND  # glibc maps and unmaps the blocks
