@@ -15,6 +15,7 @@ from gperceiver.baselines import GBLUP, RKHS, FixedDesign, FixedEffects, Kernel
 from gperceiver.checkpoint import read_json, write_json
 from gperceiver.cli import main
 from gperceiver.data import Phenotypes
+from gperceiver.finetuning import finetune, load_predictor
 from gperceiver.io import write_chroms, write_markers, write_phenotypes
 from test_fixed_effects import SEX_HERD_AGE, animal_problem
 
@@ -223,3 +224,28 @@ def test_fixed_design__json_round_trip_keeps_the_columns_in_order(tmp_path, anim
     again = FixedDesign.from_dict(read_json(tmp_path / "design.json"))
     assert again.names_ == design.names_
     assert np.array_equal(again.matrix(records), design.matrix(records))
+
+
+def test_evaluate_perceiver_fixed__fold_fixed_part_is_finetune_cv_models(
+    animals, tmp_path
+):
+    """``evaluate``'s Perceiver and ``finetune --cv 0`` fit the fixed effects the
+    same way: the fold-0 fixed part of the one is what the other's saved model
+    adds to the fold-0 records, both that of a GBLUP fitted on folds 1-4."""
+    records, genotypes = animals
+    params = {**TINY, "epochs": 1}
+    fixed = {"fixed": "sex,herd", "fixed_numeric": "age"}
+    _, predictions = gp.cross_validate(
+        genotypes, records, ["perceiver"], folds=[0], params=params,
+        predictions=True, **fixed,
+    )  # fmt: skip
+    fold_0 = records[records["cv"] == 0]
+    kernel = Kernel.relationship(genotypes)
+    reference = GBLUP(kernel, fixed=SEX_HERD_AGE).fit(records[records["cv"] != 0], None)
+    expected = reference.predict_parts(fold_0)[0]
+    evaluated = predictions.set_index("name").loc[fold_0["name"], "fixed"]
+    assert np.allclose(evaluated.to_numpy(), expected, rtol=1e-12, atol=1e-12)
+    typed = {**fixed, "progress": False}
+    finetune(Phenotypes(records), genotypes, tmp_path / "ft", params, typed, cv=0)
+    saved = load_predictor(tmp_path / "ft").fixed
+    assert np.allclose(saved.values(fold_0), expected, rtol=1e-12, atol=1e-12)
