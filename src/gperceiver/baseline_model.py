@@ -20,7 +20,9 @@ in a form that needs only the genotypes of a new individual:
 
 A new individual's prediction is the fixed part at the mean of the training
 levels and covariates (:meth:`~gperceiver.baselines.FixedDesign.mean_row`) plus
-its BLUP, as for selection candidates. The directory holds ``config.json``
+its BLUP, as for selection candidates; a record's
+(:meth:`BaselineModel.predict_records`, ``predict --records``) takes the fixed part
+of its own levels and covariates. The directory holds ``config.json``
 (``kind: baseline``, ``format_version``, the method, trait, environments with their
 fixed-effect levels and variance components), ``model.safetensors`` (float64
 arrays) and ``markers.tsv``; markers of new genotypes are matched by name.
@@ -233,8 +235,9 @@ def fit_baseline(
     trait: str = "response",
     relationship: Kernel | None = None,
 ) -> BaselineModel:
-    """Fit ``method`` per environment on every record of ``phenotypes`` and write
-    the solution to predict any genotype.
+    """Fit ``method`` per environment (``gblup-main``: over every environment at
+    once) on every record of ``phenotypes`` and write the solution to predict any
+    genotype.
 
     Parameters
     ----------
