@@ -2,14 +2,16 @@
 simulated set with a sex factor and an age covariate (``--fixed-variance``).
 
 Every method is cross-validated on the same folds of one simulated set; the
-Perceiver once per seed (GBLUP and RKHS are deterministic: once). Accuracy is
+neural methods (``--neural``, default the Perceiver; ``perceiver,perceiver-pretrained``
+for both) once per seed (GBLUP and RKHS are deterministic: once). Accuracy is
 Pearson r pooled over folds: of the prediction with the response, of the genetic
 part (``prediction - fixed``) with the response corrected for the fitted fixed
 effects (``pearson_r_genetic``), and of the genetic part with the simulated
 genetic value::
 
     for arm in plain fixed; do for seed in 0 1 2; do
-        python benchmarks/fixed_effects.py --out /tmp/fixed --arm $arm --seeds $seed
+        python benchmarks/fixed_effects.py --out /tmp/fixed --arm $arm --seeds $seed \
+            --neural perceiver,perceiver-pretrained --params '{"time_budget_s": 30}'
     done; done
     python benchmarks/fixed_effects.py --out /tmp/fixed --summary   # the table
 

@@ -8,7 +8,7 @@ import pytest
 
 from gperceiver import io
 from gperceiver.baseline_model import fit_baseline, load_baseline, save_baseline
-from gperceiver.baselines import FixedEffects
+from gperceiver.baselines import FixedEffects, Kernel, ReactionNorm
 from gperceiver.cli import main
 from gperceiver.data import Genotypes, MarkerMap, Phenotypes
 from gperceiver.evaluate import cross_validate
@@ -174,3 +174,36 @@ def test_fit__gblup_weighted_needs_its_prior_and_keeps_the_mix(animals, tmp_path
                  "--marker-weights", str(weights)]) == 0  # fmt: skip
     model = load_baseline(out)
     assert model.method == "gblup-weighted" and 0 <= model.info["mix"] <= 1
+
+
+def test_fit_gblup_main__predicts_as_the_reaction_norm_main_effect_model(
+    animals, tmp_path
+):
+    """``gblup-main`` saved as allele effects predicts the records and new
+    genotypes as :class:`ReactionNorm` without interaction (its own REML over
+    environments, environment_reml) fitted on the same records."""
+    genotypes, table = animals.genotypes, animals.phenotypes.table
+    fixed = FixedEffects(("sex",), ("age",))
+    train = table[table["cv"].astype(int) != 0]  # fold 0's individuals: new
+    model = fit_baseline(Phenotypes(train), genotypes, "gblup-main", fixed)
+    save_baseline(model, tmp_path / "main")
+    model = load_baseline(tmp_path / "main")
+    reference = ReactionNorm(Kernel.relationship(genotypes), interaction=False,
+                             fixed=fixed).fit(train, genotypes)  # fmt: skip
+    test = table[table["cv"].astype(int) == 0]
+    new = shuffled_map(genotypes, np.unique(genotypes.index_of(test["name"])))
+    for records, individuals in ((train, genotypes), (test, new)):
+        fixed_part, genetic = model.predict_records(individuals, records)
+        expected = reference.predict_parts(records)
+        scale = records["response"].std()
+        assert np.allclose(fixed_part, expected[0], atol=1e-8 * scale)
+        assert np.allclose(genetic, expected[1], atol=1e-8 * scale)
+    # one genetic value per individual, every environment at its own mean
+    values = model.predict_table(new)
+    per_individual = values.pivot(index="name", columns="block", values="gebv")
+    assert np.allclose(per_individual[0], per_individual[1])
+    means = (
+        values.groupby("block")["prediction"].mean()
+        - values.groupby("block")["gebv"].mean()
+    )
+    assert np.allclose(means.diff().iloc[1], np.diff(reference.means_)[0], atol=1e-8)

@@ -38,6 +38,7 @@ from . import io
 from .baseline_model import fit_baseline, load_baseline, save_baseline
 from .baselines import DEFAULT_BANDWIDTHS, FixedEffects, column_list
 from .data import Genotypes, Phenotypes
+from .io.records import environment_codes
 
 
 def read_genotypes(
@@ -72,6 +73,22 @@ def read_phenotypes(
     if genotypes is None:
         return phenotypes
     return io.match_phenotypes(phenotypes, genotypes)
+
+
+def model_records(records: pd.DataFrame, environments: dict) -> pd.DataFrame:
+    """``records`` with ``block`` as the model's codes (``environments``: the
+    environment names or codes the model shows -> its codes; ``block`` may be
+    left out when there is one)."""
+    if "block" not in records:
+        if len(environments) != 1:
+            raise ValueError(
+                f"records need a block column: the model has {len(environments)} "
+                f"environments, {list(environments)}"
+            )
+        return records.assign(block=next(iter(environments.values())))
+    lookup = {str(label): code for label, code in environments.items()}
+    codes = environment_codes(records["block"], lookup, "records", "block")
+    return records.assign(block=codes)
 
 
 def as_phenotypes(genotypes: Genotypes, phenotypes_or_y) -> Phenotypes:
@@ -189,11 +206,20 @@ class GBLUP(Estimator):
         ].reset_index(drop=True)
         return self
 
-    def predict(self, genotypes: Genotypes) -> np.ndarray:
+    def predict(self, genotypes: Genotypes, records=None) -> np.ndarray:
         """Predictions ``(N,)`` (one environment) or ``(N, E)`` (columns
         :attr:`environments_`) of every individual of ``genotypes``, new ones
         included (markers matched by name): the fixed part at the mean training
-        levels and covariates plus the BLUP."""
+        levels and covariates plus the BLUP. With ``records`` (a DataFrame:
+        ``name``, ``block`` as in :attr:`environments_`, optional with one
+        environment, and the fixed-effect columns), the ``(k,)`` predictions of
+        those records: BLUP plus the fixed part of each record's levels (a level
+        unseen in training at the mean effect, with a warning)."""
+        if records is not None:
+            blocks = {env.label: env.block for env in self.model_.environments}
+            records = model_records(records, blocks)
+            fixed, genetic = self.model_.predict_records(genotypes, records)
+            return fixed + genetic
         table = self.model_.predict_table(genotypes)
         values = table["prediction"].to_numpy().reshape(genotypes.n_individuals, -1)
         return values[:, 0] if values.shape[1] == 1 else values
@@ -260,6 +286,11 @@ class Perceiver(Estimator):
         A ``gperceiver pretrain`` directory whose encoder is finetuned.
     progress : bool
         Show progress bars.
+    fixed, fixed_numeric : str or sequence of str
+        Record columns fitted as factors / linear covariates, by GLS in the
+        per-environment REML GBLUP of the training records before the network,
+        which trains on the responses corrected for them (as ``finetune
+        --fixed``).
 
     Attributes
     ----------
@@ -270,6 +301,9 @@ class Perceiver(Estimator):
     environments_ : list
         Block codes of the prediction columns (names after :meth:`fit` on named
         environments).
+    fixed_effects_ : DataFrame
+        ``block, effect, value``: the fitted intercept, factor levels and slopes
+        (empty without fixed effects).
     """
 
     def __init__(
@@ -284,6 +318,8 @@ class Perceiver(Estimator):
         params=None,
         pretrained=None,
         progress=False,
+        fixed=(),
+        fixed_numeric=(),
     ):
         self.width = width
         self.n_latents = n_latents
@@ -295,11 +331,18 @@ class Perceiver(Estimator):
         self.params = params
         self.pretrained = pretrained
         self.progress = progress
+        self.fixed = fixed
+        self.fixed_numeric = fixed_numeric
 
     def _typed(self) -> dict:
         names = ["width", "n_latents", "epochs", "lr", "batch_size", "seed", "ensemble"]
         typed = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
-        return {**typed, "progress": self.progress}
+        fixed = {
+            "fixed": ",".join(column_list(self.fixed)),
+            "fixed_numeric": ",".join(column_list(self.fixed_numeric)),
+        }
+        fixed = {k: v for k, v in fixed.items() if v}
+        return {**typed, **fixed, "progress": self.progress}
 
     def fit(self, genotypes: Genotypes, phenotypes_or_y) -> Perceiver:
         """Finetune on every record (early stopping on an inner split of the
@@ -325,16 +368,32 @@ class Perceiver(Estimator):
         self.markers_ = load_model_config(directory)[1]
         blocks = range(self.predictor_.members[0].head_config.n_environments)
         self.environments_ = list(blocks) if labels is None else labels
+        fixed = self.predictor_.fixed
+        self.fixed_effects_ = (
+            pd.DataFrame(columns=["block", "effect", "value"])
+            if fixed is None
+            else fixed.effects(self.environments_)
+        )
         return self
 
-    def predict(self, genotypes: Genotypes) -> np.ndarray:
+    def predict(self, genotypes: Genotypes, records=None) -> np.ndarray:
         """Predictions ``(N,)`` (one environment) or ``(N, E)`` of every
         individual of ``genotypes`` (the marker map of the fit, else
-        :class:`~gperceiver.io.InputError`), the ensemble's mean."""
+        :class:`~gperceiver.io.InputError`), the ensemble's mean plus, with fixed
+        effects, the fixed part at the mean training levels and covariates. With
+        ``records`` (as for :meth:`GBLUP.predict`), the ``(k,)`` predictions of
+        those records, each with the fixed part of its own levels."""
         from .checkpoint import check_markers
+        from .finetuning import prediction_table, record_predictions
 
         check_markers(self.markers_, genotypes.markers, self.model_dir_, "genotypes")
-        values = self.predictor_.predict(genotypes).mean(-1)  # (N, E)
+        if records is not None:
+            blocks = {label: code for code, label in enumerate(self.environments_)}
+            records = model_records(records, blocks)
+            fixed, genetic = record_predictions(self.predictor_, genotypes, records)
+            return fixed + genetic
+        table = prediction_table(self.predictor_, genotypes)
+        values = table["prediction"].to_numpy().reshape(genotypes.n_individuals, -1)
         return values[:, 0] if values.shape[1] == 1 else values
 
     def save_pretrained(self, directory) -> None:

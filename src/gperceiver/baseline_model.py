@@ -10,13 +10,19 @@ in a form that needs only the genotypes of a new individual:
 - GBLUP (and ``gblup-weighted``): allele effects ``(M, A)`` per environment
   (:func:`~gperceiver.baselines.blup_allele_effects`), the BLUP of a genotype being
   ``sum (dosage - P p) effects`` with the frequencies ``p`` of the fit;
+- ``gblup-main`` (main-effect GBLUP across environments, as ``evaluate``'s): one
+  GBLUP on every record with the environment a fixed factor, so one set of allele
+  effects; each environment keeps it with its own mean (the intercept plus its
+  level's effect);
 - RKHS: the scaled centred dosages of the phenotyped individuals ``(n, F)`` and,
   per environment, the weights ``(n,)`` of the Gaussian kernel and its scale
   ``1 / (h median d2)`` (the median over the genotypes of the fit).
 
 A new individual's prediction is the fixed part at the mean of the training
 levels and covariates (:meth:`~gperceiver.baselines.FixedDesign.mean_row`) plus
-its BLUP, as for selection candidates. The directory holds ``config.json``
+its BLUP, as for selection candidates; a record's
+(:meth:`BaselineModel.predict_records`, ``predict --records``) takes the fixed part
+of its own levels and covariates. The directory holds ``config.json``
 (``kind: baseline``, ``format_version``, the method, trait, environments with their
 fixed-effect levels and variance components), ``model.safetensors`` (float64
 arrays) and ``markers.tsv``; markers of new genotypes are matched by name.
@@ -57,7 +63,8 @@ from .data import Genotypes, MarkerMap, Phenotypes
 from .io import InputError, atomic_directory, read_chroms, write_chroms
 from .selection import COMPONENT_COLUMNS, variance_components
 
-BASELINE_METHODS = ("gblup", "rkhs", "gblup-weighted")  # predict new individuals
+# predict new individuals
+BASELINE_METHODS = ("gblup", "rkhs", "gblup-weighted", "gblup-main")
 BASELINE_FORMAT_VERSION = 1
 KIND = "baseline"  # config.json "kind" of a baseline model directory
 PREDICTION_COLUMNS = ["name", "block", "prediction", "gebv"]
@@ -228,8 +235,9 @@ def fit_baseline(
     trait: str = "response",
     relationship: Kernel | None = None,
 ) -> BaselineModel:
-    """Fit ``method`` per environment on every record of ``phenotypes`` and write
-    the solution to predict any genotype.
+    """Fit ``method`` per environment (``gblup-main``: over every environment at
+    once) on every record of ``phenotypes`` and write the solution to predict any
+    genotype.
 
     Parameters
     ----------
@@ -259,6 +267,12 @@ def fit_baseline(
         raise ValueError(f"unknown method {method!r}; use one of {BASELINE_METHODS}")
     relationship = relationship or Kernel.relationship(genotypes)
     frequencies = genotypes.allele_frequencies()
+    if method == "gblup-main":
+        model = BaselineModel(
+            method, genotypes.markers, genotypes.ploidy, genotypes.n_alleles,
+            frequencies, [], trait,
+        )  # fmt: skip
+        return _fit_main_effects(model, phenotypes, genotypes, relationship, fixed)
     table, chosen, weights, info = phenotypes.table, None, None, {}
     if method == "gblup-weighted":
         if marker_weights is None:
@@ -292,6 +306,42 @@ def fit_baseline(
             scale = None
         env = EnvironmentSolution(
             int(block), label, fit.design_, fit.fit_.beta, solution, frame, scale
+        )
+        model.environments.append(env)
+    return model
+
+
+def _fit_main_effects(
+    model: BaselineModel,
+    phenotypes: Phenotypes,
+    genotypes: Genotypes,
+    relationship: Kernel,
+    fixed: FixedEffects,
+) -> BaselineModel:
+    """``gblup-main``: ``y = mu_env + X b + g + e`` on every record, ``g ~ N(0,
+    s2g G)`` shared by the environments (the model of
+    :class:`~gperceiver.baselines.ReactionNorm` without interaction), fitted as
+    one GBLUP with the environment (``block``) a fixed factor. Each environment
+    gets the one solution and the fixed effects without the factor, its level's
+    effect added to the intercept (its mean)."""
+    table, labels = phenotypes.table, phenotypes.environment_labels
+    with_block = FixedEffects(("block", *fixed.factors), fixed.covariates)
+    fit = GBLUP(relationship, fixed=with_block).fit(table, None)
+    solution = blup_allele_effects(
+        genotypes, fit.individuals_, fit.fit_.weights, model.frequencies
+    )
+    design = FixedDesign(fixed).fit(table)  # the same levels and means, no block
+    names, beta = fit.design_.names_, fit.fit_.beta
+    kept = [i for i, name in enumerate(names) if not name.startswith("block=")]
+    frame = variance_components(fit, model.method, "all", "all", with_se=True)
+    for block in np.sort(table["block"].unique()):
+        label = block.item() if labels is None else labels[int(block)]
+        level = f"block={fit.design_.levels_['block'][0]}"  # the reference: 0
+        column = f"block={block}"
+        own = beta[kept].copy()
+        own[0] += beta[names.index(column)] if column != level else 0.0
+        env = EnvironmentSolution(
+            int(block), label, design, own, solution, frame.assign(block=label)
         )
         model.environments.append(env)
     return model

@@ -19,8 +19,10 @@ import numpy as np
 from .data import MarkerMap
 from .io import InputError, atomic_directory, atomic_path, read_chroms, write_chroms
 
-FORMAT_VERSION = 2  # written; 2: the Gaussian additive path scales each column
-READABLE_VERSIONS = (1, 2)  # read (format 1 is upgraded on load)
+# written; 2: the Gaussian additive path scales each column; 3: a finetuned
+# model's config.json may hold "fixed_effects" (absent: none)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # read (format 1 is upgraded on load)
 
 if TYPE_CHECKING:  # torch loads where a tensor is saved or loaded, not on import
     import torch

@@ -14,6 +14,8 @@ components, one module per idea.
 - :mod:`.estimators`: :class:`GBLUP`, :class:`RKHS` and :class:`WeightedGBLUP`
   (the one place that chooses how much a marker-weight prior counts) as
   ``fit`` / ``predict`` estimators;
+- :mod:`.fixed_part`: fixed effects fitted by the REML GBLUP for a model whose
+  genetic part is fitted elsewhere (the Perceiver), and the fixed part of records;
 - :mod:`.effects`: the same fits written to predict any genotype (allele effects,
   kernel features), as the phenotype model's additive path uses them;
 - :mod:`.reaction_norm`: the environment kernel and :class:`ReactionNorm`.
@@ -45,6 +47,7 @@ from .fixed_effects import (
     check_fixed_columns,
     column_list,
 )
+from .fixed_part import FixedPart, fit_fixed_part
 from .kernels import DEFAULT_BANDWIDTHS, Kernel, gaussian_kernel, weighted_kernels
 from .mixed_model import LOG_DELTA_BOUNDS, N_GRID, MixedModelFit, best_bandwidth, reml
 from .precision import fixed_effect_covariance, prediction_error_variance, reliability
@@ -68,6 +71,7 @@ __all__ = [
     "AdditiveFit",
     "FixedDesign",
     "FixedEffects",
+    "FixedPart",
     "Kernel",
     "KernelFit",
     "MixedModelFit",
@@ -82,6 +86,7 @@ __all__ = [
     "column_list",
     "environment_kernel",
     "fixed_effect_covariance",
+    "fit_fixed_part",
     "gaussian_kernel",
     "genomic_relationship",
     "kernel_columns",

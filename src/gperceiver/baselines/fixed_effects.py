@@ -152,8 +152,10 @@ class FixedDesign:
         """A fitted design from :meth:`to_dict`'s values."""
         spec = FixedEffects(tuple(values["factors"]), tuple(values["covariates"]))
         design = cls(spec)
-        design.levels_ = {column: list(v) for column, v in values["levels"].items()}
-        design.means_ = {column: float(v) for column, v in values["means"].items()}
+        # in the order of the spec, as X's columns: JSON may sort the keys
+        levels, means = values["levels"], values["means"]
+        design.levels_ = {column: list(levels[column]) for column in spec.factors}
+        design.means_ = {column: float(means[column]) for column in spec.covariates}
         design.names_ = list(values["names"])
         return design
 

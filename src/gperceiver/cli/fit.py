@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from .. import io
 from ..baseline_model import (
     BASELINE_METHODS,
@@ -14,6 +16,7 @@ from ..baseline_model import (
     save_baseline,
 )
 from ..io import InputError
+from ..io.records import read_records
 from .inputs import (
     fixed_effects_for,
     read_genotypes,
@@ -76,12 +79,57 @@ def predict_with_baseline(args) -> None:
             )  # fmt: skip
     model = load_baseline(args.model)
     genotypes = read_genotypes(args)
+    if getattr(args, "records", None):
+        labels = {env.block: env.label for env in model.environments}
+        environments = {str(label): block for block, label in labels.items()}
+        spec = model.environments[0].design.spec
+        records = read_records_for(args, genotypes, environments, spec)
+        fixed, genetic = model.predict_records(genotypes, records, args.markers)
+        return write_record_predictions(args, records, fixed, genetic, labels)
     table = model.predict_table(genotypes, source=args.markers)
     io.write_table(table, args.out)
     print(
         f"{model.method}: predicted {genotypes.n_individuals} individuals x "
         f"{len(model.environments)} environments -> {args.out}"
     )
+    if model.environments[0].design.spec:
+        print(FIXED_AT_MEAN)
+
+
+FIXED_AT_MEAN = (
+    "prediction = gebv + the fixed part at the mean of the training levels and "
+    "covariates; pass --records SHEET for each record's own"
+)
+
+
+def read_records_for(args, genotypes, environments: dict, spec):
+    """The ``--records`` sheet, environments matched by name to the model's
+    (``environments``: name -> block code), read from the ``--environment`` /
+    ``--name`` columns."""
+    return read_records(
+        args.records,
+        genotypes,
+        environments,
+        spec,
+        environment=args.environment or "block",
+        name=args.name_column or "name",
+    )
+
+
+def write_record_predictions(args, records, fixed, genetic, labels) -> None:
+    """``name, block, prediction, gebv, fixed`` of each record (``labels``: block
+    code -> the name outputs show) to ``--out``."""
+    table = pd.DataFrame(
+        {
+            "name": records["name"],
+            "block": [labels[b] for b in records["block"]],
+            "prediction": fixed + genetic,
+            "gebv": genetic,
+            "fixed": fixed,
+        }
+    )
+    io.write_table(table, args.out)
+    print(f"predicted {len(table)} records of {args.records} -> {args.out}")
 
 
 def add_fit_command(sub) -> None:
@@ -101,4 +149,11 @@ def add_fit_command(sub) -> None:
     p.set_defaults(func=cmd_fit)
 
 
-__all__ = ["add_fit_command", "cmd_fit", "predict_with_baseline"]
+__all__ = [
+    "FIXED_AT_MEAN",
+    "add_fit_command",
+    "cmd_fit",
+    "predict_with_baseline",
+    "read_records_for",
+    "write_record_predictions",
+]

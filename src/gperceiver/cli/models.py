@@ -7,13 +7,25 @@ from pathlib import Path
 
 from .. import distributed, io
 from ..baseline_model import is_baseline_model
+from ..baselines import NO_FIXED
 from ..checkpoint import record_directory
 from ..data import Phenotypes
-from ..finetuning import finetune, load_predictor, model_environments, prediction_table
+from ..finetuning import (
+    finetune,
+    load_predictor,
+    model_environments,
+    prediction_table,
+    record_predictions,
+)
 from ..io import InputError
 from ..pretraining import impute_genotypes, one_shot_params, pretrain_encoder
 from ..report import write_finetune_outputs
-from .fit import predict_with_baseline
+from .fit import (
+    FIXED_AT_MEAN,
+    predict_with_baseline,
+    read_records_for,
+    write_record_predictions,
+)
 from .inputs import (
     claim_output,
     read_covariates_for,
@@ -26,6 +38,7 @@ from .options import (
     add_covariate_option,
     add_device_option,
     add_finetune_options,
+    add_fixed_options,
     add_inputs,
     add_masked_options,
     add_pretrain_task_options,
@@ -160,7 +173,7 @@ def cmd_finetune(args) -> None:
 def cmd_predict(args) -> None:
     if is_baseline_model(args.model):  # written by gperceiver fit
         return predict_with_baseline(args)
-    genotypes = read_genotypes(args, stream=True)
+    genotypes = read_genotypes(args, stream=not args.records)
     covariates = read_covariates_if_given(args)
     labels = model_environments(args.model)
     if covariates is not None:  # matched to the model's environments by name
@@ -170,6 +183,8 @@ def cmd_predict(args) -> None:
     predictor = load_predictor(
         args.model, genotypes, args.markers, covariates, args.device
     )
+    if args.records:
+        return _predict_records(args, predictor, genotypes, labels)
     table = prediction_table(predictor, genotypes)
     if labels is not None:
         table = Phenotypes(table, environment_labels=labels).named_environments(table)
@@ -180,6 +195,26 @@ def cmd_predict(args) -> None:
         f"predicted {genotypes.n_individuals} individuals x "
         f"{table['block'].nunique()} blocks -> {args.out}"
     )
+    if predictor.fixed is not None:
+        print(FIXED_AT_MEAN)
+
+
+def _predict_records(args, predictor, genotypes, labels) -> None:
+    """``predict --records``: each record's genetic value in its environment
+    plus the fixed part of its levels (``name, block, prediction, gebv,
+    fixed``)."""
+    if args.uncertainty:
+        raise InputError(
+            "--uncertainty", None, "is not given per record",
+            "drop --uncertainty, or predict without --records",
+        )  # fmt: skip
+    n_blocks = predictor.members[0].head_config.n_environments
+    names = labels or [str(b) for b in range(n_blocks)]
+    spec = predictor.fixed.spec if predictor.fixed is not None else NO_FIXED
+    environments = {str(label): code for code, label in enumerate(names)}
+    records = read_records_for(args, genotypes, environments, spec)
+    fixed, genetic = record_predictions(predictor, genotypes, records)
+    write_record_predictions(args, records, fixed, genetic, dict(enumerate(names)))
 
 
 def add_model_commands(sub) -> None:
@@ -237,6 +272,7 @@ def add_finetune(sub) -> None:
         "--predictions", help="also write predictions for every individual x block"
     )
     add_covariate_option(p)
+    add_fixed_options(p, suppress=True)
     add_training_options(p)
     add_finetune_options(p)
     p.add_argument(
@@ -272,8 +308,30 @@ def add_predict(sub) -> None:
         "environments to predict, new ones included; needs a model finetuned "
         "with --covariates",
     )
+    add_records_options(p)
     add_device_option(p)
     p.set_defaults(func=cmd_predict)
+
+
+def add_records_options(p) -> None:
+    """``predict --records`` and the columns it reads."""
+    group = p.add_argument_group("records")
+    group.add_argument(
+        "--records",
+        metavar="SHEET",
+        help="TSV of the records to predict: name, environment and the model's "
+        "fixed-effect columns (no response); writes name, block, prediction "
+        "(= gebv + fixed), gebv, fixed per record. Without it: every individual x "
+        "environment, the fixed part at the mean of the training levels",
+    )
+    group.add_argument(
+        "--environment", metavar="COL", help="the records' environment column "
+        "(default block; names or codes as the model's)",
+    )  # fmt: skip
+    group.add_argument(
+        "--name", dest="name_column", metavar="COL",
+        help="the records' individual column (default name)",
+    )  # fmt: skip
 
 
 def add_impute_options(p) -> None:

@@ -29,12 +29,18 @@ from ..baselines import (
     ReactionNorm,
     WeightedGBLUP,
     environment_kernel,
+    fit_fixed_part,
     mixed_weights,
     weighted_kernels,
 )
 from ..baselines.fixed_effects import column_list
 from ..data import Genotypes, MarkerInputs, Phenotypes
-from ..finetuning import FinetuneSettings, finetune, load_predictor
+from ..finetuning import (
+    FinetuneSettings,
+    finetune,
+    load_predictor,
+    record_predictions,
+)
 from ..incontext import relatives_method
 from ..io import InputError
 from ..nn.heads import HeadConfig
@@ -201,22 +207,12 @@ FIXED_KEYS = ("fixed", "fixed_numeric")
 
 def absorb_fixed_effects(train, validation, genotypes, cache) -> tuple:
     """Per block, the fixed effects of the REML GBLUP fitted on ``train`` (GLS,
-    :func:`fixed_effects`): ``(train with responses corrected for them, their
-    fixed part (k,) of the validation rows)``; NaN for a block without training
-    records."""
-    spec = fixed_effects(cache)
-    corrected = train.copy()
-    fixed = np.full(len(validation), np.nan)
-    for environment in np.unique(train["block"]):
-        in_train = (train["block"] == environment).to_numpy()
-        model = GBLUP(_relationship(genotypes, cache), fixed=spec)
-        model.fit(train[in_train], genotypes)
-        x = model.covariates_
-        corrected.loc[in_train, "response"] -= x @ model.fit_.beta
-        in_val = (validation["block"] == environment).to_numpy()
-        if in_val.any():
-            fixed[in_val] = model.predict_parts(validation[in_val])[0]
-    return corrected, fixed
+    :func:`fixed_effects`, :func:`~gperceiver.baselines.fit_fixed_part`): ``(train
+    with responses corrected for them, their fixed part (k,) of the validation
+    rows)``; NaN for a block without training records."""
+    relationship = _relationship(genotypes, cache)
+    part = fit_fixed_part(train, relationship, fixed_effects(cache))
+    return part.corrected(train), part.values(validation)
 
 
 def _neural_options(cache: dict) -> tuple[dict, dict]:
@@ -267,12 +263,7 @@ def _fold_predictions(train, validation, genotypes, cache, pretrained):
         device=cache.get("device"),
     )
     predictor = load_predictor(out, device=cache.get("device"))
-    # each validation individual once (it has a record in several blocks)
-    individuals, record_of = np.unique(
-        genotypes.index_of(validation["name"]), return_inverse=True
-    )
-    values = predictor.predict(genotypes, individuals).mean(-1)  # (n, E)
-    genetic = values[record_of, validation["block"].to_numpy()]
+    _, genetic = record_predictions(predictor, genotypes, validation)
     return genetic if fixed is None else (fixed, genetic)
 
 

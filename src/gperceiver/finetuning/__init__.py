@@ -25,6 +25,7 @@ from .predictor import (
     load_predictor,
     model_environments,
     prediction_table,
+    record_predictions,
 )
 from .settings import FINETUNE_DEFAULTS, TASK_NAME, FinetuneSettings
 
@@ -42,4 +43,5 @@ __all__ = [
     "load_predictor",
     "model_environments",
     "prediction_table",
+    "record_predictions",
 ]

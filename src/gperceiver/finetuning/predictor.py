@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..baselines import FixedPart
 from ..checkpoint import check_markers, load_model_config, load_weights
 from ..data import EnvCovariates, Genotypes, genotype_batches
 from ..device import as_device, autocast, model_device
@@ -26,13 +27,15 @@ class Predictor:
     """A finetuned ensemble ready to predict.
 
     ``layout[i]`` says which ensemble seed member ``i`` belongs to and which block it
-    predicts (None: every block).
+    predicts (None: every block). ``fixed``: the fixed effects fitted before the
+    network (None: none); :meth:`predict` gives the genetic part only.
     """
 
     members: list[PhenotypeModel]
     layout: list[dict]
     objective: str
     scaling: Scaling
+    fixed: FixedPart | None = None
 
     @torch.no_grad()
     def predict(
@@ -143,8 +146,13 @@ def load_predictor(
     scaling = Scaling(
         np.array(config["scaling"]["mean"]), np.array(config["scaling"]["sd"])
     )
+    fixed = config.get("fixed_effects")  # absent before format 3
     predictor = Predictor(
-        members, config["members"], config["finetune"]["objective"], scaling
+        members,
+        config["members"],
+        config["finetune"]["objective"],
+        scaling,
+        None if fixed is None else FixedPart.from_dict(fixed),
     )
     if covariates is not None:
         if config.get("covariates") is None:
@@ -170,17 +178,44 @@ def model_environments(directory) -> list[str] | None:
 def prediction_table(
     predictor: Predictor, genotypes: Genotypes, environments=None
 ) -> pd.DataFrame:
-    """``name, block, prediction[, sd]`` for every individual x block."""
+    """``name, block, prediction[, sd]`` for every individual x block; a model
+    with fixed effects adds ``gebv`` (the genetic part) and predicts ``gebv`` plus
+    the fixed part at the mean training levels and covariates of the block."""
     values = predictor.predict(genotypes)  # (N, E, K)
     n, e, k = values.shape
     environments = np.arange(e) if environments is None else np.asarray(environments)
+    genetic = values[:, environments].mean(-1)  # (N, len(environments))
+    fixed = np.zeros(len(environments))
+    if predictor.fixed is not None:
+        fixed = predictor.fixed.mean_values(environments)
     frame = pd.DataFrame(
         {
             "name": np.repeat(genotypes.names, len(environments)),
             "block": np.tile(environments, n),
-            "prediction": values[:, environments].mean(-1).ravel(),
+            "prediction": (genetic + fixed[None, :]).ravel(),
         }
     )
+    if predictor.fixed is not None:
+        frame["gebv"] = genetic.ravel()
     if k > 1:
         frame["sd"] = values[:, environments].std(-1, ddof=1).ravel()
     return frame
+
+
+def record_predictions(
+    predictor: Predictor, genotypes: Genotypes, records: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(fixed, genetic)`` parts ``(k,)`` of ``records`` (``name`` of
+    ``genotypes``, ``block`` codes of the model, the fixed-effect columns): the
+    ensemble's mean genetic value of the individual in the block, and the fixed
+    part of the record's levels and covariates (0 without fixed effects; a level
+    unseen in training at the mean effect, with a warning counting them)."""
+    rows = genotypes.index_of(records["name"])
+    if (rows < 0).any():
+        raise KeyError("records name individuals without genotypes")
+    individuals, record_of = np.unique(rows, return_inverse=True)
+    values = predictor.predict(genotypes, individuals).mean(-1)  # (n, E)
+    genetic = values[record_of, records["block"].to_numpy()]
+    if predictor.fixed is None:
+        return np.zeros(len(records)), genetic
+    return predictor.fixed.values(records), genetic

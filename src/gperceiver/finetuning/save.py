@@ -26,10 +26,13 @@ def save_run(
     genotypes: Genotypes,
     cv=None,
     environments: list[str] | None = None,
+    fixed=None,
 ) -> None:
     """``config.json`` and ``markers.tsv`` of a finetune output directory, after
     its members (``layout``) are saved; ``environments`` names the blocks (the
-    phenotypes' :attr:`~gperceiver.data.Phenotypes.environment_labels`)."""
+    phenotypes' :attr:`~gperceiver.data.Phenotypes.environment_labels`);
+    ``fixed`` the fitted fixed effects
+    (:class:`~gperceiver.baselines.FixedPart`, None: none)."""
     settings, environment = plan.settings, data.environment
     write_json(
         {
@@ -55,6 +58,7 @@ def save_run(
             else f"inner split of {settings.val_fraction:.0%} of training individuals",
             "markers": genotypes.markers.fingerprint(),
             "environments": environments,
+            "fixed_effects": None if fixed is None else fixed.to_dict(),
         },
         out / "config.json",
     )

@@ -61,10 +61,10 @@ class FinetuneSettings:
     # all) chosen by REML on the training records, jointly over blocks
     marker_weights: str | None = None
     # fixed effects, comma-separated columns of the phenotypes table: factors
-    # (sex, litter, replicate) and linear covariates (age). evaluate fits them by
-    # GLS in the per-block REML GBLUP of the training records and trains the
-    # network on the responses corrected for them; finetune alone refuses them
-    # (its predictions have no records to take the fixed part from)
+    # (sex, litter, replicate) and linear covariates (age), fitted by GLS in the
+    # per-block REML GBLUP of the training records (never the cv fold's); the
+    # network trains on the responses corrected for them, and the saved model keeps
+    # them (config.json "fixed_effects") to add each record's fixed part
     fixed: str = ""
     fixed_numeric: str = ""
 
@@ -274,13 +274,6 @@ def _refuse_combinations(head_cfg, settings, covariates) -> None:
             "here (additive false, an objective other than mse/huber, or "
             "covariates)",
             "remove marker_weights or use the additive path",
-        )
-    if settings.fixed or settings.fixed_numeric:
-        raise InputError(
-            "--params",
-            "key 'fixed'",
-            "finetune cannot fit fixed effects (its predictions have no records)",
-            "use gperceiver evaluate or gblup with --fixed / --fixed-numeric",
         )
     if settings.val_split == "environments" and covariates is None:
         raise InputError(

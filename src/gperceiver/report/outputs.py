@@ -100,6 +100,18 @@ def write_evaluation(
     evaluation_report(out, predictions, accuracy, NOTES, curves, importance, lead, fits)
 
 
+def _record_fixed_part(fixed, merged: pd.DataFrame) -> pd.DataFrame:
+    """``merged`` (predictions beside the records) with ``fixed``, the fixed part
+    of each record's levels (:class:`~gperceiver.baselines.FixedPart`), and its
+    ``prediction`` = ``gebv`` + ``fixed`` in the rows that hold a record."""
+    recorded = merged["response"].notna().to_numpy()
+    part = np.full(len(merged), np.nan)
+    part[recorded] = fixed.values(merged[recorded], warn=False)
+    prediction = merged["prediction"].to_numpy().copy()
+    prediction[recorded] = merged["gebv"].to_numpy()[recorded] + part[recorded]
+    return merged.assign(prediction=prediction, fixed=part)
+
+
 def write_finetune_outputs(
     out,
     phenotypes: Phenotypes,
@@ -119,6 +131,8 @@ def write_finetune_outputs(
         environments = np.union1d(environments, covariates.environments)
     table = prediction_table(predictor, genotypes, environments)
     merged = table.merge(phenotypes.table, on=["name", "block"], how="left")
+    if predictor.fixed is not None:  # a record's prediction: its own fixed part
+        merged = _record_fixed_part(predictor.fixed, merged)
     merged = phenotypes.named_environments(merged)  # environments by name
     if predictions:
         io.write_table(merged, predictions)
