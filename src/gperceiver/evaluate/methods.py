@@ -36,6 +36,7 @@ from ..baselines.fixed_effects import column_list
 from ..data import Genotypes, MarkerInputs, Phenotypes
 from ..finetuning import FinetuneSettings, finetune, load_predictor
 from ..incontext import relatives_method
+from ..incontext_prior import prior_method
 from ..io import InputError
 from ..nn.heads import HeadConfig
 from ..pretraining import pretrain_encoder
@@ -319,6 +320,7 @@ METHODS: dict[str, Method] = {
     "perceiver": _perceiver,
     "perceiver-pretrained": _perceiver_pretrained,
     "relatives": relatives_method(_relationship, fixed_effects, absorb_fixed_effects),
+    "relatives-prior": prior_method(_relationship, fixed_effects, absorb_fixed_effects),
 }
 
 
@@ -335,6 +337,9 @@ NOTES = {
     "otherwise), then finetuned on the "
     "training folds of each split (a head on the frozen encoder beside the "
     "additive GBLUP/RKHS path)",
+    "relatives-prior": "in-context, prior-fitted: a network pretrained on simulated "
+    "populations sets the window weights, bandwidth and noise ratio of a kernel "
+    "regression on the training individuals of each environment (no training here)",
     "relatives": "in-context: each individual attends over the phenotyped training "
     "individuals by per-window similarity (RKHS at the start; window weights, "
     "bandwidth and an attention correction learnt by leave-one-out per environment)",
