@@ -153,6 +153,9 @@ class PriorSettings:
     lr: float = 3e-3
     window: int = 64
     evaluate_every: int = 40  # populations between validations
+    # one Adam step per population (its episodes' mean loss) with a cosine decay
+    # of lr over `populations`; False: a step per episode at a constant lr
+    per_population: bool = False
     seconds: float | None = None  # stop streaming after this long
     seed: int = 0
 
@@ -161,6 +164,17 @@ def _loss(net, episodes) -> float:
     with torch.no_grad():
         return float(np.mean([((predict(net, e) - e.target) ** 2).mean().item()
                               for e in episodes]))  # fmt: skip
+
+
+def _train_steps(net, optimiser, episodes, together: bool) -> None:
+    """Adam on the episodes' query losses: one step for all (``together``,
+    the mean loss) or one step per episode."""
+    groups = [episodes] if together else [[e] for e in episodes]
+    for group in groups:
+        optimiser.zero_grad()
+        losses = [((predict(net, e) - e.target) ** 2).mean() for e in group]
+        torch.stack(losses).mean().backward()
+        optimiser.step()
 
 
 def train_prior(settings: PriorSettings, log=print) -> tuple[PriorRelativesNet, list]:
@@ -179,11 +193,12 @@ def train_prior(settings: PriorSettings, log=print) -> tuple[PriorRelativesNet, 
     started = time.perf_counter()
     for k in range(settings.populations):
         seed = base + settings.validation_populations + k
-        for episode in population_episodes(seed, settings.window, settings.splits):
-            optimiser.zero_grad()
-            loss = ((predict(net, episode) - episode.target) ** 2).mean()
-            loss.backward()
-            optimiser.step()
+        episodes = population_episodes(seed, settings.window, settings.splits)
+        if settings.per_population:
+            for group in optimiser.param_groups:
+                share = k / max(1, settings.populations)
+                group["lr"] = settings.lr * 0.5 * (1.0 + np.cos(np.pi * share))
+        _train_steps(net, optimiser, episodes, settings.per_population)
         elapsed = time.perf_counter() - started
         last = k + 1 == settings.populations
         timeout = settings.seconds is not None and elapsed > settings.seconds
