@@ -29,7 +29,6 @@ from .data import Genotypes, MarkerMap
 from .incontext import _start, _tensor, window_distances
 from .nn.relatives import RelativesStart
 from .nn.relatives_prior import PriorRelativesNet, episode_features
-from .simulate import SimulationConfig, simulate
 
 FORMAT_VERSION = 1
 WEIGHTS = "relatives_prior"  # <name>.safetensors and <name>.json in gperceiver/weights
@@ -72,10 +71,13 @@ def predict(net: PriorRelativesNet, episode: Episode) -> torch.Tensor:
     return net(episode.d2_cc, episode.y, episode.d2_qc, episode.start, episode.features)
 
 
-def random_config(rng: np.random.Generator) -> SimulationConfig:
+def random_config(rng: np.random.Generator):
     """A breeding population of random size and trait architecture: polygenic
     to a few QTL, with or without dominance and epistasis, inbred (ploidy 1) or
-    outbred diploid, one to three environments with random G x E."""
+    outbred diploid, one to three environments with random G x E: a
+    :class:`~gperceiver.simulate.SimulationConfig`."""
+    from .simulate import SimulationConfig  # msprime: only when simulating
+
     n_markers = int(rng.integers(600, 1500))
     n_chromosomes = int(rng.integers(1, 11))
     population_size = int(np.exp(rng.uniform(np.log(50), np.log(600))))
@@ -117,6 +119,8 @@ def unmapped(genotypes: Genotypes, rng: np.random.Generator) -> Genotypes:
 def population_episodes(seed: int, window: int, splits: int = 2) -> list[Episode]:
     """Episodes of one simulated population (seeded): ``splits`` random
     context/query splits of each environment's trait (10-30% queries)."""
+    from .simulate import simulate
+
     rng = np.random.default_rng([seed, 22])
     config = random_config(rng)
     data = simulate(config)
