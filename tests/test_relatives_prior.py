@@ -194,3 +194,19 @@ def test_train_prior__steps_lower_the_query_loss_from_reml_rkhs():
         _train_steps(net, optimiser, episodes, together=True)
     assert _loss(net, episodes) < start - 0.005
     assert net.window_out.weight.abs().sum() > 0
+
+
+def test_relatives_prior_tuned__validation_phenotypes_never_enter(tmp_path):
+    data, _, _, _ = _population()
+    save_prior(_moved(PriorRelativesNet(8)), tmp_path / "net", {})
+    table = data.phenotypes.table
+    train, validation = table[table["cv"] != "1"], table[table["cv"] == "1"]
+    options = {"relatives_prior_path": tmp_path / "net", "params": {"seed": 2}}
+    method = METHODS["relatives-prior-tuned"]
+    base = method(train, validation, data.genotypes, dict(options))
+    moved = validation.assign(response=validation["response"] * 7 - 2)
+    again = method(train, moved, data.genotypes, dict(options))
+    np.testing.assert_array_equal(again, base)
+    zero_shot = METHODS["relatives-prior"](train, validation, data.genotypes,
+                                           dict(options))  # fmt: skip
+    assert np.isfinite(base).all() and base.shape == zero_shot.shape

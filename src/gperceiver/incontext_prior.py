@@ -254,11 +254,63 @@ def load_prior(path=None) -> PriorRelativesNet:
     return net
 
 
-def prior_method(relationship_of, fixed_effects_of, absorb_fixed_effects):
+@dataclass(frozen=True)
+class TuneSettings:
+    """The short finetune of ``relatives-prior-tuned``."""
+
+    steps: int = 20  # Adam steps at most
+    lr: float = 1e-3  # a tenth of a training step's moves: a nudge, not a refit
+    patience: int = 5  # steps without a better inner-validation loss
+    episodes: int = 3  # context/query splits of the inner training records
+    query_fraction: float = 0.2
+    val_fraction: float = 0.1  # inner split held out for early stopping
+
+
+def finetune_prior(net, d2, median, relationship, rows, y, seed=0,
+                   settings: TuneSettings = TuneSettings()):  # fmt: skip
+    """A copy of ``net`` finetuned on the records ``rows`` (``(n,)`` rows of
+    ``d2``) with responses ``y`` ``(n,)``, and a log (``best_step``).
+
+    ``val_fraction`` of the records (drawn by ``seed``) are held out; the rest
+    give ``episodes`` random context/query splits (a query's response never in
+    its context) to train on, and are the context that predicts the held-out
+    records for early stopping; step 0, the untuned network, is a candidate."""
+    rng = np.random.default_rng([seed, 23])
+    order = rng.permutation(len(rows))
+    n_val = max(1, int(round(settings.val_fraction * len(rows))))
+    val, inner = order[:n_val], order[n_val:]
+
+    def episode(context, queries):
+        return make_episode(d2, median, relationship, rows[context], rows[queries],
+                            y[context], y[queries])[0]  # fmt: skip
+
+    check = [episode(inner, val)]
+    splits = []
+    for _ in range(settings.episodes):
+        shuffled = rng.permutation(inner)
+        n_query = max(1, int(settings.query_fraction * len(inner)))
+        splits.append(episode(shuffled[n_query:], shuffled[:n_query]))
+    tuned = copy.deepcopy(net)
+    optimiser = torch.optim.Adam(tuned.parameters(), lr=settings.lr)
+    best = (_loss(tuned, check), 0, copy.deepcopy(tuned.state_dict()))
+    for step in range(1, settings.steps + 1):
+        _train_steps(tuned, optimiser, splits, together=True)
+        loss = _loss(tuned, check)
+        if loss < best[0]:
+            best = (loss, step, copy.deepcopy(tuned.state_dict()))
+        if step - best[1] >= settings.patience:
+            break
+    tuned.load_state_dict(best[2])
+    return tuned, {"best_step": best[1], "best_loss": best[0]}
+
+
+def prior_method(relationship_of, fixed_effects_of, absorb_fixed_effects, tune=False):
     """The ``relatives-prior`` method of ``gperceiver evaluate``: per
     environment, the shipped network predicts each validation individual with
     the fold's training individuals (their means per environment) as context;
-    nothing is trained. Arguments as for
+    nothing is trained. With ``tune`` (``relatives-prior-tuned``) the network
+    is first finetuned on those training records (:func:`finetune_prior`,
+    seeded by the run's ``seed``). Arguments as for
     :func:`~gperceiver.incontext.relatives_method`."""
 
     def method(train, validation, genotypes, cache):
@@ -283,11 +335,19 @@ def prior_method(relationship_of, fixed_effects_of, absorb_fixed_effects):
             means = records.groupby("name", sort=False)["response"].mean()
             rows = genotypes.index_of(means.index)
             queries = genotypes.index_of(validation.loc[here, "name"])
+            y = means.to_numpy(dtype=np.float64)
+            used = net
+            if tune:
+                seed = int((cache.get("params") or {}).get("seed", 0))
+                used, log = finetune_prior(net, d2, median, relationship, rows, y, seed)
+                cache.setdefault("relatives_log", []).append(
+                    {"fold": cache.get("split"), "block": int(block), **log}
+                )
             episode, (centre, sd) = make_episode(
-                d2, median, relationship, rows, queries, means.to_numpy()
+                d2, median, relationship, rows, queries, y
             )
             with torch.no_grad():
-                genetic[here] = centre + sd * predict(net, episode).numpy()
+                genetic[here] = centre + sd * predict(used, episode).numpy()
         return genetic if fixed is None else (fixed, genetic)
 
     method.per_block = True
