@@ -51,6 +51,9 @@ SIMULATIONS = {
 }
 
 
+UNSEEDED = ("gblup", "rkhs", "relatives-prior")  # the same on every model seed
+
+
 def dataset(name: str):
     """(genotypes, phenotypes, truth or None)."""
     if name == "wheat":
@@ -68,7 +71,7 @@ def dataset(name: str):
     return data.genotypes, data.phenotypes, data.truth
 
 
-def run(name, seed, methods, relatives, out: Path) -> pd.DataFrame:
+def run(name, seed, methods, relatives, out: Path, prior=None) -> pd.DataFrame:
     """Cross-validate every method on one data set with one model seed."""
     done = out / f"{name}-seed{seed}.tsv"
     if done.exists():
@@ -80,6 +83,7 @@ def run(name, seed, methods, relatives, out: Path) -> pd.DataFrame:
         cache = {
             "params": {"seed": seed, "relatives": relatives},
             "relatives_log": fits,
+            "relatives_prior_path": prior,  # None: the shipped weights
         }
         started = time.perf_counter()
         predictions, _ = cross_validate(
@@ -148,6 +152,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default="gblup,rkhs,relatives")
     parser.add_argument("--relatives", default="{}", help="JSON RelativesSettings")
+    parser.add_argument("--prior", help="relatives-prior weights (path, no suffix)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -157,9 +162,9 @@ def main() -> None:
     for name in args.datasets.split(","):
         for seed in map(int, args.seeds.split(",")):
             methods = args.methods.split(",")
-            if seed != int(args.seeds.split(",")[0]):  # baselines have no seed
-                methods = [m for m in methods if m not in ("gblup", "rkhs")]
-            frames.append(run(name, seed, methods, relatives, out))
+            if seed != int(args.seeds.split(",")[0]):  # these have no seed
+                methods = [m for m in methods if m not in UNSEEDED]
+            frames.append(run(name, seed, methods, relatives, out, args.prior))
     frame = pd.concat(frames, ignore_index=True)
     frame.to_csv(out / "predictions.tsv", sep="\t", index=False)
     text = summary(frame)

@@ -42,6 +42,7 @@ from ..finetuning import (
     record_predictions,
 )
 from ..incontext import relatives_method
+from ..incontext_prior import prior_method
 from ..io import InputError
 from ..nn.heads import HeadConfig
 from ..pretraining import pretrain_encoder
@@ -310,6 +311,10 @@ METHODS: dict[str, Method] = {
     "perceiver": _perceiver,
     "perceiver-pretrained": _perceiver_pretrained,
     "relatives": relatives_method(_relationship, fixed_effects, absorb_fixed_effects),
+    "relatives-prior": prior_method(_relationship, fixed_effects, absorb_fixed_effects),
+    "relatives-prior-tuned": prior_method(
+        _relationship, fixed_effects, absorb_fixed_effects, tune=True
+    ),
 }
 
 # the methods that read the marker weights of ``options["marker_inputs"]``
@@ -329,6 +334,12 @@ NOTES = {
     "otherwise), then finetuned on the "
     "training folds of each split (a head on the frozen encoder beside the "
     "additive GBLUP/RKHS path)",
+    "relatives-prior": "in-context, prior-fitted: a network pretrained on simulated "
+    "populations sets the window weights, bandwidth and noise ratio of a kernel "
+    "regression on the training individuals of each environment (no training here)",
+    "relatives-prior-tuned": "relatives-prior finetuned for at most 20 steps on "
+    "context/query splits of the training records of each environment (early "
+    "stopping on a 10% inner split of them)",
     "relatives": "in-context: each individual attends over the phenotyped training "
     "individuals by per-window similarity (RKHS at the start; window weights, "
     "bandwidth and an attention correction learnt by leave-one-out per environment)",
