@@ -80,8 +80,12 @@ def run(name, seed, methods, relatives, out: Path, prior=None) -> pd.DataFrame:
     parts = []
     for method in methods:
         fits: list = []  # the method appends each head's log to this list
+        params = {"seed": seed}
+        if method.startswith("relatives"):
+            params["relatives"] = relatives
         cache = {
-            "params": {"seed": seed, "relatives": relatives},
+            "params": params,
+            "workdir": out / f"models-{name}-seed{seed}",  # the Perceiver's
             "relatives_log": fits,
             "relatives_prior_path": prior,  # None: the shipped weights
         }
