@@ -50,7 +50,7 @@ from .mixed_model import LOG_DELTA_BOUNDS
 # Records per group of the composite likelihood. Each search step costs about
 # n * GROUP_RECORDS^2 / 3 flops (one Cholesky factor per group); below ~1,500
 # records per group the estimates lose more of the cross-group relationships.
-GROUP_RECORDS = 1500
+GROUP_RECORDS = 1000
 GROUP_SEED = 20  # the partition of the individuals into groups is reproducible
 CG_TOLERANCE = 1e-8  # relative residual of the BLUP solve
 CG_MAX_ITERATIONS = 2000
@@ -70,7 +70,8 @@ def record_groups(individuals: np.ndarray, group_records: int, seed=GROUP_SEED):
     group_of = np.empty(len(ids), dtype=np.int64)
     group_of[order] = np.minimum((ends - counts) * n_groups // n, n_groups - 1)
     labels = group_of[of]
-    return [np.flatnonzero(labels == g) for g in range(n_groups)]
+    groups = [np.flatnonzero(labels == g) for g in range(n_groups)]
+    return [rows for rows in groups if len(rows)]  # none empty (a busy individual)
 
 
 class CompositeProfile:
