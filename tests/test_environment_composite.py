@@ -121,7 +121,7 @@ def test_gblup_rn__params_reml_group_records_reaches_the_fit():
     train, validation = records[records["block"] != 1], records[records["block"] == 1]
     cache = {"covariates": env_covariates, "relationship": kernel}
 
-    def genetic(params):
+    def genetic(params, validation=validation):
         parts = METHODS["gblup-rn"](train, validation, None, {**cache, **params})
         return parts[1]
 
@@ -130,5 +130,9 @@ def test_gblup_rn__params_reml_group_records_reaches_the_fit():
     grouped = genetic({"params": {"reml_group_records": 30}})
     assert not np.allclose(grouped, default)
     assert np.corrcoef(grouped, default)[0, 1] > 0.95
+    # the held-out environment's responses never enter the composite fit
+    changed = validation.assign(response=validation["response"] * -3.0 + 100.0)
+    params = {"params": {"reml_group_records": 30}}
+    assert np.array_equal(genetic(params, changed), grouped)
     with pytest.raises(InputError, match="reml_group_records"):
         genetic({"params": {"reml_group_records": -1}})
