@@ -23,7 +23,9 @@ each ``tau_ge`` costs one Cholesky factor ``L`` of ``C = I + tau_ge B`` and the
 ``log tau_g`` exactly (grid and Brent) inside a bracketed parabolic search over
 ``log tau_ge`` (:func:`_search`).
 ``B`` has full rank n in general (each of its ``Omega``'s rank-one parts carries a
-rank-``q`` copy of ``A``), so that factor is the one ``O(n^3)`` step left.
+rank-``q`` copy of ``A``), so that factor is the one ``O(n^3)`` step left; for
+many records :mod:`.environment_composite` estimates the components from groups of
+records instead and solves the BLUP iteratively.
 
 Shape letters: n records, k individuals with a record, q <= k the rank of ``A``,
 p = rank X.
