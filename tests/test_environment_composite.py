@@ -5,7 +5,7 @@ BLUP solve the records-space GLS, and its estimates close to exact REML's."""
 import numpy as np
 import pytest
 
-from gperceiver.baselines import ReactionNorm
+from gperceiver.baselines import ReactionNorm, environment_composite
 from gperceiver.baselines.environment_composite import (
     CompositeREML,
     blup_weights,
@@ -72,6 +72,15 @@ def test_blup_weights__equal_the_records_space_gls_residual_with_replicates():
     beta = np.linalg.solve(x.T @ vx, vx.T @ y)
     reference = np.linalg.solve(v, y - x @ beta)
     assert np.allclose(weights, reference, rtol=0, atol=1e-7 * np.abs(reference).max())
+
+
+def test_blup_weights__dense_solve_when_conjugate_gradients_stop(monkeypatch):
+    y, g, individuals, envs, omega, _ = incomplete_trial(seed=13)
+    x = dense_design(envs)
+    iterative = blup_weights(y, g, individuals, envs, omega, x, 0.7, 0.4, 1.3)
+    monkeypatch.setattr(environment_composite, "CG_MAX_ITERATIONS", 1)
+    dense = blup_weights(y, g, individuals, envs, omega, x, 0.7, 0.4, 1.3)
+    assert np.allclose(dense, iterative, rtol=0, atol=1e-7 * np.abs(dense).max())
 
 
 def test_composite_reml__one_group_is_exact_reml():

@@ -35,6 +35,7 @@ Shape letters: n records, k individuals with a record, E environments, p = rank 
 from __future__ import annotations
 
 import numpy as np
+from scipy import linalg
 
 from .environment_reml import (
     InteractionREML,
@@ -195,10 +196,22 @@ def projected_cg(operator, diagonal, xo, rhs):
 
 
 def blup_weights(y, g, individuals, envs, omega, x, s2g, s2ge, s2e) -> np.ndarray:
-    """``V^-1 (y - X b)`` ``(n,)`` on all records at these components."""
+    """``V^-1 (y - X b)`` ``(n,)`` on all records at these components (by
+    :func:`projected_cg`; a dense ``O(n^3)`` solve if it does not converge)."""
     operator = RecordCovariance(g, individuals, envs, omega, s2g / s2e, s2ge / s2e)
     xo = orthonormal_basis(x)
-    return projected_cg(operator, operator.diagonal, xo, y[:, None])[:, 0] / s2e
+    try:
+        return projected_cg(operator, operator.diagonal, xo, y[:, None])[:, 0] / s2e
+    except np.linalg.LinAlgError:
+        return _dense_projected_solve(operator(np.eye(len(y))), xo, y) / s2e
+
+
+def _dense_projected_solve(h: np.ndarray, xo: np.ndarray, y: np.ndarray):
+    """``P y`` from the ``(n, n)`` matrix ``h``: ``H^-1 (y - X b)``, GLS ``b``."""
+    factor = linalg.cho_factor(h, overwrite_a=True)
+    solved = linalg.cho_solve(factor, np.column_stack([y, xo]))
+    hy, hx = solved[:, 0], solved[:, 1:]
+    return hy - hx @ np.linalg.solve(xo.T @ hx, xo.T @ hy)
 
 
 def composite_reml(y, g, individuals, envs, omega, x, group_records=GROUP_RECORDS):
