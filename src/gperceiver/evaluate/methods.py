@@ -175,7 +175,7 @@ def _reml_options(cache: dict) -> dict:
             "--params",
             None,
             f"reml_group_records must be a whole number >= 0 or null, got {value!r}",
-            "pass e.g. '{\"reml_group_records\": 1000}' (null or 0: exact REML)",
+            'write e.g. {"reml_group_records": 1000} in it (null or 0: exact REML)',
         )
     return {"reml_group_records": value}
 
