@@ -23,7 +23,9 @@ each ``tau_ge`` costs one Cholesky factor ``L`` of ``C = I + tau_ge B`` and the
 ``log tau_g`` exactly (grid and Brent) inside a bracketed parabolic search over
 ``log tau_ge`` (:func:`_search`).
 ``B`` has full rank n in general (each of its ``Omega``'s rank-one parts carries a
-rank-``q`` copy of ``A``), so that factor is the one ``O(n^3)`` step left.
+rank-``q`` copy of ``A``), so that factor is the one ``O(n^3)`` step left; for
+many records :mod:`.environment_composite` estimates the components from groups of
+records instead and solves the BLUP iteratively.
 
 Shape letters: n records, k individuals with a record, q <= k the rank of ``A``,
 p = rank X.
@@ -118,6 +120,8 @@ class Profile:
 
     def __init__(self, values, a, bx, yty, xty, xtx, n, log_det_base=0.0):
         self.values, self.a, self.bx = values, a, bx
+        # rows bx_i bx_i' flattened (q, p^2): X' H^-1 X for many tau is one product
+        self.bx_outer = (bx[:, :, None] * bx[:, None, :]).reshape(len(values), -1)
         self.yty, self.xty, self.xtx = float(yty), xty, xtx
         self.m = n - bx.shape[1]
         self.log_det_base = float(log_det_base)
@@ -127,7 +131,7 @@ class Profile:
         w = tau / (1.0 + tau * self.values)  # (G, q)
         yhy = self.yty - (w * self.a**2).sum(1)
         xhy = self.xty - (w * self.a) @ self.bx  # (G, p)
-        xhx = self.xtx - np.einsum("gq,qp,qr->gpr", w, self.bx, self.bx)
+        xhx = self.xtx - (w @ self.bx_outer).reshape(len(w), *self.xtx.shape)
         factor = np.linalg.cholesky(xhx)  # (G, p, p)
         solved = np.linalg.solve(factor, xhy[..., None])[..., 0]  # (G, p)
         ypy = yhy - (solved**2).sum(1)
@@ -138,9 +142,13 @@ class Profile:
         )
         return w, xhx, xhy, ypy, log_det
 
+    def totals(self, log_tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(y' P y, log |K' H K|)`` at each ``log_tau`` ``(G,)``."""
+        return self._parts(np.atleast_1d(log_tau))[3:]
+
     def log_likelihood(self, log_tau) -> np.ndarray:
         """``l`` at each ``log_tau`` ``(G,)``."""
-        *_, ypy, log_det = self._parts(np.atleast_1d(log_tau))
+        ypy, log_det = self.totals(log_tau)
         m = self.m
         return -0.5 * (m * np.log(ypy / m) + log_det + m)
 

@@ -11,6 +11,7 @@ import pandas as pd
 from scipy import linalg, optimize
 
 from ..data import EnvCovariates, Genotypes
+from .environment_composite import GROUP_RECORDS, composite_reml
 from .environment_reml import interaction_reml, main_effect_reml
 from .estimators import _records
 from .fixed_effects import NO_FIXED, FixedDesign, FixedEffects
@@ -80,7 +81,12 @@ class ReactionNorm:
     effects from one eigendecomposition of the records' ``G``; with the
     interaction, one Cholesky factor of the records' covariance per step of a
     Brent search over ``log(s2ge / s2e)``, the best ``s2g / s2e`` found exactly
-    at each step.
+    at each step. With more than ``reml_group_records`` records (and the
+    interaction) that exact fit costs ``O(n^3)`` per step; instead the components
+    maximise a composite likelihood over groups of about ``reml_group_records``
+    records (whole individuals, relationships across groups ignored; an
+    approximation, :mod:`.environment_composite`), then the BLUP is solved
+    exactly on all records at those components (conjugate gradients).
 
     Predictions for an environment without training records use its covariates
     (through ``Omega``) and the mean of the training environments' means.
@@ -98,6 +104,10 @@ class ReactionNorm:
     fixed : FixedEffects
         Record columns fitted as fixed effects beside the environment means (one
         effect per level over all environments).
+    reml_group_records : int or None
+        Records per group of the composite likelihood used above that many
+        records (default :data:`.environment_composite.GROUP_RECORDS`); None or 0:
+        exact REML on every record whatever their number.
     """
 
     def __init__(
@@ -107,6 +117,7 @@ class ReactionNorm:
         environments=None,
         interaction: bool = True,
         fixed: FixedEffects = NO_FIXED,
+        reml_group_records: int | None = GROUP_RECORDS,
     ):
         if interaction and environment is None:
             raise ValueError("the interaction term needs an environment kernel")
@@ -119,6 +130,7 @@ class ReactionNorm:
         )
         self.interaction = interaction
         self.fixed = fixed
+        self.reml_group_records = reml_group_records
 
     def _block_rows(self, environments) -> np.ndarray:
         environments = np.asarray(environments, dtype=np.int64)
@@ -156,7 +168,7 @@ class ReactionNorm:
             y = y[table].ravel()
         elif self.interaction:
             x = _design(env_of, len(env_ids), extra)
-            fit = interaction_reml(y, kernel.matrix, individuals, env_of, omega, x)
+            fit = self._interaction_fit(y, kernel.matrix, individuals, env_of, omega, x)
         else:
             x = _design(env_of, len(env_ids), extra)
             fit = main_effect_reml(y, kernel.matrix, individuals, x)
@@ -183,6 +195,13 @@ class ReactionNorm:
         beta = np.linalg.lstsq(x, y - fitted, rcond=None)[0]  # exact: y - fitted = X b
         self.means_, self.beta_ = beta[: len(env_ids)], beta[len(env_ids) :]
         return self
+
+    def _interaction_fit(self, y, g, individuals, envs, omega, x):
+        """Exact REML up to ``reml_group_records`` records, composite above."""
+        group = self.reml_group_records
+        if group and len(y) > group:
+            return composite_reml(y, g, individuals, envs, omega, x, group)
+        return interaction_reml(y, g, individuals, envs, omega, x)
 
     def predict_parts(self, records: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """``(fixed, genetic)`` parts ``(k,)`` for ``records`` (``name``, ``block``

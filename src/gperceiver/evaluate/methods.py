@@ -164,9 +164,27 @@ def _across_environments(train, validation, genotypes, cache, interaction):
         environments,
         interaction,
         fixed_effects(cache),
+        **_reml_options(cache),
     )
     model.fit(train, genotypes)
     return model.predict_parts(validation)
+
+
+def _reml_options(cache: dict) -> dict:
+    """``reml_group_records`` of :class:`ReactionNorm` from the ``params`` /
+    ``typed`` options, when given (null or 0: exact REML on every record)."""
+    options = {**(cache.get("params") or {}), **(cache.get("typed") or {})}
+    if "reml_group_records" not in options:
+        return {}
+    value = options["reml_group_records"]
+    if value is not None and (not isinstance(value, int) or value < 0):
+        raise InputError(
+            "--params",
+            None,
+            f"reml_group_records must be a whole number >= 0 or null, got {value!r}",
+            'write e.g. {"reml_group_records": 1000} in it (null or 0: exact REML)',
+        )
+    return {"reml_group_records": value}
 
 
 def _gblup_main(train, validation, genotypes, cache) -> np.ndarray:
