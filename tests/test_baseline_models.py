@@ -8,12 +8,12 @@ import pytest
 
 from gperceiver import io
 from gperceiver.baseline_model import fit_baseline, load_baseline, save_baseline
-from gperceiver.baselines import FixedEffects, Kernel, ReactionNorm
+from gperceiver.baselines import FixedEffects, Kernel, ReactionNorm, environment_kernel
 from gperceiver.cli import main
 from gperceiver.data import Genotypes, MarkerMap, Phenotypes
 from gperceiver.evaluate import cross_validate
 from gperceiver.io import write_chroms, write_markers, write_phenotypes, write_table
-from gperceiver.simulate import SimulationConfig, simulate
+from gperceiver.simulate import SimulationConfig, simulate, write_simulation
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +207,52 @@ def test_fit_gblup_main__predicts_as_the_reaction_norm_main_effect_model(
         - values.groupby("block")["gebv"].mean()
     )
     assert np.allclose(means.diff().iloc[1], np.diff(reference.means_)[0], atol=1e-8)
+
+
+def test_fit_gblup_rn__predicts_as_the_reaction_norm_and_new_environments(tmp_path):
+    """``gblup-rn`` saved as allele effects per environment predicts training
+    records, new genotypes (their own map) and an environment with covariates but
+    no records as :class:`ReactionNorm` fitted on the same records."""
+    config = SimulationConfig(
+        n_individuals=80, n_markers=200, chromosome_length_bp=20_000_000, n_qtl=20,
+        n_environments=5, gxe_correlation=0.3, heritability=0.7, weather_days=30,
+        n_folds=4, seed=3,
+    )  # fmt: skip
+    data = simulate(config)
+    genotypes, table, covariates = (
+        data.genotypes,
+        data.phenotypes.table,
+        data.covariates,
+    )
+    train = table[(table["block"] != 4) & (table["cv"].astype(int) != 0)]
+    model = fit_baseline(
+        Phenotypes(train), genotypes, "gblup-rn", covariates=covariates
+    )
+    save_baseline(model, tmp_path / "rn")
+    model = load_baseline(tmp_path / "rn")
+    assert sorted(env.block for env in model.environments) == [0, 1, 2, 3, 4]
+    codes = np.arange(5)
+    reference = ReactionNorm(
+        Kernel.relationship(genotypes), environment_kernel(covariates, codes), codes
+    ).fit(train, genotypes)
+    test = table[(table["block"] == 4) | (table["cv"].astype(int) == 0)]
+    new = shuffled_map(genotypes, np.unique(genotypes.index_of(test["name"])))
+    for records, individuals in ((train, genotypes), (test, new)):
+        fixed_part, genetic = model.predict_records(individuals, records)
+        expected = reference.predict_parts(records)
+        scale = records["response"].std()
+        assert np.allclose(fixed_part, expected[0], atol=1e-8 * scale)
+        assert np.allclose(genetic, expected[1], atol=1e-8 * scale)
+    # the new environment's values follow its covariates: not the main effect alone
+    gebv = model.predict_table(new).pivot(index="name", columns="block", values="gebv")
+    assert not np.allclose(gebv[4], gebv[0])
+    # the CLI: gblup-rn needs covariates, another method refuses them
+    paths = write_simulation(data, tmp_path / "sim")
+    args = ["fit", str(tmp_path / "sim/phenotypes.tsv"), str(tmp_path / "sim/chroms.tsv"),
+            str(tmp_path / "sim/markers.tsv"), "--out", str(tmp_path / "cli")]  # fmt: skip
+    assert main([*args, "--method", "gblup-rn"]) == 1
+    cov = str(tmp_path / "sim/covariates.tsv")
+    assert main([*args, "--method", "gblup", "--covariates", cov]) == 1
+    assert not (tmp_path / "cli").exists()
+    assert main([*args, "--method", "gblup-rn", "--covariates", cov]) == 0
+    assert paths and load_baseline(tmp_path / "cli").method == "gblup-rn"

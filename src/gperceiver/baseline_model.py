@@ -14,6 +14,10 @@ in a form that needs only the genotypes of a new individual:
   GBLUP on every record with the environment a fixed factor, so one set of allele
   effects; each environment keeps it with its own mean (the intercept plus its
   level's effect);
+- ``gblup-rn`` (the reaction norm, as ``evaluate``'s, Jarquín et al. 2014): the
+  main and interaction BLUPs of the records' solution, summed per environment of
+  the environment kernel into allele effects ``(M, A)`` each, so that every
+  environment with covariates gets its own, new ones included;
 - RKHS: the scaled centred dosages of the phenotyped individuals ``(n, F)`` and,
   per environment, the weights ``(n,)`` of the Gaussian kernel and its scale
   ``1 / (h median d2)`` (the median over the genotypes of the fit).
@@ -48,9 +52,11 @@ from .baselines import (
     FixedDesign,
     FixedEffects,
     Kernel,
+    ReactionNorm,
     WeightedGBLUP,
     allele_effect_predictions,
     blup_allele_effects,
+    environment_kernel,
     feature_distances,
     kernel_columns,
     kernel_features,
@@ -59,12 +65,12 @@ from .baselines import (
 )
 from .baselines.kernels import _squared_distances
 from .checkpoint import load_arrays, read_json, save_arrays, write_json
-from .data import Genotypes, MarkerMap, Phenotypes
+from .data import EnvCovariates, Genotypes, MarkerMap, Phenotypes
 from .io import InputError, atomic_directory, read_chroms, write_chroms
 from .selection import COMPONENT_COLUMNS, variance_components
 
 # predict new individuals
-BASELINE_METHODS = ("gblup", "rkhs", "gblup-weighted", "gblup-main")
+BASELINE_METHODS = ("gblup", "rkhs", "gblup-weighted", "gblup-main", "gblup-rn")
 BASELINE_FORMAT_VERSION = 1
 KIND = "baseline"  # config.json "kind" of a baseline model directory
 PREDICTION_COLUMNS = ["name", "block", "prediction", "gebv"]
@@ -234,10 +240,11 @@ def fit_baseline(
     bandwidths: tuple[float, ...] = DEFAULT_BANDWIDTHS,
     trait: str = "response",
     relationship: Kernel | None = None,
+    covariates: EnvCovariates | None = None,
 ) -> BaselineModel:
-    """Fit ``method`` per environment (``gblup-main``: over every environment at
-    once) on every record of ``phenotypes`` and write the solution to predict any
-    genotype.
+    """Fit ``method`` per environment (``gblup-main``, ``gblup-rn``: over every
+    environment at once) on every record of ``phenotypes`` and write the solution
+    to predict any genotype.
 
     Parameters
     ----------
@@ -258,6 +265,9 @@ def fit_baseline(
         RKHS candidates (units of the median squared distance).
     relationship : Kernel, optional
         VanRaden's G of ``genotypes`` (computed if absent).
+    covariates : EnvCovariates, optional
+        ``gblup-rn``'s environment covariates (codes of ``phenotypes``'
+        environments, new ones included).
 
     Returns
     -------
@@ -267,11 +277,15 @@ def fit_baseline(
         raise ValueError(f"unknown method {method!r}; use one of {BASELINE_METHODS}")
     relationship = relationship or Kernel.relationship(genotypes)
     frequencies = genotypes.allele_frequencies()
-    if method == "gblup-main":
+    if method in ("gblup-main", "gblup-rn"):
         model = BaselineModel(
             method, genotypes.markers, genotypes.ploidy, genotypes.n_alleles,
             frequencies, [], trait,
         )  # fmt: skip
+        if method == "gblup-rn":
+            return _fit_reaction_norm(
+                model, phenotypes, genotypes, relationship, fixed, covariates
+            )
         return _fit_main_effects(model, phenotypes, genotypes, relationship, fixed)
     table, chosen, weights, info = phenotypes.table, None, None, {}
     if method == "gblup-weighted":
@@ -345,6 +359,65 @@ def _fit_main_effects(
         )
         model.environments.append(env)
     return model
+
+
+def _fit_reaction_norm(
+    model: BaselineModel,
+    phenotypes: Phenotypes,
+    genotypes: Genotypes,
+    relationship: Kernel,
+    fixed: FixedEffects,
+    covariates: EnvCovariates | None,
+) -> BaselineModel:
+    """``gblup-rn``: :class:`~gperceiver.baselines.ReactionNorm` with the
+    environment kernel of ``covariates`` over the records' environments and the
+    covariates' own, fitted on every record. With the records' solution ``w``,
+    environment ``j``'s BLUP is ``G[:, i_r] (s2g + s2ge Omega[j, e_r]) w_r``, so
+    its allele effects are :func:`blup_allele_effects` of those weights; an
+    environment without records gets the mean of the environment means."""
+    if covariates is None:
+        raise InputError(
+            "--method", None, "gblup-rn needs environment covariates",
+            "pass --covariates FILE (the table finetune and evaluate read)",
+        )  # fmt: skip
+    table, labels = phenotypes.table, phenotypes.environment_labels
+    codes = np.union1d(table["block"].unique(), covariates.environments)
+    codes = codes.astype(np.int64)
+    omega = environment_kernel(covariates, codes)
+    fit = ReactionNorm(relationship, omega, codes, True, fixed).fit(table, genotypes)
+    means = dict(zip(fit.env_ids_.tolist(), fit.means_.tolist(), strict=True))
+    frame = component_frame_of_reaction_norm(fit)
+    w = fit.record_weights_
+    for row, code in enumerate(codes.tolist()):
+        weights = w * (fit.s2g_ + fit.s2ge_ * omega[row, fit.record_environments_])
+        solution = blup_allele_effects(
+            genotypes, fit.record_individuals_, weights, model.frequencies
+        )
+        label = code if labels is None else labels[int(code)]
+        mean = means.get(row, float(fit.means_.mean()))
+        beta = np.concatenate([[mean], fit.beta_])
+        env = EnvironmentSolution(
+            int(code), label, fit.design_, beta, solution, frame.assign(block=label)
+        )
+        model.environments.append(env)
+    return model
+
+
+def component_frame_of_reaction_norm(fit) -> pd.DataFrame:
+    """:data:`COMPONENT_COLUMNS` of a fitted reaction norm: ``s2g``, ``s2ge``,
+    ``s2e`` and the log-likelihood (no standard errors)."""
+    rows = [
+        ("s2g", fit.s2g_), ("s2ge", fit.s2ge_), ("s2e", fit.s2e_),
+        ("log_likelihood", fit.log_likelihood_),
+    ]  # fmt: skip
+    return pd.DataFrame(
+        [
+            {"method": "gblup-rn", "block": "all", "fold": "all", "component": name,
+             "value": float(value), "se": np.nan}
+            for name, value in rows
+        ],
+        columns=COMPONENT_COLUMNS,
+    )  # fmt: skip
 
 
 def is_baseline_model(directory) -> bool:

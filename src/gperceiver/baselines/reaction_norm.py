@@ -184,6 +184,9 @@ class ReactionNorm:
             self.interaction_ = self.s2ge_ * (
                 g_records @ by_env @ self.environment[:, env_ids].T
             )
+        # the solution on the records: u = G[:, i_r] (s2g + s2ge Omega[e, e_r]) w_r
+        self.record_weights_, self.record_individuals_ = weights, individuals
+        self.record_environments_ = env_ids[env_of]  # rows of ``environment``
         fitted = self.main_[individuals] + self.s2e_ * weights
         if self.interaction:
             fitted += self.interaction_[individuals, env_ids[env_of]]

@@ -19,12 +19,13 @@ from ..io import InputError
 from ..io.records import read_records
 from .inputs import (
     fixed_effects_for,
+    read_covariates_for,
     read_genotypes,
     read_marker_inputs,
     read_phenotypes_for,
     traits_of,
 )
-from .options import add_fixed_options, add_inputs
+from .options import add_covariate_option, add_fixed_options, add_inputs
 
 
 def _check_out(out) -> None:
@@ -49,6 +50,12 @@ def cmd_fit(args) -> None:
             "is the prior of --method gblup-weighted and of no other method",
             "give both --method gblup-weighted and --marker-weights FILE, or neither",
         )  # fmt: skip
+    if args.covariates and args.method != "gblup-rn":
+        raise InputError(
+            "--covariates", None, f"--method {args.method} does not use them",
+            "use --method gblup-rn or drop --covariates",
+        )  # fmt: skip
+    covariates, phenotypes = read_covariates_for(args, phenotypes)
     inputs = read_marker_inputs({"marker_weights": args.marker_weights}, genotypes)
     model = fit_baseline(
         phenotypes,
@@ -57,15 +64,25 @@ def cmd_fit(args) -> None:
         fixed_effects_for(vars(args), phenotypes),
         marker_weights=inputs.weights,
         trait=traits_of(args)[0],
+        covariates=covariates,
     )
     save_baseline(model, args.out)
-    h2 = model.components().query("component == 'h2'")
-    per_env = ", ".join(f"{r.block}: {r.value:.3f}" for r in h2.itertuples())
     print(
         f"{args.method}: fitted on {len(phenotypes.table)} records of "
-        f"{genotypes.n_individuals} genotyped individuals; h2 {per_env}; "
+        f"{genotypes.n_individuals} genotyped individuals; {_estimates(model)}; "
         f"wrote {args.out}"
     )
+
+
+def _estimates(model) -> str:
+    """h2 per environment, or the reaction norm's variance components."""
+    frame = model.components()
+    if model.method == "gblup-rn":
+        first = frame[frame["block"] == frame["block"].iloc[0]]
+        parts = first.query("component in ('s2g', 's2ge', 's2e')")
+        return ", ".join(f"{r.component} {r.value:.4g}" for r in parts.itertuples())
+    h2 = frame.query("component == 'h2'")
+    return "h2 " + ", ".join(f"{r.block}: {r.value:.3f}" for r in h2.itertuples())
 
 
 def predict_with_baseline(args) -> None:
@@ -146,6 +163,7 @@ def add_fit_command(sub) -> None:
         help="TSV marker, weight: the prior of --method gblup-weighted",
     )
     add_fixed_options(p, suppress=False)
+    add_covariate_option(p)
     p.set_defaults(func=cmd_fit)
 
 
