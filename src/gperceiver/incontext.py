@@ -193,6 +193,23 @@ def _settings(cache: dict) -> RelativesSettings:
     return RelativesSettings(**{"seed": int(options.get("seed", 0)), **chosen})
 
 
+def environment_contexts(train, validation, genotypes):
+    """Per environment with validation and training records: ``(block, here,
+    rows, y, queries)``, the validation rows' mask ``(k,)``, the context (the
+    training individuals' genotype rows ``(n,)`` and their mean responses ``(n,)``
+    in the environment: leaving an individual out leaves all its records out)
+    and the queries' genotype rows. No validation response is read."""
+    for block in np.unique(validation["block"]):
+        records = train[train["block"] == block]
+        if records.empty:
+            continue
+        here = (validation["block"] == block).to_numpy()
+        means = records.groupby("name", sort=False)["response"].mean()
+        rows = genotypes.index_of(means.index)
+        queries = genotypes.index_of(validation.loc[here, "name"])
+        yield block, here, rows, means.to_numpy(dtype=np.float64), queries
+
+
 def relatives_method(relationship_of, fixed_effects_of, absorb_fixed_effects):
     """The ``relatives`` method of ``gperceiver evaluate``: per environment, a
     head fitted on the fold's training records predicts its validation records
@@ -216,21 +233,14 @@ def relatives_method(relationship_of, fixed_effects_of, absorb_fixed_effects):
         if fixed_effects_of(cache):
             train, fixed = absorb_fixed_effects(train, validation, genotypes, cache)
         genetic = np.full(len(validation), np.nan)
-        for block in np.unique(validation["block"]):
-            records = train[train["block"] == block]
-            here = (validation["block"] == block).to_numpy()
-            if records.empty:
-                continue
-            means = records.groupby("name", sort=False)["response"].mean()
-            rows = genotypes.index_of(means.index)
-            y = means.to_numpy(dtype=np.float64)
+        contexts = environment_contexts(train, validation, genotypes)
+        for block, here, rows, y, queries in contexts:
             head, log = fit_relatives(
                 d2, median, relationship_of(genotypes, cache), rows, y, settings
             )
             cache.setdefault("relatives_log", []).append(
                 {"fold": cache.get("split"), "block": int(block), **log}
             )
-            queries = genotypes.index_of(validation.loc[here, "name"])
             with torch.no_grad():
                 genetic[here] = head_predict(head, d2, rows, y, queries).numpy()
         return genetic if fixed is None else (fixed, genetic)

@@ -26,7 +26,7 @@ import torch
 
 from .baselines import Kernel
 from .data import Genotypes, MarkerMap
-from .incontext import _start, _tensor, window_distances
+from .incontext import _start, _tensor, environment_contexts, window_distances
 from .nn.relatives import RelativesStart
 from .nn.relatives_prior import PriorRelativesNet, episode_features
 
@@ -327,15 +327,8 @@ def prior_method(relationship_of, fixed_effects_of, absorb_fixed_effects, tune=F
             train, fixed = absorb_fixed_effects(train, validation, genotypes, cache)
         genetic = np.full(len(validation), np.nan)
         relationship = relationship_of(genotypes, cache)
-        for block in np.unique(validation["block"]):
-            records = train[train["block"] == block]
-            here = (validation["block"] == block).to_numpy()
-            if records.empty:
-                continue
-            means = records.groupby("name", sort=False)["response"].mean()
-            rows = genotypes.index_of(means.index)
-            queries = genotypes.index_of(validation.loc[here, "name"])
-            y = means.to_numpy(dtype=np.float64)
+        contexts = environment_contexts(train, validation, genotypes)
+        for block, here, rows, y, queries in contexts:
             used = net
             if tune:
                 seed = int((cache.get("params") or {}).get("seed", 0))
