@@ -12,6 +12,7 @@ from gperceiver.nn.panel import (
     PanelAttention,
     PanelConfig,
     PanelGenotypes,
+    PanelWindows,
     QueryState,
     _padded,
 )
@@ -50,7 +51,7 @@ def test_shortlist_copy__everyone_a_candidate_equals_full_attention():
     config = PanelConfig(block=8, head_radii=(1, 3), layers=2, segment=4)
     model = PanelAttention(config)
     with torch.no_grad():
-        want = model._full(query, panel, 0, 100, 8, None)
+        want = model._full(query, PanelWindows.build(panel, 0, 100, 8), 0, 100, 8, None)
         typed = np.ones(100, bool)
         search = SearchConfig(segment=config.segment)
         side = ShortlistPanel.build(panel, 0, 100, 8, typed, search, panel.ids)

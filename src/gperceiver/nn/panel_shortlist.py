@@ -56,9 +56,14 @@ class ShortlistPanel:
     n_genotypes: int
 
     @classmethod
-    def build(cls, panel, lo, hi, block, typed, search: SearchConfig, tie):
-        """``panel``: :class:`PanelGenotypes`; ``typed`` (M,) bool, the markers a
-        hash key may use."""
+    def build(
+        cls, panel, lo, hi, block, typed, search: SearchConfig, tie, salt=None, offset=0
+    ):
+        """``panel``: :class:`PanelGenotypes` on markers ``lo:hi``; ``typed`` (M,)
+        bool, the markers a hash key may use; ``salt`` the chromosome's first
+        marker (default ``lo``) and ``offset`` the first window's index within the
+        chromosome: a stretch of a chromosome read on its own (streamed) hashes as
+        the whole chromosome does there."""
         g = padded_windows(panel.genotype, lo, hi, block)
         r, n_w, s = g.shape
         table = panel.counts_table()  # (G, A)
@@ -74,7 +79,10 @@ class ShortlistPanel:
         counts = counts.view(n_w, s, n_g + 1)[..., :n_g].float()
         typed_w = np.zeros(n_w * s, bool)
         typed_w[: hi - lo] = np.asarray(typed)[lo:hi]
-        index = CandidateIndex.build(g, panel.ids, tie, n_g, typed_w, search, lo)
+        salt = lo if salt is None else salt
+        index = CandidateIndex.build(
+            g, panel.ids, tie, n_g, typed_w, search, salt, offset
+        )
         return cls(g, counts, feats, index, panel.ids, n_g)
 
     def gather(self, rows: Tensor, w_lo: int, w_hi: int) -> Tensor:
