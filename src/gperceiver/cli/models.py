@@ -102,6 +102,13 @@ def cmd_impute_panel(args, kind: str) -> None:
     """``impute`` by panel attention: one-shot, or from ``--reference``."""
     from ..imputation import impute_with_panel, panel_settings, write_result
 
+    if (
+        not args.reference
+        and kind == "vcf"
+        and io.genotype_format(args.markers) == "zarr"
+    ):
+        impute_store_panel(args)  # streamed: memory bounded by a stretch of markers
+        return
     targets = read_genotypes(args)
     if args.output_format == "dosage" and targets.n_alleles != 2:
         raise InputError(
@@ -117,6 +124,20 @@ def cmd_impute_panel(args, kind: str) -> None:
     print(
         f"imputed {len(result.rows)} genotypes of {targets.n_individuals} "
         f"individuals x {result.genotypes.n_markers} markers -> {args.out}"
+    )
+
+
+def impute_store_panel(args) -> None:
+    """One-shot ``impute`` of a VCF Zarr store into a VCF/BCF, streamed by
+    stretches of markers (:mod:`gperceiver.streamed_imputation`)."""
+    from ..imputation import panel_settings
+    from ..streamed_imputation import impute_store
+
+    store = read_genotypes(args, stream=True)
+    summary = impute_store(store, args.out, panel_settings(vars(args)))
+    print(
+        f"imputed {summary['imputed']} genotypes of {store.n_individuals} "
+        f"individuals x {store.n_markers} markers (streamed) -> {args.out}"
     )
 
 
