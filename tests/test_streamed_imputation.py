@@ -127,7 +127,10 @@ def test_impute_cli__a_zarr_store_into_a_vcf_is_streamed(tmp_path, capsys):
     g = mosaic_genotypes(40, 160, chroms=2, missing=0.05, seed=2)
     path = store_of(g, tmp_path / "g.zarr", variant_chunk=50)
     out = tmp_path / "imputed.vcf.gz"
-    main(["impute", str(path), "--out", str(out), "--fit-steps", "2", "--window", "8"])
+    code = main(
+        ["impute", str(path), "--out", str(out), "--fit-steps", "2", "--window", "8"]
+    )
+    assert code == 0
     assert "(streamed)" in capsys.readouterr().out
     lines = [x for x in records(out) if not x.startswith("#")]
     assert len(lines) == 160
@@ -137,3 +140,15 @@ def test_impute_cli__a_zarr_store_into_a_vcf_is_streamed(tmp_path, capsys):
     truth = np.array(["0/0", "0/1", "1/1"])[(g.alleles == 2).sum(-1).T]
     assert (gt[called] == truth[called]).all()
     assert not list(tmp_path.glob(".imputed*"))  # no temporary file left
+
+
+def test_impute_cli__a_damaged_store_is_refused_and_nothing_written(tmp_path, capsys):
+    g = mosaic_genotypes(40, 160, chroms=2, missing=0.05, seed=2)
+    path = store_of(g, tmp_path / "g.zarr", variant_chunk=50)
+    chunk = path / "call_genotype" / "3.0.0"  # variants 151-160
+    chunk.write_bytes(chunk.read_bytes()[:5])
+    out = tmp_path / "imputed.vcf.gz"
+    assert main(["impute", str(path), "--out", str(out), "--fit-steps", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "markers" in err and "cannot be read" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == [path]
