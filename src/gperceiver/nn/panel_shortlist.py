@@ -46,7 +46,9 @@ class ShortlistPanel:
     """The panel on one chromosome: ``genotype`` (R, W, S) int16 indices, -1
     missing; ``counts`` (W, S, G) called genotypes summed over the panel;
     ``features`` (G + 1, F) = [called, squared norm, copy counts] of each genotype
-    (the last row, missing, all zero); the candidate ``index``."""
+    (the last row, missing, all zero); the candidate ``index``; ``lookup``
+    (R + 1, W, S) int16, ``genotype`` with ``G`` for missing and a last row all
+    ``G`` (no candidate), what :meth:`gather` reads."""
 
     genotype: Tensor
     counts: Tensor
@@ -54,6 +56,13 @@ class ShortlistPanel:
     index: CandidateIndex
     ids: Tensor
     n_genotypes: int
+    lookup: Tensor = None
+
+    def __post_init__(self):
+        if self.lookup is None:
+            g = torch.where(self.genotype < 0, self.n_genotypes, self.genotype)
+            none = torch.full((1, *g.shape[1:]), self.n_genotypes, dtype=g.dtype)
+            self.lookup = torch.cat([g, none])
 
     @classmethod
     def build(
@@ -88,9 +97,8 @@ class ShortlistPanel:
     def gather(self, rows: Tensor, w_lo: int, w_hi: int) -> Tensor:
         """Genotype indices ``(Q, K, W', S)`` of candidate ``rows`` (Q, K) on
         windows ``w_lo:w_hi``, ``G`` where missing or no candidate (-1)."""
-        part = self.genotype[rows.clamp(min=0), w_lo:w_hi].long()
-        part = torch.where(part < 0, self.n_genotypes, part)
-        return part.masked_fill((rows < 0)[..., None, None], self.n_genotypes)
+        rows = torch.where(rows < 0, self.lookup.shape[0] - 1, rows)
+        return self.lookup[rows, w_lo:w_hi].long()
 
     def prior(self, self_row: Tensor, w_lo: int, w_hi: int, pseudo: float = 0.5):
         """Genotype frequencies ``(Q, W', S, G)`` among the panel's calls on
