@@ -60,7 +60,11 @@ def cmd_impute(args) -> None:
             "give one of them",
         )  # fmt: skip
     if args.model is None and args.method == "panel":
-        cmd_impute_panel(args, kind)
+        streamed = io.genotype_format(args.markers) == "zarr" and kind == "vcf"
+        if streamed and not args.reference:
+            impute_store_panel(args)  # memory bounded by a stretch of markers
+        else:
+            cmd_impute_panel(args, kind)
         return
     genotypes = read_genotypes(args)
     if args.output_format == "dosage" and genotypes.n_alleles != 2:
@@ -102,13 +106,6 @@ def cmd_impute_panel(args, kind: str) -> None:
     """``impute`` by panel attention: one-shot, or from ``--reference``."""
     from ..imputation import impute_with_panel, panel_settings, write_result
 
-    if (
-        not args.reference
-        and kind == "vcf"
-        and io.genotype_format(args.markers) == "zarr"
-    ):
-        impute_store_panel(args)  # streamed: memory bounded by a stretch of markers
-        return
     targets = read_genotypes(args)
     if args.output_format == "dosage" and targets.n_alleles != 2:
         raise InputError(
