@@ -182,18 +182,22 @@ def _stretch_results(model, store, typed, block, settings, stream, imputed):
         chunk = query_chunk(c, store.n_individuals, n_windows, block, store.n_alleles)
         for a, c0, c1, b in stretches(clo, chi, core, context):
             g = store.marker_block(a, b)
-            part = _copy_stretch(model, g, typed[a:b], block, settings.chunk, chunk,
-                                 (clo, a, c0 - a, c1 - a))  # fmt: skip
+            at = (clo, a, c0 - a, c1 - a)
+            part = _copy_stretch(
+                model, g, typed[a:b], block, (settings.chunk, chunk), at
+            )
             imputed[0] += len(part.rows)
             yield c0, part, typed[c0:c1]
 
 
 @torch.no_grad()
-def _copy_stretch(model, g: Genotypes, typed, block, targets_chunk, query_size, at):
-    """:class:`PanelImputation` of every individual of ``g`` (markers read
-    ``a:b``) on its core ``at[2]:at[3]``; ``at[0]`` the chromosome's first marker,
-    ``at[1]`` the read's."""
+def _copy_stretch(model, g: Genotypes, typed, block, chunks, at):
+    """:class:`PanelImputation` of every individual of ``g`` (the markers read) on
+    its core ``k0:k1``; ``at`` = (the chromosome's first marker, the read's first
+    marker, k0, k1); ``chunks`` = (targets per output chunk, queries copied at a
+    time)."""
     clo, a, k0, k1 = at
+    targets_chunk, query_size = chunks
     panel = PanelGenotypes.from_genotypes(g)
     offset = (a - clo) // block
     side = model.prepare(panel, 0, g.n_markers, block, typed, clo, offset)
@@ -204,8 +208,9 @@ def _copy_stretch(model, g: Genotypes, typed, block, targets_chunk, query_size, 
     parts = []
     for start in range(0, g.n_individuals, targets_chunk):
         rows = np.arange(start, min(start + targets_chunk, g.n_individuals))
-        probs = model.copy_span(panel.subset(rows), side, 0, g.n_markers, block,
-                                query_size)[:, k0:k1]  # fmt: skip
+        query = panel.subset(rows)
+        probs = model.copy_span(query, side, 0, g.n_markers, block, query_size)
+        probs = probs[:, k0:k1]
         alleles = g.alleles[rows, k0:k1]
         probs = hold_observed(probs, alleles, panel.genotype[rows, k0:k1], counts)
         r2.add(probs)
