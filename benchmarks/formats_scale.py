@@ -14,6 +14,8 @@ wall time and peak RSS (``ru_maxrss`` of the child).
     python benchmarks/formats_scale.py run -- convert /tmp/fbench/slice.vcf x.zarr
     python benchmarks/formats_scale.py run -- pretrain /tmp/fbench/cohort.zarr \\
         --out /tmp/fbench/model --max-steps 5 --no-progress
+    python benchmarks/formats_scale.py run -- impute /tmp/fbench/cohort.zarr \\
+        --out /tmp/fbench/imputed.vcf.gz --shortlist 128   # streamed by stretches
 """
 
 from __future__ import annotations
@@ -143,10 +145,16 @@ def run_child(args) -> None:
                 "returncode": done.returncode,
                 "wall_seconds": round(time.perf_counter() - t0, 1),
                 "peak_rss_gib": peak_rss(resource.RUSAGE_CHILDREN),
+                "cpu_seconds": round(cpu_seconds(resource.RUSAGE_CHILDREN), 1),
                 "load_average": os.getloadavg()[0],
             }
         )
     )
+
+
+def cpu_seconds(who) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss(who) -> float:

@@ -239,7 +239,7 @@ def read_vcf_dosage(
 
 
 def impute_beagle(
-    masked: Genotypes, workdir: Path, label: str, extra: list[str]
+    masked: Genotypes, workdir: Path, label: str, extra: list[str], threads: int = 2
 ) -> tuple:
     """Run Beagle on the masked VCF; returns imputed dosages and the command."""
     # Beagle splits its arguments at spaces: keep them out of the output prefix
@@ -249,7 +249,7 @@ def impute_beagle(
         "beagle",
         f"gt={workdir / 'data' / 'masked.vcf.gz'}",
         f"out={prefix}",
-        "nthreads=2",
+        f"nthreads={threads}",
         *extra,
     ]
     t0 = time.perf_counter()
@@ -471,6 +471,7 @@ def main() -> None:
         "--model", help="pretrained model directory for gperceiver-corrected"
     )
     parser.add_argument("--beagle-args", default="", help="extra key=value arguments")
+    parser.add_argument("--beagle-threads", type=int, default=2, help="nthreads=")
     parser.add_argument(
         "--gperceiver-args",
         default="",
@@ -500,7 +501,7 @@ def main() -> None:
             command = f"numpy, in-process, k={args.knn_k}"
         elif method == "beagle":
             imputed, seconds, cmd = impute_beagle(
-                masked, work, label, shlex.split(args.beagle_args)
+                masked, work, label, shlex.split(args.beagle_args), args.beagle_threads
             )
             command = shlex.join(cmd)
         elif method == "gperceiver":

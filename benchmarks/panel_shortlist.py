@@ -15,6 +15,9 @@ whole, so k >= N is exact full attention)::
     # time of one copy against the panel size: full attention vs a shortlist of 128
     python benchmarks/panel_shortlist.py --scaling 1000,2000,4000 --shortlist 128 \\
         --queries 64
+    # every individual copied in chunks of 256: the candidate index rebuilt for
+    # each chunk (as impute did) against built once per chromosome (as it does)
+    python benchmarks/panel_shortlist.py --reuse 5000 --shortlist 128 --markers 1024
 """
 
 from __future__ import annotations
@@ -126,6 +129,47 @@ def scaling(sizes, n_markers: int, targets: int, k: int) -> None:
         print(line + f" load {os.getloadavg()[0]:.1f}", flush=True)
 
 
+def founder_panel(n: int, n_markers: int) -> PanelGenotypes:
+    """Founder mosaics of ``formats_scale.py`` as genotype indices (ALT copies)."""
+    from formats_scale import founder_calls
+
+    calls = founder_calls(np.random.default_rng(0), n, n_markers)
+    dose = calls.astype(np.int16).sum(-1).T  # (N, M): ALT copies, -1 / -2 missing
+    genotype = torch.from_numpy(np.where((calls < 0).any(-1).T, -1, dose))
+    ids = torch.arange(n, dtype=torch.int64) * 7919 + 1
+    return PanelGenotypes(genotype.to(torch.int16), ids, 2, 2)
+
+
+def reuse(n: int, n_markers: int, k: int, chunk: int = 256) -> None:
+    """CPU seconds to copy all ``n`` individuals from the others in chunks of
+    ``chunk``: the candidate index rebuilt per chunk vs built once."""
+    from gperceiver.nn.panel import PanelAttention
+
+    panel = founder_panel(n, n_markers)
+    chrom, typed = np.zeros(n_markers, int), np.ones(n_markers, bool)
+    model = PanelAttention(PanelConfig(shortlist=k))
+    chunks = [np.arange(s, min(n, s + chunk)) for s in range(0, n, chunk)]
+    with torch.no_grad():
+        c = cpu_seconds()
+        per_chunk = [model(panel.subset(r), panel, chrom, typed=typed) for r in chunks]
+        rebuilt = cpu_seconds() - c
+        c = cpu_seconds()
+        side = model.prepare(panel, 0, n_markers, 32, typed)
+        built = cpu_seconds() - c
+        once = [
+            model.copy_span(panel.subset(r), side, 0, n_markers, 32) for r in chunks
+        ]
+        reused = cpu_seconds() - c
+    same = all(torch.equal(a, b) for a, b in zip(per_chunk, once, strict=True))
+    print(
+        f"{n} x {n_markers}, shortlist {k}, {len(chunks)} chunks of {chunk}: index "
+        f"rebuilt per chunk {rebuilt:.1f} CPU-s, built once {reused:.1f} CPU-s (of "
+        f"which the build {built:.1f}); outputs identical: {same}; "
+        f"load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+
+
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -139,12 +183,16 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--no-impute", action="store_true")
     parser.add_argument("--scaling", help="panel sizes, e.g. 1000,2000,4000")
+    parser.add_argument("--reuse", type=int, help="individuals: index reuse timing")
     parser.add_argument("--markers", type=int, default=2048)
     parser.add_argument("--tables", type=int, default=PanelConfig().hash_tables)
     parser.add_argument("--key-markers", type=int, default=PanelConfig().key_markers)
     parser.add_argument("--segment", type=int, default=PanelConfig().segment)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.reuse:
+        reuse(args.reuse, args.markers, int(args.shortlist.split(",")[0]))
+        return
     if args.scaling:
         sizes = [int(x) for x in args.scaling.split(",")]
         scaling(sizes, args.markers, args.queries, int(args.shortlist.split(",")[0]))

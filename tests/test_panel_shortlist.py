@@ -12,8 +12,10 @@ from gperceiver.nn.panel import (
     PanelAttention,
     PanelConfig,
     PanelGenotypes,
+    PanelWindows,
     QueryState,
     _padded,
+    chromosome_spans,
 )
 from gperceiver.nn.panel_shortlist import (
     ShortlistPanel,
@@ -50,7 +52,7 @@ def test_shortlist_copy__everyone_a_candidate_equals_full_attention():
     config = PanelConfig(block=8, head_radii=(1, 3), layers=2, segment=4)
     model = PanelAttention(config)
     with torch.no_grad():
-        want = model._full(query, panel, 0, 100, 8, None)
+        want = model._full(query, PanelWindows.build(panel, 0, 100, 8), 0, 100, 8, None)
         typed = np.ones(100, bool)
         search = SearchConfig(segment=config.segment)
         side = ShortlistPanel.build(panel, 0, 100, 8, typed, search, panel.ids)
@@ -177,3 +179,20 @@ def test_shortlist__forward_backward_any_ploidy(ploidy, n_alleles):
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_shortlist__index_built_once_serves_every_target_chunk():
+    """impute's order (one candidate index per chromosome, then every chunk of
+    targets) copies exactly what a fresh index per chunk copies."""
+    g = mosaic_genotypes(70, 96, seed=15, chroms=2)
+    panel = PanelGenotypes.from_genotypes(g)
+    model = PanelAttention(PanelConfig(block=8, shortlist=12, segment=2, layers=2))
+    chrom, typed = g.markers.chrom, np.ones(96, bool)
+    (lo, hi), _ = chromosome_spans(chrom)
+    chunks = [np.arange(0, 30), np.arange(30, 55), np.arange(55, 70)]
+    with torch.no_grad():
+        side = model.prepare(panel, lo, hi, 8, typed)
+        for rows in chunks:
+            fresh = model(panel.subset(rows), panel, chrom, typed=typed)[:, lo:hi]
+            reused = model.copy_span(panel.subset(rows), side, lo, hi, 8)
+            assert torch.equal(fresh, reused)

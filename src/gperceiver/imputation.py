@@ -157,41 +157,55 @@ def _eval_spans(chrom: np.ndarray, length: int) -> list[tuple[int, int]]:
 @torch.no_grad()
 def _impute(model, query, panel, targets, block, chunk, typed) -> PanelImputation:
     """Copy, then pick the most probable genotype holding the observed copies;
-    ``typed`` (M,) bool: the markers a shortlist's hash keys may use."""
-    a, p = targets.n_alleles, targets.ploidy
-    table = complete_table(p, a)  # (G, P) allele ids
+    ``typed`` (M,) bool: the markers a shortlist's hash keys may use. The panel is
+    laid out (and a shortlist's candidate index built) once per chromosome and
+    read by every chunk of ``chunk`` targets."""
+    table = complete_table(targets.ploidy, targets.n_alleles)  # (G, P) allele ids
     counts = query.counts_table()  # (G, A)
     filled = targets.alleles.copy()
-    incomplete = (targets.alleles == MISSING).any(-1)  # (N, M)
-    rows_out, loci_out, probs_out = [], [], []
     r2 = _DoseR2(targets.n_markers, counts)
-    for start in range(0, targets.n_individuals, chunk):
-        rows = np.arange(start, min(start + chunk, targets.n_individuals))
-        chrom = targets.markers.chrom
-        probs = model(query.subset(rows), panel, chrom, block=block, typed=typed)
-        observed = _allele_counts(targets.alleles[rows], a)  # (Q, M, A)
-        fits = (counts[None, None] >= observed[:, :, None]).all(-1)  # (Q, M, G)
-        probs = probs.masked_fill(~fits, 0)
-        probs = probs / probs.sum(-1, keepdim=True).clamp(min=1e-12)
-        called = torch.from_numpy(~incomplete[rows])
-        g = query.genotype[rows].long().clamp(min=0)
-        onehot = torch.nn.functional.one_hot(g, len(table)).float()
-        probs = torch.where(called[..., None], onehot, probs)
-        r2.add(probs)
-        q_i, m_i = np.nonzero(incomplete[rows])
-        best = probs[q_i, m_i].argmax(-1).numpy()
-        filled[rows[q_i], m_i] = table[best]
-        rows_out.append(rows[q_i])
-        loci_out.append(m_i)
-        probs_out.append(probs[q_i, m_i].numpy())
+    parts = []
+    for lo, hi in chromosome_spans(targets.markers.chrom):
+        side = model.prepare(panel, lo, hi, block, typed)
+        for start in range(0, targets.n_individuals, chunk):
+            rows = np.arange(start, min(start + chunk, targets.n_individuals))
+            probs = model.copy_span(query.subset(rows), side, lo, hi, block)
+            alleles = targets.alleles[rows, lo:hi]
+            probs = hold_observed(probs, alleles, query.genotype[rows, lo:hi], counts)
+            r2.add(probs, lo)
+            q_i, m_i, best = best_calls(probs, alleles)
+            filled[rows[q_i], lo + m_i] = table[best]
+            parts.append((rows[q_i], lo + m_i, probs[q_i, m_i].numpy()))
+    rows, loci, probs = (np.concatenate(p) for p in zip(*parts, strict=True))
+    order = np.lexsort((loci, rows))  # by individual, then marker
     return PanelImputation(
-        Genotypes(filled, targets.names, targets.markers, a),
-        np.concatenate(rows_out),
-        np.concatenate(loci_out),
-        np.concatenate(probs_out),
+        Genotypes(filled, targets.names, targets.markers, targets.n_alleles),
+        rows[order],
+        loci[order],
+        probs[order],
         counts.long().numpy(),
         r2=r2.value(),
     )
+
+
+def hold_observed(probs, alleles, genotype, counts) -> torch.Tensor:
+    """Copied probabilities ``(Q, m, G)`` restricted to the genotypes holding the
+    observed copies of ``alleles`` (Q, m, P), one-hot where ``genotype`` (Q, m)
+    is called; ``counts`` (G, A) copy counts of the complete genotypes."""
+    observed = _allele_counts(alleles, counts.shape[1])  # (Q, m, A)
+    fits = (counts[None, None] >= observed[:, :, None]).all(-1)  # (Q, m, G)
+    probs = probs.masked_fill(~fits, 0)
+    probs = probs / probs.sum(-1, keepdim=True).clamp(min=1e-12)
+    g = genotype.long()
+    onehot = torch.nn.functional.one_hot(g.clamp(min=0), counts.shape[0]).float()
+    return torch.where((g >= 0)[..., None], onehot, probs)
+
+
+def best_calls(probs, alleles):
+    """The loci with a missing copy in ``alleles`` (Q, m, P), as (rows, markers),
+    and the index of their most probable genotype under ``probs`` (Q, m, G)."""
+    q_i, m_i = np.nonzero((alleles == MISSING).any(-1))
+    return q_i, m_i, probs[q_i, m_i].argmax(-1).numpy()
 
 
 def _allele_counts(alleles: np.ndarray, n_alleles: int) -> torch.Tensor:
@@ -208,21 +222,23 @@ class _DoseR2:
     def __init__(self, n_markers: int, counts: torch.Tensor):
         self.alt = counts[:, 1:].double()  # (G, A - 1)
         k = self.alt.shape[1]
-        self.n = 0
+        self.n = torch.zeros(n_markers, 1, dtype=torch.float64)
         self.sum_d = torch.zeros(n_markers, k, dtype=torch.float64)
         self.sum_d2 = torch.zeros_like(self.sum_d)
         self.sum_x2 = torch.zeros_like(self.sum_d)
 
-    def add(self, probs: torch.Tensor) -> None:
+    def add(self, probs: torch.Tensor, lo: int = 0) -> None:
+        """Individuals' probabilities ``(Q, m, G)`` on markers ``lo:lo + m``."""
         p = probs.double()
-        dose = p @ self.alt  # (Q, M, A - 1)
-        self.n += p.shape[0]
-        self.sum_d += dose.sum(0)
-        self.sum_d2 += (dose**2).sum(0)
-        self.sum_x2 += (p @ self.alt**2).sum(0)
+        dose = p @ self.alt  # (Q, m, A - 1)
+        where = slice(lo, lo + p.shape[1])
+        self.n[where] += p.shape[0]
+        self.sum_d[where] += dose.sum(0)
+        self.sum_d2[where] += (dose**2).sum(0)
+        self.sum_x2[where] += (p @ self.alt**2).sum(0)
 
     def value(self) -> np.ndarray:
-        mean_term = self.sum_d**2 / max(self.n, 1)
+        mean_term = self.sum_d**2 / self.n.clamp(min=1)
         num, den = self.sum_d2 - mean_term, self.sum_x2 - mean_term
         out = torch.where(den > 1e-12, num / den.clamp(min=1e-12), 0.0)
         return out.clamp(0, 1).numpy()

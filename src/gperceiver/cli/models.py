@@ -73,7 +73,11 @@ def cmd_impute(args) -> None:
             "give one of them",
         )  # fmt: skip
     if args.model is None and args.method == "panel":
-        cmd_impute_panel(args, kind)
+        streamed = io.genotype_format(args.markers) == "zarr" and kind == "vcf"
+        if streamed and not args.reference:
+            impute_store_panel(args)  # memory bounded by a stretch of markers
+        else:
+            cmd_impute_panel(args, kind)
         return
     genotypes = read_genotypes(args)
     check_output_format(genotypes, args.output_format)
@@ -122,6 +126,20 @@ def cmd_impute_panel(args, kind: str) -> None:
     print(
         f"imputed {len(result.rows)} genotypes of {targets.n_individuals} "
         f"individuals x {result.genotypes.n_markers} markers -> {args.out}"
+    )
+
+
+def impute_store_panel(args) -> None:
+    """One-shot ``impute`` of a VCF Zarr store into a VCF/BCF, streamed by
+    stretches of markers (:mod:`gperceiver.streamed_imputation`)."""
+    from ..imputation import panel_settings
+    from ..streamed_imputation import impute_store
+
+    store = read_genotypes(args, stream=True)
+    summary = impute_store(store, args.out, panel_settings(vars(args)))
+    print(
+        f"imputed {summary['imputed']} genotypes of {store.n_individuals} "
+        f"individuals x {store.n_markers} markers (streamed) -> {args.out}"
     )
 
 

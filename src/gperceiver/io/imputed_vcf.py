@@ -88,27 +88,32 @@ def write_imputed_vcf(result, path, typed=None, source: str = "gperceiver") -> N
 
     ``typed`` (M,) bool: markers the targets were typed at (the others get IMP).
     """
+    g = result.genotypes
+    chunks = [(0, result, typed)]
+    write_imputed_chunks(chunks, g.markers, g.names, g.n_alleles, path, source)
+
+
+def write_imputed_chunks(chunks, markers, names, n_alleles, path, source="gperceiver"):
+    """Write imputed records chunk by chunk (atomically: a temporary file, renamed
+    when the last chunk is in), so that only one chunk is ever held.
+
+    ``chunks``: an iterable, in marker order, of ``(lo, result, typed)``: the
+    imputation ``result`` of every individual on the ``markers`` ``lo:lo + m`` and
+    ``typed`` (m,) bool or None; ``markers`` the whole map (the header's contigs),
+    ``names`` (N,) the samples.
+    """
     if str(path).endswith(".bcf"):
-        _write_bcf(result, path, typed, source)
-        return
-    g, markers = result.genotypes, result.genotypes.markers
-    pos, original = integer_positions(markers)
-    ref, *alt = placeholder_alleles(g.n_alleles)
-    alt_field = ",".join(alt) if alt else "."
-    chroms = markers.chrom_labels().astype(str)
-    order = vcf_genotype_order(result.complete)
-    r2 = dose_r2(result)
-    af = _alt_frequencies(result)
-    header = _header(markers, pos, source) + [
-        "\t".join(
-            ["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT"]
-            + [str(s) for s in g.names]
+        bcf_from_text(
+            lambda text: write_imputed_chunks(
+                chunks, markers, names, n_alleles, text, source
+            ),
+            path,
         )
-    ]
-    entries = np.empty((g.n_individuals, g.n_markers), dtype=object)
-    for start in range(0, g.n_individuals, 256):
-        rows = slice(start, min(start + 256, g.n_individuals))
-        entries[rows] = _entry_strings(result, rows, order)
+        return
+    pos, original = integer_positions(markers)
+    fields = ["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT"]
+    header = _header(markers, pos, source)
+    header.append("\t".join(fields + [str(s) for s in names]))
     gz = str(path).endswith(".gz")
     with (
         atomic_path(path) as tmp,
@@ -117,20 +122,45 @@ def write_imputed_vcf(result, path, typed=None, source: str = "gperceiver") -> N
         else open(tmp, "w", newline="\n") as out,
     ):
         out.write("\n".join(header) + "\n")
-        for j in range(g.n_markers):
-            info = [
-                "DR2=" + ",".join(f"{v:.2f}" for v in r2[j]),
-                "AF=" + ",".join(f"{v:.4f}" for v in af[j]),
-            ]
-            if typed is not None and not typed[j]:
-                info.append("IMP")
-            if not original:
-                info.append(f"MAPPOS={markers.pos[j]!r}")
-            fixed = (
-                f"{chroms[j]}\t{pos[j]}\t{markers.names[j]}\t{ref}\t{alt_field}"
-                f"\t.\tPASS\t{';'.join(info)}\tGT:DS:GP\t"
-            )
-            out.write(fixed + "\t".join(entries[:, j]) + "\n")
+        sites = _Sites(markers, pos, original, n_alleles)
+        for lo, result, typed in chunks:
+            _write_records(out, result, typed, sites, lo)
+
+
+class _Sites:
+    """The fixed columns of every marker of the map (CHROM, POS, ID, REF, ALT)."""
+
+    def __init__(self, markers, pos, original, n_alleles):
+        self.markers, self.pos, self.original = markers, pos, original
+        self.chroms = markers.chrom_labels().astype(str)
+        self.ref, *alt = placeholder_alleles(n_alleles)
+        self.alt = ",".join(alt) if alt else "."
+
+
+def _write_records(out, result, typed, sites: _Sites, lo: int) -> None:
+    """The records of ``result``'s markers, map markers ``lo:lo + m``."""
+    g = result.genotypes
+    order = vcf_genotype_order(result.complete)
+    r2, af = dose_r2(result), _alt_frequencies(result)
+    entries = np.empty((g.n_individuals, g.n_markers), dtype=object)
+    for start in range(0, g.n_individuals, 256):
+        rows = slice(start, min(start + 256, g.n_individuals))
+        entries[rows] = _entry_strings(result, rows, order)
+    for j in range(g.n_markers):
+        info = [
+            "DR2=" + ",".join(f"{v:.2f}" for v in r2[j]),
+            "AF=" + ",".join(f"{v:.4f}" for v in af[j]),
+        ]
+        if typed is not None and not typed[j]:
+            info.append("IMP")
+        k = lo + j
+        if not sites.original:
+            info.append(f"MAPPOS={sites.markers.pos[k]!r}")
+        fixed = (
+            f"{sites.chroms[k]}\t{sites.pos[k]}\t{sites.markers.names[k]}\t{sites.ref}"
+            f"\t{sites.alt}\t.\tPASS\t{';'.join(info)}\tGT:DS:GP\t"
+        )
+        out.write(fixed + "\t".join(entries[:, j]) + "\n")
 
 
 def _alt_frequencies(result) -> np.ndarray:
@@ -164,7 +194,3 @@ def _header(markers, pos, source) -> list[str]:
         if sel.any():
             lines.append(f"##contig=<ID={name},length={int(pos[sel].max())}>")
     return lines
-
-
-def _write_bcf(result, path, typed, source) -> None:
-    bcf_from_text(lambda text: write_imputed_vcf(result, text, typed, source), path)

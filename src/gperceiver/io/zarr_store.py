@@ -144,6 +144,27 @@ class ZarrGenotypes(Genotypes):
         streamed = StreamedAlleles(calls, store_to_map, size, self.path)
         names = _strings(group["sample_id"])
         super().__init__(streamed, names, markers, n_alleles)
+        self.map_to_store = order  # (M,) store variant of each map marker
+
+    def marker_block(self, lo: int, hi: int) -> Genotypes:
+        """Every individual on the map's markers ``lo:hi`` as plain
+        :class:`Genotypes`, read from the variant chunks that hold them (memory
+        N x (hi - lo) x P bytes, plus the chunks being decoded)."""
+        index = self.map_to_store[lo:hi]
+        calls = self.alleles.calls
+        with decoding(self.path, f"call_genotype, markers {lo + 1}-{hi}"):
+            if len(index) and (np.diff(index) == 1).all():
+                part = calls[int(index[0]) : int(index[-1]) + 1]
+            else:
+                ordered = np.sort(index)
+                part = calls.get_orthogonal_selection((ordered, slice(None)))
+                part = part[np.searchsorted(ordered, index)]
+        first = int(index.min()) if len(index) else 0
+        alleles = allele_ids(part, self.path, first, 0).transpose(1, 0, 2)
+        markers = self.markers.subset(np.arange(lo, hi))
+        return Genotypes(
+            np.ascontiguousarray(alleles), self.names, markers, self.n_alleles
+        )
 
     def content_digest(self) -> str:
         """Hash of the store's files (relative path, size, modification time).

@@ -42,17 +42,27 @@ def _key_base(n_genotypes: int) -> int:
 
 
 def choose_key_markers(
-    n_windows: int, block: int, typed: np.ndarray, config: SearchConfig, salt: int
+    n_windows: int,
+    block: int,
+    typed: np.ndarray,
+    config: SearchConfig,
+    salt: int,
+    window_offset: int = 0,
 ) -> list[list[np.ndarray]]:
-    """Per segment and table the chromosome-local markers of its key.
+    """Per segment and table the span-local markers of its key.
 
     ``typed`` (n_windows * block,) bool, padded with False; ``salt`` (the
-    chromosome's first marker) makes chromosomes draw differently.
+    chromosome's first marker) makes chromosomes draw differently;
+    ``window_offset`` (a multiple of ``config.segment``): the span's first window
+    within its chromosome, so that a stretch read on its own draws as the whole
+    chromosome does there.
     """
+    if window_offset % config.segment:
+        raise ValueError(f"window_offset {window_offset}: not a whole segment")
     out = []
     for seg_lo in range(0, n_windows, config.segment):
         seg_hi = min(n_windows, seg_lo + config.segment)
-        rng = np.random.default_rng([config.seed, salt, seg_lo, 16])
+        rng = np.random.default_rng([config.seed, salt, window_offset + seg_lo, 16])
         tables = []
         for t in range(config.tables):
             w = seg_lo + t % (seg_hi - seg_lo)
@@ -109,14 +119,18 @@ class CandidateIndex:
         typed: np.ndarray,
         config: SearchConfig,
         salt: int = 0,
+        window_offset: int = 0,
     ) -> CandidateIndex:
         """``panel_windows`` (R, W, S) genotype indices, -1 missing; ``tie`` (R,)
         the tie breaker; ``typed`` (W * S,) bool markers a key may use; ``salt``
-        the chromosome's first marker."""
+        the chromosome's first marker; ``window_offset`` the first window's index
+        within the chromosome (see :func:`choose_key_markers`)."""
         r, n_w, s = panel_windows.shape
         base = _key_base(n_genotypes)
         flat = panel_windows.reshape(r, -1)
-        markers = choose_key_markers(n_w, s, np.asarray(typed), config, salt)
+        markers = choose_key_markers(
+            n_w, s, np.asarray(typed), config, salt, window_offset
+        )
         by_tie = torch.argsort(tie, stable=True)
         tie_rank = torch.empty(r, dtype=torch.int64)
         tie_rank[by_tie] = torch.arange(r)

@@ -321,11 +321,35 @@ class PanelAttention(nn.Module):
             typed = ((query.genotype >= 0).float().mean(0) >= 0.5).numpy()
         out = []
         for lo, hi in chromosome_spans(chrom):
-            if len(panel.ids) > self.config.shortlist:
-                out.append(self._shortlist(query, panel, lo, hi, block, typed, chunk))
-            else:
-                out.append(self._full(query, panel, lo, hi, block, chunk))
+            side = self.prepare(panel, lo, hi, block, typed)
+            out.append(self.copy_span(query, side, lo, hi, block, chunk))
         return torch.cat(out, dim=1)
+
+    def prepare(self, panel, lo, hi, block, typed, salt=None, window_offset=0):
+        """The panel on markers ``lo:hi`` of one chromosome laid out for copying
+        (full-attention windows, or the candidate index of a panel larger than
+        ``shortlist``): built once, read by every query chunk and layer.
+
+        ``salt`` (default ``lo``) and ``window_offset`` place a stretch read on its
+        own within its chromosome: ``salt`` the chromosome's first marker,
+        ``window_offset`` the stretch's first window (a whole segment), so that the
+        stretch hashes as the whole chromosome does there.
+        """
+        if len(panel.ids) <= self.config.shortlist:
+            return PanelWindows.build(panel, lo, hi, block)
+        c = self.config
+        search = SearchConfig(c.hash_tables, c.key_markers, c.segment, c.search_seed)
+        return ShortlistPanel.build(
+            panel, lo, hi, block, typed, search, panel.ids, salt, window_offset
+        )
+
+    def copy_span(self, query, side, lo, hi, block, chunk=None) -> Tensor:
+        """Genotype probabilities ``(Q, hi - lo, G)`` of ``query`` on markers
+        ``lo:hi`` copied from ``side`` (:meth:`prepare` of the same markers);
+        ``chunk`` queries at a time (default :func:`query_chunk`)."""
+        if isinstance(side, PanelWindows):
+            return self._full(query, side, lo, hi, block, chunk)
+        return self._shortlist(query, side, lo, hi, block, chunk)
 
     def _layers(self, g: Tensor, table: Tensor, ids: Tensor, copy) -> Tensor:
         """Every layer on windowed query genotypes ``g`` (Q, W, S); ``copy(state)``
@@ -337,12 +361,13 @@ class PanelAttention(nn.Module):
             probs = copy(layer, state)
         return probs
 
-    def _full(self, query, panel, lo, hi, block, chunk) -> Tensor:
+    def _full(self, query, side, lo, hi, block, chunk) -> Tensor:
         """Exact attention over the whole panel on markers ``lo:hi``."""
-        side = PanelWindows.build(panel, lo, hi, block)
-        table = panel.counts_table()
+        table = query.counts_table()
         n_w = side.features.shape[0]
-        size = chunk or max(1, (32 << 20) // max(1, len(panel.ids) * n_w))
+        size = chunk or query_chunk(
+            self.config, len(side.ids), n_w, block, query.n_alleles
+        )
         parts = []
         for start in range(0, len(query.ids), size):
             rows = slice(start, start + size)
@@ -351,16 +376,12 @@ class PanelAttention(nn.Module):
             parts.append(probs.flatten(1, 2)[:, : hi - lo])
         return torch.cat(parts)
 
-    def _shortlist(self, query, panel, lo, hi, block, typed, chunk) -> Tensor:
-        """Attention over each segment's ``shortlist`` candidates on ``lo:hi``;
-        the candidate index is built once and read by every chunk and layer."""
+    def _shortlist(self, query, side, lo, hi, block, chunk) -> Tensor:
+        """Attention over each segment's ``shortlist`` candidates on ``lo:hi``."""
         c = self.config
-        search = SearchConfig(c.hash_tables, c.key_markers, c.segment, c.search_seed)
-        side = ShortlistPanel.build(panel, lo, hi, block, typed, search, panel.ids)
-        table = panel.counts_table()
-        reach = 2 * max(c.head_radii) + c.segment
-        per_query = c.shortlist * reach * block * (table.shape[1] + 2)
-        size = chunk or max(1, (16 << 20) // per_query)
+        table = query.counts_table()
+        n_w = side.genotype.shape[1]
+        size = chunk or query_chunk(c, len(side.ids), n_w, block, query.n_alleles)
         n_seg = len(side.index.markers)
         parts = []
         for start in range(0, len(query.ids), size):
@@ -369,7 +390,7 @@ class PanelAttention(nn.Module):
             g = padded_windows(query.genotype[rows], lo, hi, block).long()
             flat = g.view(g.shape[0], -1)
             cands = [side.index.search(s, flat, ids, c.shortlist) for s in range(n_seg)]
-            own = self_rows(ids, panel.ids)
+            own = self_rows(ids, side.ids)
 
             def copy(layer, state, cands=cands, own=own):
                 feats = query_features(state.counts, state.sq, state.weight)
@@ -378,6 +399,20 @@ class PanelAttention(nn.Module):
             probs = self._layers(g, table, ids, copy)
             parts.append(probs.flatten(1, 2)[:, : hi - lo])
         return torch.cat(parts)
+
+
+def query_chunk(
+    config: PanelConfig, n_panel: int, n_windows: int, block: int, n_alleles: int
+) -> int:
+    """Queries copied at a time: 32 Mi distances (full attention over ``n_panel``
+    individuals and ``n_windows`` windows), or 16 Mi candidate features of the
+    shortlist (the segment and its neighbours' ``block``-marker windows, times
+    ``shortlist`` candidates, times ``n_alleles + 2``)."""
+    if n_panel <= config.shortlist:
+        return max(1, (32 << 20) // max(1, n_panel * n_windows))
+    reach = 2 * max(config.head_radii) + config.segment
+    per_query = config.shortlist * reach * block * (n_alleles + 2)
+    return max(1, (16 << 20) // per_query)
 
 
 def chromosome_spans(chrom: np.ndarray) -> list[tuple[int, int]]:

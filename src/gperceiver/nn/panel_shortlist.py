@@ -46,7 +46,9 @@ class ShortlistPanel:
     """The panel on one chromosome: ``genotype`` (R, W, S) int16 indices, -1
     missing; ``counts`` (W, S, G) called genotypes summed over the panel;
     ``features`` (G + 1, F) = [called, squared norm, copy counts] of each genotype
-    (the last row, missing, all zero); the candidate ``index``."""
+    (the last row, missing, all zero); the candidate ``index``; ``lookup``
+    (R + 1, W, S) int16, ``genotype`` with ``G`` for missing and a last row all
+    ``G`` (no candidate), what :meth:`gather` reads."""
 
     genotype: Tensor
     counts: Tensor
@@ -54,11 +56,23 @@ class ShortlistPanel:
     index: CandidateIndex
     ids: Tensor
     n_genotypes: int
+    lookup: Tensor = None
+
+    def __post_init__(self):
+        if self.lookup is None:
+            g = torch.where(self.genotype < 0, self.n_genotypes, self.genotype)
+            none = torch.full((1, *g.shape[1:]), self.n_genotypes, dtype=g.dtype)
+            self.lookup = torch.cat([g, none])
 
     @classmethod
-    def build(cls, panel, lo, hi, block, typed, search: SearchConfig, tie):
-        """``panel``: :class:`PanelGenotypes`; ``typed`` (M,) bool, the markers a
-        hash key may use."""
+    def build(
+        cls, panel, lo, hi, block, typed, search: SearchConfig, tie, salt=None, offset=0
+    ):
+        """``panel``: :class:`PanelGenotypes` on markers ``lo:hi``; ``typed`` (M,)
+        bool, the markers a hash key may use; ``salt`` the chromosome's first
+        marker (default ``lo``) and ``offset`` the first window's index within the
+        chromosome: a stretch of a chromosome read on its own (streamed) hashes as
+        the whole chromosome does there."""
         g = padded_windows(panel.genotype, lo, hi, block)
         r, n_w, s = g.shape
         table = panel.counts_table()  # (G, A)
@@ -74,15 +88,17 @@ class ShortlistPanel:
         counts = counts.view(n_w, s, n_g + 1)[..., :n_g].float()
         typed_w = np.zeros(n_w * s, bool)
         typed_w[: hi - lo] = np.asarray(typed)[lo:hi]
-        index = CandidateIndex.build(g, panel.ids, tie, n_g, typed_w, search, lo)
+        salt = lo if salt is None else salt
+        index = CandidateIndex.build(
+            g, panel.ids, tie, n_g, typed_w, search, salt, offset
+        )
         return cls(g, counts, feats, index, panel.ids, n_g)
 
     def gather(self, rows: Tensor, w_lo: int, w_hi: int) -> Tensor:
         """Genotype indices ``(Q, K, W', S)`` of candidate ``rows`` (Q, K) on
         windows ``w_lo:w_hi``, ``G`` where missing or no candidate (-1)."""
-        part = self.genotype[rows.clamp(min=0), w_lo:w_hi].long()
-        part = torch.where(part < 0, self.n_genotypes, part)
-        return part.masked_fill((rows < 0)[..., None, None], self.n_genotypes)
+        rows = torch.where(rows < 0, self.lookup.shape[0] - 1, rows)
+        return self.lookup[rows, w_lo:w_hi].long()
 
     def prior(self, self_row: Tensor, w_lo: int, w_hi: int, pseudo: float = 0.5):
         """Genotype frequencies ``(Q, W', S, G)`` among the panel's calls on
