@@ -280,13 +280,16 @@ def check_output_format(genotypes, output_format: str) -> None:
 
 
 def panel_settings(options: dict) -> PanelImputeSettings:
-    """Settings from command-line options (``window``, ``shortlist``, ``fit_steps``,
-    ``time_budget_s``, ``seed``; absent ones keep their defaults)."""
+    """Settings from command-line options (``window``, ``shortlist``,
+    ``panel_layers``, ``fit_steps``, ``time_budget_s``, ``seed``; absent ones keep
+    their defaults)."""
     model, fit = {}, {}
     if options.get("window") is not None:
         model["block"] = options["window"]
     if options.get("shortlist") is not None:
         model["shortlist"] = options["shortlist"]
+    if options.get("panel_layers") is not None:
+        model["layers"] = options["panel_layers"]
     if options.get("fit_steps") is not None:
         fit["steps"] = options["fit_steps"]
     if "time_budget_s" in options:

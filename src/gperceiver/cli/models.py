@@ -389,6 +389,12 @@ def add_impute_options(p) -> None:
         "found by hashed identity by state (default 1024)",
     )
     p.add_argument(
+        "--panel-layers",
+        type=int,
+        help="panel attention: copy passes (default 2: the second re-estimates "
+        "the similarities with the first pass's copies filled in, as an EM step)",
+    )
+    p.add_argument(
         "--fit-steps",
         type=int,
         help="panel attention: masked fitting steps (default 80, stopped after "
