@@ -16,13 +16,13 @@ from ..baseline_model import (
     save_baseline,
 )
 from ..io import InputError
-from ..io.records import read_records
 from .inputs import (
     fixed_effects_for,
     read_covariates_for,
     read_genotypes,
     read_marker_inputs,
     read_phenotypes_for,
+    read_records_for,
     traits_of,
 )
 from .options import add_covariate_option, add_fixed_options, add_inputs
@@ -119,20 +119,6 @@ FIXED_AT_MEAN = (
 )
 
 
-def read_records_for(args, genotypes, environments: dict, spec):
-    """The ``--records`` sheet, environments matched by name to the model's
-    (``environments``: name -> block code), read from the ``--environment`` /
-    ``--name`` columns."""
-    return read_records(
-        args.records,
-        genotypes,
-        environments,
-        spec,
-        environment=args.environment or "block",
-        name=args.name_column or "name",
-    )
-
-
 def write_record_predictions(args, records, fixed, genetic, labels) -> None:
     """``name, block, prediction, gebv, fixed`` of each record (``labels``: block
     code -> the name outputs show) to ``--out``."""
@@ -172,6 +158,5 @@ __all__ = [
     "add_fit_command",
     "cmd_fit",
     "predict_with_baseline",
-    "read_records_for",
     "write_record_predictions",
 ]

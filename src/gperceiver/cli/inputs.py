@@ -11,6 +11,7 @@ from ..allocator import keep_freed_memory
 from ..baselines import FixedEffects, check_fixed_columns, column_list
 from ..data import MarkerInputs
 from ..io import InputError, InputWarning
+from ..io.records import read_records
 
 
 def read_genotypes(args, stream: bool = False):
@@ -131,3 +132,19 @@ def claim_output(args, phenotypes, genotypes, out=None) -> dict:
     }
     directory = args.out if out is None else out
     return claim_directory(directory, identity, getattr(args, "restart", False))
+
+
+def read_records_for(args, genotypes, environments: dict, spec):
+    """The ``--records`` sheet, environments matched by name to the model's
+    (``environments``: name -> block code), read from the ``--environment`` /
+    ``--name`` columns."""
+    records = read_records(
+        args.records,
+        genotypes,
+        environments,
+        spec.columns,
+        environment=args.environment or "block",
+        name=args.name_column or "name",
+    )
+    check_fixed_columns(records, spec, args.records)
+    return records

@@ -20,12 +20,7 @@ from ..finetuning import (
 from ..io import InputError
 from ..pretraining import impute_genotypes, one_shot_params, pretrain_encoder
 from ..report import write_finetune_outputs
-from .fit import (
-    FIXED_AT_MEAN,
-    predict_with_baseline,
-    read_records_for,
-    write_record_predictions,
-)
+from .fit import FIXED_AT_MEAN, predict_with_baseline, write_record_predictions
 from .inputs import (
     claim_output,
     read_covariates_for,
@@ -33,6 +28,7 @@ from .inputs import (
     read_genotypes,
     read_marker_inputs,
     read_phenotypes_for,
+    read_records_for,
 )
 from .options import (
     add_covariate_option,

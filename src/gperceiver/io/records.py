@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..baselines import FixedEffects, check_fixed_columns
 from ..data import Genotypes
 from .errors import InputError
 from .tables import read_small_table
@@ -37,22 +36,23 @@ def read_records(
     path,
     genotypes: Genotypes,
     environments: dict,
-    spec: FixedEffects,
+    columns=(),
     environment: str = "block",
     name: str = "name",
 ) -> pd.DataFrame:
     """The records of ``path`` as ``name``, ``block`` (the model's codes,
-    :func:`environment_codes`) and the fixed-effect columns of ``spec``, in the
-    file's order. Without an ``environment`` column every record is in the model's
-    one environment (a model of several refuses it). Refuses a missing column, a
-    name without genotypes, a missing level or a covariate that is no number."""
+    :func:`environment_codes`) and the fixed-effect ``columns``, in the file's
+    order. Without an ``environment`` column every record is in the model's one
+    environment (a model of several refuses it). Refuses a missing column or a
+    name without genotypes (the caller checks the columns' values against the
+    model's fixed effects, :func:`gperceiver.baselines.check_fixed_columns`)."""
     table = read_small_table(path, [], "records")
     if name not in table.columns:
         raise InputError(
             path, "line 1", f"no column {name!r} (the individual, --name)",
             f"name the individual column {name!r}, or pass --name COL",
         )  # fmt: skip
-    for column in spec.columns:
+    for column in columns:
         if column not in table.columns:
             raise InputError(
                 path, "line 1", f"no column {column!r}, a fixed effect of the model",
@@ -78,8 +78,7 @@ def read_records(
             f"{out['name'].iloc[row]!r} has no genotypes",
             "give the genotypes of every individual in the records",
         )  # fmt: skip
-    check_fixed_columns(out, spec, path)
-    return out[["name", "block", *spec.columns]].reset_index(drop=True)
+    return out[["name", "block", *columns]].reset_index(drop=True)
 
 
 __all__ = ["environment_codes", "read_records"]
