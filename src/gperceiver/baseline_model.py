@@ -386,7 +386,7 @@ def _fit_reaction_norm(
     omega = environment_kernel(covariates, codes)
     fit = ReactionNorm(relationship, omega, codes, True, fixed).fit(table, genotypes)
     means = dict(zip(fit.env_ids_.tolist(), fit.means_.tolist(), strict=True))
-    frame = component_frame_of_reaction_norm(fit)
+    frame = _reaction_norm_components(fit)
     w = fit.record_weights_
     for row, code in enumerate(codes.tolist()):
         weights = w * (fit.s2g_ + fit.s2ge_ * omega[row, fit.record_environments_])
@@ -403,7 +403,7 @@ def _fit_reaction_norm(
     return model
 
 
-def component_frame_of_reaction_norm(fit) -> pd.DataFrame:
+def _reaction_norm_components(fit) -> pd.DataFrame:
     """:data:`COMPONENT_COLUMNS` of a fitted reaction norm: ``s2g``, ``s2ge``,
     ``s2e`` and the log-likelihood (no standard errors)."""
     rows = [
