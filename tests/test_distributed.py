@@ -29,6 +29,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def join_gloo_group(rank: int, world: int, prefix: str) -> None:
+    """Join a gloo group through a file store (no TCP store thread on rank 0 that
+    could go away while another rank still talks to it)."""
+    store = f"file://{prefix}-store"
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world)
+
+
+def leave_gloo_group() -> None:
+    """Wait for every rank, then leave: a rank that tears down first can abort the
+    others (``terminate called without an active exception``)."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 class LeastSquares:
     """Deterministic task: mean squared error of a linear model, one term per row."""
 
@@ -64,20 +78,19 @@ def fit(directory):
     return model
 
 
-def _worker(rank, world, port, directory):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank, world, directory):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_gloo_group(rank, world, directory)
     try:
         model = fit(directory if rank == 0 else f"{directory}-unused-{rank}")
         save_file(model.state_dict(), f"{directory}-weights-{rank}.safetensors")
     finally:
-        dist.destroy_process_group()
+        leave_gloo_group()
 
 
 def test_trainer__two_gloo_processes_equal_one_process(tmp_path):
     single = fit(tmp_path / "single")
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path / "ddp")), nprocs=2)
+    mp.spawn(_worker, args=(2, str(tmp_path / "ddp")), nprocs=2)
     weights = [load_tensors(tmp_path / f"ddp-weights-{r}.safetensors") for r in (0, 1)]
     # gradients are averaged: both ranks hold the weights of the one-process run
     for k, v in single.state_dict().items():

@@ -12,22 +12,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from gperceiver.cli import main
 from gperceiver.nn.norm import RankSyncedBatchNorm1d
 from pretrain_helpers import SLOW_STEPS
-from test_distributed import free_port
+from test_distributed import free_port, join_gloo_group, leave_gloo_group
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}  # float32 sums taken in another order
 
 
-def _norm_worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _norm_worker(rank, world, out):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_gloo_group(rank, world, out)
     try:
         torch.manual_seed(0)
         x = torch.randn(8, 3).double() * torch.tensor([1.0, 5.0, 0.1]) + 2.0
@@ -43,11 +41,11 @@ def _norm_worker(rank, world, port, out):
             f"{out}-{rank}.safetensors",
         )  # fmt: skip
     finally:
-        dist.destroy_process_group()
+        leave_gloo_group()
 
 
 def test_rank_synced_batch_norm__two_ranks_equal_one_batch_norm(tmp_path):
-    mp.spawn(_norm_worker, args=(2, free_port(), str(tmp_path / "n")), nprocs=2)
+    mp.spawn(_norm_worker, args=(2, str(tmp_path / "n")), nprocs=2)
     torch.manual_seed(0)
     # float64, so that the comparison checks the statistics, not float32 rounding
     x = torch.randn(8, 3).double() * torch.tensor([1.0, 5.0, 0.1]) + 2.0
