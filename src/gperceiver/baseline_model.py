@@ -289,40 +289,57 @@ def fit_baseline(
         return _fit_main_effects(model, phenotypes, genotypes, relationship, fixed)
     table, chosen, weights, info = phenotypes.table, None, None, {}
     if method == "gblup-weighted":
-        if marker_weights is None:
-            raise ValueError("gblup-weighted needs marker weights")
-        candidates = weighted_kernels(genotypes, marker_weights)
-        weighted = WeightedGBLUP(candidates, fixed=fixed).fit(table)
-        chosen, info["mix"] = weighted.relationship_, weighted.mix_
-        weights = mixed_weights(marker_weights, weighted.mix_)
+        chosen, weights, info["mix"] = _weighted_choice(
+            genotypes, marker_weights, fixed, table
+        )
     labels = phenotypes.environment_labels
     model = BaselineModel(
         method, genotypes.markers, genotypes.ploidy, genotypes.n_alleles,
         frequencies, [], trait, info=info,
     )  # fmt: skip
+    rkhs_features = None
     if method == "rkhs":
-        fitted, median = _keep_rkhs_features(model, relationship, table, genotypes)
+        rkhs_features = _keep_rkhs_features(model, relationship, table, genotypes)
     for block in np.sort(table["block"].unique()):
         records = table[table["block"] == block]
         fit = _block_fit(method, relationship, fixed, chosen, bandwidths, records)
         label = block.item() if labels is None else labels[int(block)]
         frame = variance_components(fit, method, label, "all", with_se=True)
-        if method == "rkhs":
-            on_fitted = np.bincount(
-                np.searchsorted(fitted, fit.individuals_), fit.fit_.weights,
-                minlength=len(fitted),
-            )  # fmt: skip
-            solution, scale = on_fitted, 1.0 / (fit.bandwidth_ * median)
-        else:
-            solution = blup_allele_effects(
-                genotypes, fit.individuals_, fit.fit_.weights, frequencies, weights
-            )
-            scale = None
+        solution, scale = _solution(fit, genotypes, frequencies, weights, rkhs_features)
         env = EnvironmentSolution(
             int(block), label, fit.design_, fit.fit_.beta, solution, frame, scale
         )
         model.environments.append(env)
     return model
+
+
+def _weighted_choice(genotypes, marker_weights, fixed, table):
+    """``gblup-weighted``'s relationship, per-marker weights and mix, chosen by
+    REML over every environment's records."""
+    if marker_weights is None:
+        raise ValueError("gblup-weighted needs marker weights")
+    candidates = weighted_kernels(genotypes, marker_weights)
+    weighted = WeightedGBLUP(candidates, fixed=fixed).fit(table)
+    mix = weighted.mix_
+    return weighted.relationship_, mixed_weights(marker_weights, mix), mix
+
+
+def _solution(fit, genotypes, frequencies, weights, rkhs_features):
+    """What one environment's fit keeps to predict any genotype: allele effects
+    (GBLUP, weighted) with no scale, or the kernel weights on the fitted
+    individuals and the inverse bandwidth (RKHS: ``rkhs_features`` = the fitted
+    individuals' rows and the median squared distance)."""
+    if rkhs_features is None:
+        effects = blup_allele_effects(
+            genotypes, fit.individuals_, fit.fit_.weights, frequencies, weights
+        )
+        return effects, None
+    fitted, median = rkhs_features
+    on_fitted = np.bincount(
+        np.searchsorted(fitted, fit.individuals_), fit.fit_.weights,
+        minlength=len(fitted),
+    )  # fmt: skip
+    return on_fitted, 1.0 / (fit.bandwidth_ * median)
 
 
 def _fit_main_effects(

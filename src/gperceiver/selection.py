@@ -124,6 +124,21 @@ def _candidate_rows(model, records, genotypes, environment) -> pd.DataFrame:
     )
 
 
+def _weighted_choice(genotypes, table, fixed, weighted, prior):
+    """``gblup-weighted``: the relationship REML chooses for every environment
+    and, given the ``prior``, the per-marker weights of that mix."""
+    if not weighted and prior is None:
+        raise InputError(
+            "--method", None, "gblup-weighted needs a prior",
+            "pass --marker-weights FILE (a TSV marker, weight)",
+        )  # fmt: skip
+    weighted = weighted or weighted_kernels(genotypes, prior)
+    selection = WeightedGBLUP(weighted, fixed=fixed).fit(table)
+    if prior is None:
+        return selection.relationship_, None
+    return selection.relationship_, mixed_weights(prior, selection.mix_)
+
+
 def predict_candidates(
     phenotypes: Phenotypes,
     genotypes: Genotypes,
@@ -177,16 +192,9 @@ def predict_candidates(
     table = phenotypes.table
     chosen, marker_weights = None, None
     if method == "gblup-weighted":
-        if not weighted and prior is None:
-            raise InputError(
-                "--method", None, "gblup-weighted needs a prior",
-                "pass --marker-weights FILE (a TSV marker, weight)",
-            )  # fmt: skip
-        weighted = weighted or weighted_kernels(genotypes, prior)
-        selection = WeightedGBLUP(weighted, fixed=fixed).fit(table)
-        chosen = selection.relationship_
-        if prior is not None:
-            marker_weights = mixed_weights(prior, selection.mix_)
+        chosen, marker_weights = _weighted_choice(
+            genotypes, table, fixed, weighted, prior
+        )
     with_effects = effects is not None and method != "rkhs"
     if with_effects and method == "gblup-weighted" and prior is None:
         raise ValueError("marker effects of gblup-weighted need its prior")
