@@ -388,7 +388,8 @@ def add_impute_options(p) -> None:
         "--panel-layers",
         type=int,
         help="panel attention: copy passes (default 2: the second re-estimates "
-        "the similarities with the first pass's copies filled in, as an EM step)",
+        "the similarities with the first pass's copies filled in, as an EM step; "
+        "1 with --reference, where a second pass lost)",
     )
     p.add_argument(
         "--fit-steps",
