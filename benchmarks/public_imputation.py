@@ -113,6 +113,8 @@ def run(method: str, work: Path, masked: Genotypes, extra: list[str]):
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - t0
     if method == "gperceiver":
+        fit = [x for x in (out / "log.txt").read_text().splitlines() if "fitted" in x]
+        print("  " + " ".join(extra) + ": " + " ".join(fit), file=sys.stderr)
         got = io.read_markers(out / "imputed.tsv", masked.markers)
         return bench.dosage(got.alleles), seconds, shlex.join(command)
     names = masked.markers.names

@@ -141,6 +141,33 @@ def test_impute_with_panel__a_reference_is_copied_in_one_pass_unless_told(
     )
 
 
+def test_impute_with_panel__keeps_the_window_with_the_lowest_held_out_loss(
+    population,
+):
+    """With two window sizes to try, the kept one has the lower held-out
+    cross-entropy of the two printed, and its calls are those of a run given
+    that window alone (the fit does not depend on what else was tried)."""
+    import io as text_io
+    from dataclasses import replace
+
+    masked, _ = hide(population, 0.1)
+    settings = replace(FAST, model=PanelConfig(block=16), block_scales=(1.0, 0.5))
+    log = text_io.StringIO()
+    both = impute_with_panel(masked, settings=settings, log=log)
+    losses = {
+        int(line.split()[2].rstrip(":")): float(line.split()[-1])
+        for line in log.getvalue().splitlines()
+        if line.strip().startswith("windows of")
+    }
+    assert sorted(losses) == [8, 16]
+    assert both.summary["block"] == min(losses, key=losses.get)
+    alone = replace(FAST, model=PanelConfig(block=both.summary["block"]))
+    single = impute_with_panel(masked, settings=alone)
+    assert (single.genotypes.alleles == both.genotypes.alleles).all()
+    with pytest.raises(ValueError, match="block_scales"):
+        PanelImputeSettings(block_scales=(1.0, 2.0))
+
+
 def test_dose_r2__running_sums_equal_the_full_probabilities(population):
     masked, _ = hide(population, 0.1)
     result = impute_with_panel(masked, settings=FAST)
