@@ -31,18 +31,22 @@ from gperceiver.nn.panel import PanelConfig  # noqa: E402
 from gperceiver.tasks.panel import PanelFitConfig  # noqa: E402
 
 
-def settings_from(model: str, fit: str) -> PanelImputeSettings:
+def settings_from(model: str, fit: str, scales: str = "") -> PanelImputeSettings:
     options = json.loads(model or "{}")
     if "head_radii" in options:
         options["head_radii"] = tuple(options["head_radii"])
+    extra = {"block_scales": tuple(map(float, scales.split(",")))} if scales else {}
     return PanelImputeSettings(
         model=replace(PanelConfig(), **options),
         fit=replace(PanelFitConfig(), **json.loads(fit or "{}")),
+        **extra,
     )
 
 
 def one_shot(work: Path, label: str, settings: PanelImputeSettings, argv: str):
     truth, masked, hidden = bench.load(work)
+    if hidden.dtype == bool:  # public_imputation.py's (N, M) mask
+        hidden = np.flatnonzero(hidden.ravel())
     load_before, cpu_before, t0 = os.getloadavg()[0], bench.cpu_seconds(), time.time()
     result = impute_with_panel(masked, settings=settings)
     info = {
@@ -94,12 +98,13 @@ def main() -> None:
     parser.add_argument("--label", required=True)
     parser.add_argument("--model", default="", help="PanelConfig fields as JSON")
     parser.add_argument("--fit", default="", help="PanelFitConfig fields as JSON")
+    parser.add_argument("--scales", default="", help="block_scales, e.g. 1,0.5")
     parser.add_argument("--reference", action="store_true")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    settings = settings_from(args.model, args.fit)
+    settings = settings_from(args.model, args.fit, args.scales)
     argv = " ".join(sys.argv[1:])
     run = reference if args.reference else one_shot
     run(Path(args.workdir), args.label, settings, argv)
