@@ -77,12 +77,6 @@ class PanelConfig:
     # None: off (filled loci weigh 1). Else the initial, learned weight of a
     # query's filled-in loci in the distances of layers after the first
     fill_weight: float | None = None
-    # experimental, None: off. Else, at biallelic loci whose minor allele is
-    # rarer than rare_maf in the panel, a panel individual's extra minor copies
-    # (on its other haplotype, if it shares the query's) cost this share of the
-    # squared difference, the query's own minor copies it lacks in full
-    rare_asymmetry: float | None = None
-    rare_maf: float = 0.05
 
     def __post_init__(self):
         if min(self.block, self.shortlist, self.hash_tables, self.segment) < 1:
@@ -176,7 +170,6 @@ class PanelWindows:
     counts: Tensor
     ids: Tensor
     n_genotypes: int
-    costs: Tensor = None  # (W, S, G, G) per-locus genotype costs, or None
 
     @classmethod
     def build(cls, panel: PanelGenotypes, lo: int, hi: int, block: int):
@@ -201,10 +194,6 @@ class PanelWindows:
         """Summed squared copy-count difference ``(W, Q, R)`` per window over the
         loci both have (the query's weighted by ``query.weight``)."""
         w = query.weight  # (Q, W, S)
-        if self.costs is not None:
-            qp = torch.einsum("qwsg,wsgh->wqsh", query.probs * w[..., None], self.costs)
-            d = torch.bmm(qp.flatten(2), self.onehot.transpose(1, 2))
-            return d.clamp_(min=0)
         qc = query.counts * w[..., None]  # (Q, W, S, A)
         feats = torch.cat([(w * query.sq)[..., None], w[..., None], -2 * qc], -1)
         q, n_w = w.shape[:2]
@@ -222,16 +211,13 @@ class QueryState:
     sq: Tensor
     weight: Tensor
     ids: Tensor
-    probs: Tensor = None  # (Q, W, S, G) genotype probabilities (0 where missing)
 
     @classmethod
     def observed(cls, genotype: Tensor, table: Tensor, ids: Tensor) -> QueryState:
         """From windowed genotype indices (Q, W, S), -1 missing or hidden."""
         called = genotype >= 0
         counts = table[genotype.clamp(min=0)] * called[..., None]
-        onehot = nn.functional.one_hot(genotype.clamp(min=0), table.shape[0]).float()
-        probs = onehot * called[..., None]
-        return cls(counts, (counts**2).sum(-1), called.float(), ids, probs)
+        return cls(counts, (counts**2).sum(-1), called.float(), ids)
 
     @classmethod
     def filled(cls, genotype, table, ids, probs, fill: Tensor | float = 1.0):
@@ -242,7 +228,7 @@ class QueryState:
         onehot = nn.functional.one_hot(genotype.clamp(min=0), table.shape[0]).float()
         p = torch.where(called, onehot, probs)
         weight = torch.where(called[..., 0], 1.0, fill * torch.ones(()))
-        return cls(p @ table, p @ (table**2).sum(-1), weight, ids, p)
+        return cls(p @ table, p @ (table**2).sum(-1), weight, ids)
 
 
 class PanelLayer(nn.Module):
@@ -371,10 +357,7 @@ class PanelAttention(nn.Module):
         stretch hashes as the whole chromosome does there.
         """
         if len(panel.ids) <= self.config.shortlist:
-            side = PanelWindows.build(panel, lo, hi, block)
-            if self.config.rare_asymmetry is not None and panel.n_alleles == 2:
-                side.costs = asymmetric_costs(side, panel, self.config)
-            return side
+            return PanelWindows.build(panel, lo, hi, block)
         c = self.config
         search = SearchConfig(c.hash_tables, c.key_markers, c.segment, c.search_seed)
         return ShortlistPanel.build(
@@ -437,25 +420,6 @@ class PanelAttention(nn.Module):
             probs = self._layers(g, table, ids, copy)
             parts.append(probs.flatten(1, 2)[:, : hi - lo])
         return torch.cat(parts)
-
-
-def asymmetric_costs(side: PanelWindows, panel, config: PanelConfig) -> Tensor:
-    """Per-locus genotype costs ``(W, S, G, G)`` [query genotype, panel genotype]:
-    the squared copy-count difference, times ``rare_asymmetry`` where the locus's
-    minor allele is rarer than ``rare_maf`` and the panel genotype has more
-    minor copies than the query's (biallelic)."""
-    table = panel.counts_table()  # (G, 2)
-    n_w = side.counts.shape[0]
-    counts = side.counts.view(n_w, -1, side.n_genotypes)  # (W, S, G)
-    copies = counts @ table  # (W, S, 2)
-    freq2 = copies[..., 1] / copies.sum(-1).clamp(min=1e-9)
-    minor2 = freq2 < 0.5  # allele 2 is the minor one
-    rare = torch.minimum(freq2, 1 - freq2) < config.rare_maf
-    sq = ((table[:, None] - table[None]) ** 2).sum(-1)  # (G, G)
-    more2 = table[None, :, 1] > table[:, None, 1]  # panel has more allele-2 copies
-    more_minor = torch.where(minor2[..., None, None], more2, more2.T)  # (W, S, G, G)
-    scale = torch.where(rare[..., None, None] & more_minor, config.rare_asymmetry, 1.0)
-    return sq * scale
 
 
 def query_chunk(
