@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from gperceiver.data import Genotypes
-from gperceiver.imputation import impute_with_panel
+from gperceiver.imputation import PanelImputeSettings, impute_with_panel
 from gperceiver.nn.panel import PanelGenotypes
 from gperceiver.simulate import SimulationConfig, simulate
 
@@ -116,7 +116,12 @@ def main() -> None:
     parser.add_argument("--individuals", type=int, default=500)
     parser.add_argument("--markers", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--block-scales", default="", help="e.g. 1,0.5,0.25")
     args = parser.parse_args()
+    settings = PanelImputeSettings()
+    if args.block_scales:
+        scales = tuple(map(float, args.block_scales.split(",")))
+        settings = PanelImputeSettings(block_scales=scales)
     rows = []
     for ploidy, n_alleles in ((4, 2), (2, 3), (4, 3)):
         config = SimulationConfig(
@@ -143,7 +148,7 @@ def main() -> None:
         knn = knn_calls(panel)
         t_knn = (time.perf_counter() - t0, cpu() - c0, l0)
         t0, c0, l0 = time.perf_counter(), cpu(), os.getloadavg()[0]
-        result = impute_with_panel(masked, log=sys.stderr)
+        result = impute_with_panel(masked, settings=settings, log=sys.stderr)
         t_panel = (time.perf_counter() - t0, cpu() - c0, l0)
         ours = PanelGenotypes.from_genotypes(result.genotypes).genotype.numpy()
         real = truth.n_alleles
