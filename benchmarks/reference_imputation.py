@@ -68,11 +68,12 @@ def run_gperceiver(out: Path, targets: Genotypes, extra: list[str]):
     return bench.dosage(got.alleles), {"total": seconds}, shlex.join(command)
 
 
-def run_beagle(out: Path, targets: Genotypes, extra: list[str]):
+def run_beagle(out: Path, targets: Genotypes, extra: list[str], threads: int = 2):
     phase = ["beagle", f"gt={out / 'panel.vcf.gz'}", f"out={out / 'panel.phased'}"]
-    phase += ["nthreads=2", *extra]
+    phase += [f"nthreads={threads}", *extra]
     impute = ["beagle", f"ref={out / 'panel.phased.vcf.gz'}"]
-    impute += [f"gt={out / 'targets.vcf.gz'}", f"out={out / 'beagle'}", "nthreads=2"]
+    impute += [f"gt={out / 'targets.vcf.gz'}", f"out={out / 'beagle'}"]
+    impute += [f"nthreads={threads}"]
     seconds = {}
     for name, command in (("phase panel", phase), ("impute", impute)):
         t0 = time.perf_counter()
@@ -103,6 +104,8 @@ def main() -> None:
     parser.add_argument("--methods", default="mode,gperceiver,beagle")
     parser.add_argument("--gperceiver-args", default="")
     parser.add_argument("--beagle-args", default="")
+    parser.add_argument("--beagle-threads", type=int, default=2, help="nthreads=")
+    parser.add_argument("--label", help="result name (default: the method)")
     args = parser.parse_args()
     work = Path(args.workdir)
     panel, targets, typed, out = prepare(work, args.panel, args.typed, args.seed)
@@ -122,7 +125,7 @@ def main() -> None:
             )
         elif method == "beagle":
             imputed, seconds, cmd = run_beagle(
-                out, targets, shlex.split(args.beagle_args)
+                out, targets, shlex.split(args.beagle_args), args.beagle_threads
             )
         elif method == "mode":
             imputed, seconds, cmd = run_mode(panel, targets)
@@ -130,7 +133,7 @@ def main() -> None:
             raise SystemExit(f"unknown method {method!r}")
         seconds["cpu"] = bench.cpu_seconds() - cpu_before
         scores = bench.score(truth_d, imputed, flat, panel_d)
-        results[method] = {
+        results[args.label or method] = {
             "seconds": seconds,
             "command": cmd,
             "load": [load_before, os.getloadavg()[0]],

@@ -20,7 +20,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from polyploid_imputation import knn_calls, mode_calls  # noqa: E402
+from polyploid_imputation import (  # noqa: E402
+    allelic_scores,
+    bin_cells,
+    knn_calls,
+    mode_calls,
+)
 
 from gperceiver import io  # noqa: E402
 from gperceiver.data import MISSING, Genotypes  # noqa: E402
@@ -72,13 +77,17 @@ def main() -> None:
         t, c = time.perf_counter(), cpu()
         mode = np.broadcast_to(mode_calls(panel.genotype.numpy(), n_g), hidden.shape)
         rows.append(("per-marker mode", mode, time.perf_counter() - t, cpu() - c))
+        observed, table = panel.genotype.numpy(), panel.counts_table()
         for name, calls, wall, cpu_s in rows:
             conc = (calls == true_g)[hidden].mean()
+            bins = allelic_scores(true_g, calls, hidden, observed, table)
             print(
-                f"seed {seed} | {name} | {conc:.4f} | {wall:.1f} s | {cpu_s:.1f} s"
-                f" | {hidden.sum()} hidden | load {os.getloadavg()[0]:.1f}",
+                f"seed {seed} | {name} | {conc:.4f} | {bin_cells(bins)} | {wall:.1f} s"
+                f" | {cpu_s:.1f} s | {hidden.sum()} hidden | load "
+                f"{os.getloadavg()[0]:.1f}",
                 flush=True,
             )
+        print("hidden per MAF bin (dose entries):", [b[0] for b in bins])
 
 
 if __name__ == "__main__":

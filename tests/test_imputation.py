@@ -9,7 +9,11 @@ import torch
 from gperceiver import io
 from gperceiver.cli import main
 from gperceiver.data import Genotypes
-from gperceiver.imputation import PanelImputeSettings, impute_with_panel
+from gperceiver.imputation import (
+    PanelImputeSettings,
+    impute_with_panel,
+    panel_settings,
+)
 from gperceiver.io.imputed_vcf import dose_r2, vcf_genotype_order
 from gperceiver.io.vcf import write_vcf
 from gperceiver.nn.panel import PanelAttention, PanelConfig, PanelGenotypes
@@ -109,6 +113,59 @@ def test_impute_with_panel__one_shot_beats_the_mode(population):
     # the fit lowered the held-out cross-entropy
     before, after = result.summary["val_loss"]
     assert after < before
+
+
+def test_impute_with_panel__a_reference_is_copied_in_one_pass_unless_told(
+    population,
+):
+    """With a reference the default is one copy pass (a second matched mostly on
+    its own filled-in loci and lost, BENCHMARKS.md); one-shot keeps the model's
+    two; an explicit ``--panel-layers`` holds for both."""
+    panel = population.subset(individuals=np.arange(120))
+    typed = np.sort(np.random.default_rng(4).choice(600, 120, replace=False))
+    targets = population.subset(individuals=np.arange(120, 150), markers=typed)
+    default = impute_with_panel(targets, panel, settings=FAST)
+    assert default.summary["layers"] == 1
+    one = PanelImputeSettings(
+        model=PanelConfig(layers=1), fit=FAST.fit, reference_layers=None
+    )
+    same = impute_with_panel(targets, panel, settings=one)
+    assert (same.genotypes.alleles == default.genotypes.alleles).all()
+    np.testing.assert_array_equal(same.probabilities, default.probabilities)
+    told = panel_settings({"panel_layers": 2, "fit_steps": 8})
+    assert told.model.layers == 2 and told.reference_layers is None
+    assert impute_with_panel(targets, panel, settings=told).summary["layers"] == 2
+    assert (
+        impute_with_panel(hide(population, 0.1)[0], settings=FAST).summary["layers"]
+        == 2
+    )
+
+
+def test_impute_with_panel__keeps_the_window_with_the_lowest_held_out_loss(
+    population,
+):
+    """With two window sizes to try, the kept one has the lower held-out
+    cross-entropy of the two printed, and its calls are those of a run given
+    that window alone (the fit does not depend on what else was tried)."""
+    import io as text_io
+    from dataclasses import replace
+
+    masked, _ = hide(population, 0.1)
+    settings = replace(FAST, model=PanelConfig(block=16), block_scales=(1.0, 0.5))
+    log = text_io.StringIO()
+    both = impute_with_panel(masked, settings=settings, log=log)
+    losses = {
+        int(line.split()[2].rstrip(":")): float(line.split()[-1])
+        for line in log.getvalue().splitlines()
+        if line.strip().startswith("windows of")
+    }
+    assert sorted(losses) == [8, 16]
+    assert both.summary["block"] == min(losses, key=losses.get)
+    alone = replace(FAST, model=PanelConfig(block=both.summary["block"]))
+    single = impute_with_panel(masked, settings=alone)
+    assert (single.genotypes.alleles == both.genotypes.alleles).all()
+    with pytest.raises(ValueError, match="block_scales"):
+        PanelImputeSettings(block_scales=(1.0, 2.0))
 
 
 def test_dose_r2__running_sums_equal_the_full_probabilities(population):

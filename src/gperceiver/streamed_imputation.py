@@ -37,13 +37,12 @@ from .imputation import (
     PanelImputation,
     PanelImputeSettings,
     _DoseR2,
-    _fit,
     best_calls,
+    fit_best_block,
     hold_observed,
 )
 from .io.imputed_vcf import write_imputed_chunks
 from .nn.panel import (
-    PanelAttention,
     PanelConfig,
     PanelGenotypes,
     chromosome_spans,
@@ -135,14 +134,14 @@ def impute_store(
     start = time.perf_counter()
     typed = call_rates(store, stream.scan_markers) >= settings.typed_call_rate
     block = max(1, round(settings.model.block * len(typed) / max(1, typed.sum())))
-    torch.manual_seed(settings.fit.seed)
-    model = PanelAttention(settings.model)
     spans = fit_spans(
         store.markers.chrom, settings.fit.windows * block, stream.fit_markers
     )
     sample = fit_sample(store, spans)
     panel = PanelGenotypes.from_genotypes(sample)
-    history, val = _fit(model, panel, sample, None, settings, block, None)
+    model, block, history, val = fit_best_block(
+        panel, sample, None, settings, block, None, log
+    )
     del sample, panel
     print(
         f"panel attention: windows of {block} markers, fitted in {len(history)} "
