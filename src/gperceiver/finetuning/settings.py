@@ -68,7 +68,8 @@ class FinetuneSettings:
     fixed: str = ""
     fixed_numeric: str = ""
     # with the panel option (head key "panel"): steps of the masked copy task
-    # fitting the panel attention on the training individuals (0: its defaults)
+    # fitting the panel attention on the training individuals (0: unfitted, its
+    # initial temperatures)
     panel_fit_steps: int = 80
 
     def __post_init__(self):
