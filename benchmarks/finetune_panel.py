@@ -15,6 +15,7 @@ wall and CPU seconds and the load to ``--results`` (TSV)::
 
     OMP_NUM_THREADS=1 python benchmarks/finetune_panel.py --data wheat \\
         --arms base,panel --seeds 0,1,2 --results panel-ft.tsv
+    python benchmarks/finetune_panel.py --summary --results panel-ft.tsv
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
+
+import pandas as pd
 
 from gperceiver.evaluate import cross_validate, pooled_table
 from gperceiver.io import match_phenotypes, read_chroms, read_markers, read_phenotypes
@@ -72,6 +75,17 @@ def run(data, arm: str, seed: int, label: str, workdir: Path, results: Path):
     rows.to_csv(results, sep="\t", index=False, mode="a", header=not results.exists())
 
 
+def summary(results: Path) -> None:
+    """Mean r per data set, method (the panel arm's perceiver as
+    ``perceiver+panel``) and seed, then the mean and sd over seeds."""
+    frame = pd.read_csv(results, sep="\t")
+    frame["method"] = frame["method"].where(frame["arm"] == "base", "perceiver+panel")
+    table = frame.pivot_table("mean", ["data", "method"], "seed")
+    table["mean"], table["sd"] = table.mean(axis=1), table.std(axis=1, ddof=1)
+    print(table.round(4).to_string())
+    print(frame.pivot_table(["cpu_seconds", "load"], ["data", "arm"], "seed"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="wheat", help="wheat, or a directory")
@@ -80,7 +94,11 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--workdir", default=None, help="keep models here")
     parser.add_argument("--results", default="finetune-panel.tsv")
+    parser.add_argument("--summary", action="store_true", help="print --results")
     args = parser.parse_args()
+    if args.summary:
+        summary(Path(args.results))
+        return
     if args.data == "wheat":
         directory, label = WHEAT, "wheat"
     else:
