@@ -436,4 +436,9 @@ def test_finetune__raises_on_environment_options_without_support(weather_sim, tm
             phenotypes, genotypes, tmp_path / "b", {"objective": "ordinal"},
             covariates=weather_sim.covariates,
         )  # fmt: skip
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(InputError, match="panel copies are not available"):
+        finetune(
+            phenotypes, genotypes, tmp_path / "c", {"panel": True},
+            covariates=weather_sim.covariates,
+        )  # fmt: skip
+    assert not any((tmp_path / d).exists() for d in "abc")

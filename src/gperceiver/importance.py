@@ -147,11 +147,16 @@ def _member_importance(
             reference = _additive_mean(additive, batches, marker_idx, n)
         mean = (total / n).float()  # (M, D)
         sums = {part: torch.zeros_like(total[:, 0]) for part in PARTS}  # (M,) f64
-        for alleles in batches():
+        for part, alleles in genotype_batches(genotypes, rows, batch_size, device):
+            # a model with a panel reads its copies (not credited: the allele
+            # tokens are, through the same gradient)
+            copy = None
+            if getattr(model, "panel", None) is not None:
+                copy = model.panel_copy(genotypes, part)
             with torch.enable_grad():
                 captured.clear()
                 # the additive path's output does not depend on the tokens
-                output = model(alleles, marker_idx)[..., 0]
+                output = model(alleles, marker_idx, copy)[..., 0]
                 tokens = captured[-1]  # (B, M, D)
                 (grad,) = torch.autograd.grad(output.sum(), tokens)
             network = ((tokens.detach() - mean) * grad).sum(-1).double()  # (B, M)

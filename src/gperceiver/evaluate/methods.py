@@ -351,7 +351,8 @@ NOTES = {
     f"(no phenotypes; {PRETRAINED_METHOD['epochs']} epochs unless --epochs says "
     "otherwise), then finetuned on the "
     "training folds of each split (a head on the frozen encoder beside the "
-    "additive GBLUP/RKHS path)",
+    "additive GBLUP/RKHS path; with panel copies also their projection, "
+    "trained through the frozen encoder)",
     "relatives-prior": "in-context, prior-fitted: a network pretrained on simulated "
     "populations sets the window weights, bandwidth and noise ratio of a kernel "
     "regression on the training individuals of each environment (no training here)",

@@ -1,8 +1,8 @@
 """Finetuning step 2, prepare the data: records and their splits, response
 scaling, environment covariates and the marker inputs (LD graph, annotations).
 
-No leakage: scaling and the LD graph use training records only; the inner
-validation split steers early stopping only.
+No leakage: scaling, the LD graph and the panel (with the panel option) use
+training records only; the inner validation split steers early stopping only.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import torch
 from ..data import EnvCovariates, Genotypes, Phenotypes
 from ..io import InputError
 from ..marker_graph import graph_and_annotations
+from ..nn.panel import PanelConfig
 from ..pretraining import split_individuals
 from ..tasks.phenotype import Records, Scaling
+from .panel import PanelInput, fit_panel_input
 
 
 def _records_split(
@@ -145,6 +147,9 @@ class FinetuneData:
     environment: dict | None
     graph: object | None  # MarkerGraph from the training individuals, if asked for
     annotations: object | None  # MarkerAnnotations, if asked for
+    # with the panel option: the panel (training individuals), its fitted
+    # attention and every record's copies (finetuning.panel.PanelInput)
+    panel: PanelInput | None = None
 
 
 def prepare_data(
@@ -186,4 +191,16 @@ def prepare_data(
         environment["standard"]["new_environment_scaling"] = _average_scaling(
             scaling, seen
         )
-    return FinetuneData(train, val, held, scaling, environment, graph, annotations)
+    panel = None
+    if plan.head.panel:  # the panel: the training individuals only
+        panel = fit_panel_input(
+            genotypes,
+            train.rows,
+            train.join(val).rows,
+            PanelConfig(block=plan.head.panel_window, layers=plan.head.panel_layers),
+            settings.panel_fit_steps,
+            plan.train.seed,
+        )
+    return FinetuneData(
+        train, val, held, scaling, environment, graph, annotations, panel
+    )

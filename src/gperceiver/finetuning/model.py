@@ -38,24 +38,45 @@ def _new_model(model_cfg, head_cfg, env_cfg, markers, environment, n_environment
 
 
 def _freeze(model: PhenotypeModel, trainable: set[str]) -> None:
+    """Freeze the pretrained parts except ``trainable`` (embed, encoder); the
+    panel's fitted attention stays frozen always."""
     for name, param in model.named_parameters():
         part = name.split(".", 1)[0]
-        param.requires_grad = part not in ("embed", "encoder") or part in trainable
+        frozen = part in ("embed", "encoder") and part not in trainable
+        param.requires_grad = not frozen and part != "panel"
 
 
 @torch.no_grad()
 def encoder_features(
-    model: PhenotypeModel, genotypes: Genotypes, rows: np.ndarray, batch_size: int = 64
+    model: PhenotypeModel,
+    genotypes: Genotypes,
+    rows: np.ndarray,
+    batch_size: int = 64,
+    copies=None,
 ) -> torch.Tensor:
     """Pooled encoder features (N, D) of genotype ``rows`` in eval mode, float32
-    on the model's device."""
+    on the model's device; ``copies`` (:class:`~gperceiver.finetuning.panel.
+    PanelCopies`) of a model with a panel (None: computed from its panel)."""
     model.eval()
     device = model_device(model)
     marker_idx = torch.arange(genotypes.n_markers, device=device)
-    batches = genotype_batches(genotypes, rows, batch_size, device)
-    with autocast(device):
-        parts = [model.features(alleles, marker_idx) for _, alleles in batches]
+    parts = []
+    for part, alleles in genotype_batches(genotypes, rows, batch_size, device):
+        copy = batch_copy(model, genotypes, part, copies)
+        with autocast(device):
+            parts.append(model.features(alleles, marker_idx, copy))
     return torch.cat(parts).float()
+
+
+def batch_copy(model, genotypes: Genotypes, rows, copies=None):
+    """The panel copies ``(B, M, G)`` of genotype ``rows`` on the model's device:
+    from the cache ``copies`` (:class:`~gperceiver.finetuning.panel.PanelCopies`)
+    when given, else from the model's panel; None for a model without one."""
+    if getattr(model, "panel", None) is None:
+        return None
+    if copies is not None:
+        return copies.take(rows).to(model_device(model))
+    return model.panel_copy(genotypes, rows)
 
 
 def build_model(plan, data, genotypes: Genotypes) -> PhenotypeModel:
@@ -71,6 +92,8 @@ def build_model(plan, data, genotypes: Genotypes) -> PhenotypeModel:
         plan.n_environments,
     )
     attach(model.embed, data.graph, data.annotations)
+    if data.panel is not None:
+        data.panel.attach(model.panel)
     if plan.pretrained_state is not None:
         model.load_state_dict(plan.pretrained_state, strict=False)
     return model

@@ -18,7 +18,7 @@ from ..nn.environment import EnvironmentConfig
 from ..nn.heads import HeadConfig, PhenotypeModel
 from ..nn.perceiver import PerceiverConfig
 from ..tasks.phenotype import Scaling, predictions
-from .model import _new_model
+from .model import _new_model, batch_copy
 from .settings import TASK_NAME
 
 
@@ -54,9 +54,10 @@ class Predictor:
         for model, entry in zip(self.members, self.layout, strict=True):
             model.eval()
             parts = []
-            for _, alleles in genotype_batches(genotypes, rows, batch_size, device):
+            for part, alleles in genotype_batches(genotypes, rows, batch_size, device):
+                copy = batch_copy(model, genotypes, part)  # from the saved panel
                 with autocast(device):
-                    outputs = model(alleles, marker_idx)
+                    outputs = model(alleles, marker_idx, copy)
                 parts.append(predictions(self.objective, outputs, model, self.scaling))
             values = np.concatenate(parts) if parts else np.zeros((0, n_environments))
             columns = slice(None) if entry["block"] is None else entry["block"]

@@ -67,6 +67,10 @@ class FinetuneSettings:
     # them (config.json "fixed_effects") to add each record's fixed part
     fixed: str = ""
     fixed_numeric: str = ""
+    # with the panel option (head key "panel"): steps of the masked copy task
+    # fitting the panel attention on the training individuals (0: unfitted, its
+    # initial temperatures)
+    panel_fit_steps: int = 80
 
     def __post_init__(self):
         if self.val_split not in ("individuals", "environments"):
@@ -84,6 +88,8 @@ class FinetuneSettings:
             )
         if self.ensemble < 1:
             raise ValueError("ensemble must be at least 1")
+        if self.panel_fit_steps < 0:
+            raise ValueError("panel_fit_steps must be >= 0")
 
 
 # finetuning defaults differ from pretraining: fewer individuals, more regularisation
@@ -275,6 +281,13 @@ def _refuse_combinations(head_cfg, settings, covariates) -> None:
             "covariates)",
             "remove marker_weights or use the additive path",
         )
+    if head_cfg.panel and covariates is not None:
+        raise InputError(
+            "--params",
+            "key 'panel'",
+            "panel copies are not available with environment covariates",
+            "drop panel, or finetune without --covariates",
+        )
     if settings.val_split == "environments" and covariates is None:
         raise InputError(
             "--params",
@@ -288,7 +301,8 @@ def complete_settings(plan: FinetunePlan, genotypes: Genotypes, data) -> Finetun
     """The choices that depend on the prepared ``data``
     (:class:`~gperceiver.finetuning.inputs.FinetuneData`): the additive path's
     kernel (auto: gaussian unless separate blocks, or the kept genotypes exceed
-    :data:`AUTO_GAUSSIAN_FLOATS`) and the sizes of the marker inputs."""
+    :data:`AUTO_GAUSSIAN_FLOATS`), the sizes of the marker inputs and of the
+    panel."""
     head_cfg, model_cfg = plan.head, plan.model
     if head_cfg.additive and head_cfg.additive_kernel in (None, "gaussian"):
         # the kernel keeps the genotypes of every training and validation record
@@ -308,6 +322,8 @@ def complete_settings(plan: FinetunePlan, genotypes: Genotypes, data) -> Finetun
             )
     elif head_cfg.additive_kernel is None:
         head_cfg = replace(head_cfg, additive_kernel="linear")
+    if head_cfg.panel:
+        head_cfg = replace(head_cfg, panel_rows=len(data.panel.panel.ids))
     if plan.pretrained is None:  # a pretrained encoder brings its own
         model_cfg = replace(model_cfg, **marker_sizes(data.graph, data.annotations))
     else:

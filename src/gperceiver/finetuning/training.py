@@ -35,8 +35,13 @@ def _train_member(
     data_identity: dict,
     resume: bool = True,
     feature_cache: dict | None = None,
+    copies=None,
 ):
-    """Train one model in place (two phases when ``pretrained``).
+    """Train one model in place (two phases when ``pretrained``; with a panel
+    the second phase always runs, training the panel projection with the
+    encoder frozen unless ``unfreeze`` says otherwise). ``copies``: the panel
+    copies (:class:`~gperceiver.finetuning.panel.PanelCopies`) of a model with a
+    panel.
 
     ``data_identity`` (with the model's starting weights, its records and
     settings) goes into each phase's checkpoint: a rerun into the same directory
@@ -61,10 +66,15 @@ def _train_member(
         features = None
         if model.head_config.head == "pool":
             features = frozen_features(
-                model, genotypes, both.rows, feature_cache, data_identity["genotypes"]
+                model,
+                genotypes,
+                both.rows,
+                feature_cache,
+                data_identity["genotypes"],
+                copies,
             )
         task = PhenotypeTask(
-            genotypes, both, settings.objective, scaling, features, offset
+            genotypes, both, settings.objective, scaling, features, offset, copies
         )
         # the head on cached features takes seconds: one checkpoint at its end
         # (a killed run redoes the phase) instead of one per evaluation
@@ -85,8 +95,10 @@ def _train_member(
             train_cfg = TrainConfig(
                 **{**asdict(train_cfg), "lr": train_cfg.lr * settings.unfreeze_lr_scale}
             )
-    if not pretrained or settings.unfreeze:
-        task = PhenotypeTask(genotypes, both, settings.objective, scaling, None, offset)
+    if not pretrained or settings.unfreeze or copies is not None:
+        task = PhenotypeTask(
+            genotypes, both, settings.objective, scaling, None, offset, copies
+        )
         identity = _identity(model, both, len(fit_rows), settings, data_identity)
         Trainer(model, task, train_cfg, directory / "train", resume, identity).fit(
             fit_rows, shifted_val
@@ -110,6 +122,7 @@ def frozen_features(
     rows: np.ndarray,
     cache: dict | None = None,
     genotypes_id: str | None = None,
+    copies=None,
 ) -> torch.Tensor:
     """The frozen encoder's pooled features (len(rows), 2D) of genotype ``rows``.
 
@@ -118,10 +131,12 @@ def frozen_features(
     then indexed: a frozen encoder sees genotypes only and, in eval mode, each
     row's features depend on its own genotype alone, so every fold and ensemble
     member reads the same values (up to batch-size rounding) without recomputing
-    them. ``genotypes_id``: their fingerprint, if already computed.
+    them. ``genotypes_id``: their fingerprint, if already computed. A model with
+    a panel reads its fold's copies ``copies`` (its features are then never
+    cached: the panel is the fold's).
     """
-    if cache is None:
-        return encoder_features(model, genotypes, rows)
+    if cache is None or copies is not None:
+        return encoder_features(model, genotypes, rows, copies=copies)
     encoder = {k: v for k, v in model.state_dict().items() if k.startswith(ENCODER)}
     key = (digest(encoder), genotypes_id or genotypes.fingerprint())
     if key not in cache:
@@ -195,6 +210,7 @@ def train_members(
                 data_identity,
                 resume,
                 feature_cache,
+                None if data.panel is None else data.panel.copies,
             )
             save_member(out / name, model, genotypes)
             members.append(model)

@@ -214,8 +214,11 @@ class EnvironmentPhenotypeModel(nn.Module):
         self.covariates[environments] = values.to(self.covariates.dtype)
         self.has_covariates[environments] = True
 
-    def features(self, alleles: Tensor, marker_idx: Tensor) -> Tensor:
-        """Latents next to the mean marker token, (B, L + 1, D)."""
+    def features(self, alleles: Tensor, marker_idx: Tensor, copy=None) -> Tensor:
+        """Latents next to the mean marker token, (B, L + 1, D); ``copy`` must
+        be None (no panel with covariates)."""
+        if copy is not None:
+            raise ValueError("environment models read no panel copies")
         tokens = self.embed(alleles, marker_idx)
         return torch.cat([self.encoder(tokens), tokens.mean(1, keepdim=True)], 1)
 
@@ -267,5 +270,5 @@ class EnvironmentPhenotypeModel(nn.Module):
         self.norm.running_mean.copy_(flat.mean(0))
         self.norm.running_var.copy_(flat.var(0, unbiased=True))
 
-    def forward(self, alleles: Tensor, marker_idx: Tensor) -> Tensor:
-        return self.head(self.features(alleles, marker_idx))
+    def forward(self, alleles: Tensor, marker_idx: Tensor, copy=None) -> Tensor:
+        return self.head(self.features(alleles, marker_idx, copy))

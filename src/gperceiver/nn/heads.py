@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from gperceiver.device import full_precision
 from gperceiver.nn.attention import init_weights
 from gperceiver.nn.norm import RankSyncedBatchNorm1d
+from gperceiver.nn.panel import PanelConfig
+from gperceiver.nn.panel_reference import PanelReference, n_genotypes
 from gperceiver.nn.perceiver import PerceiverConfig, PerceiverEncoder, marker_embedding
 
 HEADS = ("latent", "pool")
@@ -44,6 +46,15 @@ class HeadConfig:
     additive_kernel: str | None = None
     kernel_rows: int = 0  # gaussian: training individuals kept (set by finetune)
     kernel_features: int = 0  # gaussian: polymorphic allele columns kept
+    # panel attention (issue 16): each individual's genotypes copied at every
+    # marker from the training individuals (itself excluded) enter its tokens
+    # through a learned (G, D) projection, so the latents read enriched tokens;
+    # the model keeps the panel (panel_rows individuals, set by finetune) and the
+    # copy's windows (panel_window markers) and passes (panel_layers)
+    panel: bool = False
+    panel_rows: int = 0
+    panel_window: int = 32
+    panel_layers: int = 2
 
     def __post_init__(self):
         if self.head not in HEADS:
@@ -55,6 +66,8 @@ class HeadConfig:
             )
         if self.n_environments < 1 or self.n_outputs < 1:
             raise ValueError("n_blocks and n_outputs must be positive")
+        if min(self.panel_window, self.panel_layers) < 1:
+            raise ValueError("panel_window and panel_layers must be positive")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -210,6 +223,19 @@ class PhenotypeModel(nn.Module):
         self.readout.apply(init_weights)
         if head.head == "pool":
             init_weights(self.block_embed)
+        self.panel = self.panel_embed = None
+        if head.panel:
+            self.panel = PanelReference(
+                PanelConfig(block=head.panel_window, layers=head.panel_layers),
+                head.panel_rows,
+                marker_chrom,
+                c.ploidy,
+                c.n_alleles,
+            )
+            # zero at first: the model starts as one without the panel (and a
+            # pretrained encoder's cached features stay exact while the head trains)
+            self.panel_embed = nn.Linear(n_genotypes(c.ploidy, c.n_alleles), d, False)
+            nn.init.zeros_(self.panel_embed.weight)
         self.additive = None
         if head.additive and head.additive_kernel == "gaussian":
             self.additive = GaussianEffects(
@@ -223,22 +249,43 @@ class PhenotypeModel(nn.Module):
             nn.init.zeros_(final.bias)
 
     def new_parameters(self) -> list[nn.Parameter]:
-        """Parameters that pretraining does not provide (trained first when frozen)."""
+        """Parameters that pretraining does not provide (trained first when frozen);
+        the panel's fitted attention is never trained here."""
         return [
             p
             for n, p in self.named_parameters()
-            if not n.startswith(("embed.", "encoder."))
+            if not n.startswith(("embed.", "encoder.", "panel."))
         ]
 
-    def features(self, alleles: Tensor, marker_idx: Tensor) -> Tensor:
+    def panel_copy(self, genotypes, rows) -> Tensor | None:
+        """The panel copies ``(B, M, G)`` of genotype ``rows`` on the model's
+        device (:meth:`PanelReference.copy_rows`), None without a panel."""
+        if self.panel is None:
+            return None
+        return self.panel.copy_rows(genotypes, rows).to(self.intercept.device)
+
+    def tokens(self, alleles: Tensor, marker_idx: Tensor, copy=None) -> Tensor:
+        """Marker tokens (B, M', D); with a panel, plus the projection of the
+        copies ``copy`` (B, M', G) of the same markers (required then)."""
+        tokens = self.embed(alleles, marker_idx)
+        if self.panel_embed is None:
+            return tokens
+        if copy is None:
+            raise ValueError(
+                "this model reads panel copies: pass copy=model.panel_copy(...)"
+            )
+        return tokens + self.panel_embed(copy.to(tokens.dtype))
+
+    def features(self, alleles: Tensor, marker_idx: Tensor, copy=None) -> Tensor:
         """What the head reads: block latents (B, E, D) for the latent head; for the
-        pool head, pooled latents next to pooled tokens (B, 2D).
+        pool head, pooled latents next to pooled tokens (B, 2D). ``copy``: the
+        panel copies (B, M', G) of a model with a panel (see :meth:`tokens`).
 
         The pooled tokens are a skip path around the encoder: with per-marker allele
         vectors their mean is an additive (ridge-like) marker model, which the
         latents then refine.
         """
-        tokens = self.embed(alleles, marker_idx)
+        tokens = self.tokens(alleles, marker_idx, copy)
         if self.head_config.head == "latent":
             latents = self.encoder(tokens, extra_latents=self.block_queries[None])
             return latents[:, -self.head_config.n_environments :]  # (B, E, D)
@@ -266,8 +313,8 @@ class PhenotypeModel(nn.Module):
         self.norm.running_mean.copy_(flat.mean(0))
         self.norm.running_var.copy_(flat.var(0, unbiased=True))
 
-    def forward(self, alleles: Tensor, marker_idx: Tensor) -> Tensor:
-        out = self.head(self.features(alleles, marker_idx))
+    def forward(self, alleles: Tensor, marker_idx: Tensor, copy=None) -> Tensor:
+        out = self.head(self.features(alleles, marker_idx, copy))
         if self.additive is not None:
             out = out + self.additive(alleles, marker_idx)[..., None]
         return out

@@ -200,6 +200,7 @@ class PhenotypeTask:
         scaling: Scaling,
         features: Tensor | None = None,
         offset: Tensor | None = None,
+        copies=None,
     ):
         self.genotypes, self.records, self.objective, self.scaling = (
             genotypes,
@@ -215,6 +216,9 @@ class PhenotypeTask:
         self.marker_idx = torch.arange(genotypes.n_markers)
         self.features = features  # (N, ...) per record row, from a frozen encoder
         self.offset = offset  # (N, E) the model's fixed additive part per record row
+        # a model with a panel: its copies of every genotype row (``take(rows)``,
+        # gperceiver.finetuning.panel.PanelCopies), computed once per run
+        self.copies = copies
 
     def _features(self, model, rows: np.ndarray, batch_size: int = 64) -> Tensor:
         device = model_device(model)
@@ -224,7 +228,14 @@ class PhenotypeTask:
             self.genotypes, self.records.rows[rows], batch_size, device
         )
         marker_idx = self.marker_idx.to(device)
-        return torch.cat([model.features(a, marker_idx) for _, a in batches])
+        if self.copies is None:
+            return torch.cat([model.features(a, marker_idx) for _, a in batches])
+        return torch.cat(
+            [
+                model.features(a, marker_idx, self.copies.take(part).to(device))
+                for part, a in batches
+            ]
+        )
 
     def _outputs(self, model, rows: np.ndarray) -> Tensor:
         out = model.head(self._features(model, rows))
