@@ -70,6 +70,11 @@ def main() -> None:
         help="instead of profiling, print the median time of this many steps",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads")
+    parser.add_argument(
+        "--shapes",
+        action="store_true",
+        help="one row per operator and input shapes (record_shapes)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--no-keep-freed-memory", action="store_true")
     args = parser.parse_args()
@@ -120,9 +125,11 @@ def main() -> None:
             f" of {args.timed} ({', '.join(f'{t:.3f}' for t in times)})"
         )
         return
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as p:
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=args.shapes
+    ) as p:
         step(3)
-    events = p.key_averages()
+    events = p.key_averages(group_by_input_shape=args.shapes)
     total = sum(e.self_cpu_time_total for e in events)
     print(
         f"{args.task}, {args.markers:,} markers, batch {args.batch}, "
@@ -134,8 +141,9 @@ def main() -> None:
     print("|---|---|---|---|")
     ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
     for e in ranked[: args.rows]:
+        shapes = f" {e.input_shapes}" if args.shapes else ""
         print(
-            f"| `{e.key}` | {e.count} | {e.self_cpu_time_total / 1e3:.1f} ms"
+            f"| `{e.key}`{shapes} | {e.count} | {e.self_cpu_time_total / 1e3:.1f} ms"
             f" | {e.self_cpu_time_total / total:.1%} |"
         )
 

@@ -16,6 +16,9 @@ then measures
   imply; beside them the FLOPs the step executes (the counter on a whole train
   step, recomputation included);
 - a plain fp32 2048 x 2048 matmul's FLOP/s in the same process, for reference;
+- with the allocator settings of the command line: freed memory kept up to
+  ``gperceiver.allocator.MARKER_LIMIT`` markers, torch on 2 MB pages
+  (``THP_MEM_ALLOC_ENABLE=1``) unless ``--no-huge-pages``;
 - the same per CPU second (``time.process_time``) beside wall time: on a shared
   machine the process's own CPU time is far less inflated by other processes than
   its wall time (with one thread, both agree on an idle machine).
@@ -195,6 +198,7 @@ def child(
         "markers": n_markers,
         "batch": batch,
         "keep_freed_memory": kept,
+        "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
         "parameters": sum(p.numel() for p in model.parameters()),
         "rss_import_gb": rss_import,
         "rss_built_gb": rss_built,
@@ -211,6 +215,9 @@ def child(
         "matmul_flops_per_cpu_s": matmul_cpu,
         "threads": torch.get_num_threads(),
         "load": (load_start + os.getloadavg()[0]) / 2,
+        # an epoch of 5,000 individuals: 625 steps of the mean measured step
+        "epoch_5000_h": 5000 / batch * statistics.mean(times) / 3600,
+        "epoch_5000_cpu_h": 5000 / batch * statistics.mean(cpu_times) / 3600,
         "config": config.to_dict(),
     }
 
@@ -248,6 +255,12 @@ def main() -> None:
         action="store_true",
         help="leave glibc's malloc as it is (the command line keeps freed memory "
         "up to gperceiver.allocator.MARKER_LIMIT markers)",
+    )
+    parser.add_argument(
+        "--no-huge-pages",
+        action="store_true",
+        help="leave torch on 4 KiB pages (the command line sets "
+        "THP_MEM_ALLOC_ENABLE=1 before torch starts, see gperceiver.allocator)",
     )
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -293,8 +306,15 @@ def main() -> None:
             command.append("--no-keep-freed-memory")
         for item in args.set:
             command += ["--set", item]
+        env = dict(os.environ)
+        if args.no_huge_pages:
+            env["THP_MEM_ALLOC_ENABLE"] = "0"
+        else:  # as the command line does before torch is imported
+            env.setdefault("THP_MEM_ALLOC_ENABLE", "1")
         t0 = time.perf_counter()
-        run = subprocess.run(command, capture_output=True, text=True, check=False)
+        run = subprocess.run(
+            command, capture_output=True, text=True, check=False, env=env
+        )
         if run.returncode:
             last = (run.stderr.strip().splitlines() or ["?"])[-1]
             print(f"{size} markers failed ({run.returncode}): {last}", file=sys.stderr)
@@ -312,7 +332,8 @@ def main() -> None:
     print(
         f"batch {args.batch}, median of {args.steps} steps after one warm-up;"
         f" torch threads {threads}; overrides: {overrides or 'none'};"
-        " load = mean of the 1-min load average at start and end of each child"
+        " load = mean of the 1-min load average at start and end of each child;"
+        f" 2 MB pages (THP_MEM_ALLOC_ENABLE=1): {not args.no_huge_pages}"
     )
     print()
     print(
@@ -335,6 +356,16 @@ def main() -> None:
             f" | {r['flops_per_s'] / r['matmul_flops_per_s']:.0%}"
             f" | {r['step_cpu_s']:.2f} s | {cpu_share:.0%} | {r['load']:.1f} |"
         )
+
+    print()
+    for r in rows:
+        if "error" not in r:
+            print(
+                f"{r['markers']:,} markers: an epoch of 5,000 individuals"
+                f" ({5000 / args.batch:.0f} steps of the mean of {args.steps})"
+                f" projects to {r['epoch_5000_h']:.2f} h wall,"
+                f" {r['epoch_5000_cpu_h']:.2f} h of CPU time"
+            )
 
 
 if __name__ == "__main__":

@@ -15,12 +15,20 @@ alone above :data:`MARKER_LIMIT` markers. It changes the whole process and
 cannot be undone for memory already kept; the command line applies it once the
 genotypes are read (:func:`gperceiver.cli.inputs.read_genotypes`). Elsewhere than
 Linux with glibc it does nothing.
+
+Above the limit, 2 MB pages do what the kept heap cannot:
+:func:`huge_pages_for_torch` asks torch to place its large tensors on transparent
+huge pages (``THP_MEM_ALLOC_ENABLE=1``), 512x fewer faults for the same memory. Torch
+reads that setting once, when it is imported, so the command line sets it before
+anything imports torch, for every command; up to the limit, where the kept heap
+already reuses the blocks, it changes little (BENCHMARKS.md, *Scale*).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 # markers above which the allocator is left as it is (see the module docstring)
@@ -44,3 +52,13 @@ def keep_freed_memory(n_markers: int, limit: int = MARKER_LIMIT) -> bool:
     # a trim threshold of -1 is SIZE_MAX to glibc: the heap top is never returned
     _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
     return _applied
+
+
+def huge_pages_for_torch() -> bool:
+    """Ask torch for 2 MB pages for its large tensors: ``THP_MEM_ALLOC_ENABLE=1``
+    unless the environment already sets it. Returns whether torch will run with
+    it on; False once torch is imported (too late) and elsewhere than Linux."""
+    if "torch" in sys.modules or not sys.platform.startswith("linux"):
+        return False
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    return os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
