@@ -37,11 +37,8 @@ def _train_member(
     feature_cache: dict | None = None,
     copies=None,
 ):
-    """Train one model in place (two phases when ``pretrained``; with a panel
-    the second phase always runs, training the panel projection with the
-    encoder frozen unless ``unfreeze`` says otherwise). ``copies``: the panel
-    copies (:class:`~gperceiver.finetuning.panel.PanelCopies`) of a model with a
-    panel.
+    """Train one model in place (two phases when ``pretrained``, the second
+    always with panel ``copies``, :class:`~.panel.PanelCopies`).
 
     ``data_identity`` (with the model's starting weights, its records and
     settings) goes into each phase's checkpoint: a rerun into the same directory
@@ -65,13 +62,9 @@ def _train_member(
         _freeze(model, set())
         features = None
         if model.head_config.head == "pool":
+            genotypes_id = data_identity["genotypes"]
             features = frozen_features(
-                model,
-                genotypes,
-                both.rows,
-                feature_cache,
-                data_identity["genotypes"],
-                copies,
+                model, genotypes, both.rows, feature_cache, genotypes_id, copies
             )
         task = PhenotypeTask(
             genotypes, both, settings.objective, scaling, features, offset, copies
