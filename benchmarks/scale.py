@@ -17,8 +17,8 @@ then measures
   step, recomputation included);
 - a plain fp32 2048 x 2048 matmul's FLOP/s in the same process, for reference;
 - with the allocator settings of the command line: freed memory kept up to
-  ``gperceiver.allocator.MARKER_LIMIT`` markers, torch on 2 MB pages
-  (``THP_MEM_ALLOC_ENABLE=1``) unless ``--no-huge-pages``;
+  ``gperceiver.allocator.MARKER_LIMIT`` markers; ``--huge-pages`` puts torch's
+  large tensors on 2 MB pages (``THP_MEM_ALLOC_ENABLE=1``);
 - the same per CPU second (``time.process_time``) beside wall time: on a shared
   machine the process's own CPU time is far less inflated by other processes than
   its wall time (with one thread, both agree on an idle machine).
@@ -257,10 +257,10 @@ def main() -> None:
         "up to gperceiver.allocator.MARKER_LIMIT markers)",
     )
     parser.add_argument(
-        "--no-huge-pages",
+        "--huge-pages",
         action="store_true",
-        help="leave torch on 4 KiB pages (the command line sets "
-        "THP_MEM_ALLOC_ENABLE=1 before torch starts, see gperceiver.allocator)",
+        help="run the children with THP_MEM_ALLOC_ENABLE=1 (torch's large tensors "
+        "on 2 MB pages, see gperceiver.allocator); default: as the environment says",
     )
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -307,10 +307,8 @@ def main() -> None:
         for item in args.set:
             command += ["--set", item]
         env = dict(os.environ)
-        if args.no_huge_pages:
-            env["THP_MEM_ALLOC_ENABLE"] = "0"
-        else:  # as the command line does before torch is imported
-            env.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+        if args.huge_pages:
+            env["THP_MEM_ALLOC_ENABLE"] = "1"
         t0 = time.perf_counter()
         run = subprocess.run(
             command, capture_output=True, text=True, check=False, env=env
@@ -333,7 +331,8 @@ def main() -> None:
         f"batch {args.batch}, median of {args.steps} steps after one warm-up;"
         f" torch threads {threads}; overrides: {overrides or 'none'};"
         " load = mean of the 1-min load average at start and end of each child;"
-        f" 2 MB pages (THP_MEM_ALLOC_ENABLE=1): {not args.no_huge_pages}"
+        " 2 MB pages (THP_MEM_ALLOC_ENABLE=1):"
+        f" {os.environ.get('THP_MEM_ALLOC_ENABLE') == '1' or args.huge_pages}"
     )
     print()
     print(

@@ -56,9 +56,9 @@ def test_keep_freed_memory__leaves_the_allocator_alone_above_the_marker_limit():
 
 THP_SCRIPT = """
 import sys
-import gperceiver.cli  # sets THP_MEM_ALLOC_ENABLE before it imports torch
-import torch
 from gperceiver.allocator import huge_pages_for_torch
+print(huge_pages_for_torch(), end=" ")  # before torch is imported
+import torch
 x = torch.ones(32 * 2**20)  # 128 MiB, far above torch's 2 MB threshold
 huge = sum(int(line.split()[1]) for line in open("/proc/self/smaps_rollup")
            if line.startswith("AnonHugePages"))
@@ -66,7 +66,7 @@ print(huge_pages_for_torch(), huge // 1024)  # too late now: False; MiB in 2 MB 
 """
 
 
-def huge_mib(env_value: str | None) -> tuple[str, int]:
+def huge_mib(env_value: str | None) -> tuple[str, str, int]:
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
@@ -76,7 +76,7 @@ def huge_mib(env_value: str | None) -> tuple[str, int]:
         [sys.executable, "-c", THP_SCRIPT],
         capture_output=True, text=True, check=True, env=env,
     ).stdout.split()  # fmt: skip
-    return out[0], int(out[1])
+    return out[0], out[1], int(out[2])
 
 
 def _thp_mode() -> str:
@@ -91,9 +91,10 @@ def _thp_mode() -> str:
 @pytest.mark.skipif(
     _thp_mode() not in ("madvise", "always"), reason="kernel without THP for madvise"
 )
-def test_the_command_line_puts_torch_tensors_on_huge_pages():
-    late, huge = huge_mib(None)
-    assert late == "False"  # called again after torch is imported: no effect
+def test_huge_pages_for_torch__puts_large_tensors_on_2_mb_pages():
+    early, late, huge = huge_mib(None)
+    assert (early, late) == ("True", "False")  # after torch is imported: too late
     assert huge >= 64  # most of the 128 MiB tensor sits on 2 MB pages
     if _thp_mode() == "madvise":  # without torch's madvise the kernel gives none
-        assert huge_mib("0")[1] < 8  # a user's explicit 0 is kept
+        early, _, huge = huge_mib("0")
+        assert early == "False" and huge < 8  # a user's explicit 0 is kept

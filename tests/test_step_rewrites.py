@@ -32,15 +32,9 @@ def two_reads(layer, queries, tokens, valid, cached):
 @pytest.mark.parametrize("chunk_size", [None, 7])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("heads", [1, 2])
-@pytest.mark.parametrize("keep_weights", [False, True])
 def test_token_space_equals_projected_keys_and_values(
-    heads, masked, chunk_size, checkpoint, cached, keep_weights, monkeypatch
+    heads, masked, chunk_size, checkpoint, cached
 ):
-    """keep_weights: backward rescales the forward's weights, or (False: over
-    the size limit) recomputes them from the merged shift and denominator."""
-    from gperceiver.nn import attention
-
-    monkeypatch.setattr(attention, "KEEP_WEIGHTS_MAX_FLOATS", (1 << 30) * keep_weights)
     torch.manual_seed(0)
     layer = CrossAttention(W, heads, chunk_size=chunk_size, checkpoint=checkpoint)
     layer = layer.double()

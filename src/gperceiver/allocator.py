@@ -16,12 +16,13 @@ cannot be undone for memory already kept; the command line applies it once the
 genotypes are read (:func:`gperceiver.cli.inputs.read_genotypes`). Elsewhere than
 Linux with glibc it does nothing.
 
-Above the limit, 2 MB pages do what the kept heap cannot:
+Above the limit, 2 MB pages do part of what the kept heap cannot:
 :func:`huge_pages_for_torch` asks torch to place its large tensors on transparent
-huge pages (``THP_MEM_ALLOC_ENABLE=1``), 512x fewer faults for the same memory. Torch
-reads that setting once, when it is imported, so the command line sets it before
-anything imports torch, for every command; up to the limit, where the kept heap
-already reuses the blocks, it changes little (BENCHMARKS.md, *Scale*).
+huge pages (``THP_MEM_ALLOC_ENABLE=1``): at 500,000 markers peak RSS 5.18 GiB
+instead of 5.6-5.9. Torch reads that setting once, when it is imported, before
+the command line knows the number of markers, and up to the limit it costs
+memory and time (100k: 3.1 -> 4.1 GiB, BENCHMARKS.md, *Scale*), so nothing sets
+it by default: set it in the environment for large inputs, or call this first.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ import argparse
 import sys
 
 from .. import __version__
-from . import _pages  # noqa: F401  (first: sets what torch reads on import)
 from .convert import add_convert_command
 from .evaluate import add_evaluate_commands
 from .fit import add_fit_command

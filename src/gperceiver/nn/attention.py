@@ -27,9 +27,6 @@ KeyValues = list[tuple[Tensor, Tensor]]  # per chunk: keys, values (B, H, C, D /
 # reads holds at least this many floats (64 MiB); below it, keeping activations
 # is cheap and recomputing them costs a third of a step (BENCHMARKS.md, Scale)
 RECOMPUTE_MIN_FLOATS = 1 << 24
-# token-space cross-attention keeps its weights (B, H, L, M) for backward up to
-# this many floats (128 MiB; 8 x 32 x 100k markers), else recomputes them there
-KEEP_WEIGHTS_MAX_FLOATS = 1 << 25
 
 
 def recompute(checkpoint: bool | None, x: Tensor) -> bool:
@@ -350,28 +347,23 @@ class _TokenAttention(torch.autograd.Function):
     M) bool or None, ``chunk`` tokens per block. Returns ``sum_m a_m n_m`` (B, H,
     L, D), ``a = softmax(q . n)`` (zeros for a query without valid tokens).
 
-    Forward merges the chunks exactly (:func:`_merge_stats`). When the weights of
-    all chunks (B, H, L, M) hold at most :data:`KEEP_WEIGHTS_MAX_FLOATS` floats
-    they are kept, unnormalised, with each chunk's shift, and backward rescales
-    them; above it backward recomputes each chunk's scores from the merged shift
-    and denominator, so nothing of size L x M outlives the forward. Either way it
-    writes the tokens' gradient chunk by chunk into one (B, 1, M, D) tensor in
-    place, both of its uses (key and value) summed there.
+    Forward merges the chunks exactly (:func:`_merge_stats`) and keeps only the
+    shift and denominator per query; backward recomputes each chunk's scores
+    from them and writes the tokens' gradient chunk by chunk into one (B, 1, M,
+    D) tensor in place, both of its uses (key and value) summed there. (Keeping
+    the weights instead, 100 MB per call at 8 x 32 x 100k, measured no faster:
+    BENCHMARKS.md, *Scale*.) Scores and gradients are computed in place.
     """
 
     @staticmethod
     def forward(ctx, q, normed, valid, chunk):
-        keep = q.numel() // q.shape[-1] * normed.shape[2] <= KEEP_WEIGHTS_MAX_FLOATS
-        parts, kept = [], []
+        parts = []
         for start in range(0, normed.shape[2], chunk):
             n = normed[:, :, start : start + chunk]
             mask = None if valid is None else valid[..., start : start + chunk]
-            num, den, shift, weights = _token_chunk(q, n, mask)
-            parts.append((num, den, shift))
-            if keep:
-                kept.append((weights, shift))
+            parts.append(_token_chunk(q, n, mask))
         mixed, top, den = _merge_stats(parts)
-        ctx.chunk, ctx.kept = chunk, kept
+        ctx.chunk = chunk
         ctx.save_for_backward(q, normed, valid, top, den, mixed)
         return mixed
 
@@ -385,17 +377,13 @@ class _TokenAttention(torch.autograd.Function):
         q_rows = q.reshape(b, h * length, d)  # heads x queries as one K dimension
         grad_rows = grad.reshape(b, h * length, d)
         shift = top + den.log()  # a = exp(score - shift)
-        for i, start in enumerate(range(0, normed.shape[2], ctx.chunk)):
+        for start in range(0, normed.shape[2], ctx.chunk):
             part = slice(start, start + ctx.chunk)
             n = normed[:, :, part]  # (B, 1, C, D)
-            if ctx.kept:  # exp(score - s_c) * exp(s_c - top) / den
-                weights, chunk_shift = ctx.kept[i]
-                a = weights * (torch.exp(chunk_shift - top) / den)
-            else:
-                a = q @ n.transpose(-1, -2)  # (B, H, L, C) scores
-                if valid is not None:
-                    a.masked_fill_(~valid[..., part], float("-inf"))
-                a.sub_(shift).exp_()
+            a = q @ n.transpose(-1, -2)  # (B, H, L, C) scores, then weights
+            if valid is not None:
+                a.masked_fill_(~valid[..., part], float("-inf"))
+            a.sub_(shift).exp_()
             grad_s = (grad @ n.transpose(-1, -2)).sub_(delta).mul_(a)
             grad_q.add_(grad_s @ n)
             # key and value uses of the tokens, heads summed, written in place
@@ -404,19 +392,18 @@ class _TokenAttention(torch.autograd.Function):
                 grad_s.reshape(b, h * length, -1).transpose(1, 2), q_rows, out=out
             )
             out.baddbmm_(a.reshape(b, h * length, -1).transpose(1, 2), grad_rows)
-        ctx.kept = None
         return grad_q, grad_normed, None, None
 
 
 def _token_chunk(q: Tensor, n: Tensor, mask: Tensor | None):
-    """:func:`_partial` of one chunk in token space (no autograd: scores and
-    weights are computed in place), and the unnormalised weights (B, H, L, C)."""
+    """:func:`_partial` of one chunk in token space, without autograd: the scores
+    become the weights in place."""
     scores = q @ n.transpose(-1, -2)  # (B, H, L, C)
     if mask is not None:
         scores.masked_fill_(~mask, float("-inf"))
     shift = scores.amax(-1, keepdim=True)
     weights = scores.sub_(torch.where(shift.isfinite(), shift, 0.0)).exp_()
-    return weights @ n, weights.sum(-1, keepdim=True), shift, weights
+    return weights @ n, weights.sum(-1, keepdim=True), shift
 
 
 class CrossBlock(nn.Module):
@@ -553,9 +540,7 @@ class _WindowAttention(torch.autograd.Function):
         for start in range(0, t, chunk):
             part = slice(start, start + chunk)
             near = _gather(normed, index[:, part])  # (B, T', W, D)
-            # (W x D)(D x H) per target: 11% faster than (H x D)(D x W) here
-            scores = near @ q[:, part].transpose(-1, -2)  # (B, T', W, H)
-            scores = scores.transpose(-1, -2) + bias[:, part]
+            scores = q[:, part] @ near.transpose(-1, -2) + bias[:, part]
             weights.append(torch.nan_to_num(scores.softmax(-1)))  # (B, T', H, W)
             mixed.append(weights[-1] @ near)  # (B, T', H, D)
         mixed, weights = torch.cat(mixed, 1), torch.cat(weights, 1)
