@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from gperceiver import io
-from gperceiver.baseline_model import fit_baseline, load_baseline, save_baseline
+from gperceiver.baseline_model import fit_baseline
+from gperceiver.baseline_storage import load_baseline, save_baseline
 from gperceiver.baselines import FixedEffects, Kernel, ReactionNorm, environment_kernel
 from gperceiver.cli import main
 from gperceiver.data import Genotypes, MarkerMap, Phenotypes

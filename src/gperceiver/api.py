@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from . import io
-from .baseline_model import fit_baseline, load_baseline, save_baseline
+from .baseline_model import fit_baseline
+from .baseline_storage import load_baseline, save_baseline
 from .baselines import DEFAULT_BANDWIDTHS, FixedEffects, column_list
 from .data import Genotypes, Phenotypes
 from .io.records import environment_codes

@@ -8,13 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from .. import io
-from ..baseline_model import (
-    BASELINE_METHODS,
-    fit_baseline,
-    is_baseline_model,
-    load_baseline,
-    save_baseline,
-)
+from ..baseline_model import BASELINE_METHODS, fit_baseline
+from ..baseline_storage import is_baseline_model, load_baseline, save_baseline
 from ..io import InputError
 from .inputs import (
     fixed_effects_for,

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from .. import distributed, io
-from ..baseline_model import is_baseline_model
+from ..baseline_storage import is_baseline_model
 from ..baselines import NO_FIXED
 from ..checkpoint import record_directory
 from ..data import Phenotypes
