@@ -161,3 +161,12 @@ def test_panel_pretrain__the_decoder_window_reads_the_enriched_tokens(sim, train
         without = model.decode(latents, plain, idx, targets)
     assert model.config.decoder_window > 0
     assert not torch.allclose(enriched, without, atol=1e-4)
+
+
+def test_panel_pretrain__refused_with_a_task_other_than_masked(sim, tmp_path):
+    from gperceiver.io import InputError
+
+    params = {**TINY, **PANEL, "max_steps": 1, "task": "both"}
+    with pytest.raises(InputError, match="masked task only"):
+        pretrain_encoder(sim.genotypes, tmp_path / "m", params, resume=False)
+    assert not (tmp_path / "m" / "model.safetensors").exists()

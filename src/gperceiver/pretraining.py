@@ -83,10 +83,11 @@ class PretrainSettings:
             raise ValueError(f"task must be one of {PRETRAIN_TASKS}, got {self.task!r}")
 
 
-def _task(name, genotypes, frequencies, masked_cfg, twinned_cfg, panel=False):
+def _task(name, genotypes, frequencies, masked_cfg, twinned_cfg, panel=None):
     """The pretraining task called ``name`` ("masked", "contrastive", "both");
-    with ``panel`` the masked task whose tokens read panel copies."""
-    if panel:
+    with ``panel`` (:class:`PretrainPanel`) on, the masked task whose tokens read
+    panel copies."""
+    if panel is not None and panel.panel:
         return PanelMaskedMarkerTask(genotypes, frequencies, masked_cfg)
     if name == "masked":
         return MaskedMarkerTask(genotypes, frequencies, masked_cfg)
@@ -152,19 +153,15 @@ def pretrain_encoder(
             f"{len(train_rows)} training and {len(val_rows)} held-out one(s)",
             "give at least 3 individuals or set --val-fraction 0",
         )
-    if panel.panel:  # the panel: the training individuals, never the held-out
-        _check_panel(settings, train_rows)
-        add_training_panel(model, genotypes, train_rows, panel, train_cfg.seed)
-    task = _task(
-        settings.task, genotypes, frequencies, masked_cfg, twinned_cfg, panel.panel
-    )
+    _add_panel(model, genotypes, train_rows, settings, panel, train_cfg.seed)
+    task = _task(settings.task, genotypes, frequencies, masked_cfg, twinned_cfg, panel)
     identity = {
         # the initial weights cover the model settings, seed, graph and annotations
         "model": model.state_dict(),
         "task settings": [asdict(c) for c in (masked_cfg, twinned_cfg, settings)],
         "genotypes": genotypes.fingerprint(),
         "training rows": [train_rows, val_rows],
-    } | ({"panel": asdict(panel)} if panel.panel else {})
+    } | _panel_record(model, panel)
     model.to(as_device(device))  # after the identity: the same run on any device
     result = Trainer(model, task, train_cfg, out, resume, identity).fit(
         train_rows, val_rows
@@ -173,14 +170,16 @@ def pretrain_encoder(
         settings, model_cfg, train_cfg, masked_cfg, twinned_cfg, graph_cfg,
         result, len(train_rows), len(val_rows),
     )  # fmt: skip
-    if panel.panel:  # recorded only when on: saved models without it read alike
-        config["panel"] = asdict(panel) | {"panel_rows": len(model.panel.ids)}
-    save_model(out, model, config, genotypes.markers)
+    save_model(out, model, config | _panel_record(model, panel), genotypes.markers)
     return model
 
 
-def _check_panel(settings: PretrainSettings, train_rows) -> None:
-    """Refuse the panel option where it cannot work, in one line."""
+def _add_panel(model, genotypes, train_rows, settings, panel, seed) -> None:
+    """With the ``panel`` option (:class:`PretrainPanel`) on, give ``model`` the
+    panel of the training individuals ``train_rows`` (never the held-out ones)
+    and its fitted attention; refuse it where it cannot work, in one line."""
+    if not panel.panel:
+        return
     if settings.task != "masked":
         raise InputError(
             "--params",
@@ -195,6 +194,15 @@ def _check_panel(settings: PretrainSettings, train_rows) -> None:
             "the panel needs at least 2 training individuals",
             "give more individuals, or drop panel",
         )
+    add_training_panel(model, genotypes, train_rows, panel, seed)
+
+
+def _panel_record(model, panel) -> dict:
+    """The ``panel`` entry of the identity and ``config.json`` (none when off:
+    runs and saved models without the option read as before)."""
+    if not panel.panel:
+        return {}
+    return {"panel": asdict(panel) | {"panel_rows": len(model.panel.ids)}}
 
 
 def _saved_config(
@@ -293,9 +301,7 @@ def impute(
         hidden = torch.from_numpy(incomplete[rows])
         observed = count_targets(alleles, a)  # (B, M, A)
         masked = alleles.masked_fill(hidden[..., None], a + 1).to(device)
-        copy = None  # a panel model: copies from its saved panel, where the
-        if model.panel is not None:  # loci to impute are missing in the query
-            copy = model.panel.copy_rows(genotypes, rows).to(device)
+        copy = model.panel_copy(genotypes, rows)  # None without a saved panel
         with autocast(device):
             latents, tokens = model.encode(
                 masked, marker_idx, return_tokens=True, table=table, copy=copy

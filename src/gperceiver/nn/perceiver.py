@@ -352,6 +352,14 @@ class MaskedMarkerModel(nn.Module):
         self.panel_embed = nn.Linear(n_genotypes(c.ploidy, c.n_alleles), c.width, False)
         nn.init.zeros_(self.panel_embed.weight)
 
+    def panel_copy(self, genotypes, rows) -> Tensor | None:
+        """The copies ``(B, M, G)`` of genotype ``rows`` from the model's panel
+        (their missing loci missing in the query, the query itself excluded), on
+        the model's device; None without a panel."""
+        if self.panel is None:
+            return None
+        return self.panel.copy_rows(genotypes, rows).to(self.head.weight.device)
+
     def encode(
         self,
         alleles: Tensor,
