@@ -28,6 +28,11 @@ from .tasks.masked import (
     complete_genotypes,
     genotype_log_probs,
 )
+from .tasks.masked_panel import (
+    PanelMaskedMarkerTask,
+    PretrainPanel,
+    add_training_panel,
+)
 from .tasks.twinned import PRETRAIN_TASKS, TwinnedConfig, TwinnedTask
 from .train import TrainConfig, Trainer
 
@@ -78,8 +83,12 @@ class PretrainSettings:
             raise ValueError(f"task must be one of {PRETRAIN_TASKS}, got {self.task!r}")
 
 
-def _task(name, genotypes, frequencies, masked_cfg, twinned_cfg):
-    """The pretraining task called ``name`` ("masked", "contrastive", "both")."""
+def _task(name, genotypes, frequencies, masked_cfg, twinned_cfg, panel=None):
+    """The pretraining task called ``name`` ("masked", "contrastive", "both");
+    with ``panel`` (:class:`PretrainPanel`) on, the masked task whose tokens read
+    panel copies."""
+    if panel is not None and panel.panel:
+        return PanelMaskedMarkerTask(genotypes, frequencies, masked_cfg)
     if name == "masked":
         return MaskedMarkerTask(genotypes, frequencies, masked_cfg)
     weight = twinned_cfg.masked_weight if name == "both" else 0.0
@@ -115,14 +124,16 @@ def pretrain_encoder(
         TwinnedConfig,
         PretrainSettings,
         GraphSettings,
+        PretrainPanel,
     )
-    model_cfg, train_cfg, masked_cfg, twinned_cfg, settings, graph_cfg = resolve(
+    resolved = resolve(
         classes,
         {},
         params or {},
         {**(typed or {}), **data_sizes(genotypes)},
         also_known=also_known,
     )
+    model_cfg, train_cfg, masked_cfg, twinned_cfg, settings, graph_cfg, panel = resolved
     train_rows, val_rows = split_individuals(
         genotypes.n_individuals, settings.val_fraction, train_cfg.seed
     )
@@ -142,14 +153,15 @@ def pretrain_encoder(
             f"{len(train_rows)} training and {len(val_rows)} held-out one(s)",
             "give at least 3 individuals or set --val-fraction 0",
         )
-    task = _task(settings.task, genotypes, frequencies, masked_cfg, twinned_cfg)
+    _add_panel(model, genotypes, train_rows, settings, panel, train_cfg.seed)
+    task = _task(settings.task, genotypes, frequencies, masked_cfg, twinned_cfg, panel)
     identity = {
         # the initial weights cover the model settings, seed, graph and annotations
         "model": model.state_dict(),
         "task settings": [asdict(c) for c in (masked_cfg, twinned_cfg, settings)],
         "genotypes": genotypes.fingerprint(),
         "training rows": [train_rows, val_rows],
-    }
+    } | _panel_record(model, panel)
     model.to(as_device(device))  # after the identity: the same run on any device
     result = Trainer(model, task, train_cfg, out, resume, identity).fit(
         train_rows, val_rows
@@ -158,8 +170,39 @@ def pretrain_encoder(
         settings, model_cfg, train_cfg, masked_cfg, twinned_cfg, graph_cfg,
         result, len(train_rows), len(val_rows),
     )  # fmt: skip
-    save_model(out, model, config, genotypes.markers)
+    save_model(out, model, config | _panel_record(model, panel), genotypes.markers)
     return model
+
+
+def _add_panel(model, genotypes, train_rows, settings, panel, seed) -> None:
+    """With the ``panel`` option (:class:`PretrainPanel`) on, give ``model`` the
+    panel of the training individuals ``train_rows`` (never the held-out ones)
+    and its fitted attention; refuse it where it cannot work, in one line."""
+    if not panel.panel:
+        return
+    if settings.task != "masked":
+        raise InputError(
+            "--params",
+            "key 'panel'",
+            f"panel copies are read by the masked task only, not {settings.task!r}",
+            "use task masked, or drop panel",
+        )
+    if len(train_rows) < 2:
+        raise InputError(
+            "--params",
+            "key 'panel'",
+            "the panel needs at least 2 training individuals",
+            "give more individuals, or drop panel",
+        )
+    add_training_panel(model, genotypes, train_rows, panel, seed)
+
+
+def _panel_record(model, panel) -> dict:
+    """The ``panel`` entry of the identity and ``config.json`` (none when off:
+    runs and saved models without the option read as before)."""
+    if not panel.panel:
+        return {}
+    return {"panel": asdict(panel) | {"panel_rows": len(model.panel.ids)}}
 
 
 def _saved_config(
@@ -198,6 +241,10 @@ def load_masked_model(
     model = model_class(config.get("task", "masked"))(
         model_cfg, markers.relative_pos(), markers.chrom
     )
+    if config.get("panel", {}).get("panel"):  # pretrained with panel copies
+        saved = dict(config["panel"])
+        rows = saved.pop("panel_rows")
+        model.add_panel(PretrainPanel(**saved).attention_config(), rows)
     return load_weights(directory, model).to(as_device(device)).eval(), config
 
 
@@ -254,9 +301,10 @@ def impute(
         hidden = torch.from_numpy(incomplete[rows])
         observed = count_targets(alleles, a)  # (B, M, A)
         masked = alleles.masked_fill(hidden[..., None], a + 1).to(device)
+        copy = model.panel_copy(genotypes, rows)  # None without a saved panel
         with autocast(device):
             latents, tokens = model.encode(
-                masked, marker_idx, return_tokens=True, table=table
+                masked, marker_idx, return_tokens=True, table=table, copy=copy
             )
         for b, row in enumerate(rows):
             loci = torch.nonzero(hidden[b]).squeeze(1)

@@ -26,7 +26,7 @@ from torch import Tensor
 from ..data import Genotypes
 from ..nn.panel import PanelAttention, PanelConfig, PanelGenotypes
 from ..nn.panel_reference import PanelReference
-from ..tasks.panel import PanelFitConfig, PanelMaskedTask, fit_panel
+from ..tasks.panel import fit_panel_attention
 
 
 @dataclass
@@ -76,20 +76,7 @@ def fit_panel_input(
     each copies its hidden loci from the others) and copy every individual of
     ``query_rows`` (any rows; panel members exclude themselves) from them."""
     panel_rows = np.unique(panel_rows)
-    panel = PanelGenotypes.from_genotypes(genotypes, panel_rows)
-    torch.manual_seed(seed)
-    attention = PanelAttention(config)
-    fit = PanelFitConfig(steps=steps, seed=seed)
-    if steps and len(panel_rows) > 1:
-        task = PanelMaskedTask(
-            panel,
-            genotypes.markers.chrom,
-            np.arange(len(panel_rows)),
-            np.arange(0),
-            fit.hide_fraction,
-        )
-        fit_panel(attention, task, fit, config.block)
-    attention.requires_grad_(False).eval()
+    panel, attention = fit_panel_attention(genotypes, panel_rows, config, steps, seed)
     reference = PanelReference(
         config, len(panel_rows), genotypes.markers.chrom, *_sizes(genotypes)
     )

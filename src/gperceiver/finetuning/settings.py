@@ -175,7 +175,9 @@ def _pretrained_params(params: dict, typed: dict, pretrained, genotypes):
     state = {
         k: v
         for k, v in masked.state_dict().items()
-        if k.startswith(("embed.", "encoder."))
+        # a panel-pretrained encoder read its tokens plus the projection of
+        # panel copies: the projection comes along (finetune with panel: true)
+        if k.startswith(("embed.", "encoder.", "panel_embed."))
     }
     _check_architecture(typed, pre_config["model"], pretrained, None)
     _check_architecture(params, pre_config["model"], pretrained, "--params")
@@ -243,6 +245,13 @@ def resolve_settings(
         # GBLUP is a regression fitted per seen block; environments can be new
         head_cfg = replace(head_cfg, additive=False)
     _refuse_combinations(head_cfg, settings, covariates)
+    if state is not None and "panel_embed.weight" in state and not head_cfg.panel:
+        raise InputError(
+            pretrained,
+            None,
+            "was pretrained with panel copies (panel: true)",
+            "finetune it with panel: true, or pretrain without panel",
+        )
     prior = None
     if settings.marker_weights:
         weights = None if marker_inputs is None else marker_inputs.weights

@@ -23,6 +23,8 @@ from gperceiver.nn.attention import (
     recompute,
 )
 from gperceiver.nn.embeddings import MarkerEmbedding
+from gperceiver.nn.panel import PanelConfig
+from gperceiver.nn.panel_reference import PanelReference, n_genotypes
 
 SHARE_WEIGHTS = ("all", "after_first", "none")
 _POSITIVE = (
@@ -335,6 +337,28 @@ class MaskedMarkerModel(nn.Module):
         self.head = nn.Linear(c.width, c.n_alleles * (c.ploidy + 1))
         for module in (self.local, self.decoder, self.head):
             module.apply(init_weights)
+        self.panel = self.panel_embed = None  # see add_panel
+
+    def add_panel(self, panel: PanelConfig, n_rows: int) -> None:
+        """Give the model a panel of ``n_rows`` individuals
+        (:class:`~gperceiver.nn.panel_reference.PanelReference`, filled by the
+        caller) and the projection ``panel_embed`` of their copies (G -> D, zero
+        at first) added to its marker tokens: both the latents and the decoder's
+        window then read the enriched tokens (pretraining option ``panel``)."""
+        c = self.config
+        self.panel = PanelReference(
+            panel, n_rows, self.embed.marker_chrom.cpu(), c.ploidy, c.n_alleles
+        )
+        self.panel_embed = nn.Linear(n_genotypes(c.ploidy, c.n_alleles), c.width, False)
+        nn.init.zeros_(self.panel_embed.weight)
+
+    def panel_copy(self, genotypes, rows) -> Tensor | None:
+        """The copies ``(B, M, G)`` of genotype ``rows`` from the model's panel
+        (their missing loci missing in the query, the query itself excluded), on
+        the model's device; None without a panel."""
+        if self.panel is None:
+            return None
+        return self.panel.copy_rows(genotypes, rows).to(self.head.weight.device)
 
     def encode(
         self,
@@ -344,6 +368,7 @@ class MaskedMarkerModel(nn.Module):
         extra_latents: Tensor | None = None,
         return_tokens: bool = False,
         table: Tensor | None = None,
+        copy: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Latents (B, L + E, D) of allele ids (B, M, P) at ``marker_idx``.
 
@@ -351,7 +376,8 @@ class MaskedMarkerModel(nn.Module):
         ``extra_latents`` as in :meth:`PerceiverEncoder.forward`. With
         ``return_tokens`` also the marker tokens (B, M, D) the decoder reads.
         ``table``: ``self.embed.position_table()`` when the caller also decodes
-        (computed once, used by both).
+        (computed once, used by both). ``copy`` (B, M, G): the panel copies of
+        the same markers, required by a model with a panel (:meth:`add_panel`).
         """
         if alleles.shape[-1] != self.config.ploidy:
             raise ValueError(
@@ -359,6 +385,10 @@ class MaskedMarkerModel(nn.Module):
                 f"the model was built for {self.config.ploidy}"
             )
         tokens = self.embed(alleles, marker_idx, table)
+        if self.panel_embed is not None:
+            if copy is None:
+                raise ValueError("this model reads panel copies: pass copy=...")
+            tokens = tokens + self.panel_embed(copy.to(tokens.dtype))
         latents = self.encoder(tokens, mask, extra_latents)
         return (latents, tokens) if return_tokens else latents
 
@@ -417,10 +447,12 @@ class MaskedMarkerModel(nn.Module):
         marker_idx: Tensor,
         target_pos: Tensor,
         mask: Tensor | None = None,
+        copy: Tensor | None = None,
     ) -> Tensor:
-        """Logits (B, T, A, P + 1) at input positions ``target_pos`` (B, T) or (T,)."""
+        """Logits (B, T, A, P + 1) at input positions ``target_pos`` (B, T) or (T,);
+        ``copy`` as in :meth:`encode`."""
         table = self.embed.position_table()
         latents, tokens = self.encode(
-            alleles, marker_idx, mask, return_tokens=True, table=table
+            alleles, marker_idx, mask, return_tokens=True, table=table, copy=copy
         )
         return self.decode(latents, tokens, marker_idx, target_pos, table)

@@ -151,3 +151,27 @@ def fit_panel(
         if seconds > config.time_budget_s:
             break
     return history
+
+
+def fit_panel_attention(
+    genotypes, panel_rows: np.ndarray, config, steps: int, seed: int
+) -> tuple[PanelGenotypes, PanelAttention]:
+    """The panel of ``genotypes`` (a :class:`~gperceiver.data.Genotypes`) rows
+    ``panel_rows`` (sorted, unique) and a :class:`PanelAttention` of ``config``
+    fitted on it for ``steps`` steps of the masked copy task (each panel member
+    copies its hidden loci from the others), then frozen (eval mode)."""
+    panel = PanelGenotypes.from_genotypes(genotypes, panel_rows)
+    torch.manual_seed(seed)
+    attention = PanelAttention(config)
+    fit = PanelFitConfig(steps=steps, seed=seed)
+    if steps and len(panel_rows) > 1:
+        task = PanelMaskedTask(
+            panel,
+            genotypes.markers.chrom,
+            np.arange(len(panel_rows)),
+            np.arange(0),
+            fit.hide_fraction,
+        )
+        fit_panel(attention, task, fit, config.block)
+    attention.requires_grad_(False).eval()
+    return panel, attention
