@@ -299,11 +299,13 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
 
 
 def typed_options(args) -> dict:
-    """The hyper-parameters typed on the command line (config fields only)."""
+    """The hyper-parameters typed on the command line (config fields only; an
+    option left at a default of None, such as ``impute --panel-layers``, was not
+    typed)."""
     return {
         k: v
         for k, v in vars(args).items()
-        if k in CONFIG_FIELDS and k not in READING_OPTIONS
+        if k in CONFIG_FIELDS and k not in READING_OPTIONS and v is not None
     }
 
 
