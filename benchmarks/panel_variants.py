@@ -4,10 +4,10 @@ settings as JSON, scored as those scripts score (results added to their tables):
 
     python benchmarks/imputation.py --workdir /tmp/b7 --markers 2500 \\
         --chromosomes 1 --chromosome-length 50000000 --seed 7 --methods mode
-    python benchmarks/panel_variants.py --workdir /tmp/b7 --label rarity0.5 \\
-        --model '{"rarity": 0.5}'
+    python benchmarks/panel_variants.py --workdir /tmp/b7 --label one-pass \\
+        --model '{"layers": 1}'        # --model: PanelConfig fields
     python benchmarks/panel_variants.py --workdir /tmp/b7 --reference \\
-        --label fill0.5 --model '{"fill_weight": 0.5}'
+        --label one-pass --model '{"layers": 1}'
 """
 
 from __future__ import annotations

@@ -191,39 +191,3 @@ def test_panel_attention__forward_backward_any_ploidy(ploidy, n_alleles):
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert model.layers[0].log_scale.grad.abs().sum() > 0
-
-
-def test_panel_attention__fill_weight_scales_the_filled_loci():
-    """A second layer whose filled-in loci weigh ~0 matches on the called loci
-    alone, i.e. repeats the first layer (same initial parameters); weight 1 is
-    today's EM pass; both for full attention and a shortlist."""
-    g = mosaic_genotypes(30, 64, missing=0.0, seed=9, switch=0.02)
-    panel = PanelGenotypes.from_genotypes(g)
-    hidden = torch.rand(
-        panel.genotype.shape, generator=torch.Generator().manual_seed(1)
-    )
-    query = panel.hide(hidden < 0.3).subset([0, 4, 9])
-    typed = np.ones(64, bool)  # hash keys on every marker (the shortlist)
-    for k in (1024, 8):  # full attention, then a shortlist
-        base = dict(block=8, head_radii=(1, 2), shortlist=k)
-        single = PanelAttention(PanelConfig(**base, layers=1))
-        one = run(single, query, panel, g.markers.chrom, typed=typed)
-        em = PanelAttention(PanelConfig(**base, layers=2))
-        two = run(em, query, panel, g.markers.chrom, typed=typed)
-        off = PanelAttention(PanelConfig(**base, layers=2, fill_weight=1e-9))
-        assert [n for n, _ in off.named_parameters() if "fill" in n] == [
-            "layers.1.log_fill"
-        ]
-        torch.testing.assert_close(
-            run(off, query, panel, g.markers.chrom, typed=typed),
-            one,
-            rtol=1e-4,
-            atol=1e-5,
-        )
-        full = PanelAttention(PanelConfig(**base, layers=2, fill_weight=1.0))
-        torch.testing.assert_close(
-            run(full, query, panel, g.markers.chrom, typed=typed), two
-        )
-        assert not torch.allclose(two, one, atol=1e-3)  # the filled loci do count
-    with pytest.raises(ValueError, match="fill_weight"):
-        PanelConfig(fill_weight=0.0)

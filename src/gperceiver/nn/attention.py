@@ -352,7 +352,7 @@ class _TokenAttention(torch.autograd.Function):
     from them and writes the tokens' gradient chunk by chunk into one (B, 1, M,
     D) tensor in place, both of its uses (key and value) summed there. (Keeping
     the weights instead, 100 MB per call at 8 x 32 x 100k, measured no faster:
-    BENCHMARKS.md, *Scale*.) Scores and gradients are computed in place.
+    BENCHMARKS.md, *Scale*.) Backward computes its scores and gradients in place.
     """
 
     @staticmethod
@@ -361,7 +361,7 @@ class _TokenAttention(torch.autograd.Function):
         for start in range(0, normed.shape[2], chunk):
             n = normed[:, :, start : start + chunk]
             mask = None if valid is None else valid[..., start : start + chunk]
-            parts.append(_token_chunk(q, n, mask))
+            parts.append(_partial(q, n, n, mask, 1.0))
         mixed, top, den = _merge_stats(parts)
         ctx.chunk = chunk
         ctx.save_for_backward(q, normed, valid, top, den, mixed)
@@ -393,17 +393,6 @@ class _TokenAttention(torch.autograd.Function):
             )
             out.baddbmm_(a.reshape(b, h * length, -1).transpose(1, 2), grad_rows)
         return grad_q, grad_normed, None, None
-
-
-def _token_chunk(q: Tensor, n: Tensor, mask: Tensor | None):
-    """:func:`_partial` of one chunk in token space, without autograd: the scores
-    become the weights in place."""
-    scores = q @ n.transpose(-1, -2)  # (B, H, L, C)
-    if mask is not None:
-        scores.masked_fill_(~mask, float("-inf"))
-    shift = scores.amax(-1, keepdim=True)
-    weights = scores.sub_(torch.where(shift.isfinite(), shift, 0.0)).exp_()
-    return weights @ n, weights.sum(-1, keepdim=True), shift
 
 
 class CrossBlock(nn.Module):

@@ -74,9 +74,6 @@ class PanelConfig:
     # concordance in 17 s, 2 layers 0.9906 in 27 s, 3 layers 0.9908 in 39 s
     layers: int = 2
     prior_weight: float = 0.01  # initial weight of the panel frequencies per copy
-    # None: off (filled loci weigh 1). Else the initial, learned weight of a
-    # query's filled-in loci in the distances of layers after the first
-    fill_weight: float | None = None
 
     def __post_init__(self):
         if min(self.block, self.shortlist, self.hash_tables, self.segment) < 1:
@@ -85,8 +82,6 @@ class PanelConfig:
             raise ValueError(f"head_radii {self.head_radii}: give radii >= 0")
         if self.layers < 1:
             raise ValueError("layers must be >= 1")
-        if self.fill_weight is not None and self.fill_weight <= 0:
-            raise ValueError(f"fill_weight {self.fill_weight}: give a weight > 0")
 
 
 def complete_table(ploidy: int, n_alleles: int) -> np.ndarray:
@@ -220,14 +215,13 @@ class QueryState:
         return cls(counts, (counts**2).sum(-1), called.float(), ids)
 
     @classmethod
-    def filled(cls, genotype, table, ids, probs, fill: Tensor | float = 1.0):
+    def filled(cls, genotype: Tensor, table: Tensor, ids: Tensor, probs: Tensor):
         """Called loci as they are, the others at their expectation under ``probs``
-        (Q, W, S, G): the E step of an EM pass (gradients flow through it);
-        ``fill`` the weight of the filled loci (called ones weigh 1)."""
+        (Q, W, S, G): the E step of an EM pass (gradients flow through it)."""
         called = (genotype >= 0)[..., None]
         onehot = nn.functional.one_hot(genotype.clamp(min=0), table.shape[0]).float()
         p = torch.where(called, onehot, probs)
-        weight = torch.where(called[..., 0], 1.0, fill * torch.ones(()))
+        weight = torch.ones(genotype.shape)
         return cls(p @ table, p @ (table**2).sum(-1), weight, ids)
 
 
@@ -236,15 +230,11 @@ class PanelLayer(nn.Module):
 
     Learned: per head the taps mixing neighbouring windows ``(2 r_h + 1,)``
     (triangles at first), the log inverse temperature ``(H,)``, the head mixture
-    ``(H,)``, the log weight of the panel frequencies and, in a layer after the
-    first with ``fill_weight`` set, the log weight of the query's filled-in loci
-    (an E step's expectations are less sure than calls). The heads' weights are
+    ``(H,)`` and the log weight of the panel frequencies. The heads' weights are
     mixed before the copy, so one copy serves every head.
     """
 
-    def __init__(self, config: PanelConfig, reads_fill: bool = False):
-        """``reads_fill``: a layer after the first (its queries' hidden loci are
-        filled in), which learns their weight when ``config.fill_weight`` is set."""
+    def __init__(self, config: PanelConfig):
         super().__init__()
         self.config = config
         self.taps = nn.ParameterList(
@@ -257,14 +247,6 @@ class PanelLayer(nn.Module):
         )
         self.head_logits = nn.Parameter(torch.zeros(h))
         self.log_prior = nn.Parameter(torch.tensor(float(np.log(config.prior_weight))))
-        if reads_fill and config.fill_weight is not None:
-            self.log_fill = nn.Parameter(
-                torch.tensor(float(np.log(config.fill_weight)))
-            )
-
-    def fill(self) -> Tensor | float:
-        """Weight of a query's filled-in loci in this layer's distances."""
-        return self.log_fill.exp() if hasattr(self, "log_fill") else 1.0
 
     def weights(self, distance: Tensor, self_pairs: tuple) -> Tensor:
         """Copy weights ``(W, Q, R)`` over the whole panel from distances
@@ -319,7 +301,7 @@ class PanelAttention(nn.Module):
         super().__init__()
         self.config = config or PanelConfig()
         self.layers = nn.ModuleList(
-            PanelLayer(self.config, reads_fill=i > 0) for i in range(self.config.layers)
+            PanelLayer(self.config) for _ in range(self.config.layers)
         )
 
     def forward(
@@ -378,7 +360,7 @@ class PanelAttention(nn.Module):
         state, probs = QueryState.observed(g, table, ids), None
         for layer in self.layers:
             if probs is not None:
-                state = QueryState.filled(g, table, ids, probs, layer.fill())
+                state = QueryState.filled(g, table, ids, probs)
             probs = copy(layer, state)
         return probs
 
