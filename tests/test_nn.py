@@ -14,6 +14,7 @@ from gperceiver.nn import (
     PerceiverEncoder,
     attention,
     count_targets,
+    perceiver,
 )
 
 W = 16  # width of the tiny models
@@ -336,23 +337,32 @@ def test_masked_marker_model__auto_checkpoint_recomputes_only_large_batches(
     monkeypatch,
 ):
     """checkpoint_attention None keeps activations while the tokens (B, M, D) are
-    below RECOMPUTE_MIN_FLOATS and saves as little as True above it."""
+    below RECOMPUTE_MIN_FLOATS and saves as little as True above it; the decoder's
+    window layer has its own, higher limit (LOCAL_RECOMPUTE_MIN_FLOATS): between
+    the two only the encoder recomputes."""
     n = 2000
     alleles = random_alleles((2, n), 2, 2)
+    tokens = 2 * n * 64
+    limits = {  # (encoder, window): tokens at / below each limit
+        "large": (tokens, tokens),
+        "small": (tokens + 1, tokens + 1),
+        "between": (tokens, tokens + 1),
+    }
     saved = {}
     for setting in (True, False, None):
         torch.manual_seed(0)
         model = tiny_model(
             n_markers=n, width=64, chunk_size=500, checkpoint_attention=setting
         ).train()
-        for limit in (2 * n * 64, 2 * n * 64 + 1):  # tokens at / below the limit
-            monkeypatch.setattr(attention, "RECOMPUTE_MIN_FLOATS", limit)
-            saved[setting, limit] = saved_activation_bytes(
+        for size, (encoder, window) in limits.items():
+            monkeypatch.setattr(attention, "RECOMPUTE_MIN_FLOATS", encoder)
+            monkeypatch.setattr(perceiver, "LOCAL_RECOMPUTE_MIN_FLOATS", window)
+            saved[setting, size] = saved_activation_bytes(
                 model, alleles, torch.arange(n), torch.arange(8)
             )
-    small, large = 2 * n * 64 + 1, 2 * n * 64
-    assert saved[None, large] == saved[True, large] < saved[False, large] / 2
-    assert saved[None, small] == saved[False, small]
+    assert saved[None, "large"] == saved[True, "large"] < saved[False, "large"] / 2
+    assert saved[None, "small"] == saved[False, "small"]
+    assert saved[True, "large"] < saved[None, "between"] < saved[False, "large"]
 
 
 def test_masked_marker_model__raises_on_wrong_ploidy():

@@ -27,14 +27,28 @@ KeyValues = list[tuple[Tensor, Tensor]]  # per chunk: keys, values (B, H, C, D /
 # reads holds at least this many floats (64 MiB); below it, keeping activations
 # is cheap and recomputing them costs a third of a step (BENCHMARKS.md, Scale)
 RECOMPUTE_MIN_FLOATS = 1 << 24
+# the decoder's window layer keeps its activations (the normed tokens and the
+# weights, ~1 (B, M, D) tensor) up to this many token floats (512 MiB): at 100k
+# markers x batch 8 recomputing it cost a sixth of the step and saved no peak
+# memory (BENCHMARKS.md, Scale, session 10)
+LOCAL_RECOMPUTE_MIN_FLOATS = 1 << 27
+# neighbours gathered per window chunk (B x chunk targets x 2 * window x D
+# floats, 4 MiB): a chunk that stays in cache beats 2,048 targets a row, whose
+# gathered neighbours (134 MB at batch 8) went out to memory and back
+WINDOW_CHUNK_FLOATS = 1 << 20
 
 
-def recompute(checkpoint: bool | None, x: Tensor) -> bool:
+def recompute(
+    checkpoint: bool | None, x: Tensor, min_floats: int | None = None
+) -> bool:
     """Whether a layer reading ``x`` recomputes in backward: never without
-    gradients, else ``checkpoint``, or (None) when ``x`` is large."""
+    gradients, else ``checkpoint``, or (None) when ``x`` holds at least
+    ``min_floats`` (default ``RECOMPUTE_MIN_FLOATS``) floats."""
     if not torch.is_grad_enabled():
         return False
-    return x.numel() >= RECOMPUTE_MIN_FLOATS if checkpoint is None else checkpoint
+    if checkpoint is not None:
+        return checkpoint
+    return x.numel() >= (RECOMPUTE_MIN_FLOATS if min_floats is None else min_floats)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -439,10 +453,11 @@ class LocalAttention(nn.Module):
     Queries (B, T, D) sit at ``centers`` (B, T), positions in the token sequence
     (B, S, D); the centre token itself is skipped. Keys carry a learned embedding of
     their offset, so the query knows which neighbour is adjacent. Targets are
-    processed ``target_chunk`` at a time and their neighbours gathered again in
-    backward, so besides the normed tokens (B, S, D) and the weights (B, T, H,
-    2 * window) memory is ``B * target_chunk * 2 * window * D``, whatever the
-    number of targets. ``checkpoint`` is kept for the callers, which recompute the
+    processed ``target_chunk`` at a time (None: as many as fill
+    ``WINDOW_CHUNK_FLOATS``) and their neighbours gathered again in backward, so
+    besides the normed tokens (B, S, D) and the weights (B, T, H, 2 * window)
+    memory is ``B * target_chunk * 2 * window * D``, whatever the number of
+    targets. ``checkpoint`` is kept for the callers, which recompute the
     whole layer (:meth:`MaskedMarkerModel._run`).
     """
 
@@ -452,7 +467,7 @@ class LocalAttention(nn.Module):
         heads: int,
         window: int,
         dropout: float = 0.0,
-        target_chunk: int = 2048,
+        target_chunk: int | None = None,
         checkpoint: bool | None = False,
     ):
         super().__init__()
@@ -496,8 +511,10 @@ class LocalAttention(nn.Module):
         offsets = self.offset.weight.view(-1, h, c)  # (W, H, D/H)
         bias = torch.einsum("bthc,whc->bthw", q, offsets)  # (B, T, H, W)
         bias = bias.masked_fill(~inside[:, :, None, :], -torch.inf)
+        width = len(self.offsets) * d  # floats of one target's neighbours
+        chunk = self.target_chunk or max(1, WINDOW_CHUNK_FLOATS // (b * width))
         mixed = _WindowAttention.apply(
-            q_tokens, bias, normed.reshape(b * s, d), index, self.target_chunk
+            q_tokens, bias, normed.reshape(b * s, d), index, chunk
         )  # (B, T, H, D)
         attended = torch.einsum("bthd,hcd->bthc", mixed, w_v)
         # the weights sum to 1, or to 0 for a lone token without neighbours

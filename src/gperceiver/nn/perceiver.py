@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from gperceiver.nn.attention import (
+    LOCAL_RECOMPUTE_MIN_FLOATS,
     CrossBlock,
     KeyValues,
     LocalAttention,
@@ -435,9 +436,11 @@ class MaskedMarkerModel(nn.Module):
         return queries
 
     def _run(self, layer, *args):
-        """Run ``layer``, recomputing it in backward when checkpointing: its normed
+        """Run the window ``layer``, recomputing it in backward when checkpointing
+        (auto: from ``LOCAL_RECOMPUTE_MIN_FLOATS`` token floats): its normed
         tokens (B, M, D) then exist only while it runs."""
-        if recompute(self.config.checkpoint_attention, args[1]):
+        checkpointing = self.config.checkpoint_attention
+        if recompute(checkpointing, args[1], LOCAL_RECOMPUTE_MIN_FLOATS):
             return checkpoint(layer, *args, use_reentrant=False)
         return layer(*args)
 
