@@ -513,8 +513,9 @@ class LocalAttention(nn.Module):
         bias = bias.masked_fill(~inside[:, :, None, :], -torch.inf)
         width = len(self.offsets) * d  # floats of one target's neighbours
         chunk = self.target_chunk or max(1, WINDOW_CHUNK_FLOATS // (b * width))
+        lone = s < 2  # then no target has a neighbour
         mixed = _WindowAttention.apply(
-            q_tokens, bias, normed.reshape(b * s, d), index, chunk
+            q_tokens, bias, normed.reshape(b * s, d), index, chunk, lone
         )  # (B, T, H, D)
         attended = torch.einsum("bthd,hcd->bthc", mixed, w_v)
         # the weights sum to 1, or to 0 for a lone token without neighbours
@@ -530,7 +531,8 @@ class _WindowAttention(torch.autograd.Function):
     (B, T, H, W) score offsets (``-inf`` for neighbours outside the sequence),
     ``normed`` (B * S, D) the normed tokens and ``index`` (B * T * W,) the row of
     each target's neighbours in it. Returns ``sum_w a_w n_w`` (B, T, H, D) with
-    ``a = softmax(q . n_w + bias)`` (zeros where every neighbour is outside).
+    ``a = softmax(q . n_w + bias)``; with ``lone`` (a sequence of one token,
+    every neighbour outside) the weights are zeros.
 
     The neighbours (B, T, W, D), the largest tensor here, exist for ``chunk``
     targets at a time and are gathered again in backward rather than kept;
@@ -538,7 +540,7 @@ class _WindowAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, bias, normed, index, chunk):
+    def forward(ctx, q, bias, normed, index, chunk, lone=False):
         b, t, h, d = q.shape
         w = bias.shape[-1]
         index = index.view(b, t, w)
@@ -547,7 +549,8 @@ class _WindowAttention(torch.autograd.Function):
             part = slice(start, start + chunk)
             near = _gather(normed, index[:, part])  # (B, T', W, D)
             scores = q[:, part] @ near.transpose(-1, -2) + bias[:, part]
-            weights.append(torch.nan_to_num(scores.softmax(-1)))  # (B, T', H, W)
+            a = scores.softmax(-1)  # (B, T', H, W)
+            weights.append(a.nan_to_num_() if lone else a)
             mixed.append(weights[-1] @ near)  # (B, T', H, D)
         mixed, weights = torch.cat(mixed, 1), torch.cat(weights, 1)
         ctx.chunk = chunk
@@ -573,7 +576,8 @@ class _WindowAttention(torch.autograd.Function):
             grad_near = left @ right  # (B, T', W, D)
             rows = index[:, part].flatten()
             grad_normed.index_add_(0, rows, grad_near.view(-1, grad_near.shape[-1]))
-        return torch.cat(grad_q, 1), torch.cat(grad_bias, 1), grad_normed, None, None
+        grad_q, grad_bias = torch.cat(grad_q, 1), torch.cat(grad_bias, 1)
+        return grad_q, grad_bias, grad_normed, None, None, None
 
 
 def _gather(normed: Tensor, index: Tensor) -> Tensor:

@@ -284,7 +284,9 @@ class MarkerEmbedding(nn.Module):
         # gives the mean over copies
         counts = _id_counts(alleles, len(weights), weights.dtype)  # (B, M', A + 2)
         counts = counts / alleles.shape[-1]
-        tokens = counts @ weights + self.position(marker_idx, table)
+        # in place: one fresh (B, M', D) tensor instead of two (at 500k markers x
+        # batch 8 each is 1 GB the kernel must back with pages again every step)
+        tokens = (counts @ weights).add_(self.position(marker_idx, table))
         if self.marker_allele_embed is not None:
             per_marker = self.marker_allele_embed[
                 marker_idx
