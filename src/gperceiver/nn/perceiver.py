@@ -108,7 +108,8 @@ class PerceiverConfig:
     # the setting then applies to the decoder's window and the graph layers.)
     # None (auto): only for batches whose tokens hold >= 16M floats (64 MiB),
     # since at wheat's size (32 x 1279 x 64) recomputing costs time and saves
-    # little (BENCHMARKS.md, Scale).
+    # little; the decoder's window only from 128M floats (nn.attention
+    # LOCAL_RECOMPUTE_MIN_FLOATS; BENCHMARKS.md, Scale).
     checkpoint_attention: bool | None = None
     # Fourier features of the position; off leaves chromosome + learned vectors
     # (with learned_marker_embedding) for the position-encoding ablation.
