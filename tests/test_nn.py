@@ -420,11 +420,19 @@ def test_local_attention__equals_the_per_query_definition():
     torch.testing.assert_close(lone, queries[:1, :2] + layer.out.bias)
 
 
+@pytest.mark.parametrize("auto_chunk", [False, True])
 @pytest.mark.parametrize("checkpoint", [False, True])
-def test_local_attention__target_chunks_match_one_pass(checkpoint):
+def test_local_attention__target_chunks_match_one_pass(
+    checkpoint, auto_chunk, monkeypatch
+):
+    """Explicit chunks of 4 targets, or chunks sized from WINDOW_CHUNK_FLOATS
+    (here 4 targets a row: batch 2 x 6 neighbours x W floats each), equal one pass."""
     torch.manual_seed(0)
     whole = LocalAttention(W, 2, window=3, target_chunk=1000)
-    chunked = LocalAttention(W, 2, window=3, target_chunk=4, checkpoint=checkpoint)
+    if auto_chunk:
+        monkeypatch.setattr(attention, "WINDOW_CHUNK_FLOATS", 4 * 2 * 6 * W)
+    chunk = None if auto_chunk else 4
+    chunked = LocalAttention(W, 2, window=3, target_chunk=chunk, checkpoint=checkpoint)
     chunked.load_state_dict(whole.state_dict())
     gen = torch.Generator().manual_seed(2)
     tokens = torch.randn(2, 20, W, generator=gen, requires_grad=True)

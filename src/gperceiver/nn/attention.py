@@ -29,8 +29,8 @@ KeyValues = list[tuple[Tensor, Tensor]]  # per chunk: keys, values (B, H, C, D /
 RECOMPUTE_MIN_FLOATS = 1 << 24
 # the decoder's window layer keeps its activations (the normed tokens and the
 # weights, ~1 (B, M, D) tensor) up to this many token floats (512 MiB): at 100k
-# markers x batch 8 recomputing it cost a sixth of the step and saved no peak
-# memory (BENCHMARKS.md, Scale, session 10)
+# markers x batch 8 recomputing it cost about a tenth of the step and saved no
+# peak memory (BENCHMARKS.md, Scale, session 10)
 LOCAL_RECOMPUTE_MIN_FLOATS = 1 << 27
 # neighbours gathered per window chunk (B x chunk targets x 2 * window x D
 # floats, 4 MiB): a chunk that stays in cache beats 2,048 targets a row, whose

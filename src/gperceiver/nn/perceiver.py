@@ -440,8 +440,8 @@ class MaskedMarkerModel(nn.Module):
         """Run the window ``layer``, recomputing it in backward when checkpointing
         (auto: from ``LOCAL_RECOMPUTE_MIN_FLOATS`` token floats): its normed
         tokens (B, M, D) then exist only while it runs."""
-        checkpointing = self.config.checkpoint_attention
-        if recompute(checkpointing, args[1], LOCAL_RECOMPUTE_MIN_FLOATS):
+        setting = self.config.checkpoint_attention
+        if recompute(setting, args[1], LOCAL_RECOMPUTE_MIN_FLOATS):
             return checkpoint(layer, *args, use_reentrant=False)
         return layer(*args)
 
