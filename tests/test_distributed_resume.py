@@ -21,6 +21,25 @@ from pretrain_helpers import SLOW_STEPS
 from test_distributed import free_port, join_gloo_group, leave_gloo_group
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}  # float32 sums taken in another order
+# finetuned weights, one process against two ranks: a parameter whose gradient is
+# zero in exact arithmetic (the encoder's last LayerNorm bias, a per-channel
+# constant that the head's batch norm removes) gets rounding noise, which Adam
+# scales up to steps of the learning rate (3e-4): it may drift apart by up to
+# 8 steps x lr, so it is held to that bound, every other weight to 1e-4
+NOISE_ONLY = {"encoder.norm.bias": 8 * 3e-4}
+
+
+def assert_same_finetuned(b: dict, a: dict) -> None:
+    for key in a:
+        if "running_" not in key:  # the norm's statistics follow that bias
+            atol = NOISE_ONLY.get(key, 1e-4)
+            torch.testing.assert_close(
+                b[key],
+                a[key],
+                rtol=1e-3,
+                atol=atol,
+                msg=lambda m, key=key: f"{key}: {m}",
+            )
 
 
 def _norm_worker(rank, world, out):
@@ -168,14 +187,7 @@ def test_torchrun__finetuning_equals_one_process(cohort, tmp_path):
     for member in members:
         a = load_file(member)
         b = load_file(tmp_path / "two" / member.parent.name / "model.safetensors")
-        for key in a:
-            # a looser bound than for pretraining: a parameter whose gradient is
-            # zero in exact arithmetic (a bias that a batch norm downstream
-            # removes) gets rounding noise that Adam scales up to lr-sized steps;
-            # the norm's running mean follows that bias (which it then removes),
-            # so the statistics are checked through the predictions below
-            if "running_" not in key:
-                torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4)
+        assert_same_finetuned(b, a)  # the predictions check the statistics below
     predicted = [
         pd.read_csv(tmp_path / run / "p.tsv", sep="\t") for run in ("one", "two")
     ]
@@ -228,6 +240,4 @@ def test_torchrun__killed_finetuning_resumes_to_the_single_process_weights(
     subprocess.run(two("0"), check=True, env=env, capture_output=True)
     a = load_file(tmp_path / "one" / "member-0" / "model.safetensors")
     b = load_file(tmp_path / "two" / "member-0" / "model.safetensors")
-    for key in a:
-        if "running_" not in key:  # see test_torchrun__finetuning_equals_one_process
-            torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4)
+    assert_same_finetuned(b, a)

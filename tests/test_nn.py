@@ -446,3 +446,46 @@ def test_local_attention__target_chunks_match_one_pass(
         tokens.grad = None
     torch.testing.assert_close(outs[0][0], outs[1][0])
     torch.testing.assert_close(outs[0][1], outs[1][1])
+
+
+def _window_step(layer, queries, tokens, centers):
+    """Output and the gradients of tokens, queries and weights of one step."""
+    tokens = tokens.clone().requires_grad_()
+    queries = queries.clone().requires_grad_()
+    out = layer(queries, tokens, centers)
+    (out * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).sum().backward()
+    grads = [tokens.grad, queries.grad] + [p.grad for p in layer.parameters()]
+    return [out.detach()] + grads
+
+
+def test_local_attention__cpu_kernels_match_the_torch_ops():
+    """float32 on the CPU runs the numba kernels (nn.window_kernels), float64 the
+    torch ops: same output and gradients, with targets at both ends of the
+    sequence and a sequence of one token; FlopCounterMode counts both alike."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    fused = LocalAttention(W, 2, window=3)
+    exact = LocalAttention(W, 2, window=3).double()
+    exact.load_state_dict(fused.state_dict())
+    gen = torch.Generator().manual_seed(3)
+    tokens = torch.randn(3, 10, W, generator=gen, dtype=torch.float64)
+    queries = torch.randn(3, 5, W, generator=gen, dtype=torch.float64)
+    centers = torch.tensor([[0, 9, 4, 4, 1], [8, 2, 0, 5, 9], [3, 7, 6, 0, 1]])
+    cases = [
+        (queries, tokens, centers),
+        (queries[:, :2], tokens[:, :1], centers[:, :2] * 0),
+    ]
+    for q, x, c in cases:
+        want = _window_step(exact, q, x, c)
+        got = _window_step(fused, q.float(), x.float(), c)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-5)
+    counts = []
+    for layer, dtype in ((fused, torch.float32), (exact, torch.float64)):
+        with FlopCounterMode(display=False) as counter:
+            layer(queries.to(dtype), tokens.to(dtype), centers)
+        ops = {str(op) for op in counter.get_flop_counts()["Global"]}
+        counts.append((counter.get_total_flops(), "gperceiver.window_scores" in ops))
+    assert counts == [(counts[1][0], True), (counts[0][0], False)]
+    assert counts[0][0] > 0

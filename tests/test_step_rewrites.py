@@ -170,3 +170,27 @@ def test_masked_batch_equals_the_previous_formulation(ploidy, input_fraction):
     want = previous_masked_batch(task, rows, torch.Generator().manual_seed(3))
     for g, w in zip(got, want, strict=True):
         assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 7])
+def test_token_space_kept_weights_equal_recomputed_scores(chunk_size, monkeypatch):
+    """Backward from the weights kept in forward (up to KEEP_WEIGHTS_MAX_FLOATS)
+    equals backward that recomputes every chunk's scores, masks included."""
+    from gperceiver.nn import attention
+
+    torch.manual_seed(0)
+    layer = CrossAttention(W, 1, chunk_size=chunk_size).double()
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    gen = torch.Generator().manual_seed(4)
+    queries = torch.randn(3, 5, W, generator=gen, dtype=torch.float64)
+    tokens = torch.randn(3, 30, W, generator=gen, dtype=torch.float64)
+    valid = torch.rand(3, 30, generator=gen) > 0.3
+    valid[1, :14] = False
+    results = []
+    for limit in (0, attention.KEEP_WEIGHTS_MAX_FLOATS):
+        monkeypatch.setattr(attention, "KEEP_WEIGHTS_MAX_FLOATS", limit)
+        results.append(two_reads(layer, queries, tokens, valid, True))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-12, atol=1e-12)
+    for g, w in zip(results[1][1], results[0][1], strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from gperceiver.nn import window_kernels
+
 KeyValues = list[tuple[Tensor, Tensor]]  # per chunk: keys, values (B, H, C, D / H)
 
 # ``checkpoint=None`` (auto) recomputes in backward only when the tensor a layer
@@ -32,6 +34,11 @@ RECOMPUTE_MIN_FLOATS = 1 << 24
 # markers x batch 8 recomputing it cost about a tenth of the step and saved no
 # peak memory (BENCHMARKS.md, Scale, session 10)
 LOCAL_RECOMPUTE_MIN_FLOATS = 1 << 27
+# token-space cross-attention keeps its weights (B x H x L x M floats per call)
+# for backward up to this many (128 MiB), instead of recomputing its scores: at
+# 10k markers x batch 8 that took a fifth off the encoder's attention (BENCHMARKS
+# .md, Scale, session 11); above it (500k markers: 512 MiB a call) it recomputes
+KEEP_WEIGHTS_MAX_FLOATS = 1 << 25
 # neighbours gathered per window chunk (B x chunk targets x 2 * window x D
 # floats, 4 MiB): a chunk that stays in cache beats 2,048 targets a row, whose
 # gathered neighbours (134 MB at batch 8) went out to memory and back
@@ -246,7 +253,10 @@ class CrossAttention(nn.Module):
             normed = (kv or self.project_kv(tokens))[0][0]  # (B, 1, M, D)
             valid = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, M)
             chunk = self.chunk_size or tokens.shape[1]
-            mixed = _TokenAttention.apply(q, normed, valid, chunk)
+            keep = self.checkpoint is not True and (
+                q.shape[:3].numel() * normed.shape[2] <= KEEP_WEIGHTS_MAX_FLOATS
+            )
+            mixed = _TokenAttention.apply(q, normed, valid, chunk, keep)
             attended = self._values(mixed, mask)
             return queries + self.drop(self.out(_merge_heads(attended)))
         chunks = self._chunks(tokens, 1)
@@ -361,52 +371,77 @@ class _TokenAttention(torch.autograd.Function):
     M) bool or None, ``chunk`` tokens per block. Returns ``sum_m a_m n_m`` (B, H,
     L, D), ``a = softmax(q . n)`` (zeros for a query without valid tokens).
 
-    Forward merges the chunks exactly (:func:`_merge_stats`) and keeps only the
-    shift and denominator per query; backward recomputes each chunk's scores
-    from them and writes the tokens' gradient chunk by chunk into one (B, 1, M,
-    D) tensor in place, both of its uses (key and value) summed there. (Keeping
-    the weights instead, 100 MB per call at 8 x 32 x 100k, measured no faster:
-    BENCHMARKS.md, *Scale*.) Backward computes its scores and gradients in place.
+    Forward merges the chunks exactly (:func:`_merge_stats`). With ``keep`` it
+    keeps the weights ``a`` (B x HL x M floats) for backward; without, only the
+    shift and denominator per query, and backward recomputes each chunk's scores
+    from them (nothing of size L x M outlives a chunk). Either way backward
+    writes the tokens' gradient chunk by chunk into one (B, 1, M, D) tensor in
+    place, both of its uses (key and value) summed there. Scores are laid out
+    tokens-major, (B, C, H * L), which runs faster on a CPU than (B, H * L, C).
     """
 
     @staticmethod
-    def forward(ctx, q, normed, valid, chunk):
+    def forward(ctx, q, normed, valid, chunk, keep=False):
+        b, h, length, d = q.shape
+        rows = q.reshape(b, h * length, d)  # heads x queries as one dimension
         parts = []
         for start in range(0, normed.shape[2], chunk):
-            n = normed[:, :, start : start + chunk]
-            mask = None if valid is None else valid[..., start : start + chunk]
-            parts.append(_partial(q, n, n, mask, 1.0))
-        mixed, top, den = _merge_stats(parts)
-        ctx.chunk = chunk
+            part = slice(start, start + chunk)
+            mask = None if valid is None else valid[:, 0, 0, part, None]
+            parts.append(_token_partial(rows, normed[:, 0, part], mask))
+        mixed, top, den = _merge_stats([p[:3] for p in parts])
+        ctx.chunk, ctx.kept = chunk, None
+        if keep:  # each chunk's exp(score - own shift) -> a (B, C, HL), in place
+            ctx.kept = [
+                w.mul_((torch.where(s.isfinite(), s, 0.0) - top).exp_().div_(den).mT)
+                for _, _, s, w in parts
+            ]
         ctx.save_for_backward(q, normed, valid, top, den, mixed)
-        return mixed
+        return mixed.view(b, h, length, d)
 
     @staticmethod
     def backward(ctx, grad):
         q, normed, valid, top, den, mixed = ctx.saved_tensors
         b, h, length, d = q.shape
-        delta = (grad * mixed).sum(-1, keepdim=True)  # sum_m a_m grad . n_m
-        grad_q = torch.zeros_like(q)
-        grad_normed = torch.empty_like(normed)
-        q_rows = q.reshape(b, h * length, d)  # heads x queries as one K dimension
+        q_rows = q.reshape(b, h * length, d)
         grad_rows = grad.reshape(b, h * length, d)
-        shift = top + den.log()  # a = exp(score - shift)
-        for start in range(0, normed.shape[2], ctx.chunk):
+        delta = (grad_rows * mixed).sum(-1)[:, None]  # (B, 1, HL): sum_m a_m g . n_m
+        shift = (top + den.log()).mT  # (B, 1, HL): a = exp(score - shift)
+        grad_q = torch.zeros_like(q_rows)
+        grad_normed = torch.empty_like(normed)
+        for i, start in enumerate(range(0, normed.shape[2], ctx.chunk)):
             part = slice(start, start + ctx.chunk)
-            n = normed[:, :, part]  # (B, 1, C, D)
-            a = q @ n.transpose(-1, -2)  # (B, H, L, C) scores, then weights
-            if valid is not None:
-                a.masked_fill_(~valid[..., part], float("-inf"))
-            a.sub_(shift).exp_()
-            grad_s = (grad @ n.transpose(-1, -2)).sub_(delta).mul_(a)
-            grad_q.add_(grad_s @ n)
+            n = normed[:, 0, part]  # (B, C, D)
+            if ctx.kept is None:
+                a = n @ q_rows.mT  # (B, C, HL) scores, then weights
+                if valid is not None:
+                    a.masked_fill_(~valid[:, 0, 0, part, None], float("-inf"))
+                a.sub_(shift).exp_()
+            else:
+                a, ctx.kept[i] = ctx.kept[i], None  # freed once used
+            grad_s = (n @ grad_rows.mT).sub_(delta).mul_(a)  # the scores' gradient
+            grad_q.baddbmm_(grad_s.mT, n)
             # key and value uses of the tokens, heads summed, written in place
             out = grad_normed[:, 0, part]  # (B, C, D), a strided view
-            torch.bmm(
-                grad_s.reshape(b, h * length, -1).transpose(1, 2), q_rows, out=out
-            )
-            out.baddbmm_(a.reshape(b, h * length, -1).transpose(1, 2), grad_rows)
-        return grad_q, grad_normed, None, None
+            torch.bmm(grad_s, q_rows, out=out).baddbmm_(a, grad_rows)
+        return grad_q.view_as(q), grad_normed, None, None, None
+
+
+def _token_partial(
+    rows: Tensor, n: Tensor, mask: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_partial` of token-space queries ``rows`` (B, HL, D) over one chunk
+    of normed tokens ``n`` (B, C, D) (``mask`` (B, C, 1) or None): numerator
+    (B, HL, D), denominator and shift (B, HL, 1), and the weights ``exp(score -
+    shift)`` (B, C, HL) (shift 0 where it is ``-inf``)."""
+    scores = n @ rows.mT  # (B, C, HL)
+    if mask is not None:
+        scores.masked_fill_(~mask, float("-inf"))
+    shift = scores.amax(1, keepdim=True)  # (B, 1, HL), -inf: every key masked
+    weights = scores.sub_(torch.where(shift.isfinite(), shift, 0.0)).exp_()
+    num = weights.mT @ n
+    den = weights.sum(1)[..., None]
+    return num, den, shift.mT, weights
 
 
 class CrossBlock(nn.Module):
@@ -543,6 +578,18 @@ class _WindowAttention(torch.autograd.Function):
     def forward(ctx, q, bias, normed, index, chunk, lone=False):
         b, t, h, d = q.shape
         w = bias.shape[-1]
+        ctx.fused = window_kernels.available(q, bias, normed)
+        if ctx.fused:  # CPU: numba kernels read the neighbours in place
+            q, normed = q.reshape(b * t, h, d).contiguous(), normed.contiguous()
+            index = index.view(b * t, w)
+            scores = window_kernels.window_scores(
+                q, bias.reshape(b * t, h, w).contiguous(), normed, index
+            )
+            a = scores.softmax(-1)  # (B * T, H, W)
+            weights = a.nan_to_num_() if lone else a
+            ctx.per_row = t
+            ctx.save_for_backward(q, normed, index, weights)
+            return window_kernels.window_mix(weights, normed, index).view(b, t, h, d)
         index = index.view(b, t, w)
         mixed, weights = [], []
         for start in range(0, t, chunk):
@@ -560,6 +607,18 @@ class _WindowAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_mixed):
         q, normed, index, weights = ctx.saved_tensors
+        if ctx.fused:
+            shape = grad_mixed.shape
+            grad_q, grad_bias, grad_normed = window_kernels.window_backward(
+                q,
+                normed,
+                index,
+                weights,
+                grad_mixed.reshape(q.shape).contiguous(),
+                ctx.per_row,
+            )
+            grad_bias = grad_bias.view(*shape[:3], -1)
+            return grad_q.view(shape), grad_bias, grad_normed, None, None, None
         grad_q, grad_bias = [], []
         grad_normed = torch.zeros_like(normed)
         for start in range(0, q.shape[1], ctx.chunk):

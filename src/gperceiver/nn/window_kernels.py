@@ -1,0 +1,188 @@
+"""Fused CPU kernels of the decoder's window attention (numba).
+
+:class:`~gperceiver.nn.attention._WindowAttention` reads, for each target, its
+``W`` neighbouring normed tokens. Written with torch ops, every target is a
+batch of tiny matrix products ((H x D) by (D x W)) after a gather of its
+neighbours into a (targets, W, D) copy; on a CPU those run at a tenth of the
+machine's matmul rate (BENCHMARKS.md, *Scale*, session 11). These kernels
+read each neighbour row straight from the normed tokens, in cache, and never
+gather them. They are torch custom operators (``torch.ops.gperceiver.*``), so
+``FlopCounterMode`` counts their multiply-adds (formulas below) like a matmul's.
+
+Shape letters: N targets (batch rows x targets per row), H heads, D width,
+W neighbours per target, R rows of the normed tokens (batch x sequence).
+Every tensor is float32 and contiguous; ``index`` is int64.
+
+Threads: numba's ``workqueue`` layer unless ``NUMBA_THREADING_LAYER`` says
+otherwise. Its ``omp`` layer brings a second OpenMP runtime beside torch's,
+whose idle threads spin: a one-thread step then burnt two cores of CPU time,
+1.8x its wall time (BENCHMARKS.md, *Scale*, session 11).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+_JIT = {"parallel": True, "fastmath": True, "cache": True, "nogil": True}
+
+
+def available(*tensors: Tensor) -> bool:
+    """Whether the kernels take these tensors: float32 on the CPU."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+@njit(**_JIT)
+def _scores(q, bias, normed, index, out):  # pragma: no cover - compiled
+    n_targets, heads, width = q.shape
+    for n in prange(n_targets):
+        for w in range(index.shape[1]):
+            r = index[n, w]
+            for h in range(heads):
+                acc = np.float32(0.0)
+                for d in range(width):
+                    acc += q[n, h, d] * normed[r, d]
+                out[n, h, w] = acc + bias[n, h, w]
+
+
+@njit(**_JIT)
+def _mix(weights, normed, index, out):  # pragma: no cover - compiled
+    n_targets, heads, near = weights.shape
+    width = normed.shape[1]
+    for n in prange(n_targets):
+        out[n] = 0.0
+        for w in range(near):
+            r = index[n, w]
+            for h in range(heads):
+                a = weights[n, h, w]
+                for d in range(width):
+                    out[n, h, d] += a * normed[r, d]
+
+
+@njit(**_JIT)
+def _backward(
+    q, normed, index, weights, grad, per_row, grad_q, grad_bias, grad_normed
+):  # pragma: no cover - compiled
+    n_targets, heads, width = q.shape
+    near = weights.shape[2]
+    # batch rows in parallel: the targets of one row read only that row's
+    # tokens, so no two threads add into the same row of grad_normed
+    for b in prange(n_targets // per_row):
+        grad_a = np.empty((heads, near), np.float32)
+        row_grad = np.empty(width, np.float32)
+        for n in range(b * per_row, (b + 1) * per_row):
+            for w in range(near):
+                r = index[n, w]
+                for h in range(heads):
+                    acc = np.float32(0.0)
+                    for d in range(width):
+                        acc += grad[n, h, d] * normed[r, d]
+                    grad_a[h, w] = acc
+            for h in range(heads):  # through the softmax
+                total = np.float32(0.0)
+                for w in range(near):
+                    total += grad_a[h, w] * weights[n, h, w]
+                for w in range(near):
+                    grad_a[h, w] = weights[n, h, w] * (grad_a[h, w] - total)
+                    grad_bias[n, h, w] = grad_a[h, w]
+            grad_q[n] = 0.0
+            for w in range(near):
+                r = index[n, w]
+                row_grad[:] = 0.0
+                for h in range(heads):
+                    s, a = grad_a[h, w], weights[n, h, w]
+                    for d in range(width):
+                        grad_q[n, h, d] += s * normed[r, d]
+                        row_grad[d] += s * q[n, h, d] + a * grad[n, h, d]
+                for d in range(width):
+                    grad_normed[r, d] += row_grad[d]
+
+
+def _threads() -> None:
+    """Numba's threads follow torch's (``--threads``)."""
+    numba.set_num_threads(
+        max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    )
+
+
+@torch.library.custom_op("gperceiver::window_scores", mutates_args=())
+def window_scores(q: Tensor, bias: Tensor, normed: Tensor, index: Tensor) -> Tensor:
+    """Scores (N, H, W) ``q[n, h] . normed[index[n, w]] + bias[n, h, w]`` of
+    queries ``q`` (N, H, D), offsets ``bias`` (N, H, W) (``-inf`` masks a
+    neighbour), normed tokens (R, D) and neighbour rows ``index`` (N, W)."""
+    out = torch.empty_like(bias)
+    _threads()
+    _scores(q.numpy(), bias.numpy(), normed.numpy(), index.numpy(), out.numpy())
+    return out
+
+
+@torch.library.custom_op("gperceiver::window_mix", mutates_args=())
+def window_mix(weights: Tensor, normed: Tensor, index: Tensor) -> Tensor:
+    """``sum_w weights[n, h, w] normed[index[n, w]]`` (N, H, D) of weights
+    (N, H, W); arguments as in :func:`window_scores`."""
+    out = weights.new_empty(*weights.shape[:2], normed.shape[1])
+    _threads()
+    _mix(weights.numpy(), normed.numpy(), index.numpy(), out.numpy())
+    return out
+
+
+@torch.library.custom_op("gperceiver::window_backward", mutates_args=())
+def window_backward(
+    q: Tensor,
+    normed: Tensor,
+    index: Tensor,
+    weights: Tensor,
+    grad: Tensor,
+    per_row: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of ``window_mix(softmax(window_scores(q, bias, ...)))`` for
+    ``grad`` (N, H, D) of its output: ``(grad_q, grad_bias, grad_normed)``.
+
+    ``weights`` (N, H, W) are the softmax weights of the forward pass. Targets
+    come ``per_row`` at a time per batch row, and the targets of one batch row
+    index only that row's tokens (as ``LocalAttention`` builds ``index``).
+    """
+    if q.shape[0] % per_row:
+        raise ValueError(f"{q.shape[0]} targets do not split into rows of {per_row}")
+    grad_q, grad_bias = torch.empty_like(q), torch.empty_like(weights)
+    grad_normed = torch.zeros_like(normed)
+    _threads()
+    arrays = (q, normed, index, weights, grad)
+    _backward(
+        *(t.numpy() for t in arrays),
+        per_row,
+        grad_q.numpy(),
+        grad_bias.numpy(),
+        grad_normed.numpy(),
+    )
+    return grad_q, grad_bias, grad_normed
+
+
+def _products(targets: int, heads: int, width: int, near: int) -> int:
+    """FLOPs of one (N, H, D) x (D, W) product per target: 2 N H D W."""
+    return 2 * targets * heads * width * near
+
+
+@register_flop_formula(torch.ops.gperceiver.window_scores)
+def _scores_flops(q_shape, bias_shape, *args, **kwargs) -> int:
+    return _products(*q_shape, bias_shape[-1])
+
+
+@register_flop_formula(torch.ops.gperceiver.window_mix)
+def _mix_flops(weights_shape, normed_shape, *args, **kwargs) -> int:
+    n, h, w = weights_shape
+    return _products(n, h, normed_shape[1], w)
+
+
+@register_flop_formula(torch.ops.gperceiver.window_backward)
+def _backward_flops(q_shape, normed_shape, index_shape, weights_shape, *args, **kwargs):
+    # the weights' gradient, the queries' and the tokens' (two products)
+    return 4 * _products(*q_shape, weights_shape[-1])
