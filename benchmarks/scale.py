@@ -79,6 +79,7 @@ def flop_counter():
     import torch
     from torch.utils.flop_counter import (
         FlopCounterMode,
+        baddbmm_flop,
         sdpa_backward_flop_count,
         sdpa_flop_count,
     )
@@ -91,9 +92,13 @@ def flop_counter():
     def backward(grad_out, query, key, value, *args, **kwargs):
         return sdpa_backward_flop_count(grad_out, query, key, value)
 
+    def in_place(self, batch1, batch2, *args, **kwargs):  # torch counts baddbmm only
+        return baddbmm_flop(self, batch1, batch2)
+
     custom = {
         aten._scaled_dot_product_flash_attention_for_cpu: forward,
         aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
+        aten.baddbmm_: in_place,
     }
     return FlopCounterMode(display=False, custom_mapping=custom)
 

@@ -405,6 +405,9 @@ def local_attention_by_loops(layer, queries, tokens, centers):
 def test_local_attention__equals_the_per_query_definition():
     torch.manual_seed(0)
     layer = LocalAttention(W, 2, window=3).double().eval()
+    for norm in (layer.norm_q, layer.norm_kv):  # scales and shifts that matter
+        torch.nn.init.normal_(norm.weight, 1.0, 0.3)
+        torch.nn.init.normal_(norm.bias, std=0.3)
     gen = torch.Generator().manual_seed(5)
     tokens = torch.randn(2, 12, W, generator=gen, dtype=torch.float64)
     queries = torch.randn(2, 7, W, generator=gen, dtype=torch.float64)

@@ -66,6 +66,23 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def standardize(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """``x`` (..., D) layer-normed without the norm's affine map (mean 0 and
+    variance 1 per row): what token-space attention reads, its ``LN``'s scale
+    and shift folded into queries and outputs, so the encoder and the decoder's
+    window share one such tensor. (Unit scale and zero shift passed explicitly:
+    torch's CPU kernel without them measured slower.)"""
+    d = x.shape[-1]
+    return F.layer_norm(x, (d,), x.new_ones(d), x.new_zeros(d), eps)
+
+
+def _fold_norm(norm: nn.LayerNorm, mixed: Tensor, read: Tensor | float) -> Tensor:
+    """``sum_m a_m LN(x_m)`` from ``mixed = sum_m a_m standardize(x_m)`` (..., D):
+    ``gamma * mixed + beta * sum_m a_m``, the weights' sum ``read`` 1, or 0 for a
+    query that read nothing."""
+    return torch.addcmul(norm.bias * read, mixed, norm.weight)
+
+
 def _split_heads(x: Tensor, heads: int) -> Tensor:
     """(B, S, D) -> (B, H, S, D / H)."""
     b, s, d = x.shape
@@ -214,7 +231,9 @@ class CrossAttention(nn.Module):
         self.out = nn.Linear(width, width)
         self.drop = nn.Dropout(dropout)
 
-    def project_kv(self, tokens: Tensor) -> KeyValues:
+    def project_kv(
+        self, tokens: Tensor, standardized: Tensor | None = None
+    ) -> KeyValues:
         """Keys and values of tokens (B, M, D), chunk by chunk, for reuse.
 
         Pass the result as ``kv`` (with the same ``tokens``) to every call sharing
@@ -223,13 +242,15 @@ class CrossAttention(nn.Module):
         values from the tokens, so the cache is freed after the forward pass
         instead of living (with its gradients) until the end of backward.
 
-        In token space the cache is the normed tokens alone, ``[(n, n)]`` with
-        ``n`` (B, 1, M, D) kept with its graph: :class:`_TokenAttention` stores no
-        scores, so there is nothing else to recompute.
+        In token space the cache is the standardized tokens alone (``norm_kv``'s
+        scale and shift are folded into queries and output), ``[(n, n)]`` with
+        ``n`` (B, 1, M, D) kept with its graph, the same for every token-space
+        layer: ``standardized`` (B, M, D), :func:`standardize` of the tokens, when
+        the caller has it already.
         """
         if self.token_space:
-            normed = self._kv(tokens)[0][:, :1]
-            return [(normed, normed)]
+            n = standardize(tokens) if standardized is None else standardized
+            return [(n[:, None], n[:, None])]
         if recompute(self.checkpoint, tokens):
             with torch.no_grad():
                 return [self._kv(x) for x in self._chunks(tokens, 1)]
@@ -251,13 +272,17 @@ class CrossAttention(nn.Module):
         q, scale = self._query(queries)  # (B, H, L, D / H or D)
         if self.token_space:
             normed = (kv or self.project_kv(tokens))[0][0]  # (B, 1, M, D)
+            q = q * self.norm_kv.weight  # q . LN(x) = (gamma q) . n + q . beta
             valid = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, M)
             chunk = self.chunk_size or tokens.shape[1]
             keep = self.checkpoint is not True and (
                 q.shape[:3].numel() * normed.shape[2] <= KEEP_WEIGHTS_MAX_FLOATS
             )
             mixed = _TokenAttention.apply(q, normed, valid, chunk, keep)
-            attended = self._values(mixed, mask)
+            read = (
+                1.0 if mask is None else mask.any(-1).to(q.dtype)[:, None, None, None]
+            )
+            attended = self._values(_fold_norm(self.norm_kv, mixed, read), mask)
             return queries + self.drop(self.out(_merge_heads(attended)))
         chunks = self._chunks(tokens, 1)
         if mask is None:
@@ -310,8 +335,8 @@ class CrossAttention(nn.Module):
         return values + b_v * mask.any(-1).to(values.dtype)[:, None, None, None]
 
     def _kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Tokens (B, C, D) -> keys, values (B, H, C, D / H); in token space both
-        are the normed tokens (B, H, C, D), one tensor (a view per head).
+        """Tokens (B, C, D) -> keys, values (B, H, C, D / H) (projected keys and
+        values; token space reads :func:`standardize` of the tokens instead).
 
         Functional calls rather than the submodules: :class:`_CachedChunk` runs
         this inside backward, where module hooks (e.g. profilers') must not fire.
@@ -319,9 +344,6 @@ class CrossAttention(nn.Module):
         norm = self.norm_kv
         shape = norm.normalized_shape
         normed = F.layer_norm(x, shape, norm.weight, norm.bias, norm.eps)
-        if self.token_space:
-            normed = normed[:, None].expand(-1, self.heads, -1, -1)
-            return normed, normed
         k, v = F.linear(normed, self.to_kv.weight, self.to_kv.bias).chunk(2, dim=-1)
         return _split_heads(k, self.heads), _split_heads(v, self.heads)
 
@@ -520,8 +542,11 @@ class LocalAttention(nn.Module):
         offsets = torch.cat([torch.arange(-window, 0), torch.arange(1, window + 1)])
         self.register_buffer("offsets", offsets, persistent=False)  # (W,)
 
-    def forward(self, queries: Tensor, tokens: Tensor, centers: Tensor) -> Tensor:
-        """Queries (B, T, D) after reading their neighbours in tokens (B, S, D).
+    def forward(
+        self, queries: Tensor, tokens: Tensor, centers: Tensor, standardized=False
+    ) -> Tensor:
+        """Queries (B, T, D) after reading their neighbours in tokens (B, S, D),
+        or (``standardized``) in :func:`standardize` of them.
 
         Attention runs in token space: ``q . (W_k x + b_k)`` is ``(W_k^T q) . x``
         plus a per-head constant that the softmax drops, and ``sum_w a_w (W_v x_w +
@@ -534,7 +559,10 @@ class LocalAttention(nn.Module):
         b, t, d = queries.shape
         s, h = tokens.shape[1], self.heads
         c = d // h
-        normed = self.norm_kv(tokens)  # (B, S, D); K/V maps are applied per target
+        # LN(x) = gamma n + beta for n = standardize(x): gamma moves to the
+        # queries, beta to the output (a per-query constant in the scores); the
+        # K/V maps are applied per target
+        normed = tokens if standardized else standardize(tokens)  # (B, S, D)
         w_k, w_v = self.to_kv.weight.view(2, h, c, d).unbind(0)  # (H, D/H, D)
         b_v = self.to_kv.bias.view(2, h, c)[1]  # (H, D/H)
         positions = centers[..., None] + self.offsets  # (B, T, W)
@@ -542,7 +570,7 @@ class LocalAttention(nn.Module):
         rows = torch.arange(b, device=normed.device)[:, None, None]
         index = (rows * s + positions.clamp(0, s - 1)).flatten()  # into (B * S)
         q = self.to_q(self.norm_q(queries)).unflatten(-1, (h, c)) * c**-0.5
-        q_tokens = torch.einsum("bthc,hcd->bthd", q, w_k)  # (B, T, H, D)
+        q_tokens = torch.einsum("bthc,hcd->bthd", q, w_k) * self.norm_kv.weight
         offsets = self.offset.weight.view(-1, h, c)  # (W, H, D/H)
         bias = torch.einsum("bthc,whc->bthw", q, offsets)  # (B, T, H, W)
         bias = bias.masked_fill(~inside[:, :, None, :], -torch.inf)
@@ -552,10 +580,10 @@ class LocalAttention(nn.Module):
         mixed = _WindowAttention.apply(
             q_tokens, bias, normed.reshape(b * s, d), index, chunk, lone
         )  # (B, T, H, D)
-        attended = torch.einsum("bthd,hcd->bthc", mixed, w_v)
         # the weights sum to 1, or to 0 for a lone token without neighbours
-        read = inside.any(-1).to(attended.dtype)[:, :, None, None]  # (B, T, 1, 1)
-        attended = attended + read * b_v
+        read = inside.any(-1).to(mixed.dtype)[:, :, None, None]  # (B, T, 1, 1)
+        mixed = _fold_norm(self.norm_kv, mixed, read)  # (B, T, H, D)
+        attended = torch.einsum("bthd,hcd->bthc", mixed, w_v) + read * b_v
         return queries + self.drop(self.out(attended.reshape(b, t, d)))
 
 

@@ -22,6 +22,7 @@ from gperceiver.nn.attention import (
     SelfBlock,
     init_weights,
     recompute,
+    standardize,
 )
 from gperceiver.nn.embeddings import MarkerEmbedding
 from gperceiver.nn.panel import PanelConfig
@@ -263,21 +264,28 @@ class PerceiverEncoder(nn.Module):
         tokens: Tensor,
         mask: Tensor | None = None,
         extra_latents: Tensor | None = None,
+        standardized: Tensor | None = None,
     ) -> Tensor:
         """Latents (B, L + E, D) of tokens (B, M, D).
 
         ``mask`` (B, M) bool is True for tokens to read; ``extra_latents``
-        (B or 1, E, D) are appended to the learned latents.
+        (B or 1, E, D) are appended to the learned latents; ``standardized``:
+        :func:`~gperceiver.nn.attention.standardize` of the tokens, when the
+        caller has it (token-space reads all share it).
         """
         b = tokens.shape[0]
         x = self.latents.expand(b, -1, -1)  # (B, L, D)
         if extra_latents is not None:
             x = torch.cat([x, extra_latents.expand(b, -1, -1)], dim=1)  # (B, L+E, D)
-        # shared cross-attention: project the tokens to K/V once, reuse every time
+        # shared cross-attention: project the tokens to K/V once, reuse every
+        # time; in token space every layer reads the same standardized tokens
+        token_space = [it.cross.attn.token_space for it in self.iterations]
+        if any(token_space) and standardized is None:
+            standardized = standardize(tokens)
         kv = {
-            i: self.iterations[i].cross.attn.project_kv(tokens)
+            i: self.iterations[i].cross.attn.project_kv(tokens, standardized)
             for i, uses in Counter(self.schedule).items()
-            if uses > 1
+            if uses > 1 or token_space[i]
         }
         for i in self.schedule:
             x = self.iterations[i](x, tokens, mask, kv.get(i))
@@ -376,7 +384,9 @@ class MaskedMarkerModel(nn.Module):
 
         ``marker_idx`` (M,) or (B, M) indexes the marker map; ``mask`` and
         ``extra_latents`` as in :meth:`PerceiverEncoder.forward`. With
-        ``return_tokens`` also the marker tokens (B, M, D) the decoder reads.
+        ``return_tokens`` also what the decoder reads of the marker tokens:
+        their :func:`~gperceiver.nn.attention.standardize` (B, M, D), shared
+        with the encoder.
         ``table``: ``self.embed.position_table()`` when the caller also decodes
         (computed once, used by both). ``copy`` (B, M, G): the panel copies of
         the same markers, required by a model with a panel (:meth:`add_panel`).
@@ -391,8 +401,9 @@ class MaskedMarkerModel(nn.Module):
             if copy is None:
                 raise ValueError("this model reads panel copies: pass copy=...")
             tokens = tokens + self.panel_embed(copy.to(tokens.dtype))
-        latents = self.encoder(tokens, mask, extra_latents)
-        return (latents, tokens) if return_tokens else latents
+        standardized = standardize(tokens)
+        latents = self.encoder(tokens, mask, extra_latents, standardized)
+        return (latents, standardized) if return_tokens else latents
 
     def decode(
         self,
@@ -405,8 +416,8 @@ class MaskedMarkerModel(nn.Module):
         """Copy-count logits (B, T, A, P + 1) at input positions ``target_pos``.
 
         ``target_pos`` (B, T) or (T,) indexes the input sequence of ``tokens``
-        (B, M, D), whose marker indices are ``marker_idx`` (M,) or (B, M);
-        ``table`` as in :meth:`encode`.
+        (B, M, D), the standardized tokens from :meth:`encode`, whose marker
+        indices are ``marker_idx`` (M,) or (B, M); ``table`` as in :meth:`encode`.
         """
         queries = self.target_queries(
             latents, tokens, marker_idx, target_pos, self.local, self.decoder, table
@@ -432,14 +443,14 @@ class MaskedMarkerModel(nn.Module):
         queries = self.embed.position(target_idx, table)  # (B, T, D)
         for i, block in enumerate(blocks):
             if local:
-                queries = self._run(local[i], queries, tokens, target_pos)
+                queries = self._run(local[i], queries, tokens, target_pos, True)
             queries = block(queries, latents)
         return queries
 
     def _run(self, layer, *args):
         """Run the window ``layer``, recomputing it in backward when checkpointing
-        (auto: from ``LOCAL_RECOMPUTE_MIN_FLOATS`` token floats): its normed
-        tokens (B, M, D) then exist only while it runs."""
+        (auto: from ``LOCAL_RECOMPUTE_MIN_FLOATS`` token floats): its weights
+        and per-target tensors then exist only while it runs."""
         setting = self.config.checkpoint_attention
         if recompute(setting, args[1], LOCAL_RECOMPUTE_MIN_FLOATS):
             return checkpoint(layer, *args, use_reentrant=False)
