@@ -147,7 +147,9 @@ def lr_at(step: int, total: int, config: TrainConfig, spent: float = 0.0) -> flo
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on weight matrices only."""
+    """AdamW with weight decay on weight matrices only, torch's fused kernel (one
+    pass per tensor: at 10k markers 3.6 ms a step against 13.8 ms for its
+    multi-tensor loop, at 100k 6 ms against 56 ms; BENCHMARKS.md, *Scale*)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2 and not _is_embedding(model, p)]
     ids = {id(p) for p in decay}
@@ -155,7 +157,7 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": [p for p in params if id(p) not in ids], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), fused=True)
 
 
 def _is_embedding(model: torch.nn.Module, param) -> bool:
