@@ -25,6 +25,34 @@ from gperceiver.nn import window_kernels
 
 KeyValues = list[tuple[Tensor, Tensor]]  # per chunk: keys, values (B, H, C, D / H)
 
+
+class SharedTokens(list):
+    """Token space's K/V cache, ``[(n, n)]``, and the one buffer into which every
+    read of it (:class:`_TokenAttention`, e.g. each encoder iteration) adds its
+    gradient of ``n`` in place: the last backward to run returns the sum, the
+    others none, so autograd never adds (B, M, D) gradients out of place (at 500k
+    markers x batch 8 each such sum was a fresh 1 GB tensor)."""
+
+    def __init__(self, n: Tensor):
+        super().__init__([(n, n)])
+        self.grad: Tensor | None = None
+        self.readers = self.seen = 0
+
+    def add_grad(self, like: Tensor) -> Tensor:
+        """The buffer (uninitialised the first time: the first writer writes)."""
+        if self.grad is None:
+            self.grad = torch.empty_like(like)
+        return self.grad
+
+    def take_grad(self) -> Tensor | None:
+        """Called once per backward of a reader: the sum after the last one."""
+        self.seen += 1
+        if self.seen < self.readers:
+            return None
+        grad, self.grad, self.seen = self.grad, None, 0
+        return grad
+
+
 # ``checkpoint=None`` (auto) recomputes in backward only when the tensor a layer
 # reads holds at least this many floats (64 MiB); below it, keeping activations
 # is cheap and recomputing them costs a third of a step (BENCHMARKS.md, Scale)
@@ -250,7 +278,7 @@ class CrossAttention(nn.Module):
         """
         if self.token_space:
             n = standardize(tokens) if standardized is None else standardized
-            return [(n[:, None], n[:, None])]
+            return SharedTokens(n[:, None])
         if recompute(self.checkpoint, tokens):
             with torch.no_grad():
                 return [self._kv(x) for x in self._chunks(tokens, 1)]
@@ -271,14 +299,16 @@ class CrossAttention(nn.Module):
         """
         q, scale = self._query(queries)  # (B, H, L, D / H or D)
         if self.token_space:
-            normed = (kv or self.project_kv(tokens))[0][0]  # (B, 1, M, D)
+            cache = kv or self.project_kv(tokens)
+            normed = cache[0][0]  # (B, 1, M, D)
             q = q * self.norm_kv.weight  # q . LN(x) = (gamma q) . n + q . beta
             valid = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, M)
             chunk = self.chunk_size or tokens.shape[1]
             keep = self.checkpoint is not True and (
                 q.shape[:3].numel() * normed.shape[2] <= KEEP_WEIGHTS_MAX_FLOATS
             )
-            mixed = _TokenAttention.apply(q, normed, valid, chunk, keep)
+            shared = cache if isinstance(cache, SharedTokens) else None
+            mixed = _TokenAttention.apply(q, normed, valid, chunk, keep, shared)
             read = (
                 1.0 if mask is None else mask.any(-1).to(q.dtype)[:, None, None, None]
             )
@@ -403,8 +433,11 @@ class _TokenAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, normed, valid, chunk, keep=False):
+    def forward(ctx, q, normed, valid, chunk, keep=False, shared=None):
         b, h, length, d = q.shape
+        ctx.shared = shared
+        if shared is not None:
+            shared.readers += 1
         rows = q.reshape(b, h * length, d)  # heads x queries as one dimension
         parts = []
         for start in range(0, normed.shape[2], chunk):
@@ -430,7 +463,12 @@ class _TokenAttention(torch.autograd.Function):
         delta = (grad_rows * mixed).sum(-1)[:, None]  # (B, 1, HL): sum_m a_m g . n_m
         shift = (top + den.log()).mT  # (B, 1, HL): a = exp(score - shift)
         grad_q = torch.zeros_like(q_rows)
-        grad_normed = torch.empty_like(normed)
+        shared = ctx.shared
+        if shared is None:
+            grad_normed, first = torch.empty_like(normed), True
+        else:
+            first = shared.grad is None
+            grad_normed = shared.add_grad(normed)
         for i, start in enumerate(range(0, normed.shape[2], ctx.chunk)):
             part = slice(start, start + ctx.chunk)
             n = normed[:, 0, part]  # (B, C, D)
@@ -440,13 +478,19 @@ class _TokenAttention(torch.autograd.Function):
                     a.masked_fill_(~valid[:, 0, 0, part, None], float("-inf"))
                 a.sub_(shift).exp_()
             else:
-                a, ctx.kept[i] = ctx.kept[i], None  # freed once used
+                a = ctx.kept[i]
             grad_s = (n @ grad_rows.mT).sub_(delta).mul_(a)  # the scores' gradient
             grad_q.baddbmm_(grad_s.mT, n)
             # key and value uses of the tokens, heads summed, written in place
             out = grad_normed[:, 0, part]  # (B, C, D), a strided view
-            torch.bmm(grad_s, q_rows, out=out).baddbmm_(a, grad_rows)
-        return grad_q.view_as(q), grad_normed, None, None, None
+            if first:
+                torch.bmm(grad_s, q_rows, out=out)
+            else:
+                out.baddbmm_(grad_s, q_rows)
+            out.baddbmm_(a, grad_rows)
+        if shared is not None:
+            grad_normed = shared.take_grad()
+        return grad_q.view_as(q), grad_normed, None, None, None, None
 
 
 def _token_partial(

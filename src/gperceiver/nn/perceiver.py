@@ -20,6 +20,7 @@ from gperceiver.nn.attention import (
     KeyValues,
     LocalAttention,
     SelfBlock,
+    SharedTokens,
     init_weights,
     recompute,
     standardize,
@@ -278,12 +279,18 @@ class PerceiverEncoder(nn.Module):
         if extra_latents is not None:
             x = torch.cat([x, extra_latents.expand(b, -1, -1)], dim=1)  # (B, L+E, D)
         # shared cross-attention: project the tokens to K/V once, reuse every
-        # time; in token space every layer reads the same standardized tokens
+        # time; every token-space layer reads one cache of the standardized
+        # tokens, into whose buffer all their gradients add (SharedTokens)
         token_space = [it.cross.attn.token_space for it in self.iterations]
-        if any(token_space) and standardized is None:
-            standardized = standardize(tokens)
+        shared = None
+        if any(token_space):
+            if standardized is None:
+                standardized = standardize(tokens)
+            shared = SharedTokens(standardized[:, None])
         kv = {
-            i: self.iterations[i].cross.attn.project_kv(tokens, standardized)
+            i: shared
+            if token_space[i]
+            else self.iterations[i].cross.attn.project_kv(tokens)
             for i, uses in Counter(self.schedule).items()
             if uses > 1 or token_space[i]
         }
