@@ -105,19 +105,14 @@ class _StandardizeInPlace(torch.autograd.Function):
         out = grad if reuse else torch.empty_like(y)
         d = y.shape[-1]
         rows = (grad.reshape(-1, d), y.reshape(-1, d), rstd.reshape(-1, 1))
-        # one temporary for every chunk: a fresh one each time would be faulted
-        # in afresh too
-        scratch = y.new_empty(min(len(rows[0]), _ROWS_PER_CHUNK), d)
         for g, n, r, o in zip(
             *(t.split(_ROWS_PER_CHUNK) for t in rows),
             out.view(-1, d).split(_ROWS_PER_CHUNK),
             strict=True,
         ):
-            tmp = scratch[: len(g)]
-            mean_gy = torch.mul(g, n, out=tmp).mean(-1, keepdim=True)
+            mean_gy = (g * n).mean(-1, keepdim=True)
             mean_g = g.mean(-1, keepdim=True)
-            torch.mul(n, mean_gy, out=tmp)
-            torch.sub(g, mean_g, out=o).sub_(tmp).mul_(r)
+            torch.sub(g, mean_g, out=o).sub_(n * mean_gy).mul_(r)
         return out, None, None
 
 
