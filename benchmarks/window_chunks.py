@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--chunks", default="2048,256,64,16")
     args = parser.parse_args()
     from gperceiver.allocator import keep_freed_memory
-    from gperceiver.nn.attention import _WindowAttention
+    from gperceiver.nn.window_attention import _WindowAttention
 
     torch.set_num_threads(1)
     keep_freed_memory(args.markers)

@@ -15,6 +15,7 @@ from gperceiver.nn import (
     attention,
     count_targets,
     perceiver,
+    window_attention,
 )
 
 W = 16  # width of the tiny models
@@ -433,7 +434,7 @@ def test_local_attention__target_chunks_match_one_pass(
     torch.manual_seed(0)
     whole = LocalAttention(W, 2, window=3, target_chunk=1000)
     if auto_chunk:
-        monkeypatch.setattr(attention, "WINDOW_CHUNK_FLOATS", 4 * 2 * 6 * W)
+        monkeypatch.setattr(window_attention, "WINDOW_CHUNK_FLOATS", 4 * 2 * 6 * W)
     chunk = None if auto_chunk else 4
     chunked = LocalAttention(W, 2, window=3, target_chunk=chunk, checkpoint=checkpoint)
     chunked.load_state_dict(whole.state_dict())

@@ -8,7 +8,6 @@ from gperceiver.nn.attention import (
     CrossBlock,
     FeedForward,
     KeyValues,
-    LocalAttention,
     SelfAttention,
     SelfBlock,
     init_weights,
@@ -20,6 +19,7 @@ from gperceiver.nn.perceiver import (
     PerceiverConfig,
     PerceiverEncoder,
 )
+from gperceiver.nn.window_attention import LocalAttention
 
 __all__ = [
     "CrossAttention",

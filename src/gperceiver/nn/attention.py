@@ -1,7 +1,9 @@
 """Pre-LN residual attention blocks whose heads split the width.
 
-Over 500 lines on purpose: self-, cross- and windowed attention share their
-projections, chunking and masking here, so each kernel is written once.
+Self- and cross-attention share their projections, chunking and masking here;
+cross-attention with one head reads its tokens in token space
+(:mod:`gperceiver.nn.token_space`), and the decoder's window lives in
+:mod:`gperceiver.nn.window_attention`.
 
 Shape letters: B batch, L queries (latents or targets), M keys (markers or latents),
 C keys in one chunk, H heads, D width (each head sees D / H channels).
@@ -21,56 +23,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from gperceiver.nn import window_kernels
+from gperceiver.nn.token_space import (
+    SharedTokens,
+    TokenAttention,
+    fold_norm,
+    merge_stats,
+    standardize,
+)
 
 KeyValues = list[tuple[Tensor, Tensor]]  # per chunk: keys, values (B, H, C, D / H)
-
-
-class SharedTokens(list):
-    """Token space's K/V cache, ``[(n, n)]``, and the one buffer into which every
-    read of it (:class:`_TokenAttention`, e.g. each encoder iteration) adds its
-    gradient of ``n`` in place: the last backward to run returns the sum, the
-    others none, so autograd never adds (B, M, D) gradients out of place (at 500k
-    markers x batch 8 each such sum was a fresh 1 GB tensor)."""
-
-    def __init__(self, n: Tensor):
-        super().__init__([(n, n)])
-        self.grad: Tensor | None = None
-        self.readers = self.seen = 0
-
-    def add_grad(self, like: Tensor) -> Tensor:
-        """The buffer (uninitialised the first time: the first writer writes)."""
-        if self.grad is None:
-            self.grad = torch.empty_like(like)
-        return self.grad
-
-    def take_grad(self) -> Tensor | None:
-        """Called once per backward of a reader: the sum after the last one."""
-        self.seen += 1
-        if self.seen < self.readers:
-            return None
-        grad, self.grad, self.seen = self.grad, None, 0
-        return grad
 
 
 # ``checkpoint=None`` (auto) recomputes in backward only when the tensor a layer
 # reads holds at least this many floats (64 MiB); below it, keeping activations
 # is cheap and recomputing them costs a third of a step (BENCHMARKS.md, Scale)
 RECOMPUTE_MIN_FLOATS = 1 << 24
-# the decoder's window layer keeps its activations (the normed tokens and the
-# weights, ~1 (B, M, D) tensor) up to this many token floats (512 MiB): at 100k
-# markers x batch 8 recomputing it cost about a tenth of the step and saved no
-# peak memory (BENCHMARKS.md, Scale, session 10)
-LOCAL_RECOMPUTE_MIN_FLOATS = 1 << 27
 # token-space cross-attention keeps its weights (B x H x L x M floats per call)
 # for backward up to this many (128 MiB), instead of recomputing its scores: at
 # 10k markers x batch 8 that took a fifth off the encoder's attention (BENCHMARKS
 # .md, Scale, session 11); above it (500k markers: 512 MiB a call) it recomputes
 KEEP_WEIGHTS_MAX_FLOATS = 1 << 25
-# neighbours gathered per window chunk (B x chunk targets x 2 * window x D
-# floats, 4 MiB): a chunk that stays in cache beats 2,048 targets a row, whose
-# gathered neighbours (134 MB at batch 8) went out to memory and back
-WINDOW_CHUNK_FLOATS = 1 << 20
 
 
 def recompute(
@@ -92,23 +64,6 @@ def init_weights(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
-
-
-def standardize(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """``x`` (..., D) layer-normed without the norm's affine map (mean 0 and
-    variance 1 per row): what token-space attention reads, its ``LN``'s scale
-    and shift folded into queries and outputs, so the encoder and the decoder's
-    window share one such tensor. (Unit scale and zero shift passed explicitly:
-    torch's CPU kernel without them measured slower.)"""
-    d = x.shape[-1]
-    return F.layer_norm(x, (d,), x.new_ones(d), x.new_zeros(d), eps)
-
-
-def _fold_norm(norm: nn.LayerNorm, mixed: Tensor, read: Tensor | float) -> Tensor:
-    """``sum_m a_m LN(x_m)`` from ``mixed = sum_m a_m standardize(x_m)`` (..., D):
-    ``gamma * mixed + beta * sum_m a_m``, the weights' sum ``read`` 1, or 0 for a
-    query that read nothing."""
-    return torch.addcmul(norm.bias * read, mixed, norm.weight)
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
@@ -157,24 +112,7 @@ def _merge(parts: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
     A query whose keys are all masked gets zeros, as
     ``scaled_dot_product_attention`` gives.
     """
-    return _merge_stats(parts)[0]
-
-
-def _merge_stats(
-    parts: list[tuple[Tensor, Tensor, Tensor]],
-) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`_merge`, and the common shift ``s`` and denominator (B, H, L, 1)
-    with which every weight is ``exp(score - s) / den`` (den 1 for a query
-    without keys)."""
-    top = torch.stack([shift for _, _, shift in parts]).amax(0)  # (B, H, L, 1)
-    top = torch.where(top.isfinite(), top, 0.0)
-    num = den = 0.0
-    for chunk_num, chunk_den, shift in parts:
-        scale = torch.exp(shift - top)
-        num = num + chunk_num * scale
-        den = den + chunk_den * scale
-    den = torch.where(den > 0, den, 1.0)
-    return num / den, top, den
+    return merge_stats(parts)[0]
 
 
 class FeedForward(nn.Module):
@@ -230,7 +168,7 @@ class CrossAttention(nn.Module):
     D channels (B, H, L, D) instead of every token to K and V (B, M, 2D): per
     token ``4 H L D`` instead of ``4 D^2 + 4 L D`` multiply-adds, and the K/V
     cache shrinks to the normed tokens (B, M, D). Its backward
-    (:class:`_TokenAttention`) recomputes the scores chunk by chunk whatever
+    (:class:`TokenAttention`) recomputes the scores chunk by chunk whatever
     ``checkpoint`` says: nothing of size L x M is ever kept.
     """
 
@@ -308,11 +246,11 @@ class CrossAttention(nn.Module):
                 q.shape[:3].numel() * normed.shape[2] <= KEEP_WEIGHTS_MAX_FLOATS
             )
             shared = cache if isinstance(cache, SharedTokens) else None
-            mixed = _TokenAttention.apply(q, normed, valid, chunk, keep, shared)
+            mixed = TokenAttention.apply(q, normed, valid, chunk, keep, shared)
             read = (
                 1.0 if mask is None else mask.any(-1).to(q.dtype)[:, None, None, None]
             )
-            attended = self._values(_fold_norm(self.norm_kv, mixed, read), mask)
+            attended = self._values(fold_norm(self.norm_kv, mixed, read), mask)
             return queries + self.drop(self.out(_merge_heads(attended)))
         chunks = self._chunks(tokens, 1)
         if mask is None:
@@ -415,101 +353,6 @@ class _CachedChunk(torch.autograd.Function):
         return (None, grads[0], grads[1], None, None, None, None, *grads[2:])
 
 
-class _TokenAttention(torch.autograd.Function):
-    """Softmax attention of token-space queries over normed tokens, in chunks.
-
-    ``q`` (B, H, L, D) queries moved through ``W_k`` and scaled, ``normed``
-    (B, 1, M, D) the normed tokens (keys and values at once), ``valid`` (B, 1, 1,
-    M) bool or None, ``chunk`` tokens per block. Returns ``sum_m a_m n_m`` (B, H,
-    L, D), ``a = softmax(q . n)`` (zeros for a query without valid tokens).
-
-    Forward merges the chunks exactly (:func:`_merge_stats`). With ``keep`` it
-    keeps the weights ``a`` (B x HL x M floats) for backward; without, only the
-    shift and denominator per query, and backward recomputes each chunk's scores
-    from them (nothing of size L x M outlives a chunk). Either way backward
-    writes the tokens' gradient chunk by chunk into one (B, 1, M, D) tensor in
-    place, both of its uses (key and value) summed there. Scores are laid out
-    tokens-major, (B, C, H * L), which runs faster on a CPU than (B, H * L, C).
-    """
-
-    @staticmethod
-    def forward(ctx, q, normed, valid, chunk, keep=False, shared=None):
-        b, h, length, d = q.shape
-        ctx.shared = shared
-        if shared is not None:
-            shared.readers += 1
-        rows = q.reshape(b, h * length, d)  # heads x queries as one dimension
-        parts = []
-        for start in range(0, normed.shape[2], chunk):
-            part = slice(start, start + chunk)
-            mask = None if valid is None else valid[:, 0, 0, part, None]
-            parts.append(_token_partial(rows, normed[:, 0, part], mask))
-        mixed, top, den = _merge_stats([p[:3] for p in parts])
-        ctx.chunk, ctx.kept = chunk, None
-        if keep:  # each chunk's exp(score - own shift) -> a (B, C, HL), in place
-            ctx.kept = [
-                w.mul_((torch.where(s.isfinite(), s, 0.0) - top).exp_().div_(den).mT)
-                for _, _, s, w in parts
-            ]
-        ctx.save_for_backward(q, normed, valid, top, den, mixed)
-        return mixed.view(b, h, length, d)
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, normed, valid, top, den, mixed = ctx.saved_tensors
-        b, h, length, d = q.shape
-        q_rows = q.reshape(b, h * length, d)
-        grad_rows = grad.reshape(b, h * length, d)
-        delta = (grad_rows * mixed).sum(-1)[:, None]  # (B, 1, HL): sum_m a_m g . n_m
-        shift = (top + den.log()).mT  # (B, 1, HL): a = exp(score - shift)
-        grad_q = torch.zeros_like(q_rows)
-        shared = ctx.shared
-        if shared is None:
-            grad_normed, first = torch.empty_like(normed), True
-        else:
-            first = shared.grad is None
-            grad_normed = shared.add_grad(normed)
-        for i, start in enumerate(range(0, normed.shape[2], ctx.chunk)):
-            part = slice(start, start + ctx.chunk)
-            n = normed[:, 0, part]  # (B, C, D)
-            if ctx.kept is None:
-                a = n @ q_rows.mT  # (B, C, HL) scores, then weights
-                if valid is not None:
-                    a.masked_fill_(~valid[:, 0, 0, part, None], float("-inf"))
-                a.sub_(shift).exp_()
-            else:
-                a = ctx.kept[i]
-            grad_s = (n @ grad_rows.mT).sub_(delta).mul_(a)  # the scores' gradient
-            grad_q.baddbmm_(grad_s.mT, n)
-            # key and value uses of the tokens, heads summed, written in place
-            out = grad_normed[:, 0, part]  # (B, C, D), a strided view
-            if first:
-                torch.bmm(grad_s, q_rows, out=out)
-            else:
-                out.baddbmm_(grad_s, q_rows)
-            out.baddbmm_(a, grad_rows)
-        if shared is not None:
-            grad_normed = shared.take_grad()
-        return grad_q.view_as(q), grad_normed, None, None, None, None
-
-
-def _token_partial(
-    rows: Tensor, n: Tensor, mask: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`_partial` of token-space queries ``rows`` (B, HL, D) over one chunk
-    of normed tokens ``n`` (B, C, D) (``mask`` (B, C, 1) or None): numerator
-    (B, HL, D), denominator and shift (B, HL, 1), and the weights ``exp(score -
-    shift)`` (B, C, HL) (shift 0 where it is ``-inf``)."""
-    scores = n @ rows.mT  # (B, C, HL)
-    if mask is not None:
-        scores.masked_fill_(~mask, float("-inf"))
-    shift = scores.amax(1, keepdim=True)  # (B, 1, HL), -inf: every key masked
-    weights = scores.sub_(torch.where(shift.isfinite(), shift, 0.0)).exp_()
-    num = weights.mT @ n
-    den = weights.sum(1)[..., None]
-    return num, den, shift.mT, weights
-
-
 class CrossBlock(nn.Module):
     """Cross-attention then feed-forward; arguments as :class:`CrossAttention`."""
 
@@ -546,171 +389,3 @@ class SelfBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.ff(self.attn(x))
-
-
-class LocalAttention(nn.Module):
-    """Each query attends to the ``window`` tokens on either side of its own position.
-
-    Queries (B, T, D) sit at ``centers`` (B, T), positions in the token sequence
-    (B, S, D); the centre token itself is skipped. Keys carry a learned embedding of
-    their offset, so the query knows which neighbour is adjacent. Targets are
-    processed ``target_chunk`` at a time (None: as many as fill
-    ``WINDOW_CHUNK_FLOATS``) and their neighbours gathered again in backward, so
-    besides the normed tokens (B, S, D) and the weights (B, T, H, 2 * window)
-    memory is ``B * target_chunk * 2 * window * D``, whatever the number of
-    targets. ``checkpoint`` is kept for the callers, which recompute the
-    whole layer (:meth:`MaskedMarkerModel._run`).
-    """
-
-    def __init__(
-        self,
-        width: int,
-        heads: int,
-        window: int,
-        dropout: float = 0.0,
-        target_chunk: int | None = None,
-        checkpoint: bool | None = False,
-    ):
-        super().__init__()
-        if width % heads:
-            raise ValueError(f"width {width} is not divisible by {heads} heads")
-        self.heads, self.window = heads, window
-        self.target_chunk, self.checkpoint = target_chunk, checkpoint
-        self.norm_q = nn.LayerNorm(width)
-        self.norm_kv = nn.LayerNorm(width)
-        self.to_q = nn.Linear(width, width)
-        self.to_kv = nn.Linear(width, 2 * width)
-        self.offset = nn.Embedding(2 * window, width)
-        self.out = nn.Linear(width, width)
-        self.drop = nn.Dropout(dropout)
-        offsets = torch.cat([torch.arange(-window, 0), torch.arange(1, window + 1)])
-        self.register_buffer("offsets", offsets, persistent=False)  # (W,)
-
-    def forward(
-        self, queries: Tensor, tokens: Tensor, centers: Tensor, standardized=False
-    ) -> Tensor:
-        """Queries (B, T, D) after reading their neighbours in tokens (B, S, D),
-        or (``standardized``) in :func:`standardize` of them.
-
-        Attention runs in token space: ``q . (W_k x + b_k)`` is ``(W_k^T q) . x``
-        plus a per-head constant that the softmax drops, and ``sum_w a_w (W_v x_w +
-        b_v) = W_v (sum_w a_w x_w) + b_v sum_w a_w``. So only the D-wide normed
-        tokens are gathered (not 2D-wide keys and values), and no token outside
-        the windows is ever projected; :class:`_WindowAttention` gathers them
-        ``target_chunk`` targets at a time and again in backward instead of
-        keeping them.
-        """
-        b, t, d = queries.shape
-        s, h = tokens.shape[1], self.heads
-        c = d // h
-        # LN(x) = gamma n + beta for n = standardize(x): gamma moves to the
-        # queries, beta to the output (a per-query constant in the scores); the
-        # K/V maps are applied per target
-        normed = tokens if standardized else standardize(tokens)  # (B, S, D)
-        w_k, w_v = self.to_kv.weight.view(2, h, c, d).unbind(0)  # (H, D/H, D)
-        b_v = self.to_kv.bias.view(2, h, c)[1]  # (H, D/H)
-        positions = centers[..., None] + self.offsets  # (B, T, W)
-        inside = (positions >= 0) & (positions < s)
-        rows = torch.arange(b, device=normed.device)[:, None, None]
-        index = (rows * s + positions.clamp(0, s - 1)).flatten()  # into (B * S)
-        q = self.to_q(self.norm_q(queries)).unflatten(-1, (h, c)) * c**-0.5
-        q_tokens = torch.einsum("bthc,hcd->bthd", q, w_k) * self.norm_kv.weight
-        offsets = self.offset.weight.view(-1, h, c)  # (W, H, D/H)
-        bias = torch.einsum("bthc,whc->bthw", q, offsets)  # (B, T, H, W)
-        bias = bias.masked_fill(~inside[:, :, None, :], -torch.inf)
-        width = len(self.offsets) * d  # floats of one target's neighbours
-        chunk = self.target_chunk or max(1, WINDOW_CHUNK_FLOATS // (b * width))
-        lone = s < 2  # then no target has a neighbour
-        mixed = _WindowAttention.apply(
-            q_tokens, bias, normed.reshape(b * s, d), index, chunk, lone
-        )  # (B, T, H, D)
-        # the weights sum to 1, or to 0 for a lone token without neighbours
-        read = inside.any(-1).to(mixed.dtype)[:, :, None, None]  # (B, T, 1, 1)
-        mixed = _fold_norm(self.norm_kv, mixed, read)  # (B, T, H, D)
-        attended = torch.einsum("bthd,hcd->bthc", mixed, w_v) + read * b_v
-        return queries + self.drop(self.out(attended.reshape(b, t, d)))
-
-
-class _WindowAttention(torch.autograd.Function):
-    """Softmax attention of token-space queries over gathered neighbours.
-
-    ``q`` (B, T, H, D) queries already moved through ``W_k`` and scaled, ``bias``
-    (B, T, H, W) score offsets (``-inf`` for neighbours outside the sequence),
-    ``normed`` (B * S, D) the normed tokens and ``index`` (B * T * W,) the row of
-    each target's neighbours in it. Returns ``sum_w a_w n_w`` (B, T, H, D) with
-    ``a = softmax(q . n_w + bias)``; with ``lone`` (a sequence of one token,
-    every neighbour outside) the weights are zeros.
-
-    The neighbours (B, T, W, D), the largest tensor here, exist for ``chunk``
-    targets at a time and are gathered again in backward rather than kept;
-    gradients for all chunks accumulate into one (B * S, D) buffer by row.
-    """
-
-    @staticmethod
-    def forward(ctx, q, bias, normed, index, chunk, lone=False):
-        b, t, h, d = q.shape
-        w = bias.shape[-1]
-        ctx.fused = window_kernels.available(q, bias, normed)
-        if ctx.fused:  # CPU: numba kernels read the neighbours in place
-            q, normed = q.reshape(b * t, h, d).contiguous(), normed.contiguous()
-            index = index.view(b * t, w)
-            scores = window_kernels.window_scores(
-                q, bias.reshape(b * t, h, w).contiguous(), normed, index
-            )
-            a = scores.softmax(-1)  # (B * T, H, W)
-            weights = a.nan_to_num_() if lone else a
-            ctx.per_row = t
-            ctx.save_for_backward(q, normed, index, weights)
-            return window_kernels.window_mix(weights, normed, index).view(b, t, h, d)
-        index = index.view(b, t, w)
-        mixed, weights = [], []
-        for start in range(0, t, chunk):
-            part = slice(start, start + chunk)
-            near = _gather(normed, index[:, part])  # (B, T', W, D)
-            scores = q[:, part] @ near.transpose(-1, -2) + bias[:, part]
-            a = scores.softmax(-1)  # (B, T', H, W)
-            weights.append(a.nan_to_num_() if lone else a)
-            mixed.append(weights[-1] @ near)  # (B, T', H, D)
-        mixed, weights = torch.cat(mixed, 1), torch.cat(weights, 1)
-        ctx.chunk = chunk
-        ctx.save_for_backward(q, normed, index, weights)
-        return mixed
-
-    @staticmethod
-    def backward(ctx, grad_mixed):
-        q, normed, index, weights = ctx.saved_tensors
-        if ctx.fused:
-            shape = grad_mixed.shape
-            grad_q, grad_bias, grad_normed = window_kernels.window_backward(
-                q,
-                normed,
-                index,
-                weights,
-                grad_mixed.reshape(q.shape).contiguous(),
-                ctx.per_row,
-            )
-            grad_bias = grad_bias.view(*shape[:3], -1)
-            return grad_q.view(shape), grad_bias, grad_normed, None, None, None
-        grad_q, grad_bias = [], []
-        grad_normed = torch.zeros_like(normed)
-        for start in range(0, q.shape[1], ctx.chunk):
-            part = slice(start, start + ctx.chunk)
-            near = _gather(normed, index[:, part])  # (B, T', W, D)
-            a, g = weights[:, part], grad_mixed[:, part]
-            grad_a = g @ near.transpose(-1, -2)  # (B, T', H, W)
-            grad_s = a * (grad_a - (grad_a * a).sum(-1, keepdim=True))
-            grad_bias.append(grad_s)
-            grad_q.append(grad_s @ near)  # (B, T', H, D)
-            # both uses of the neighbours in one product: [s; a]^T [q; g]
-            left = torch.cat([grad_s, a], 2).transpose(-1, -2)  # (B, T', W, 2H)
-            right = torch.cat([q[:, part], g], 2)  # (B, T', 2H, D)
-            grad_near = left @ right  # (B, T', W, D)
-            rows = index[:, part].flatten()
-            grad_normed.index_add_(0, rows, grad_near.view(-1, grad_near.shape[-1]))
-        grad_q, grad_bias = torch.cat(grad_q, 1), torch.cat(grad_bias, 1)
-        return grad_q, grad_bias, grad_normed, None, None, None
-
-
-def _gather(normed: Tensor, index: Tensor) -> Tensor:
-    """Rows ``index`` (B, T, W) of ``normed`` (N, D) -> (B, T, W, D), row copies."""
-    return normed.index_select(0, index.flatten()).view(*index.shape, -1)

@@ -15,19 +15,17 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from gperceiver.nn.attention import (
-    LOCAL_RECOMPUTE_MIN_FLOATS,
     CrossBlock,
     KeyValues,
-    LocalAttention,
     SelfBlock,
-    SharedTokens,
     init_weights,
     recompute,
-    standardize,
 )
 from gperceiver.nn.embeddings import MarkerEmbedding
 from gperceiver.nn.panel import PanelConfig
 from gperceiver.nn.panel_reference import PanelReference, n_genotypes
+from gperceiver.nn.token_space import SharedTokens, standardize
+from gperceiver.nn.window_attention import LOCAL_RECOMPUTE_MIN_FLOATS, LocalAttention
 
 SHARE_WEIGHTS = ("all", "after_first", "none")
 _POSITIVE = (
@@ -110,7 +108,7 @@ class PerceiverConfig:
     # the setting then applies to the decoder's window and the graph layers.)
     # None (auto): only for batches whose tokens hold >= 16M floats (64 MiB),
     # since at wheat's size (32 x 1279 x 64) recomputing costs time and saves
-    # little; the decoder's window only from 128M floats (nn.attention
+    # little; the decoder's window only from 128M floats (nn.window_attention
     # LOCAL_RECOMPUTE_MIN_FLOATS; BENCHMARKS.md, Scale).
     checkpoint_attention: bool | None = None
     # Fourier features of the position; off leaves chromosome + learned vectors
@@ -271,7 +269,7 @@ class PerceiverEncoder(nn.Module):
 
         ``mask`` (B, M) bool is True for tokens to read; ``extra_latents``
         (B or 1, E, D) are appended to the learned latents; ``standardized``:
-        :func:`~gperceiver.nn.attention.standardize` of the tokens, when the
+        :func:`~gperceiver.nn.token_space.standardize` of the tokens, when the
         caller has it (token-space reads all share it).
         """
         b = tokens.shape[0]
@@ -392,7 +390,7 @@ class MaskedMarkerModel(nn.Module):
         ``marker_idx`` (M,) or (B, M) indexes the marker map; ``mask`` and
         ``extra_latents`` as in :meth:`PerceiverEncoder.forward`. With
         ``return_tokens`` also what the decoder reads of the marker tokens:
-        their :func:`~gperceiver.nn.attention.standardize` (B, M, D), shared
+        their :func:`~gperceiver.nn.token_space.standardize` (B, M, D), shared
         with the encoder.
         ``table``: ``self.embed.position_table()`` when the caller also decodes
         (computed once, used by both). ``copy`` (B, M, G): the panel copies of

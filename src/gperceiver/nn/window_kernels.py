@@ -1,6 +1,6 @@
 """Fused CPU kernels of the decoder's window attention (numba).
 
-:class:`~gperceiver.nn.attention._WindowAttention` reads, for each target, its
+:class:`~gperceiver.nn.window_attention._WindowAttention` reads, for each target, its
 ``W`` neighbouring normed tokens. Written with torch ops, every target is a
 batch of tiny matrix products ((H x D) by (D x W)) after a gather of its
 neighbours into a (targets, W, D) copy; on a CPU those run at a tenth of the

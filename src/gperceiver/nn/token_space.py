@@ -1,0 +1,174 @@
+"""Attention in token space: the queries move to the tokens' D channels.
+
+Cross-attention with one head never projects its M tokens to keys and values:
+``q . (W_k LN(x) + b_k)`` is ``(W_k^T q) . LN(x)`` plus a per-query constant the
+softmax drops, and the weighted values are ``W_v (sum_m a_m LN(x_m)) + b_v``.
+With ``LN(x) = gamma n + beta`` for the standardized tokens ``n``, gamma also
+moves to the queries and beta to the output, so every token-space read (the
+encoder's iterations, the decoder's window) shares one tensor ``n`` (B, M, D).
+
+Shape letters: B batch, H heads, L queries, M tokens, C tokens in one chunk,
+D width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def standardize(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """``x`` (..., D) layer-normed without the norm's affine map (mean 0 and
+    variance 1 per row): what token-space attention reads, its ``LN``'s scale
+    and shift folded into queries and outputs, so the encoder and the decoder's
+    window share one such tensor. (Unit scale and zero shift passed explicitly:
+    torch's CPU kernel without them measured slower.)"""
+    d = x.shape[-1]
+    return F.layer_norm(x, (d,), x.new_ones(d), x.new_zeros(d), eps)
+
+
+def fold_norm(norm: nn.LayerNorm, mixed: Tensor, read: Tensor | float) -> Tensor:
+    """``sum_m a_m LN(x_m)`` from ``mixed = sum_m a_m standardize(x_m)`` (..., D):
+    ``gamma * mixed + beta * sum_m a_m``, the weights' sum ``read`` 1, or 0 for a
+    query that read nothing."""
+    return torch.addcmul(norm.bias * read, mixed, norm.weight)
+
+
+class SharedTokens(list):
+    """Token space's K/V cache, ``[(n, n)]``, and the one buffer into which every
+    read of it (:class:`_TokenAttention`, e.g. each encoder iteration) adds its
+    gradient of ``n`` in place: the last backward to run returns the sum, the
+    others none, so autograd never adds (B, M, D) gradients out of place (at 500k
+    markers x batch 8 each such sum was a fresh 1 GB tensor)."""
+
+    def __init__(self, n: Tensor):
+        super().__init__([(n, n)])
+        self.grad: Tensor | None = None
+        self.readers = self.seen = 0
+
+    def add_grad(self, like: Tensor) -> Tensor:
+        """The buffer (uninitialised the first time: the first writer writes)."""
+        if self.grad is None:
+            self.grad = torch.empty_like(like)
+        return self.grad
+
+    def take_grad(self) -> Tensor | None:
+        """Called once per backward of a reader: the sum after the last one."""
+        self.seen += 1
+        if self.seen < self.readers:
+            return None
+        grad, self.grad, self.seen = self.grad, None, 0
+        return grad
+
+
+def merge_stats(
+    parts: list[tuple[Tensor, Tensor, Tensor]],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_merge`, and the common shift ``s`` and denominator (B, H, L, 1)
+    with which every weight is ``exp(score - s) / den`` (den 1 for a query
+    without keys)."""
+    top = torch.stack([shift for _, _, shift in parts]).amax(0)  # (B, H, L, 1)
+    top = torch.where(top.isfinite(), top, 0.0)
+    num = den = 0.0
+    for chunk_num, chunk_den, shift in parts:
+        scale = torch.exp(shift - top)
+        num = num + chunk_num * scale
+        den = den + chunk_den * scale
+    den = torch.where(den > 0, den, 1.0)
+    return num / den, top, den
+
+
+class TokenAttention(torch.autograd.Function):
+    """Softmax attention of token-space queries over normed tokens, in chunks.
+
+    ``q`` (B, H, L, D) queries moved through ``W_k`` and scaled, ``normed``
+    (B, 1, M, D) the normed tokens (keys and values at once), ``valid`` (B, 1, 1,
+    M) bool or None, ``chunk`` tokens per block. Returns ``sum_m a_m n_m`` (B, H,
+    L, D), ``a = softmax(q . n)`` (zeros for a query without valid tokens).
+
+    Forward merges the chunks exactly (:func:`merge_stats`). With ``keep`` it
+    keeps the weights ``a`` (B x HL x M floats) for backward; without, only the
+    shift and denominator per query, and backward recomputes each chunk's scores
+    from them (nothing of size L x M outlives a chunk). Either way backward
+    writes the tokens' gradient chunk by chunk into one (B, 1, M, D) tensor in
+    place, both of its uses (key and value) summed there. Scores are laid out
+    tokens-major, (B, C, H * L), which runs faster on a CPU than (B, H * L, C).
+    """
+
+    @staticmethod
+    def forward(ctx, q, normed, valid, chunk, keep=False, shared=None):
+        b, h, length, d = q.shape
+        ctx.shared = shared
+        if shared is not None:
+            shared.readers += 1
+        rows = q.reshape(b, h * length, d)  # heads x queries as one dimension
+        parts = []
+        for start in range(0, normed.shape[2], chunk):
+            part = slice(start, start + chunk)
+            mask = None if valid is None else valid[:, 0, 0, part, None]
+            parts.append(_token_partial(rows, normed[:, 0, part], mask))
+        mixed, top, den = merge_stats([p[:3] for p in parts])
+        ctx.chunk, ctx.kept = chunk, None
+        if keep:  # each chunk's exp(score - own shift) -> a (B, C, HL), in place
+            ctx.kept = [
+                w.mul_((torch.where(s.isfinite(), s, 0.0) - top).exp_().div_(den).mT)
+                for _, _, s, w in parts
+            ]
+        ctx.save_for_backward(q, normed, valid, top, den, mixed)
+        return mixed.view(b, h, length, d)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, normed, valid, top, den, mixed = ctx.saved_tensors
+        b, h, length, d = q.shape
+        q_rows = q.reshape(b, h * length, d)
+        grad_rows = grad.reshape(b, h * length, d)
+        delta = (grad_rows * mixed).sum(-1)[:, None]  # (B, 1, HL): sum_m a_m g . n_m
+        shift = (top + den.log()).mT  # (B, 1, HL): a = exp(score - shift)
+        grad_q = torch.zeros_like(q_rows)
+        shared = ctx.shared
+        if shared is None:
+            grad_normed, first = torch.empty_like(normed), True
+        else:
+            first = shared.grad is None
+            grad_normed = shared.add_grad(normed)
+        for i, start in enumerate(range(0, normed.shape[2], ctx.chunk)):
+            part = slice(start, start + ctx.chunk)
+            n = normed[:, 0, part]  # (B, C, D)
+            if ctx.kept is None:
+                a = n @ q_rows.mT  # (B, C, HL) scores, then weights
+                if valid is not None:
+                    a.masked_fill_(~valid[:, 0, 0, part, None], float("-inf"))
+                a.sub_(shift).exp_()
+            else:
+                a = ctx.kept[i]
+            grad_s = (n @ grad_rows.mT).sub_(delta).mul_(a)  # the scores' gradient
+            grad_q.baddbmm_(grad_s.mT, n)
+            # key and value uses of the tokens, heads summed, written in place
+            out = grad_normed[:, 0, part]  # (B, C, D), a strided view
+            if first:
+                torch.bmm(grad_s, q_rows, out=out)
+            else:
+                out.baddbmm_(grad_s, q_rows)
+            out.baddbmm_(a, grad_rows)
+        if shared is not None:
+            grad_normed = shared.take_grad()
+        return grad_q.view_as(q), grad_normed, None, None, None, None
+
+
+def _token_partial(
+    rows: Tensor, n: Tensor, mask: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_partial` of token-space queries ``rows`` (B, HL, D) over one chunk
+    of normed tokens ``n`` (B, C, D) (``mask`` (B, C, 1) or None): numerator
+    (B, HL, D), denominator and shift (B, HL, 1), and the weights ``exp(score -
+    shift)`` (B, C, HL) (shift 0 where it is ``-inf``)."""
+    scores = n @ rows.mT  # (B, C, HL)
+    if mask is not None:
+        scores.masked_fill_(~mask, float("-inf"))
+    shift = scores.amax(1, keepdim=True)  # (B, 1, HL), -inf: every key masked
+    weights = scores.sub_(torch.where(shift.isfinite(), shift, 0.0)).exp_()
+    num = weights.mT @ n
+    den = weights.sum(1)[..., None]
+    return num, den, shift.mT, weights
