@@ -228,3 +228,68 @@ def test_encoder_token_gradient_summed_in_one_buffer_matches_finite_differences(
     mask = torch.rand(2, 9, generator=gen) > 0.3
     tokens.requires_grad_()
     assert torch.autograd.gradcheck(lambda x: encoder(x, mask), (tokens,))
+
+
+def test_tokens_standardized_in_place_give_the_same_model_gradients(monkeypatch):
+    """Above IN_PLACE_MIN_FLOATS the encoder standardizes the tokens over
+    themselves and backward reuses the summed gradient's buffer: same loss
+    gradients as torch's layer norm (here forced on a tiny model), and
+    finite differences agree on the in-place function itself."""
+    from gperceiver.nn import MaskedMarkerModel, PerceiverConfig
+    from gperceiver.nn import perceiver as perceiver_module
+    from gperceiver.nn.token_space import SharedTokens
+
+    config = PerceiverConfig(
+        n_alleles=2,
+        ploidy=2,
+        n_markers=12,
+        n_chroms=2,
+        width=8,
+        n_latents=3,
+        cross_heads=1,
+        self_heads=2,
+        self_layers=1,
+        decoder_window=0,
+        dropout=0.0,
+        chunk_size=5,
+        n_fourier=2,
+    )
+    torch.manual_seed(0)
+    pos = np.tile(np.linspace(0, 1, 6), 2)
+    model = MaskedMarkerModel(config, pos, np.repeat([0, 1], 6)).double()
+    gen = torch.Generator().manual_seed(3)
+    alleles = torch.randint(0, 3, (3, 12, 2), generator=gen)
+    targets = torch.tensor([1, 4, 9])
+    grads = []
+    for limit in (1 << 40, 0):
+        monkeypatch.setattr(perceiver_module, "IN_PLACE_MIN_FLOATS", limit)
+        model.zero_grad()
+        logits = model(alleles, torch.arange(12), targets)
+        (
+            logits * torch.linspace(-1, 1, logits.numel()).view_as(logits)
+        ).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    x = torch.randn(2, 7, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    encoder, mask = model.encoder, torch.rand(2, 7, generator=gen) > 0.2
+
+    def read(x):
+        tokens = x * 1.0  # a non-leaf to overwrite
+        return encoder(tokens, mask, None, SharedTokens.of(tokens, in_place=True))
+
+    assert torch.autograd.gradcheck(read, (x,))
+    # no reference cycle keeps a step's graph alive: it is freed as soon as the
+    # loss is (the 1 GB tokens of a 500k step must not wait for the collector)
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        tokens = x * 1.0  # with a graph
+        shared = SharedTokens.of(tokens, in_place=True)
+        alive = weakref.ref(tokens)
+        del tokens, shared
+        assert alive() is None
+    finally:
+        gc.enable()

@@ -24,7 +24,7 @@ from gperceiver.nn.attention import (
 from gperceiver.nn.embeddings import MarkerEmbedding
 from gperceiver.nn.panel import PanelConfig
 from gperceiver.nn.panel_reference import PanelReference, n_genotypes
-from gperceiver.nn.token_space import SharedTokens, standardize
+from gperceiver.nn.token_space import IN_PLACE_MIN_FLOATS, SharedTokens, standardize
 from gperceiver.nn.window_attention import LOCAL_RECOMPUTE_MIN_FLOATS, LocalAttention
 
 SHARE_WEIGHTS = ("all", "after_first", "none")
@@ -263,14 +263,15 @@ class PerceiverEncoder(nn.Module):
         tokens: Tensor,
         mask: Tensor | None = None,
         extra_latents: Tensor | None = None,
-        standardized: Tensor | None = None,
+        standardized: Tensor | SharedTokens | None = None,
     ) -> Tensor:
         """Latents (B, L + E, D) of tokens (B, M, D).
 
         ``mask`` (B, M) bool is True for tokens to read; ``extra_latents``
         (B or 1, E, D) are appended to the learned latents; ``standardized``:
-        :func:`~gperceiver.nn.token_space.standardize` of the tokens, when the
-        caller has it (token-space reads all share it).
+        :func:`~gperceiver.nn.token_space.standardize` of the tokens (or their
+        :class:`~gperceiver.nn.token_space.SharedTokens`), when the caller has
+        it (token-space reads all share it).
         """
         b = tokens.shape[0]
         x = self.latents.expand(b, -1, -1)  # (B, L, D)
@@ -280,8 +281,8 @@ class PerceiverEncoder(nn.Module):
         # time; every token-space layer reads one cache of the standardized
         # tokens, into whose buffer all their gradients add (SharedTokens)
         token_space = [it.cross.attn.token_space for it in self.iterations]
-        shared = None
-        if any(token_space):
+        shared = standardized if isinstance(standardized, SharedTokens) else None
+        if any(token_space) and shared is None:
             if standardized is None:
                 standardized = standardize(tokens)
             shared = SharedTokens(standardized[:, None])
@@ -406,9 +407,16 @@ class MaskedMarkerModel(nn.Module):
             if copy is None:
                 raise ValueError("this model reads panel copies: pass copy=...")
             tokens = tokens + self.panel_embed(copy.to(tokens.dtype))
-        standardized = standardize(tokens)
-        latents = self.encoder(tokens, mask, extra_latents, standardized)
-        return (latents, standardized) if return_tokens else latents
+        # every read of the tokens in token space: standardized in place when
+        # large (nothing else reads the raw tokens then)
+        in_place = (
+            torch.is_grad_enabled()
+            and tokens.numel() >= IN_PLACE_MIN_FLOATS
+            and all(it.cross.attn.token_space for it in self.encoder.iterations)
+        )
+        shared = SharedTokens.of(tokens, in_place)
+        latents = self.encoder(tokens, mask, extra_latents, shared)
+        return (latents, shared.standardized) if return_tokens else latents
 
     def decode(
         self,

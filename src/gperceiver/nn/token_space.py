@@ -13,6 +13,8 @@ D width.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -46,6 +48,25 @@ class SharedTokens(list):
         super().__init__([(n, n)])
         self.grad: Tensor | None = None
         self.readers = self.seen = 0
+        self.released: int | None = None  # data_ptr of the last sum handed back
+
+    @classmethod
+    def of(cls, tokens: Tensor, in_place: bool = False) -> SharedTokens:
+        """The cache of :func:`standardize` of ``tokens`` (B, M, D); with
+        ``in_place`` the tokens themselves are standardized, and backward turns the
+        summed gradient into the tokens' in its own buffer (no (B, M, D) tensor is
+        allocated for either: :class:`_StandardizeInPlace`)."""
+        if not in_place:
+            return cls(standardize(tokens)[:, None])
+        shared = cls.__new__(cls)
+        n = _StandardizeInPlace.apply(tokens, shared)
+        cls.__init__(shared, n[:, None])
+        return shared
+
+    @property
+    def standardized(self) -> Tensor:
+        """The standardized tokens (B, M, D)."""
+        return self[0][0][:, 0]
 
     def add_grad(self, like: Tensor) -> Tensor:
         """The buffer (uninitialised the first time: the first writer writes)."""
@@ -59,7 +80,64 @@ class SharedTokens(list):
         if self.seen < self.readers:
             return None
         grad, self.grad, self.seen = self.grad, None, 0
+        self.released = None if grad is None else grad.data_ptr()
         return grad
+
+
+# token floats from which a batch's tokens are standardized in place (1 GB at
+# 500k markers x batch 8: a fresh tensor fewer forward and backward, which this
+# machine's VM backs with pages at 1-5 s of system time a GB; BENCHMARKS.md,
+# Scale, session 11); below it torch's own layer norm is faster
+IN_PLACE_MIN_FLOATS = 1 << 27
+_ROWS_PER_CHUNK = 1 << 16  # rows of the in-place backward's temporaries
+
+
+class _StandardizeInPlace(torch.autograd.Function):
+    """:func:`standardize` of ``x`` (..., D) written over ``x``; backward writes
+    the input's gradient over the incoming one when that is ``shared``'s buffer
+    (:class:`SharedTokens`), chunk by chunk, so neither direction allocates a
+    tensor of the size of ``x``: ``dx = r (g - mean(g) - y mean(g y))`` for
+    output ``y`` and ``r = 1 / sqrt(var + eps)`` per row."""
+
+    @staticmethod
+    def forward(ctx, x, shared, eps=1e-5):
+        var, mean = torch.var_mean(x, -1, keepdim=True, correction=0)
+        rstd = var.add_(eps).rsqrt_()
+        x.sub_(mean).mul_(rstd)
+        ctx.mark_dirty(x)
+        # a weak reference: ``shared`` holds a view of the output, whose graph
+        # holds this context; a strong one would make a cycle that keeps every
+        # step's graph (1 GB of tokens at 500k x 8) until the garbage collector ran
+        ctx.shared = weakref.ref(shared)
+        ctx.save_for_backward(x, rstd)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, rstd = ctx.saved_tensors
+        shared = ctx.shared()
+        reuse = (
+            shared is not None
+            and shared.released == grad.data_ptr()
+            and grad.is_contiguous()
+        )
+        out = grad if reuse else torch.empty_like(y)
+        d = y.shape[-1]
+        rows = (grad.reshape(-1, d), y.reshape(-1, d), rstd.reshape(-1, 1))
+        # one temporary for every chunk: a fresh one each time would be faulted
+        # in afresh too
+        scratch = y.new_empty(min(len(rows[0]), _ROWS_PER_CHUNK), d)
+        for g, n, r, o in zip(
+            *(t.split(_ROWS_PER_CHUNK) for t in rows),
+            out.view(-1, d).split(_ROWS_PER_CHUNK),
+            strict=True,
+        ):
+            tmp = scratch[: len(g)]
+            mean_gy = torch.mul(g, n, out=tmp).mean(-1, keepdim=True)
+            mean_g = g.mean(-1, keepdim=True)
+            torch.mul(n, mean_gy, out=tmp)
+            torch.sub(g, mean_g, out=o).sub_(tmp).mul_(r)
+        return out, None, None
 
 
 def merge_stats(
