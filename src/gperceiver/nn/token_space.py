@@ -39,7 +39,7 @@ def fold_norm(norm: nn.LayerNorm, mixed: Tensor, read: Tensor | float) -> Tensor
 
 class SharedTokens(list):
     """Token space's K/V cache, ``[(n, n)]``, and the one buffer into which every
-    read of it (:class:`_TokenAttention`, e.g. each encoder iteration) adds its
+    read of it (:class:`TokenAttention`, e.g. each encoder iteration) adds its
     gradient of ``n`` in place: the last backward to run returns the sum, the
     others none, so autograd never adds (B, M, D) gradients out of place (at 500k
     markers x batch 8 each such sum was a fresh 1 GB tensor)."""
@@ -143,9 +143,10 @@ class _StandardizeInPlace(torch.autograd.Function):
 def merge_stats(
     parts: list[tuple[Tensor, Tensor, Tensor]],
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`_merge`, and the common shift ``s`` and denominator (B, H, L, 1)
-    with which every weight is ``exp(score - s) / den`` (den 1 for a query
-    without keys)."""
+    """Softmax attention from per-chunk ``(numerator, denominator, shift)``
+    parts (:func:`gperceiver.nn.attention._partial`), and the common shift
+    ``s`` and denominator (B, H, L, 1) with which every weight is ``exp(score -
+    s) / den`` (den 1 for a query without keys)."""
     top = torch.stack([shift for _, _, shift in parts]).amax(0)  # (B, H, L, 1)
     top = torch.where(top.isfinite(), top, 0.0)
     num = den = 0.0

@@ -75,10 +75,10 @@ class LocalAttention(nn.Module):
         Attention runs in token space: ``q . (W_k x + b_k)`` is ``(W_k^T q) . x``
         plus a per-head constant that the softmax drops, and ``sum_w a_w (W_v x_w +
         b_v) = W_v (sum_w a_w x_w) + b_v sum_w a_w``. So only the D-wide normed
-        tokens are gathered (not 2D-wide keys and values), and no token outside
-        the windows is ever projected; :class:`_WindowAttention` gathers them
-        ``target_chunk`` targets at a time and again in backward instead of
-        keeping them.
+        tokens are read (not 2D-wide keys and values), and no token outside
+        the windows is ever projected; :class:`_WindowAttention` reads them in
+        place on the CPU (numba kernels), elsewhere gathers them ``target_chunk``
+        targets at a time and again in backward instead of keeping them.
         """
         b, t, d = queries.shape
         s, h = tokens.shape[1], self.heads
