@@ -216,7 +216,7 @@ class CrossAttention(nn.Module):
         """
         if self.token_space:
             n = standardize(tokens) if standardized is None else standardized
-            return SharedTokens(n[:, None])
+            return SharedTokens(n)
         if recompute(self.checkpoint, tokens):
             with torch.no_grad():
                 return [self._kv(x) for x in self._chunks(tokens, 1)]

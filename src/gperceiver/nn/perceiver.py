@@ -285,7 +285,7 @@ class PerceiverEncoder(nn.Module):
         if any(token_space) and shared is None:
             if standardized is None:
                 standardized = standardize(tokens)
-            shared = SharedTokens(standardized[:, None])
+            shared = SharedTokens(standardized)
         kv = {
             i: shared
             if token_space[i]

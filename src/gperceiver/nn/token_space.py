@@ -38,14 +38,19 @@ def fold_norm(norm: nn.LayerNorm, mixed: Tensor, read: Tensor | float) -> Tensor
 
 
 class SharedTokens(list):
-    """Token space's K/V cache, ``[(n, n)]``, and the one buffer into which every
+    """Token space's K/V cache, ``[(n, n)]`` with ``n`` (B, 1, M, D), and the one buffer into which every
     read of it (:class:`TokenAttention`, e.g. each encoder iteration) adds its
     gradient of ``n`` in place: the last backward to run returns the sum, the
     others none, so autograd never adds (B, M, D) gradients out of place (at 500k
     markers x batch 8 each such sum was a fresh 1 GB tensor)."""
 
     def __init__(self, n: Tensor):
-        super().__init__([(n, n)])
+        """``n`` (B, M, D): the standardized tokens."""
+        super().__init__([(n[:, None], n[:, None])])
+        # the (B, M, D) tensor itself for other readers (the decoder's window):
+        # a view of the cache's (B, 1, M, D) would cost a zero-filled copy of its
+        # gradient in backward (select_backward)
+        self.standardized = n
         self.grad: Tensor | None = None
         self.readers = self.seen = 0
         self.released: int | None = None  # data_ptr of the last sum handed back
@@ -57,16 +62,11 @@ class SharedTokens(list):
         summed gradient into the tokens' in its own buffer (no (B, M, D) tensor is
         allocated for either: :class:`_StandardizeInPlace`)."""
         if not in_place:
-            return cls(standardize(tokens)[:, None])
+            return cls(standardize(tokens))
         shared = cls.__new__(cls)
         n = _StandardizeInPlace.apply(tokens, shared)
-        cls.__init__(shared, n[:, None])
+        cls.__init__(shared, n)
         return shared
-
-    @property
-    def standardized(self) -> Tensor:
-        """The standardized tokens (B, M, D)."""
-        return self[0][0][:, 0]
 
     def add_grad(self, like: Tensor) -> Tensor:
         """The buffer (uninitialised the first time: the first writer writes)."""

@@ -74,8 +74,12 @@ def _backward(
     n_targets, heads, width = q.shape
     near = weights.shape[2]
     # batch rows in parallel: the targets of one row read only that row's
-    # tokens, so no two threads add into the same row of grad_normed
-    for b in prange(n_targets // per_row):
+    # tokens, so no two threads add into the same row of grad_normed, which
+    # each zeroes its own part of first (in cache, no separate pass)
+    n_rows = n_targets // per_row
+    seq = grad_normed.shape[0] // n_rows
+    for b in prange(n_rows):
+        grad_normed[b * seq : (b + 1) * seq] = 0.0
         grad_a = np.empty((heads, near), np.float32)
         row_grad = np.empty(width, np.float32)
         for n in range(b * per_row, (b + 1) * per_row):
@@ -147,13 +151,18 @@ def window_backward(
     ``grad`` (N, H, D) of its output: ``(grad_q, grad_bias, grad_normed)``.
 
     ``weights`` (N, H, W) are the softmax weights of the forward pass. Targets
-    come ``per_row`` at a time per batch row, and the targets of one batch row
-    index only that row's tokens (as ``LocalAttention`` builds ``index``).
+    come ``per_row`` at a time per batch row, the rows of ``normed`` are the
+    batch rows' sequences one after the other (R = batch rows x sequence), and
+    the targets of one batch row index only that row's tokens (as
+    ``LocalAttention`` builds ``index``).
     """
-    if q.shape[0] % per_row:
-        raise ValueError(f"{q.shape[0]} targets do not split into rows of {per_row}")
+    if q.shape[0] % per_row or normed.shape[0] % (q.shape[0] // per_row):
+        raise ValueError(
+            f"{q.shape[0]} targets in rows of {per_row} do not split "
+            f"{normed.shape[0]} token rows"
+        )
     grad_q, grad_bias = torch.empty_like(q), torch.empty_like(weights)
-    grad_normed = torch.zeros_like(normed)
+    grad_normed = torch.empty_like(normed)  # zeroed by the kernel
     _threads()
     arrays = (q, normed, index, weights, grad)
     _backward(
