@@ -124,6 +124,67 @@ def test_marker_embedding_is_the_copy_mean_of_both_allele_tables(ploidy):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("own", [True, False], ids=["per_marker", "shared_only"])
+@pytest.mark.parametrize("ploidy", [1, 2, 4])
+@pytest.mark.parametrize("read", ["all", "subset"])
+def test_fused_marker_tokens_equal_the_copy_mean_in_float64(own, ploidy, read):
+    """The CPU kernels (nn.embedding_kernels, float32) give the tokens and the
+    gradients of every table of the closed form position + mean over copies of
+    (shared row + marker's own row), computed in float64 by indexing."""
+    from gperceiver.nn import MarkerEmbedding, embedding_kernels
+
+    torch.manual_seed(1)
+    m, b = 40, 3
+    embed = MarkerEmbedding(
+        3,
+        W,
+        torch.rand(m),
+        torch.arange(m) % 3,
+        n_chroms=3,
+        n_fourier=3,
+        marker_allele_embedding=own,
+    )
+    if own:
+        torch.nn.init.normal_(embed.marker_allele_embed)
+    marker_idx = torch.arange(m) if read == "all" else torch.randperm(m)[:25].sort()[0]
+    alleles = torch.randint(0, 5, (b, len(marker_idx), ploidy))
+    grad = torch.randn(b, len(marker_idx), W)
+    weights = [embed.allele_embed.weight] + ([embed.marker_allele_embed] if own else [])
+    assert embedding_kernels.available(alleles, marker_idx, *weights)
+    got = embed(alleles, marker_idx)
+    assert got.grad_fn.name() == "AlleleTokensBackward"
+    got.backward(grad)
+    got_grads = {k: p.grad.clone() for k, p in embed.named_parameters()}
+
+    embed = embed.double()
+    embed.zero_grad()
+    rows = embed.allele_embed.weight[alleles]  # (B, M', P, D)
+    if own:
+        rows = rows + embed.marker_allele_embed[marker_idx[None, :, None], alleles]
+    want = embed.position(marker_idx) + rows.mean(2)
+    want.backward(grad.double())
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    for name, p in embed.named_parameters():  # float32 positions: 1e-5 off
+        torch.testing.assert_close(
+            got_grads[name].double(), p.grad, rtol=1e-4, atol=1e-4
+        )
+
+
+def test_fused_marker_tokens_need_each_marker_read_once_in_order():
+    """Repeated or unordered marker indices (two threads could add into one
+    per-marker row) and float64 take the torch path."""
+    from gperceiver.nn import embedding_kernels
+
+    table = torch.zeros(4, W)
+    alleles = torch.zeros(2, 3, 2, dtype=torch.long)
+    assert embedding_kernels.available(alleles, torch.tensor([0, 2, 5]), table)
+    assert not embedding_kernels.available(alleles, torch.tensor([0, 2, 2]), table)
+    assert not embedding_kernels.available(alleles, torch.tensor([2, 0, 5]), table)
+    assert not embedding_kernels.available(
+        alleles, torch.tensor([0, 1, 2]), table.double()
+    )
+
+
 def previous_masked_batch(task, rows, generator):
     """MaskedMarkerTask.batch as it was: (locus, allele) indexing of the log
     weights, every row of them indexed by the inputs, mask by index assignment."""

@@ -18,7 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from gperceiver.data import MISSING
+from gperceiver.nn import embedding_kernels
 from gperceiver.nn.attention import init_weights
+from gperceiver.nn.embedding_kernels import AlleleTokens
 from gperceiver.nn.graph_attention import GraphAttention
 
 
@@ -279,6 +281,14 @@ class MarkerEmbedding(nn.Module):
         """Tokens (B, M', D) of allele ids (B, M', P) at marker_idx (M',) or (B, M');
         ``table`` as in :meth:`position`."""
         weights = self.allele_embed.weight
+        per_marker = self.marker_allele_embed
+        floats = [weights] if per_marker is None else [weights, per_marker]
+        if embedding_kernels.available(alleles, marker_idx, *floats):
+            # CPU: one fused pass each way (nn.embedding_kernels)
+            position = self.position(marker_idx, table)  # (M', D)
+            return AlleleTokens.apply(
+                alleles.long(), weights, per_marker, marker_idx.long(), position
+            )
         # counts @ weights == sum of the copies' rows, without a (B, M', P, D)
         # tensor; dividing the counts (A + 2 wide), not the tokens (D wide), by P
         # gives the mean over copies

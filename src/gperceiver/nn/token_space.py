@@ -38,11 +38,12 @@ def fold_norm(norm: nn.LayerNorm, mixed: Tensor, read: Tensor | float) -> Tensor
 
 
 class SharedTokens(list):
-    """Token space's K/V cache, ``[(n, n)]`` with ``n`` (B, 1, M, D), and the one buffer into which every
-    read of it (:class:`TokenAttention`, e.g. each encoder iteration) adds its
-    gradient of ``n`` in place: the last backward to run returns the sum, the
-    others none, so autograd never adds (B, M, D) gradients out of place (at 500k
-    markers x batch 8 each such sum was a fresh 1 GB tensor)."""
+    """Token space's K/V cache, ``[(n, n)]`` with ``n`` (B, 1, M, D), and the
+    one buffer into which every read of it (:class:`TokenAttention`, e.g. each
+    encoder iteration) adds its gradient of ``n`` in place: the last backward
+    to run returns the sum, the others none, so autograd never adds (B, M, D)
+    gradients out of place (at 500k markers x batch 8 each such sum was a fresh
+    1 GB tensor)."""
 
     def __init__(self, n: Tensor):
         """``n`` (B, M, D): the standardized tokens."""

@@ -32,7 +32,8 @@ from torch.utils.flop_counter import register_flop_formula
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
-_JIT = {"parallel": True, "fastmath": True, "cache": True, "nogil": True}
+# numba options of every kernel (also nn.embedding_kernels)
+JIT = {"parallel": True, "fastmath": True, "cache": True, "nogil": True}
 
 
 def available(*tensors: Tensor) -> bool:
@@ -40,7 +41,7 @@ def available(*tensors: Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
 
 
-@njit(**_JIT)
+@njit(**JIT)
 def _scores(q, bias, normed, index, out):  # pragma: no cover - compiled
     n_targets, heads, width = q.shape
     for n in prange(n_targets):
@@ -53,7 +54,7 @@ def _scores(q, bias, normed, index, out):  # pragma: no cover - compiled
                 out[n, h, w] = acc + bias[n, h, w]
 
 
-@njit(**_JIT)
+@njit(**JIT)
 def _mix(weights, normed, index, out):  # pragma: no cover - compiled
     n_targets, heads, near = weights.shape
     width = normed.shape[1]
@@ -67,7 +68,7 @@ def _mix(weights, normed, index, out):  # pragma: no cover - compiled
                     out[n, h, d] += a * normed[r, d]
 
 
-@njit(**_JIT)
+@njit(**JIT)
 def _backward(
     q, normed, index, weights, grad, per_row, grad_q, grad_bias, grad_normed
 ):  # pragma: no cover - compiled
@@ -110,7 +111,7 @@ def _backward(
                     grad_normed[r, d] += row_grad[d]
 
 
-def _threads() -> None:
+def match_torch_threads() -> None:
     """Numba's threads follow torch's (``--threads``)."""
     numba.set_num_threads(
         max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
@@ -123,7 +124,7 @@ def window_scores(q: Tensor, bias: Tensor, normed: Tensor, index: Tensor) -> Ten
     queries ``q`` (N, H, D), offsets ``bias`` (N, H, W) (``-inf`` masks a
     neighbour), normed tokens (R, D) and neighbour rows ``index`` (N, W)."""
     out = torch.empty_like(bias)
-    _threads()
+    match_torch_threads()
     _scores(q.numpy(), bias.numpy(), normed.numpy(), index.numpy(), out.numpy())
     return out
 
@@ -133,7 +134,7 @@ def window_mix(weights: Tensor, normed: Tensor, index: Tensor) -> Tensor:
     """``sum_w weights[n, h, w] normed[index[n, w]]`` (N, H, D) of weights
     (N, H, W); arguments as in :func:`window_scores`."""
     out = weights.new_empty(*weights.shape[:2], normed.shape[1])
-    _threads()
+    match_torch_threads()
     _mix(weights.numpy(), normed.numpy(), index.numpy(), out.numpy())
     return out
 
@@ -163,7 +164,7 @@ def window_backward(
         )
     grad_q, grad_bias = torch.empty_like(q), torch.empty_like(weights)
     grad_normed = torch.empty_like(normed)  # zeroed by the kernel
-    _threads()
+    match_torch_threads()
     arrays = (q, normed, index, weights, grad)
     _backward(
         *(t.numpy() for t in arrays),

@@ -1,0 +1,148 @@
+"""Fused CPU kernels of the marker tokens' allele part (numba).
+
+Token ``(b, m)`` of :class:`~gperceiver.nn.embeddings.MarkerEmbedding` with
+per-marker allele vectors is
+
+    position[m] + mean over copies p of (table[a] + per_marker[index[m], a]),
+    a = alleles[b, m, p].
+
+Written with torch ops that is an id-count tensor, a (B M', K) x (K, D) product,
+a per-marker (B, K) x (K, D) product batched over markers, a gather of the
+per-marker rows and an add, and in backward as many passes again plus a
+scatter of the gathered rows' gradient: a seventh of a 10k-marker train step for
+a few percent of its FLOPs (BENCHMARKS.md, *Scale*, session 12). These kernels
+make one pass over the tokens each way.
+
+Shape letters: B batch, M markers of the map, M' markers read, P ploidy, K allele
+ids (A + 2), D width. Float32 and contiguous; ``alleles`` and ``index`` int64;
+``index`` strictly increasing (each marker read once), so markers can run in
+parallel without two threads adding into the same per-marker row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit, prange
+from torch import Tensor
+
+from gperceiver.nn.window_kernels import JIT, match_torch_threads
+
+# markers are split into at most this many parts, each summing its own part
+# of the shared table's gradient (no two threads add into one row)
+_PARTS = 256
+
+
+def available(alleles: Tensor, index: Tensor, *floats: Tensor) -> bool:
+    """Whether the kernels take these tensors: CPU float32 weights, (B, M', P)
+    ids and one strictly increasing (M',) index."""
+    return (
+        all(t.device.type == "cpu" and t.dtype == torch.float32 for t in floats)
+        and alleles.device.type == "cpu"
+        and index.dim() == 1
+        and len(index) > 0
+        and bool((index[1:] > index[:-1]).all())
+    )
+
+
+@njit(**JIT)
+def _forward(alleles, table, per_marker, index, position, out):  # pragma: no cover
+    batch, markers, ploidy = alleles.shape
+    width = table.shape[1]
+    share = np.float32(1.0 / ploidy)
+    own = per_marker.shape[0] > 0  # per-marker vectors or none
+    for m in prange(markers):
+        r = index[m]
+        for b in range(batch):
+            for d in range(width):
+                out[b, m, d] = position[m, d]
+            for p in range(ploidy):
+                a = alleles[b, m, p]
+                if own:
+                    for d in range(width):
+                        out[b, m, d] += share * (table[a, d] + per_marker[r, a, d])
+                else:
+                    for d in range(width):
+                        out[b, m, d] += share * table[a, d]
+
+
+@njit(**JIT)
+def _backward(
+    alleles, index, grad, grad_parts, grad_per_marker, grad_position
+):  # pragma: no cover
+    batch, markers, ploidy = alleles.shape
+    n_parts, ids, width = grad_parts.shape
+    share = np.float32(1.0 / ploidy)
+    own = grad_per_marker.shape[0] > 0
+    step = (markers + n_parts - 1) // n_parts
+    for c in prange(n_parts):
+        part = grad_parts[c]
+        part[:] = 0.0
+        for m in range(c * step, min(markers, (c + 1) * step)):
+            r = index[m]
+            grad_position[m] = 0.0
+            if own:
+                grad_per_marker[r] = 0.0
+            for b in range(batch):
+                for d in range(width):
+                    grad_position[m, d] += grad[b, m, d]
+                for p in range(ploidy):
+                    a = alleles[b, m, p]
+                    for d in range(width):
+                        part[a, d] += share * grad[b, m, d]
+                    if own:
+                        for d in range(width):
+                            grad_per_marker[r, a, d] += share * grad[b, m, d]
+
+
+class AlleleTokens(torch.autograd.Function):
+    """Tokens (B, M', D) of ``alleles`` (B, M', P), the shared ``table`` (K, D),
+    the per-marker vectors ``per_marker`` (M, K, D) at ``index`` (M',) or None,
+    and the ``position`` vectors (M', D): see the module docstring. Gradients
+    for ``table``, ``per_marker`` and ``position``."""
+
+    @staticmethod
+    def forward(ctx, alleles, table, per_marker, index, position):
+        out = position.new_empty(*alleles.shape[:2], table.shape[1])
+        alleles, index = alleles.contiguous(), index.contiguous()
+        own = per_marker is not None
+        if not own:  # an empty table: the kernels skip the per-marker part
+            per_marker = table.new_empty(0, *table.shape)
+        match_torch_threads()
+        _forward(
+            alleles.numpy(),
+            table.detach().contiguous().numpy(),
+            per_marker.detach().contiguous().numpy(),
+            index.numpy(),
+            position.detach().contiguous().numpy(),
+            out.numpy(),
+        )
+        ctx.save_for_backward(alleles, index)
+        ctx.own, ctx.markers, (ctx.ids, ctx.width) = (
+            own,
+            per_marker.shape[0],
+            table.shape,
+        )
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        alleles, index = ctx.saved_tensors
+        grad = grad.contiguous()
+        shape = (ctx.markers, ctx.ids, ctx.width)  # (0, K, D) without per-marker
+        # the kernel writes the rows of the markers read; the others stay zero
+        read_all = len(index) == ctx.markers  # then index is 0..M-1
+        grad_per_marker = grad.new_empty(shape) if read_all else grad.new_zeros(shape)
+        grad_position = grad.new_empty(len(index), ctx.width)
+        parts = grad.new_empty(min(_PARTS, len(index)), ctx.ids, ctx.width)
+        match_torch_threads()
+        _backward(
+            alleles.numpy(),
+            index.numpy(),
+            grad.numpy(),
+            parts.numpy(),
+            grad_per_marker.numpy(),
+            grad_position.numpy(),
+        )
+        grad_per_marker = grad_per_marker if ctx.own else None
+        return None, parts.sum(0), grad_per_marker, None, grad_position
