@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from gperceiver.nn.dropout import Dropout
 from gperceiver.nn.token_space import (
     SharedTokens,
     TokenAttention,
@@ -125,7 +126,7 @@ class FeedForward(nn.Module):
             nn.Linear(width, mult * width),
             nn.GELU(),
             nn.Linear(mult * width, width),
-            nn.Dropout(dropout),
+            Dropout(dropout),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -143,7 +144,7 @@ class SelfAttention(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.to_qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = (
@@ -195,7 +196,7 @@ class CrossAttention(nn.Module):
         self.to_q = nn.Linear(width, width)
         self.to_kv = nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, width)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def project_kv(
         self, tokens: Tensor, standardized: Tensor | None = None

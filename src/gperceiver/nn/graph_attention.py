@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from gperceiver.nn.attention import FeedForward, init_weights, recompute
+from gperceiver.nn.dropout import Dropout
 
 
 class GraphAttention(nn.Module):
@@ -45,7 +46,7 @@ class GraphAttention(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.ff = FeedForward(width, ff_mult, dropout)
         self.apply(init_weights)
         self.slope = nn.Parameter(torch.ones(heads))  # per head, on log(weight)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from gperceiver.nn import window_kernels
+from gperceiver.nn.dropout import Dropout
 from gperceiver.nn.token_space import fold_norm, standardize
 
 # the decoder's window layer keeps its activations (the normed tokens and the
@@ -62,7 +63,7 @@ class LocalAttention(nn.Module):
         self.to_kv = nn.Linear(width, 2 * width)
         self.offset = nn.Embedding(2 * window, width)
         self.out = nn.Linear(width, width)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         offsets = torch.cat([torch.arange(-window, 0), torch.arange(1, window + 1)])
         self.register_buffer("offsets", offsets, persistent=False)  # (W,)
 
