@@ -34,3 +34,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None:  # not a "gpu" param id
             item.add_marker(skip)
+
+
+@pytest.fixture(params=["serial", "parallel"])
+def kernel_launch(request, monkeypatch):
+    """Run the numba kernels (gperceiver.nn.kernels) serially, or in parallel
+    on two threads whatever their size."""
+    from gperceiver.nn import dropout, embedding_kernels, window_kernels  # noqa: F401
+    from gperceiver.nn.kernels import Kernel
+
+    if request.param == "parallel":
+        threads = torch.get_num_threads()
+        torch.set_num_threads(2)
+        for k in Kernel.every:
+            monkeypatch.setattr(k, "min_parallel", 0)
+        yield "parallel"
+        torch.set_num_threads(threads)
+    else:
+        yield "serial"

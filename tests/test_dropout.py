@@ -11,7 +11,7 @@ from gperceiver.nn.dropout import Dropout, dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
-def test_kept_fraction_is_binomial_and_kept_values_are_scaled(p):
+def test_kept_fraction_is_binomial_and_kept_values_are_scaled(p, kernel_launch):
     n = 1_000_000
     x = torch.rand(n) + 0.5
     out = dropout(x, p, True)
@@ -28,7 +28,7 @@ def test_kept_fraction_is_binomial_and_kept_values_are_scaled(p):
     assert abs(both - (1 - p) ** 2) < 5 * math.sqrt((1 - p) ** 2 / n)
 
 
-def test_backward_uses_the_forward_mask():
+def test_backward_uses_the_forward_mask(kernel_launch):
     x = (
         torch.rand(3, 1000, 16) + 0.5
     ).requires_grad_()  # no zeros: out != 0 is the mask
@@ -66,3 +66,18 @@ def test_eval_mode_other_dtypes_and_checkpoint_recompute():
     recomputed.sum().backward()
     torch.testing.assert_close(recomputed, direct)
     torch.testing.assert_close(x.grad, want)
+
+
+def test_serial_and_parallel_launches_draw_the_same_mask():
+    from gperceiver.nn import dropout as module
+
+    x = torch.ones(3_000_000)  # over MIN_PARALLEL: parallel with two threads
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = module._apply(x, 17, 0.3)
+        torch.set_num_threads(2)
+        parallel = module._apply(x, 17, 0.3)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(serial, parallel)

@@ -127,7 +127,9 @@ def test_marker_embedding_is_the_copy_mean_of_both_allele_tables(ploidy):
 @pytest.mark.parametrize("own", [True, False], ids=["per_marker", "shared_only"])
 @pytest.mark.parametrize("ploidy", [1, 2, 4])
 @pytest.mark.parametrize("read", ["all", "subset"])
-def test_fused_marker_tokens_equal_the_copy_mean_in_float64(own, ploidy, read):
+def test_fused_marker_tokens_equal_the_copy_mean_in_float64(
+    own, ploidy, read, kernel_launch
+):
     """The CPU kernels (nn.embedding_kernels, float32) give the tokens and the
     gradients of every table of the closed form position + mean over copies of
     (shared row + marker's own row), computed in float64 by indexing."""

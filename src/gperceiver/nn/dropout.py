@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import prange
 from torch import Tensor, nn
 
-from gperceiver.nn.window_kernels import JIT, match_torch_threads
+from gperceiver.nn.kernels import kernel
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -26,7 +26,7 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 _BLOCK = 1 << 14  # elements per parallel task
 
 
-@njit(**JIT)
+@kernel
 def _masked_scale(x, out, seed, threshold, scale):  # pragma: no cover - compiled
     """``out[i] = x[i] * scale`` where element ``i`` is kept, else 0 (flat)."""
     n = x.shape[0]
@@ -41,8 +41,8 @@ def _masked_scale(x, out, seed, threshold, scale):  # pragma: no cover - compile
 
 def _apply(x: Tensor, seed: int, p: float) -> Tensor:
     out = torch.empty_like(x)
-    match_torch_threads()
     _masked_scale(
+        x.numel(),
         x.reshape(-1).numpy(),
         out.view(-1).numpy(),
         np.uint64(seed),

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import prange
 from torch import Tensor
 
-from gperceiver.nn.window_kernels import JIT, match_torch_threads
+from gperceiver.nn.kernels import kernel
 
 # markers are split into at most this many parts, each summing its own part
 # of the shared table's gradient (no two threads add into one row)
@@ -45,7 +45,7 @@ def available(alleles: Tensor, index: Tensor, *floats: Tensor) -> bool:
     )
 
 
-@njit(**JIT)
+@kernel
 def _forward(alleles, table, per_marker, index, position, out):  # pragma: no cover
     batch, markers, ploidy = alleles.shape
     width = table.shape[1]
@@ -66,7 +66,7 @@ def _forward(alleles, table, per_marker, index, position, out):  # pragma: no co
                         out[b, m, d] += share * table[a, d]
 
 
-@njit(**JIT)
+@kernel
 def _backward(
     alleles, index, grad, grad_parts, grad_per_marker, grad_position
 ):  # pragma: no cover
@@ -108,8 +108,8 @@ class AlleleTokens(torch.autograd.Function):
         own = per_marker is not None
         if not own:  # an empty table: the kernels skip the per-marker part
             per_marker = table.new_empty(0, *table.shape)
-        match_torch_threads()
         _forward(
+            out.numel(),
             alleles.numpy(),
             table.detach().contiguous().numpy(),
             per_marker.detach().contiguous().numpy(),
@@ -135,8 +135,8 @@ class AlleleTokens(torch.autograd.Function):
         grad_per_marker = grad.new_empty(shape) if read_all else grad.new_zeros(shape)
         grad_position = grad.new_empty(len(index), ctx.width)
         parts = grad.new_empty(min(_PARTS, len(index)), ctx.ids, ctx.width)
-        match_torch_threads()
         _backward(
+            grad.numel(),
             alleles.numpy(),
             index.numpy(),
             grad.numpy(),

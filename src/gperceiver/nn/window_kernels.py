@@ -13,27 +13,18 @@ Shape letters: N targets (batch rows x targets per row), H heads, D width,
 W neighbours per target, R rows of the normed tokens (batch x sequence).
 Every tensor is float32 and contiguous; ``index`` is int64.
 
-Threads: numba's ``workqueue`` layer unless ``NUMBA_THREADING_LAYER`` says
-otherwise. Its ``omp`` layer brings a second OpenMP runtime beside torch's,
-whose idle threads spin: a one-thread step then burnt two cores of CPU time,
-1.8x its wall time (BENCHMARKS.md, *Scale*, session 11).
+Compiled and launched as :mod:`gperceiver.nn.kernels` says (serial or parallel).
 """
 
 from __future__ import annotations
 
-import os
-
-import numba
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import prange
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
-# numba options of every kernel (also nn.embedding_kernels)
-JIT = {"parallel": True, "fastmath": True, "cache": True, "nogil": True}
+from gperceiver.nn.kernels import kernel
 
 
 def available(*tensors: Tensor) -> bool:
@@ -41,7 +32,7 @@ def available(*tensors: Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
 
 
-@njit(**JIT)
+@kernel
 def _scores(q, bias, normed, index, out):  # pragma: no cover - compiled
     n_targets, heads, width = q.shape
     for n in prange(n_targets):
@@ -54,7 +45,7 @@ def _scores(q, bias, normed, index, out):  # pragma: no cover - compiled
                 out[n, h, w] = acc + bias[n, h, w]
 
 
-@njit(**JIT)
+@kernel
 def _mix(weights, normed, index, out):  # pragma: no cover - compiled
     n_targets, heads, near = weights.shape
     width = normed.shape[1]
@@ -68,7 +59,7 @@ def _mix(weights, normed, index, out):  # pragma: no cover - compiled
                     out[n, h, d] += a * normed[r, d]
 
 
-@njit(**JIT)
+@kernel
 def _backward(
     q, normed, index, weights, grad, per_row, grad_q, grad_bias, grad_normed
 ):  # pragma: no cover - compiled
@@ -111,21 +102,20 @@ def _backward(
                     grad_normed[r, d] += row_grad[d]
 
 
-def match_torch_threads() -> None:
-    """Numba's threads follow torch's (``--threads``)."""
-    numba.set_num_threads(
-        max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    )
-
-
 @torch.library.custom_op("gperceiver::window_scores", mutates_args=())
 def window_scores(q: Tensor, bias: Tensor, normed: Tensor, index: Tensor) -> Tensor:
     """Scores (N, H, W) ``q[n, h] . normed[index[n, w]] + bias[n, h, w]`` of
     queries ``q`` (N, H, D), offsets ``bias`` (N, H, W) (``-inf`` masks a
     neighbour), normed tokens (R, D) and neighbour rows ``index`` (N, W)."""
     out = torch.empty_like(bias)
-    match_torch_threads()
-    _scores(q.numpy(), bias.numpy(), normed.numpy(), index.numpy(), out.numpy())
+    _scores(
+        out.numel() * q.shape[-1],
+        q.numpy(),
+        bias.numpy(),
+        normed.numpy(),
+        index.numpy(),
+        out.numpy(),
+    )
     return out
 
 
@@ -134,8 +124,13 @@ def window_mix(weights: Tensor, normed: Tensor, index: Tensor) -> Tensor:
     """``sum_w weights[n, h, w] normed[index[n, w]]`` (N, H, D) of weights
     (N, H, W); arguments as in :func:`window_scores`."""
     out = weights.new_empty(*weights.shape[:2], normed.shape[1])
-    match_torch_threads()
-    _mix(weights.numpy(), normed.numpy(), index.numpy(), out.numpy())
+    _mix(
+        out.numel() * weights.shape[-1],
+        weights.numpy(),
+        normed.numpy(),
+        index.numpy(),
+        out.numpy(),
+    )
     return out
 
 
@@ -164,9 +159,9 @@ def window_backward(
         )
     grad_q, grad_bias = torch.empty_like(q), torch.empty_like(weights)
     grad_normed = torch.empty_like(normed)  # zeroed by the kernel
-    match_torch_threads()
     arrays = (q, normed, index, weights, grad)
     _backward(
+        weights.numel() * q.shape[-1],
         *(t.numpy() for t in arrays),
         per_row,
         grad_q.numpy(),

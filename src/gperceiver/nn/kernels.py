@@ -1,0 +1,61 @@
+"""How the project's numba CPU kernels are compiled and launched.
+
+Each kernel (:mod:`~gperceiver.nn.window_kernels`,
+:mod:`~gperceiver.nn.embedding_kernels`, :mod:`~gperceiver.nn.dropout`) is
+compiled twice by :func:`kernel`: serial, and parallel over its ``prange`` loop.
+A parallel launch costs about 0.14 ms whatever the size (numba's ``workqueue``
+layer, measured on the session-12 box; BENCHMARKS.md, *Scale*): a dropout of
+(32, 32, 64) took 0.17 ms parallel and 0.05 ms serial, so a call runs serially
+with one torch thread or under ``min_parallel`` elements of work.
+
+Threads: numba's ``workqueue`` layer unless ``NUMBA_THREADING_LAYER`` says
+otherwise. Its ``omp`` layer brings a second OpenMP runtime beside torch's,
+whose idle threads spin: a one-thread step then burnt two cores of CPU time,
+1.8x its wall time (BENCHMARKS.md, *Scale*, session 11). Parallel launches use
+as many threads as torch (``--threads``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numba
+import torch
+from numba import njit
+
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+_OPTIONS = {"fastmath": True, "cache": True, "nogil": True}
+# elements of work below which a launch runs serially (see the module docstring)
+MIN_PARALLEL = 1 << 18
+
+
+class Kernel:
+    """A kernel compiled serial and parallel; call it with ``work`` (a size in
+    elements) first, then the kernel's own arguments. ``Kernel.every`` lists
+    them all (tests run each both ways)."""
+
+    every: list[Kernel] = []
+
+    def __init__(self, function: Callable, min_parallel: int = MIN_PARALLEL):
+        Kernel.every.append(self)
+        self.serial = njit(**_OPTIONS)(function)
+        self.parallel = njit(parallel=True, **_OPTIONS)(function)
+        self.min_parallel = min_parallel
+        self.__doc__ = function.__doc__
+
+    def __call__(self, work: int, *args):
+        threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+        if threads < 2 or work < self.min_parallel:
+            return self.serial(*args)
+        numba.set_num_threads(threads)
+        return self.parallel(*args)
+
+
+def kernel(function: Callable | None = None, *, min_parallel: int = MIN_PARALLEL):
+    """Decorator: :class:`Kernel` of ``function`` (``@kernel`` or
+    ``@kernel(min_parallel=...)``)."""
+    if function is None:
+        return lambda f: Kernel(f, min_parallel)
+    return Kernel(function, min_parallel)
