@@ -40,12 +40,13 @@ def pytest_collection_modifyitems(config, items):
 def kernel_launch(request, monkeypatch):
     """Run the numba kernels (gperceiver.nn.kernels) serially, or in parallel
     on two threads whatever their size."""
-    from gperceiver.nn import dropout, embedding_kernels, window_kernels  # noqa: F401
+    from gperceiver.nn import dropout, embedding_kernels, kernels, window_kernels  # noqa: F401
     from gperceiver.nn.kernels import Kernel
 
     if request.param == "parallel":
         threads = torch.get_num_threads()
         torch.set_num_threads(2)
+        monkeypatch.setattr(kernels, "MIN_THREADS", 2)
         for k in Kernel.every:
             monkeypatch.setattr(k, "min_parallel", 0)
         yield "parallel"

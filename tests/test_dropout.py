@@ -68,9 +68,11 @@ def test_eval_mode_other_dtypes_and_checkpoint_recompute():
     torch.testing.assert_close(x.grad, want)
 
 
-def test_serial_and_parallel_launches_draw_the_same_mask():
+def test_serial_and_parallel_launches_draw_the_same_mask(monkeypatch):
     from gperceiver.nn import dropout as module
+    from gperceiver.nn import kernels
 
+    monkeypatch.setattr(kernels, "MIN_THREADS", 2)
     x = torch.ones(3_000_000)  # over MIN_PARALLEL: parallel with two threads
     threads = torch.get_num_threads()
     try:

@@ -5,8 +5,13 @@ Each kernel (:mod:`~gperceiver.nn.window_kernels`,
 compiled twice by :func:`kernel`: serial, and parallel over its ``prange`` loop.
 A parallel launch costs about 0.14 ms whatever the size (numba's ``workqueue``
 layer, measured on the session-12 box; BENCHMARKS.md, *Scale*): a dropout of
-(32, 32, 64) took 0.17 ms parallel and 0.05 ms serial, so a call runs serially
-with one torch thread or under ``min_parallel`` elements of work.
+(32, 32, 64) took 0.17 ms parallel and 0.05 ms serial. And on two cores
+torch's OpenMP workers spin between its operators, so a parallel kernel inside
+a train step shares its cores with them: two threads gained no wall time
+(10k markers 0.131 vs 0.130 s a step, 100k 1.21 vs 1.22 s) and cost 10% more
+CPU time at 100k. So a call runs in parallel only with at least
+:data:`MIN_THREADS` torch threads and ``min_parallel`` elements of work (more
+cores were not measured).
 
 Threads: numba's ``workqueue`` layer unless ``NUMBA_THREADING_LAYER`` says
 otherwise. Its ``omp`` layer brings a second OpenMP runtime beside torch's,
@@ -18,6 +23,7 @@ as many threads as torch (``--threads``).
 from __future__ import annotations
 
 import os
+import types
 from collections.abc import Callable
 
 import numba
@@ -27,8 +33,10 @@ from numba import njit
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 _OPTIONS = {"fastmath": True, "cache": True, "nogil": True}
-# elements of work below which a launch runs serially (see the module docstring)
+# a launch runs serially under this many elements of work or torch threads
+# (see the module docstring)
 MIN_PARALLEL = 1 << 18
+MIN_THREADS = 3
 
 
 class Kernel:
@@ -40,17 +48,33 @@ class Kernel:
 
     def __init__(self, function: Callable, min_parallel: int = MIN_PARALLEL):
         Kernel.every.append(self)
-        self.serial = njit(**_OPTIONS)(function)
+        self.serial = njit(**_OPTIONS)(_renamed(function, "serial"))
         self.parallel = njit(parallel=True, **_OPTIONS)(function)
         self.min_parallel = min_parallel
         self.__doc__ = function.__doc__
 
     def __call__(self, work: int, *args):
         threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-        if threads < 2 or work < self.min_parallel:
+        if threads < MIN_THREADS or work < self.min_parallel:
             return self.serial(*args)
         numba.set_num_threads(threads)
         return self.parallel(*args)
+
+
+def _renamed(function: Callable, suffix: str) -> Callable:
+    """A copy of ``function`` under another name: numba names its disk cache
+    after the function, and two variants under one name load each other's
+    machine code (the parallel one then ran serially)."""
+    copy = types.FunctionType(
+        function.__code__,
+        function.__globals__,
+        f"{function.__name__}_{suffix}",
+        function.__defaults__,
+        function.__closure__,
+    )
+    copy.__qualname__ = f"{function.__qualname__}_{suffix}"
+    copy.__module__ = function.__module__
+    return copy
 
 
 def kernel(function: Callable | None = None, *, min_parallel: int = MIN_PARALLEL):
