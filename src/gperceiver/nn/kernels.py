@@ -5,13 +5,12 @@ Each kernel (:mod:`~gperceiver.nn.window_kernels`,
 compiled twice by :func:`kernel`: serial, and parallel over its ``prange`` loop.
 A parallel launch costs about 0.14 ms whatever the size (numba's ``workqueue``
 layer, measured on the session-12 box; BENCHMARKS.md, *Scale*): a dropout of
-(32, 32, 64) took 0.17 ms parallel and 0.05 ms serial. And on two cores
-torch's OpenMP workers spin between its operators, so a parallel kernel inside
-a train step shares its cores with them: two threads gained no wall time
-(10k markers 0.131 vs 0.130 s a step, 100k 1.21 vs 1.22 s) and cost 10% more
-CPU time at 100k. So a call runs in parallel only with at least
-:data:`MIN_THREADS` torch threads and ``min_parallel`` elements of work (more
-cores were not measured).
+(32, 32, 64) took 0.17 ms parallel and 0.05 ms serial. So a call runs in
+parallel only with at least :data:`MIN_THREADS` torch threads and
+``min_parallel`` elements of work. In a train step on two threads the parallel
+kernels cut the 100k-marker step from 1.21-1.24 to 1.10-1.12 s and left the
+10k step as it was (0.129 vs 0.130 s; ``benchmarks/kernel_launch.py``; torch's
+OpenMP workers, spinning between its operators, share the cores with them).
 
 Threads: numba's ``workqueue`` layer unless ``NUMBA_THREADING_LAYER`` says
 otherwise. Its ``omp`` layer brings a second OpenMP runtime beside torch's,
@@ -36,7 +35,7 @@ _OPTIONS = {"fastmath": True, "cache": True, "nogil": True}
 # a launch runs serially under this many elements of work or torch threads
 # (see the module docstring)
 MIN_PARALLEL = 1 << 18
-MIN_THREADS = 3
+MIN_THREADS = 2
 
 
 class Kernel:
