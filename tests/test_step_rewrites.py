@@ -187,6 +187,25 @@ def test_fused_marker_tokens_need_each_marker_read_once_in_order():
     )
 
 
+@pytest.mark.parametrize("shape", [(3, 50, W), (1, 1, W), (7, 5)])
+def test_standardize_kernels_equal_layer_norm_in_float64(shape, kernel_launch):
+    """standardize on CPU float32 (nn.standardize_kernels) gives F.layer_norm
+    without its affine map, computed in float64: output and input gradient."""
+    from gperceiver.nn.token_space import standardize
+
+    torch.manual_seed(2)
+    x = (torch.randn(shape) * 3 + 1).requires_grad_()
+    grad = torch.randn(shape)
+    got = standardize(x)
+    assert got.grad_fn.name() == "StandardizeBackward"
+    got.backward(grad)
+    exact = x.detach().double().requires_grad_()
+    want = torch.nn.functional.layer_norm(exact, shape[-1:], eps=1e-5)
+    want.backward(grad.double())
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad.double(), exact.grad, rtol=1e-4, atol=1e-5)
+
+
 def previous_masked_batch(task, rows, generator):
     """MaskedMarkerTask.batch as it was: (locus, allele) indexing of the log
     weights, every row of them indexed by the inputs, mask by index assignment."""
