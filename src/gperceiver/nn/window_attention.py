@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from gperceiver.nn import window_kernels
 from gperceiver.nn.dropout import Dropout
-from gperceiver.nn.token_space import fold_norm, standardize
+from gperceiver.nn.token_space import standardize
 
 # the decoder's window layer keeps its activations (the normed tokens and the
 # weights, ~1 (B, M, D) tensor) up to this many token floats (512 MiB): at 100k
@@ -94,8 +94,10 @@ class LocalAttention(nn.Module):
         inside = (positions >= 0) & (positions < s)
         rows = torch.arange(b, device=normed.device)[:, None, None]
         index = (rows * s + positions.clamp(0, s - 1)).flatten()  # into (B * S)
+        gamma, beta = self.norm_kv.weight, self.norm_kv.bias  # (D,)
         q = self.to_q(self.norm_q(queries)).unflatten(-1, (h, c)) * c**-0.5
-        q_tokens = torch.einsum("bthc,hcd->bthd", q, w_k) * self.norm_kv.weight
+        # gamma scales the (H, D/H, D) maps, not the (B, T, H, D) tensors
+        q_tokens = torch.einsum("bthc,hcd->bthd", q, w_k * gamma)
         offsets = self.offset.weight.view(-1, h, c)  # (W, H, D/H)
         bias = torch.einsum("bthc,whc->bthw", q, offsets)  # (B, T, H, W)
         bias = bias.masked_fill(~inside[:, :, None, :], -torch.inf)
@@ -105,10 +107,11 @@ class LocalAttention(nn.Module):
         mixed = _WindowAttention.apply(
             q_tokens, bias, normed.reshape(b * s, d), index, chunk, lone
         )  # (B, T, H, D)
-        # the weights sum to 1, or to 0 for a lone token without neighbours
+        # sum_w a_w LN(x_w) = gamma * mixed + beta * read, where the weights sum
+        # to read: 1, or 0 for a lone token without neighbours; then W_v
         read = inside.any(-1).to(mixed.dtype)[:, :, None, None]  # (B, T, 1, 1)
-        mixed = fold_norm(self.norm_kv, mixed, read)  # (B, T, H, D)
-        attended = torch.einsum("bthd,hcd->bthc", mixed, w_v) + read * b_v
+        shift = torch.einsum("d,hcd->hc", beta, w_v) + b_v  # (H, D/H)
+        attended = torch.einsum("bthd,hcd->bthc", mixed, w_v * gamma) + read * shift
         return queries + self.drop(self.out(attended.reshape(b, t, d)))
 
 
