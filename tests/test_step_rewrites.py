@@ -375,3 +375,47 @@ def test_tokens_standardized_in_place_give_the_same_model_gradients(monkeypatch)
         assert alive() is None
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("recomputed", [False, True])
+def test_window_gradient_added_into_the_shared_buffer(recomputed, kernel_launch):
+    """On the CPU in float32 the decoder's window adds its tokens' gradient
+    into the encoder's shared buffer (or, recomputed under checkpointing, hands
+    back its own): every parameter's gradient equals the float64 model's,
+    whose torch ops share nothing."""
+    from gperceiver.nn import MaskedMarkerModel, PerceiverConfig
+
+    config = PerceiverConfig(
+        n_alleles=2,
+        ploidy=2,
+        n_markers=40,
+        n_chroms=2,
+        width=8,
+        n_latents=3,
+        cross_heads=1,
+        self_heads=2,
+        self_layers=1,
+        decoder_window=3,
+        dropout=0.0,
+        chunk_size=16,
+        n_fourier=2,
+        checkpoint_attention=recomputed,
+    )
+    torch.manual_seed(0)
+    pos = np.tile(np.linspace(0, 1, 20), 2)
+    model = MaskedMarkerModel(config, pos, np.repeat([0, 1], 20))
+    exact = MaskedMarkerModel(config, pos, np.repeat([0, 1], 20)).double()
+    exact.load_state_dict(model.state_dict())
+    gen = torch.Generator().manual_seed(3)
+    alleles = torch.randint(0, 3, (3, 40, 2), generator=gen)
+    targets = torch.tensor([0, 7, 21, 39])
+    grads = []
+    for net in (model, exact):
+        logits = net(alleles, torch.arange(40), targets)
+        weights = torch.linspace(-1, 1, logits.numel(), dtype=logits.dtype)
+        (logits * weights.view_as(logits)).sum().backward()
+        grads.append({k: p.grad for k, p in net.named_parameters()})
+    for name, g in grads[1].items():
+        torch.testing.assert_close(
+            grads[0][name].double(), g, rtol=1e-4, atol=1e-5, msg=name
+        )

@@ -59,6 +59,7 @@ class SharedTokens(list):
         # a view of the cache's (B, 1, M, D) would cost a zero-filled copy of its
         # gradient in backward (select_backward)
         self.standardized = n
+        n._shared_tokens = weakref.ref(self)  # see owner()
         self.grad: Tensor | None = None
         self.readers = self.seen = 0
         self.released: int | None = None  # data_ptr of the last sum handed back
@@ -75,6 +76,12 @@ class SharedTokens(list):
         n = _StandardizeInPlace.apply(tokens, shared)
         cls.__init__(shared, n)
         return shared
+
+    @staticmethod
+    def owner(n: Tensor) -> SharedTokens | None:
+        """The cache whose :attr:`standardized` tensor ``n`` is, if any."""
+        ref = getattr(n, "_shared_tokens", None)
+        return None if ref is None else ref()
 
     def add_grad(self, like: Tensor) -> Tensor:
         """The buffer (uninitialised the first time: the first writer writes)."""

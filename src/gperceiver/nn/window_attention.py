@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from gperceiver.nn import window_kernels
 from gperceiver.nn.dropout import Dropout
-from gperceiver.nn.token_space import standardize
+from gperceiver.nn.token_space import SharedTokens, standardize
 
 # the decoder's window layer keeps its activations (the normed tokens and the
 # weights, ~1 (B, M, D) tensor) up to this many token floats (512 MiB): at 100k
@@ -68,10 +68,19 @@ class LocalAttention(nn.Module):
         self.register_buffer("offsets", offsets, persistent=False)  # (W,)
 
     def forward(
-        self, queries: Tensor, tokens: Tensor, centers: Tensor, standardized=False
+        self,
+        queries: Tensor,
+        tokens: Tensor,
+        centers: Tensor,
+        standardized: bool = False,
+        share_grad: bool = True,
     ) -> Tensor:
         """Queries (B, T, D) after reading their neighbours in tokens (B, S, D),
-        or (``standardized``) in :func:`standardize` of them.
+        or (``standardized``) in :func:`standardize` of them. When those are a
+        :class:`~gperceiver.nn.token_space.SharedTokens`' tensor and
+        ``share_grad`` (False where this layer is recomputed in backward, which
+        would count it twice as a reader), the tokens' gradient is added into
+        the cache's buffer.
 
         Attention runs in token space: ``q . (W_k x + b_k)`` is ``(W_k^T q) . x``
         plus a per-head constant that the softmax drops, and ``sum_w a_w (W_v x_w +
@@ -104,8 +113,9 @@ class LocalAttention(nn.Module):
         width = len(self.offsets) * d  # floats of one target's neighbours
         chunk = self.target_chunk or max(1, WINDOW_CHUNK_FLOATS // (b * width))
         lone = s < 2  # then no target has a neighbour
+        shared = SharedTokens.owner(normed) if standardized and share_grad else None
         mixed = _WindowAttention.apply(
-            q_tokens, bias, normed.reshape(b * s, d), index, chunk, lone
+            q_tokens, bias, normed.reshape(b * s, d), index, chunk, lone, shared
         )  # (B, T, H, D)
         # sum_w a_w LN(x_w) = gamma * mixed + beta * read, where the weights sum
         # to read: 1, or 0 for a lone token without neighbours; then W_v
@@ -127,14 +137,20 @@ class _WindowAttention(torch.autograd.Function):
 
     The neighbours (B, T, W, D), the largest tensor here, exist for ``chunk``
     targets at a time and are gathered again in backward rather than kept;
-    gradients for all chunks accumulate into one (B * S, D) buffer by row.
+    gradients for all chunks accumulate into one (B * S, D) buffer by row. With
+    ``shared`` (the :class:`~gperceiver.nn.token_space.SharedTokens` whose
+    standardized tokens ``normed`` views) the CPU kernels add the tokens'
+    gradient into its buffer, as the encoder's reads do.
     """
 
     @staticmethod
-    def forward(ctx, q, bias, normed, index, chunk, lone=False):
+    def forward(ctx, q, bias, normed, index, chunk, lone=False, shared=None):
         b, t, h, d = q.shape
         w = bias.shape[-1]
         ctx.fused = window_kernels.available(q, bias, normed)
+        ctx.shared = shared if ctx.fused else None
+        if ctx.shared is not None:
+            ctx.shared.readers += 1
         if ctx.fused:  # CPU: numba kernels read the neighbours in place
             q, normed = q.reshape(b * t, h, d).contiguous(), normed.contiguous()
             index = index.view(b * t, w)
@@ -164,17 +180,28 @@ class _WindowAttention(torch.autograd.Function):
     def backward(ctx, grad_mixed):
         q, normed, index, weights = ctx.saved_tensors
         if ctx.fused:
-            shape = grad_mixed.shape
-            grad_q, grad_bias, grad_normed = window_kernels.window_backward(
+            shape, shared = grad_mixed.shape, ctx.shared
+            if shared is None:
+                grad_normed, zero = torch.empty_like(normed), True
+            else:  # add into the buffer every read of the tokens shares
+                zero = shared.grad is None
+                grad_normed = shared.add_grad(shared[0][0]).view(normed.shape)
+            grad_q, grad_bias = window_kernels.window_backward(
                 q,
                 normed,
                 index,
                 weights,
                 grad_mixed.reshape(q.shape).contiguous(),
                 ctx.per_row,
+                grad_normed,
+                zero,
             )
+            if shared is not None:
+                grad_normed = shared.take_grad()  # None unless the last reader
+                if grad_normed is not None:
+                    grad_normed = grad_normed.view(normed.shape)
             grad_bias = grad_bias.view(*shape[:3], -1)
-            return grad_q.view(shape), grad_bias, grad_normed, None, None, None
+            return grad_q.view(shape), grad_bias, grad_normed, None, None, None, None
         grad_q, grad_bias = [], []
         grad_normed = torch.zeros_like(normed)
         for start in range(0, q.shape[1], ctx.chunk):
@@ -192,7 +219,7 @@ class _WindowAttention(torch.autograd.Function):
             rows = index[:, part].flatten()
             grad_normed.index_add_(0, rows, grad_near.view(-1, grad_near.shape[-1]))
         grad_q, grad_bias = torch.cat(grad_q, 1), torch.cat(grad_bias, 1)
-        return grad_q, grad_bias, grad_normed, None, None, None
+        return grad_q, grad_bias, grad_normed, None, None, None, None
 
 
 def _gather(normed: Tensor, index: Tensor) -> Tensor:

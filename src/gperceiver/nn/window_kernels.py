@@ -61,17 +61,18 @@ def _mix(weights, normed, index, out):  # pragma: no cover - compiled
 
 @kernel
 def _backward(
-    q, normed, index, weights, grad, per_row, grad_q, grad_bias, grad_normed
+    q, normed, index, weights, grad, per_row, zero, grad_q, grad_bias, grad_normed
 ):  # pragma: no cover - compiled
     n_targets, heads, width = q.shape
     near = weights.shape[2]
     # batch rows in parallel: the targets of one row read only that row's
-    # tokens, so no two threads add into the same row of grad_normed, which
-    # each zeroes its own part of first (in cache, no separate pass)
+    # tokens, so no two threads add into the same row of grad_normed, whose
+    # part each zeroes first with ``zero`` (in cache, no separate pass)
     n_rows = n_targets // per_row
     seq = grad_normed.shape[0] // n_rows
     for b in prange(n_rows):
-        grad_normed[b * seq : (b + 1) * seq] = 0.0
+        if zero:
+            grad_normed[b * seq : (b + 1) * seq] = 0.0
         grad_a = np.empty((heads, near), np.float32)
         row_grad = np.empty(width, np.float32)
         for n in range(b * per_row, (b + 1) * per_row):
@@ -134,7 +135,7 @@ def window_mix(weights: Tensor, normed: Tensor, index: Tensor) -> Tensor:
     return out
 
 
-@torch.library.custom_op("gperceiver::window_backward", mutates_args=())
+@torch.library.custom_op("gperceiver::window_backward", mutates_args=("grad_normed",))
 def window_backward(
     q: Tensor,
     normed: Tensor,
@@ -142,9 +143,12 @@ def window_backward(
     weights: Tensor,
     grad: Tensor,
     per_row: int,
-) -> tuple[Tensor, Tensor, Tensor]:
+    grad_normed: Tensor,
+    zero: bool,
+) -> tuple[Tensor, Tensor]:
     """Gradients of ``window_mix(softmax(window_scores(q, bias, ...)))`` for
-    ``grad`` (N, H, D) of its output: ``(grad_q, grad_bias, grad_normed)``.
+    ``grad`` (N, H, D) of its output: ``(grad_q, grad_bias)``, and the tokens'
+    added into ``grad_normed`` (R, D) (overwritten with ``zero``).
 
     ``weights`` (N, H, W) are the softmax weights of the forward pass. Targets
     come ``per_row`` at a time per batch row, the rows of ``normed`` are the
@@ -158,17 +162,17 @@ def window_backward(
             f"{normed.shape[0]} token rows"
         )
     grad_q, grad_bias = torch.empty_like(q), torch.empty_like(weights)
-    grad_normed = torch.empty_like(normed)  # zeroed by the kernel
     arrays = (q, normed, index, weights, grad)
     _backward(
         weights.numel() * q.shape[-1],
         *(t.numpy() for t in arrays),
         per_row,
+        zero,
         grad_q.numpy(),
         grad_bias.numpy(),
         grad_normed.numpy(),
     )
-    return grad_q, grad_bias, grad_normed
+    return grad_q, grad_bias
 
 
 def _products(targets: int, heads: int, width: int, near: int) -> int:
