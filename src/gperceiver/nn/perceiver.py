@@ -466,8 +466,7 @@ class MaskedMarkerModel(nn.Module):
         and per-target tensors then exist only while it runs."""
         setting = self.config.checkpoint_attention
         if recompute(setting, args[1], LOCAL_RECOMPUTE_MIN_FLOATS):
-            # run twice: not a reader of the shared gradient buffer
-            return checkpoint(layer, *args, share_grad=False, use_reentrant=False)
+            return checkpoint(layer, *args, use_reentrant=False)
         return layer(*args)
 
     def forward(

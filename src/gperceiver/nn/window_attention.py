@@ -73,14 +73,11 @@ class LocalAttention(nn.Module):
         tokens: Tensor,
         centers: Tensor,
         standardized: bool = False,
-        share_grad: bool = True,
     ) -> Tensor:
         """Queries (B, T, D) after reading their neighbours in tokens (B, S, D),
         or (``standardized``) in :func:`standardize` of them. When those are a
-        :class:`~gperceiver.nn.token_space.SharedTokens`' tensor and
-        ``share_grad`` (False where this layer is recomputed in backward, which
-        would count it twice as a reader), the tokens' gradient is added into
-        the cache's buffer.
+        :class:`~gperceiver.nn.token_space.SharedTokens`' tensor, the tokens'
+        gradient is added into the cache's buffer.
 
         Attention runs in token space: ``q . (W_k x + b_k)`` is ``(W_k^T q) . x``
         plus a per-head constant that the softmax drops, and ``sum_w a_w (W_v x_w +
@@ -113,7 +110,7 @@ class LocalAttention(nn.Module):
         width = len(self.offsets) * d  # floats of one target's neighbours
         chunk = self.target_chunk or max(1, WINDOW_CHUNK_FLOATS // (b * width))
         lone = s < 2  # then no target has a neighbour
-        shared = SharedTokens.owner(normed) if standardized and share_grad else None
+        shared = SharedTokens.owner(normed) if standardized else None
         mixed = _WindowAttention.apply(
             q_tokens, bias, normed.reshape(b * s, d), index, chunk, lone, shared
         )  # (B, T, H, D)
@@ -149,7 +146,9 @@ class _WindowAttention(torch.autograd.Function):
         w = bias.shape[-1]
         ctx.fused = window_kernels.available(q, bias, normed)
         ctx.shared = shared if ctx.fused else None
-        if ctx.shared is not None:
+        if ctx.shared is not None and torch._C._current_graph_task_id() == -1:
+            # a reader once: not again when checkpointing recomputes this
+            # forward inside backward (the first forward's context runs backward)
             ctx.shared.readers += 1
         if ctx.fused:  # CPU: numba kernels read the neighbours in place
             q, normed = q.reshape(b * t, h, d).contiguous(), normed.contiguous()
