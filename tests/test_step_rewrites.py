@@ -116,12 +116,17 @@ def test_marker_embedding_is_the_copy_mean_of_both_allele_tables(ploidy):
     alleles = torch.randint(0, 5, (2, m, ploidy))  # missing, 3 alleles, mask
     marker_idx = torch.tensor([0, 2, 3, 4, 5, 6, 7, 8, 1])
     got = embed(alleles, marker_idx)
-    rows = (
-        embed.allele_embed.weight[alleles]
-        + embed.marker_allele_embed[marker_idx[None, :, None], alleles]
-    )  # (B, M, P, D)
-    want = embed.position(marker_idx) + rows.mean(2)
+    want = copy_mean_tokens(embed, alleles, marker_idx)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def copy_mean_tokens(embed, alleles, marker_idx):
+    """The closed form: position + the mean over copies of the shared allele
+    row and, when the model has them, the marker's own row: (B, M', D)."""
+    rows = embed.allele_embed.weight[alleles]  # (B, M', P, D)
+    if embed.marker_allele_embed is not None:
+        rows = rows + embed.marker_allele_embed[marker_idx[None, :, None], alleles]
+    return embed.position(marker_idx) + rows.mean(2)
 
 
 @pytest.mark.parametrize("own", [True, False], ids=["per_marker", "shared_only"])
@@ -160,10 +165,7 @@ def test_fused_marker_tokens_equal_the_copy_mean_in_float64(
 
     embed = embed.double()
     embed.zero_grad()
-    rows = embed.allele_embed.weight[alleles]  # (B, M', P, D)
-    if own:
-        rows = rows + embed.marker_allele_embed[marker_idx[None, :, None], alleles]
-    want = embed.position(marker_idx) + rows.mean(2)
+    want = copy_mean_tokens(embed, alleles, marker_idx)
     want.backward(grad.double())
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
     for name, p in embed.named_parameters():  # float32 positions: 1e-5 off
