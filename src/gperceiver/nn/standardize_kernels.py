@@ -59,22 +59,29 @@ def _backward(grad, y, rstd, out):  # pragma: no cover - compiled
 
 class Standardize(torch.autograd.Function):
     """``x`` (..., D) -> mean 0, variance 1 per row (variance over D, eps
-    inside the square root, as ``F.layer_norm``)."""
+    inside the square root, as ``F.layer_norm``). ``shared``: a weak reference
+    to the :class:`~gperceiver.nn.token_space.SharedTokens` of the output; when
+    the incoming gradient is the buffer it handed back, backward writes the
+    input's gradient over it (no fresh (..., D) tensor)."""
 
     @staticmethod
-    def forward(ctx, x, eps=1e-5):
+    def forward(ctx, x, eps=1e-5, shared=None):
         d = x.shape[-1]
         rows = x.detach().contiguous().view(-1, d)
         y = torch.empty_like(rows)
         rstd = rows.new_empty(len(rows))
         _forward(rows.numel(), rows.numpy(), np.float32(eps), y.numpy(), rstd.numpy())
         ctx.save_for_backward(y, rstd)
+        ctx.shared = shared
         return y.view(x.shape)
 
     @staticmethod
     def backward(ctx, grad):
         y, rstd = ctx.saved_tensors
+        shared = None if ctx.shared is None else ctx.shared()
         rows = grad.contiguous().view(y.shape)
-        out = torch.empty_like(y)
+        # each row is read whole before it is written: in place is safe
+        reuse = shared is not None and shared.released == rows.data_ptr()
+        out = rows if reuse else torch.empty_like(y)
         _backward(rows.numel(), rows.numpy(), y.numpy(), rstd.numpy(), out.numpy())
-        return out.view(grad.shape), None
+        return out.view(grad.shape), None, None

@@ -69,10 +69,15 @@ class SharedTokens(list):
         """The cache of :func:`standardize` of ``tokens`` (B, M, D); with
         ``in_place`` the tokens themselves are standardized, and backward turns the
         summed gradient into the tokens' in its own buffer (no (B, M, D) tensor is
-        allocated for either: :class:`_StandardizeInPlace`)."""
-        if not in_place:
+        allocated for either: :class:`_StandardizeInPlace`). Without it, on the
+        CPU in float32, backward still writes the tokens' gradient over the
+        summed one (:class:`~gperceiver.nn.standardize_kernels.Standardize`)."""
+        if not in_place and not standardize_kernels.available(tokens):
             return cls(standardize(tokens))
         shared = cls.__new__(cls)
+        if not in_place:
+            cls.__init__(shared, Standardize.apply(tokens, 1e-5, weakref.ref(shared)))
+            return shared
         n = _StandardizeInPlace.apply(tokens, shared)
         cls.__init__(shared, n)
         return shared
