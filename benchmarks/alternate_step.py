@@ -31,7 +31,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def child(markers: int, batch: int, threads: int, huge_pages: bool) -> None:
+def child(markers: int, batch: int, threads: int) -> None:
     """Build the step, then run one step per line read from stdin and answer
     with its wall and CPU seconds as a JSON line."""
     import torch
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args.markers, args.batch, args.threads, args.huge_pages)
+        return child(args.markers, args.batch, args.threads)
     trees = [t.split("=", 1) for t in args.tree]
     if not trees or any(len(t) != 2 for t in trees):
         parser.error("give each variant as --tree NAME=SRC")

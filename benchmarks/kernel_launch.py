@@ -57,8 +57,8 @@ def main() -> None:
 
     modes = {"serial": 1 << 30, "parallel": kernels.MIN_THREADS}
     step(0)
-    for mode in modes:  # compile both variants before timing
-        kernels.MIN_THREADS = min(modes[mode], args.threads)
+    for min_threads in modes.values():  # compile both variants before timing
+        kernels.MIN_THREADS = min_threads
         step(0)
     times = {mode: [] for mode in modes}
     for r in range(1, args.rounds + 1):

@@ -118,11 +118,8 @@ class AlleleTokens(torch.autograd.Function):
             out.numpy(),
         )
         ctx.save_for_backward(alleles, index)
-        ctx.own, ctx.markers, (ctx.ids, ctx.width) = (
-            own,
-            per_marker.shape[0],
-            table.shape,
-        )
+        ctx.own, ctx.markers = own, per_marker.shape[0]
+        ctx.ids, ctx.width = table.shape
         return out
 
     @staticmethod

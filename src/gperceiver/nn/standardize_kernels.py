@@ -81,7 +81,7 @@ class Standardize(torch.autograd.Function):
         shared = None if ctx.shared is None else ctx.shared()
         rows = grad.contiguous().view(y.shape)
         # each row is read whole before it is written: in place is safe
-        reuse = shared is not None and shared.released == rows.data_ptr()
+        reuse = shared is not None and shared.handed_back(rows)
         out = rows if reuse else torch.empty_like(y)
         _backward(rows.numel(), rows.numpy(), y.numpy(), rstd.numpy(), out.numpy())
         return out.view(grad.shape), None, None

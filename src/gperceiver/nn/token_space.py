@@ -94,6 +94,11 @@ class SharedTokens(list):
             self.grad = torch.empty_like(like)
         return self.grad
 
+    def handed_back(self, grad: Tensor) -> bool:
+        """Whether ``grad`` is (a contiguous view of) the summed buffer the last
+        reader handed back, which its receiver may overwrite."""
+        return self.released == grad.data_ptr() and grad.is_contiguous()
+
     def take_grad(self) -> Tensor | None:
         """Called once per backward of a reader: the sum after the last one."""
         self.seen += 1
@@ -107,7 +112,7 @@ class SharedTokens(list):
 # token floats from which a batch's tokens are standardized in place (1 GB at
 # 500k markers x batch 8: a fresh tensor fewer forward and backward, which this
 # machine's VM backs with pages at 1-5 s of system time a GB; BENCHMARKS.md,
-# Scale, session 11); below it torch's own layer norm is faster
+# Scale, session 11); below it a separate output measured faster
 IN_PLACE_MIN_FLOATS = 1 << 27
 _ROWS_PER_CHUNK = 1 << 16  # rows of the in-place backward's temporaries
 
@@ -136,11 +141,7 @@ class _StandardizeInPlace(torch.autograd.Function):
     def backward(ctx, grad):
         y, rstd = ctx.saved_tensors
         shared = ctx.shared()
-        reuse = (
-            shared is not None
-            and shared.released == grad.data_ptr()
-            and grad.is_contiguous()
-        )
+        reuse = shared is not None and shared.handed_back(grad)
         out = grad if reuse else torch.empty_like(y)
         d = y.shape[-1]
         rows = (grad.reshape(-1, d), y.reshape(-1, d), rstd.reshape(-1, 1))
