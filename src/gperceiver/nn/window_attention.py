@@ -106,13 +106,12 @@ class LocalAttention(nn.Module):
         q_tokens = torch.einsum("bthc,hcd->bthd", q, w_k * gamma)
         offsets = self.offset.weight.view(-1, h, c)  # (W, H, D/H)
         bias = torch.einsum("bthc,whc->bthw", q, offsets)  # (B, T, H, W)
-        bias = bias.masked_fill(~inside[:, :, None, :], -torch.inf)
         width = len(self.offsets) * d  # floats of one target's neighbours
         chunk = self.target_chunk or max(1, WINDOW_CHUNK_FLOATS // (b * width))
         lone = s < 2  # then no target has a neighbour
         shared = SharedTokens.owner(normed) if standardized else None
         mixed = _WindowAttention.apply(
-            q_tokens, bias, normed.reshape(b * s, d), index, chunk, lone, shared
+            q_tokens, bias, inside, normed.reshape(b * s, d), index, chunk, lone, shared
         )  # (B, T, H, D)
         # sum_w a_w LN(x_w) = gamma * mixed + beta * read, where the weights sum
         # to read: 1, or 0 for a lone token without neighbours; then W_v
@@ -126,11 +125,14 @@ class _WindowAttention(torch.autograd.Function):
     """Softmax attention of token-space queries over gathered neighbours.
 
     ``q`` (B, T, H, D) queries already moved through ``W_k`` and scaled, ``bias``
-    (B, T, H, W) score offsets (``-inf`` for neighbours outside the sequence),
-    ``normed`` (B * S, D) the normed tokens and ``index`` (B * T * W,) the row of
-    each target's neighbours in it. Returns ``sum_w a_w n_w`` (B, T, H, D) with
-    ``a = softmax(q . n_w + bias)``; with ``lone`` (a sequence of one token,
-    every neighbour outside) the weights are zeros.
+    (B, T, H, W) score offsets, ``inside`` (B, T, W) whether each neighbour is in
+    the sequence (the others are not read), ``normed`` (B * S, D) the normed
+    tokens and ``index`` (B * T * W,) the row of each target's neighbours in it.
+    Returns ``sum_w a_w n_w`` (B, T, H, D) with ``a = softmax(q . n_w + bias)``
+    over the neighbours inside; with ``lone`` (a sequence of one token, every
+    neighbour outside) the weights are zeros. On the CPU the kernels take and
+    give the per-target tensors head-major, (H, B * T, ...), the layout of the
+    einsums around this layer, so none is copied.
 
     The neighbours (B, T, W, D), the largest tensor here, exist for ``chunk``
     targets at a time and are gathered again in backward rather than kept;
@@ -141,7 +143,7 @@ class _WindowAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, bias, normed, index, chunk, lone=False, shared=None):
+    def forward(ctx, q, bias, inside, normed, index, chunk, lone=False, shared=None):
         b, t, h, d = q.shape
         w = bias.shape[-1]
         ctx.fused = window_kernels.available(q, bias, normed)
@@ -151,16 +153,18 @@ class _WindowAttention(torch.autograd.Function):
             # forward inside backward (the first forward's context runs backward)
             ctx.shared.readers += 1
         if ctx.fused:  # CPU: numba kernels read the neighbours in place
-            q, normed = q.reshape(b * t, h, d).contiguous(), normed.contiguous()
-            index = index.view(b * t, w)
+            normed, index = normed.contiguous(), index.view(b * t, w)
+            q = _heads_first(q)
             scores = window_kernels.window_scores(
-                q, bias.reshape(b * t, h, w).contiguous(), normed, index
+                q, _heads_first(bias), inside.reshape(b * t, w), normed, index
             )
-            a = scores.softmax(-1)  # (B * T, H, W)
+            a = scores.softmax(-1)  # (H, B * T, W)
             weights = a.nan_to_num_() if lone else a
             ctx.per_row = t
             ctx.save_for_backward(q, normed, index, weights)
-            return window_kernels.window_mix(weights, normed, index).view(b, t, h, d)
+            mixed = window_kernels.window_mix(weights, normed, index)
+            return _heads_last(mixed, b)
+        bias = bias.masked_fill(~inside[:, :, None, :], -torch.inf)
         index = index.view(b, t, w)
         mixed, weights = [], []
         for start in range(0, t, chunk):
@@ -179,7 +183,7 @@ class _WindowAttention(torch.autograd.Function):
     def backward(ctx, grad_mixed):
         q, normed, index, weights = ctx.saved_tensors
         if ctx.fused:
-            shape, shared = grad_mixed.shape, ctx.shared
+            b, shared = grad_mixed.shape[0], ctx.shared
             if shared is None:
                 grad_normed, zero = torch.empty_like(normed), True
             else:  # add into the buffer every read of the tokens shares
@@ -190,7 +194,7 @@ class _WindowAttention(torch.autograd.Function):
                 normed,
                 index,
                 weights,
-                grad_mixed.reshape(q.shape).contiguous(),
+                _heads_first(grad_mixed),
                 ctx.per_row,
                 grad_normed,
                 zero,
@@ -199,8 +203,8 @@ class _WindowAttention(torch.autograd.Function):
                 grad_normed = shared.take_grad()  # None unless the last reader
                 if grad_normed is not None:
                     grad_normed = grad_normed.view(normed.shape)
-            grad_bias = grad_bias.view(*shape[:3], -1)
-            return grad_q.view(shape), grad_bias, grad_normed, None, None, None, None
+            grads = _heads_last(grad_q, b), _heads_last(grad_bias, b)
+            return *grads, None, grad_normed, None, None, None, None
         grad_q, grad_bias = [], []
         grad_normed = torch.zeros_like(normed)
         for start in range(0, q.shape[1], ctx.chunk):
@@ -218,7 +222,20 @@ class _WindowAttention(torch.autograd.Function):
             rows = index[:, part].flatten()
             grad_normed.index_add_(0, rows, grad_near.view(-1, grad_near.shape[-1]))
         grad_q, grad_bias = torch.cat(grad_q, 1), torch.cat(grad_bias, 1)
-        return grad_q, grad_bias, grad_normed, None, None, None, None
+        return grad_q, grad_bias, None, grad_normed, None, None, None, None
+
+
+def _heads_first(x: Tensor) -> Tensor:
+    """(B, T, H, K) -> contiguous (H, B * T, K); no copy when ``x`` is already
+    laid out head-major (as ``einsum("bthc,hc...")`` returns it)."""
+    b, t, h, k = x.shape
+    return x.permute(2, 0, 1, 3).reshape(h, b * t, k).contiguous()
+
+
+def _heads_last(x: Tensor, b: int) -> Tensor:
+    """(H, B * T, K) -> a (B, T, H, K) view."""
+    h, n, k = x.shape
+    return x.view(h, b, n // b, k).permute(1, 2, 0, 3)
 
 
 def _gather(normed: Tensor, index: Tensor) -> Tensor:

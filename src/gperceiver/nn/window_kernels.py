@@ -11,7 +11,10 @@ gather them. They are torch custom operators (``torch.ops.gperceiver.*``), so
 
 Shape letters: N targets (batch rows x targets per row), H heads, D width,
 W neighbours per target, R rows of the normed tokens (batch x sequence).
-Every tensor is float32 and contiguous; ``index`` is int64.
+Every tensor is float32 and contiguous; ``index`` is int64, ``inside`` bool.
+Per-target tensors are head-major, (H, N, ...): the layout in which the
+layer's per-head einsums produce their queries and gradients, so neither is
+copied into another (BENCHMARKS.md, *Scale*, session 13).
 
 Compiled and launched as :mod:`gperceiver.nn.kernels` says (serial or parallel).
 """
@@ -33,37 +36,42 @@ def available(*tensors: Tensor) -> bool:
 
 
 @kernel
-def _scores(q, bias, normed, index, out):  # pragma: no cover - compiled
-    n_targets, heads, width = q.shape
+def _scores(q, bias, inside, normed, index, out):  # pragma: no cover - compiled
+    heads, n_targets, width = q.shape
     for n in prange(n_targets):
         for w in range(index.shape[1]):
+            if not inside[n, w]:
+                for h in range(heads):
+                    out[h, n, w] = -np.inf
+                continue
             r = index[n, w]
             for h in range(heads):
                 acc = np.float32(0.0)
                 for d in range(width):
-                    acc += q[n, h, d] * normed[r, d]
-                out[n, h, w] = acc + bias[n, h, w]
+                    acc += q[h, n, d] * normed[r, d]
+                out[h, n, w] = acc + bias[h, n, w]
 
 
 @kernel
 def _mix(weights, normed, index, out):  # pragma: no cover - compiled
-    n_targets, heads, near = weights.shape
+    heads, n_targets, near = weights.shape
     width = normed.shape[1]
     for n in prange(n_targets):
-        out[n] = 0.0
+        for h in range(heads):
+            out[h, n] = 0.0
         for w in range(near):
             r = index[n, w]
             for h in range(heads):
-                a = weights[n, h, w]
+                a = weights[h, n, w]
                 for d in range(width):
-                    out[n, h, d] += a * normed[r, d]
+                    out[h, n, d] += a * normed[r, d]
 
 
 @kernel
 def _backward(
     q, normed, index, weights, grad, per_row, zero, grad_q, grad_bias, grad_normed
 ):  # pragma: no cover - compiled
-    n_targets, heads, width = q.shape
+    heads, n_targets, width = q.shape
     near = weights.shape[2]
     # batch rows in parallel: the targets of one row read only that row's
     # tokens, so no two threads add into the same row of grad_normed, whose
@@ -81,38 +89,42 @@ def _backward(
                 for h in range(heads):
                     acc = np.float32(0.0)
                     for d in range(width):
-                        acc += grad[n, h, d] * normed[r, d]
+                        acc += grad[h, n, d] * normed[r, d]
                     grad_a[h, w] = acc
             for h in range(heads):  # through the softmax
                 total = np.float32(0.0)
                 for w in range(near):
-                    total += grad_a[h, w] * weights[n, h, w]
+                    total += grad_a[h, w] * weights[h, n, w]
                 for w in range(near):
-                    grad_a[h, w] = weights[n, h, w] * (grad_a[h, w] - total)
-                    grad_bias[n, h, w] = grad_a[h, w]
-            grad_q[n] = 0.0
+                    grad_a[h, w] = weights[h, n, w] * (grad_a[h, w] - total)
+                    grad_bias[h, n, w] = grad_a[h, w]
+                grad_q[h, n] = 0.0
             for w in range(near):
                 r = index[n, w]
                 row_grad[:] = 0.0
                 for h in range(heads):
-                    s, a = grad_a[h, w], weights[n, h, w]
+                    s, a = grad_a[h, w], weights[h, n, w]
                     for d in range(width):
-                        grad_q[n, h, d] += s * normed[r, d]
-                        row_grad[d] += s * q[n, h, d] + a * grad[n, h, d]
+                        grad_q[h, n, d] += s * normed[r, d]
+                        row_grad[d] += s * q[h, n, d] + a * grad[h, n, d]
                 for d in range(width):
                     grad_normed[r, d] += row_grad[d]
 
 
 @torch.library.custom_op("gperceiver::window_scores", mutates_args=())
-def window_scores(q: Tensor, bias: Tensor, normed: Tensor, index: Tensor) -> Tensor:
-    """Scores (N, H, W) ``q[n, h] . normed[index[n, w]] + bias[n, h, w]`` of
-    queries ``q`` (N, H, D), offsets ``bias`` (N, H, W) (``-inf`` masks a
-    neighbour), normed tokens (R, D) and neighbour rows ``index`` (N, W)."""
+def window_scores(
+    q: Tensor, bias: Tensor, inside: Tensor, normed: Tensor, index: Tensor
+) -> Tensor:
+    """Scores (H, N, W) ``q[h, n] . normed[index[n, w]] + bias[h, n, w]`` of
+    queries ``q`` (H, N, D), offsets ``bias`` (H, N, W), normed tokens (R, D)
+    and neighbour rows ``index`` (N, W); ``-inf`` where ``inside`` (N, W) is
+    False (a neighbour outside the sequence)."""
     out = torch.empty_like(bias)
     _scores(
         out.numel() * q.shape[-1],
         q.numpy(),
         bias.numpy(),
+        inside.numpy(),
         normed.numpy(),
         index.numpy(),
         out.numpy(),
@@ -122,8 +134,8 @@ def window_scores(q: Tensor, bias: Tensor, normed: Tensor, index: Tensor) -> Ten
 
 @torch.library.custom_op("gperceiver::window_mix", mutates_args=())
 def window_mix(weights: Tensor, normed: Tensor, index: Tensor) -> Tensor:
-    """``sum_w weights[n, h, w] normed[index[n, w]]`` (N, H, D) of weights
-    (N, H, W); arguments as in :func:`window_scores`."""
+    """``sum_w weights[h, n, w] normed[index[n, w]]`` (H, N, D) of weights
+    (H, N, W); arguments as in :func:`window_scores`."""
     out = weights.new_empty(*weights.shape[:2], normed.shape[1])
     _mix(
         out.numel() * weights.shape[-1],
@@ -147,18 +159,19 @@ def window_backward(
     zero: bool,
 ) -> tuple[Tensor, Tensor]:
     """Gradients of ``window_mix(softmax(window_scores(q, bias, ...)))`` for
-    ``grad`` (N, H, D) of its output: ``(grad_q, grad_bias)``, and the tokens'
+    ``grad`` (H, N, D) of its output: ``(grad_q, grad_bias)``, and the tokens'
     added into ``grad_normed`` (R, D) (overwritten with ``zero``).
 
-    ``weights`` (N, H, W) are the softmax weights of the forward pass. Targets
-    come ``per_row`` at a time per batch row, the rows of ``normed`` are the
-    batch rows' sequences one after the other (R = batch rows x sequence), and
-    the targets of one batch row index only that row's tokens (as
-    ``LocalAttention`` builds ``index``).
+    ``weights`` (H, N, W) are the softmax weights of the forward pass (zero
+    outside the sequence). Targets come ``per_row`` at a time per batch row,
+    the rows of ``normed`` are the batch rows' sequences one after the other (R
+    = batch rows x sequence), and the targets of one batch row index only that
+    row's tokens (as ``LocalAttention`` builds ``index``).
     """
-    if q.shape[0] % per_row or normed.shape[0] % (q.shape[0] // per_row):
+    n_targets = q.shape[1]
+    if n_targets % per_row or normed.shape[0] % (n_targets // per_row):
         raise ValueError(
-            f"{q.shape[0]} targets in rows of {per_row} do not split "
+            f"{n_targets} targets in rows of {per_row} do not split "
             f"{normed.shape[0]} token rows"
         )
     grad_q, grad_bias = torch.empty_like(q), torch.empty_like(weights)
@@ -175,9 +188,9 @@ def window_backward(
     return grad_q, grad_bias
 
 
-def _products(targets: int, heads: int, width: int, near: int) -> int:
-    """FLOPs of one (N, H, D) x (D, W) product per target: 2 N H D W."""
-    return 2 * targets * heads * width * near
+def _products(heads: int, targets: int, width: int, near: int) -> int:
+    """FLOPs of one (H, D) x (D, W) product per target: 2 H N D W."""
+    return 2 * heads * targets * width * near
 
 
 @register_flop_formula(torch.ops.gperceiver.window_scores)
@@ -187,8 +200,8 @@ def _scores_flops(q_shape, bias_shape, *args, **kwargs) -> int:
 
 @register_flop_formula(torch.ops.gperceiver.window_mix)
 def _mix_flops(weights_shape, normed_shape, *args, **kwargs) -> int:
-    n, h, w = weights_shape
-    return _products(n, h, normed_shape[1], w)
+    h, n, w = weights_shape
+    return _products(h, n, normed_shape[1], w)
 
 
 @register_flop_formula(torch.ops.gperceiver.window_backward)
