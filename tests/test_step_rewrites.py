@@ -9,6 +9,7 @@ over copies of its allele vectors."""
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gperceiver.nn import CrossAttention
 
@@ -129,15 +130,17 @@ def copy_mean_tokens(embed, alleles, marker_idx):
     return embed.position(marker_idx) + rows.mean(2)
 
 
+@pytest.mark.parametrize("standardized", [False, True], ids=["raw", "standardized"])
 @pytest.mark.parametrize("own", [True, False], ids=["per_marker", "shared_only"])
 @pytest.mark.parametrize("ploidy", [1, 2, 4])
 @pytest.mark.parametrize("read", ["all", "subset"])
 def test_fused_marker_tokens_equal_the_copy_mean_in_float64(
-    own, ploidy, read, kernel_launch
+    own, ploidy, read, standardized, kernel_launch
 ):
     """The CPU kernels (nn.embedding_kernels, float32) give the tokens and the
     gradients of every table of the closed form position + mean over copies of
-    (shared row + marker's own row), computed in float64 by indexing."""
+    (shared row + marker's own row), computed in float64 by indexing; with
+    ``standardized``, of F.layer_norm of it (no affine map) in float64."""
     from gperceiver.nn import MarkerEmbedding, embedding_kernels
 
     torch.manual_seed(1)
@@ -158,7 +161,7 @@ def test_fused_marker_tokens_equal_the_copy_mean_in_float64(
     grad = torch.randn(b, len(marker_idx), W)
     weights = [embed.allele_embed.weight] + ([embed.marker_allele_embed] if own else [])
     assert embedding_kernels.available(alleles, marker_idx, *weights)
-    got = embed(alleles, marker_idx)
+    got = embed(alleles, marker_idx, standardized=standardized)
     assert got.grad_fn.name() == "AlleleTokensBackward"
     got.backward(grad)
     got_grads = {k: p.grad.clone() for k, p in embed.named_parameters()}
@@ -166,8 +169,12 @@ def test_fused_marker_tokens_equal_the_copy_mean_in_float64(
     embed = embed.double()
     embed.zero_grad()
     want = copy_mean_tokens(embed, alleles, marker_idx)
+    if standardized:
+        want = F.layer_norm(want, (W,), eps=1e-5)
     want.backward(grad.double())
-    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    # standardizing divides float32 rounding by each token's spread
+    atol = 3e-5 if standardized else 1e-6
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=atol)
     for name, p in embed.named_parameters():  # float32 positions: 1e-5 off
         torch.testing.assert_close(
             got_grads[name].double(), p.grad, rtol=1e-4, atol=1e-4

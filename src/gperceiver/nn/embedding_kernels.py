@@ -46,64 +46,105 @@ def available(alleles: Tensor, index: Tensor, *floats: Tensor) -> bool:
 
 
 @kernel
-def _forward(alleles, table, per_marker, index, position, out):  # pragma: no cover
+def _forward(
+    alleles, table, per_marker, index, position, eps, out, rstd
+):  # pragma: no cover - compiled
     batch, markers, ploidy = alleles.shape
     width = table.shape[1]
     share = np.float32(1.0 / ploidy)
     own = per_marker.shape[0] > 0  # per-marker vectors or none
+    norm = rstd.shape[0] > 0  # standardize each token (rstd (B, M')) or not
     for m in prange(markers):
         r = index[m]
         for b in range(batch):
+            row = out[b, m]
             for d in range(width):
-                out[b, m, d] = position[m, d]
+                row[d] = position[m, d]
             for p in range(ploidy):
                 a = alleles[b, m, p]
                 if own:
                     for d in range(width):
-                        out[b, m, d] += share * (table[a, d] + per_marker[r, a, d])
+                        row[d] += share * (table[a, d] + per_marker[r, a, d])
                 else:
                     for d in range(width):
-                        out[b, m, d] += share * table[a, d]
+                        row[d] += share * table[a, d]
+            if norm:  # as standardize_kernels._forward, on the row in cache
+                mean = np.float32(0.0)
+                for d in range(width):
+                    mean += row[d]
+                mean /= width
+                var = np.float32(0.0)
+                for d in range(width):
+                    t = row[d] - mean
+                    var += t * t
+                scale = np.float32(1.0) / np.sqrt(var / width + eps)
+                rstd[b, m] = scale
+                for d in range(width):
+                    row[d] = (row[d] - mean) * scale
 
 
 @kernel
 def _backward(
-    alleles, index, grad, grad_parts, grad_per_marker, grad_position
-):  # pragma: no cover
+    alleles, index, grad, normed, rstd, grad_parts, grad_per_marker, grad_position
+):  # pragma: no cover - compiled
     batch, markers, ploidy = alleles.shape
     n_parts, ids, width = grad_parts.shape
     share = np.float32(1.0 / ploidy)
     own = grad_per_marker.shape[0] > 0
+    norm = rstd.shape[0] > 0  # grad is of the standardized tokens ``normed``
     step = (markers + n_parts - 1) // n_parts
     for c in prange(n_parts):
         part = grad_parts[c]
         part[:] = 0.0
+        row = np.empty(width, np.float32)  # the raw token's gradient
         for m in range(c * step, min(markers, (c + 1) * step)):
             r = index[m]
             grad_position[m] = 0.0
             if own:
                 grad_per_marker[r] = 0.0
             for b in range(batch):
+                if norm:  # through the standardization: r (g - mean g - y mean gy)
+                    mean_g = np.float32(0.0)
+                    mean_gy = np.float32(0.0)
+                    for d in range(width):
+                        mean_g += grad[b, m, d]
+                        mean_gy += grad[b, m, d] * normed[b, m, d]
+                    mean_g /= width
+                    mean_gy /= width
+                    scale = rstd[b, m]
+                    for d in range(width):
+                        g = grad[b, m, d] - mean_g - normed[b, m, d] * mean_gy
+                        row[d] = scale * g
+                else:
+                    for d in range(width):
+                        row[d] = grad[b, m, d]
                 for d in range(width):
-                    grad_position[m, d] += grad[b, m, d]
+                    grad_position[m, d] += row[d]
                 for p in range(ploidy):
                     a = alleles[b, m, p]
                     for d in range(width):
-                        part[a, d] += share * grad[b, m, d]
+                        part[a, d] += share * row[d]
                     if own:
                         for d in range(width):
-                            grad_per_marker[r, a, d] += share * grad[b, m, d]
+                            grad_per_marker[r, a, d] += share * row[d]
 
 
 class AlleleTokens(torch.autograd.Function):
     """Tokens (B, M', D) of ``alleles`` (B, M', P), the shared ``table`` (K, D),
     the per-marker vectors ``per_marker`` (M, K, D) at ``index`` (M',) or None,
     and the ``position`` vectors (M', D): see the module docstring. Gradients
-    for ``table``, ``per_marker`` and ``position``."""
+    for ``table``, ``per_marker`` and ``position``.
+
+    With ``standardize`` the tokens come out standardized, as
+    :func:`~gperceiver.nn.token_space.standardize` would make them (same
+    arithmetic), in the same pass: the raw tokens never reach memory, and
+    backward goes through the standardization row by row in cache."""
 
     @staticmethod
-    def forward(ctx, alleles, table, per_marker, index, position):
-        out = position.new_empty(*alleles.shape[:2], table.shape[1])
+    def forward(ctx, alleles, table, per_marker, index, position, standardize=False):
+        b, m = alleles.shape[:2]
+        out = position.new_empty(b, m, table.shape[1])
+        rstd = position.new_empty((b, m) if standardize else (0, 0))
         alleles, index = alleles.contiguous(), index.contiguous()
         own = per_marker is not None
         if not own:  # an empty table: the kernels skip the per-marker part
@@ -115,16 +156,19 @@ class AlleleTokens(torch.autograd.Function):
             per_marker.detach().contiguous().numpy(),
             index.numpy(),
             position.detach().contiguous().numpy(),
+            np.float32(1e-5),
             out.numpy(),
+            rstd.numpy(),
         )
-        ctx.save_for_backward(alleles, index)
+        normed = out if standardize else out.new_empty(0, 0, 0)
+        ctx.save_for_backward(alleles, index, normed, rstd)
         ctx.own, ctx.markers = own, per_marker.shape[0]
         ctx.ids, ctx.width = table.shape
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        alleles, index = ctx.saved_tensors
+        alleles, index, normed, rstd = ctx.saved_tensors
         grad = grad.contiguous()
         shape = (ctx.markers, ctx.ids, ctx.width)  # (0, K, D) without per-marker
         # the kernel writes the rows of the markers read; the others stay zero
@@ -137,9 +181,11 @@ class AlleleTokens(torch.autograd.Function):
             alleles.numpy(),
             index.numpy(),
             grad.numpy(),
+            normed.numpy(),
+            rstd.numpy(),
             parts.numpy(),
             grad_per_marker.numpy(),
             grad_position.numpy(),
         )
         grad_per_marker = grad_per_marker if ctx.own else None
-        return None, parts.sum(0), grad_per_marker, None, grad_position
+        return None, parts.sum(0), grad_per_marker, None, grad_position, None

@@ -22,6 +22,7 @@ from gperceiver.nn import embedding_kernels
 from gperceiver.nn.attention import init_weights
 from gperceiver.nn.embedding_kernels import AlleleTokens
 from gperceiver.nn.graph_attention import GraphAttention
+from gperceiver.nn.token_space import standardize
 
 
 def _id_counts(alleles: Tensor, n_ids: int, dtype: torch.dtype) -> Tensor:
@@ -275,20 +276,40 @@ class MarkerEmbedding(nn.Module):
             return self._base_position(marker_idx)
         return table[marker_idx]
 
+    def fuses(self, alleles: Tensor, marker_idx: Tensor) -> bool:
+        """Whether :meth:`forward` runs the fused CPU kernels on these inputs
+        (and so can standardize the tokens in the same pass)."""
+        floats = [self.allele_embed.weight]
+        if self.marker_allele_embed is not None:
+            floats.append(self.marker_allele_embed)
+        return embedding_kernels.available(alleles, marker_idx, *floats)
+
     def forward(
-        self, alleles: Tensor, marker_idx: Tensor, table: Tensor | None = None
+        self,
+        alleles: Tensor,
+        marker_idx: Tensor,
+        table: Tensor | None = None,
+        standardized: bool = False,
     ) -> Tensor:
         """Tokens (B, M', D) of allele ids (B, M', P) at marker_idx (M',) or (B, M');
-        ``table`` as in :meth:`position`."""
+        ``table`` as in :meth:`position`. ``standardized``: the tokens'
+        :func:`~gperceiver.nn.token_space.standardize` instead, in the same pass
+        where :meth:`fuses`."""
         weights = self.allele_embed.weight
         per_marker = self.marker_allele_embed
-        floats = [weights] if per_marker is None else [weights, per_marker]
-        if embedding_kernels.available(alleles, marker_idx, *floats):
+        if self.fuses(alleles, marker_idx):
             # CPU: one fused pass each way (nn.embedding_kernels)
             position = self.position(marker_idx, table)  # (M', D)
             return AlleleTokens.apply(
-                alleles.long(), weights, per_marker, marker_idx.long(), position
+                alleles.long(),
+                weights,
+                per_marker,
+                marker_idx.long(),
+                position,
+                standardized,
             )
+        if standardized:
+            return standardize(self(alleles, marker_idx, table))
         # counts @ weights == sum of the copies' rows, without a (B, M', P, D)
         # tensor; dividing the counts (A + 2 wide), not the tokens (D wide), by P
         # gives the mean over copies

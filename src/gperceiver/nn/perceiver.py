@@ -402,19 +402,30 @@ class MaskedMarkerModel(nn.Module):
                 f"alleles have ploidy {alleles.shape[-1]}, "
                 f"the model was built for {self.config.ploidy}"
             )
-        tokens = self.embed(alleles, marker_idx, table)
-        if self.panel_embed is not None:
-            if copy is None:
-                raise ValueError("this model reads panel copies: pass copy=...")
-            tokens = tokens + self.panel_embed(copy.to(tokens.dtype))
-        # every read of the tokens in token space: standardized in place when
-        # large (nothing else reads the raw tokens then)
-        in_place = (
-            torch.is_grad_enabled()
-            and tokens.numel() >= IN_PLACE_MIN_FLOATS
-            and all(it.cross.attn.token_space for it in self.encoder.iterations)
-        )
-        shared = SharedTokens.of(tokens, in_place)
+        token_space = all(it.cross.attn.token_space for it in self.encoder.iterations)
+        if (
+            self.panel_embed is None
+            and token_space
+            and self.embed.fuses(alleles, marker_idx)
+        ):
+            # nothing reads the raw tokens: the embedding's kernels standardize
+            # them in the same pass (they never reach memory)
+            tokens = self.embed(alleles, marker_idx, table, standardized=True)
+            shared = SharedTokens(tokens)
+        else:
+            tokens = self.embed(alleles, marker_idx, table)
+            if self.panel_embed is not None:
+                if copy is None:
+                    raise ValueError("this model reads panel copies: pass copy=...")
+                tokens = tokens + self.panel_embed(copy.to(tokens.dtype))
+            # every read of the tokens in token space: standardized in place
+            # when large (nothing else reads the raw tokens then)
+            in_place = (
+                torch.is_grad_enabled()
+                and tokens.numel() >= IN_PLACE_MIN_FLOATS
+                and token_space
+            )
+            shared = SharedTokens.of(tokens, in_place)
         latents = self.encoder(tokens, mask, extra_latents, shared)
         return (latents, shared.standardized) if return_tokens else latents
 
