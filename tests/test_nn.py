@@ -493,3 +493,33 @@ def test_local_attention__cpu_kernels_match_the_torch_ops(kernel_launch):
         counts.append((counter.get_total_flops(), "gperceiver.window_scores" in ops))
     assert counts == [(counts[1][0], True), (counts[0][0], False)]
     assert counts[0][0] > 0
+
+
+@pytest.mark.parametrize("per_row", [False, True], ids=["shared_idx", "per_row_idx"])
+def test_masked_model_targets_read_the_inputs_positions(per_row):
+    """forward() hands the decoder the inputs' position vectors and the targets
+    read their rows; that equals encode + decode recomputing each target's
+    position from its marker index: logits and every parameter's gradient."""
+    model = tiny_model(learned_marker_embedding=True)
+    b, m = 3, 40
+    alleles = random_alleles((b, m), 2, 2)
+    idx = torch.randperm(60, generator=torch.Generator().manual_seed(4))[:m]
+    marker_idx = torch.stack([idx.sort().values] * b) if per_row else idx.sort().values
+    if per_row:
+        marker_idx[1] = torch.randperm(60)[:m].sort().values
+    target_pos = torch.tensor([[0, 5, 39], [1, 2, 3], [7, 20, 38]])
+
+    def run(use_forward: bool):
+        model.zero_grad()
+        if use_forward:
+            logits = model(alleles, marker_idx, target_pos)
+        else:
+            latents, tokens = model.encode(alleles, marker_idx, return_tokens=True)
+            logits = model.decode(latents, tokens, marker_idx, target_pos)
+        (
+            logits * torch.linspace(-1, 1, logits.numel()).view_as(logits)
+        ).sum().backward()
+        return [logits.detach()] + [p.grad.clone() for p in model.parameters()]
+
+    for got, want in zip(run(True), run(False), strict=True):
+        torch.testing.assert_close(got, want)

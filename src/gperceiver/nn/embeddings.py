@@ -290,16 +290,19 @@ class MarkerEmbedding(nn.Module):
         marker_idx: Tensor,
         table: Tensor | None = None,
         standardized: bool = False,
+        position: Tensor | None = None,
     ) -> Tensor:
         """Tokens (B, M', D) of allele ids (B, M', P) at marker_idx (M',) or (B, M');
         ``table`` as in :meth:`position`. ``standardized``: the tokens'
         :func:`~gperceiver.nn.token_space.standardize` instead, in the same pass
-        where :meth:`fuses`."""
+        where :meth:`fuses`. ``position``: ``self.position(marker_idx, table)``
+        when the caller has it."""
         weights = self.allele_embed.weight
         per_marker = self.marker_allele_embed
+        if position is None:
+            position = self.position(marker_idx, table)  # (M', D) or (B, M', D)
         if self.fuses(alleles, marker_idx):
             # CPU: one fused pass each way (nn.embedding_kernels)
-            position = self.position(marker_idx, table)  # (M', D)
             return AlleleTokens.apply(
                 alleles.long(),
                 weights,
@@ -309,7 +312,7 @@ class MarkerEmbedding(nn.Module):
                 standardized,
             )
         if standardized:
-            return standardize(self(alleles, marker_idx, table))
+            return standardize(self(alleles, marker_idx, table, position=position))
         # counts @ weights == sum of the copies' rows, without a (B, M', P, D)
         # tensor; dividing the counts (A + 2 wide), not the tokens (D wide), by P
         # gives the mean over copies
@@ -317,7 +320,7 @@ class MarkerEmbedding(nn.Module):
         counts = counts / alleles.shape[-1]
         # in place: one fresh (B, M', D) tensor instead of two (at 500k markers x
         # batch 8 each is 1 GB the kernel must back with pages again every step)
-        tokens = (counts @ weights).add_(self.position(marker_idx, table))
+        tokens = (counts @ weights).add_(position)
         if self.marker_allele_embed is not None:
             per_marker = self.marker_allele_embed[
                 marker_idx

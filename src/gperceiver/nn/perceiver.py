@@ -385,6 +385,7 @@ class MaskedMarkerModel(nn.Module):
         return_tokens: bool = False,
         table: Tensor | None = None,
         copy: Tensor | None = None,
+        positions: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Latents (B, L + E, D) of allele ids (B, M, P) at ``marker_idx``.
 
@@ -396,6 +397,8 @@ class MaskedMarkerModel(nn.Module):
         ``table``: ``self.embed.position_table()`` when the caller also decodes
         (computed once, used by both). ``copy`` (B, M, G): the panel copies of
         the same markers, required by a model with a panel (:meth:`add_panel`).
+        ``positions``: ``self.embed.position(marker_idx, table)`` when the
+        caller has it (the decoder then reads its targets' rows).
         """
         if alleles.shape[-1] != self.config.ploidy:
             raise ValueError(
@@ -410,10 +413,12 @@ class MaskedMarkerModel(nn.Module):
         ):
             # nothing reads the raw tokens: the embedding's kernels standardize
             # them in the same pass (they never reach memory)
-            tokens = self.embed(alleles, marker_idx, table, standardized=True)
+            tokens = self.embed(
+                alleles, marker_idx, table, standardized=True, position=positions
+            )
             shared = SharedTokens(tokens)
         else:
-            tokens = self.embed(alleles, marker_idx, table)
+            tokens = self.embed(alleles, marker_idx, table, position=positions)
             if self.panel_embed is not None:
                 if copy is None:
                     raise ValueError("this model reads panel copies: pass copy=...")
@@ -436,15 +441,24 @@ class MaskedMarkerModel(nn.Module):
         marker_idx: Tensor,
         target_pos: Tensor,
         table: Tensor | None = None,
+        positions: Tensor | None = None,
     ) -> Tensor:
         """Copy-count logits (B, T, A, P + 1) at input positions ``target_pos``.
 
         ``target_pos`` (B, T) or (T,) indexes the input sequence of ``tokens``
         (B, M, D), the standardized tokens from :meth:`encode`, whose marker
-        indices are ``marker_idx`` (M,) or (B, M); ``table`` as in :meth:`encode`.
+        indices are ``marker_idx`` (M,) or (B, M); ``table`` and ``positions``
+        as in :meth:`encode`.
         """
         queries = self.target_queries(
-            latents, tokens, marker_idx, target_pos, self.local, self.decoder, table
+            latents,
+            tokens,
+            marker_idx,
+            target_pos,
+            self.local,
+            self.decoder,
+            table,
+            positions,
         )
         logits = self.head(self.decoder_norm(queries))  # (B, T, A * (P + 1))
         return logits.unflatten(-1, (self.config.n_alleles, self.config.ploidy + 1))
@@ -458,13 +472,21 @@ class MaskedMarkerModel(nn.Module):
         local: nn.ModuleList,
         blocks: nn.ModuleList,
         table: Tensor | None = None,
+        positions: Tensor | None = None,
     ) -> Tensor:
         """Target queries (B, T, D) after the decoder layers ``local`` and ``blocks``
         (from :func:`target_decoder_layers`); arguments as in :meth:`decode`."""
         b, m = tokens.shape[:2]
         target_pos = target_pos.expand(b, -1)  # (B, T)
-        target_idx = marker_idx.expand(b, m).gather(1, target_pos)  # (B, T)
-        queries = self.embed.position(target_idx, table)  # (B, T, D)
+        if positions is None:
+            target_idx = marker_idx.expand(b, m).gather(1, target_pos)  # (B, T)
+            queries = self.embed.position(target_idx, table)  # (B, T, D)
+        elif positions.dim() == 2:  # (M, D): one row gather, one index_add back
+            queries = positions.index_select(0, target_pos.flatten())
+            queries = queries.view(*target_pos.shape, -1)
+        else:
+            index = target_pos[..., None].expand(-1, -1, positions.shape[-1])
+            queries = positions.gather(1, index)
         for i, block in enumerate(blocks):
             if local:
                 queries = self._run(local[i], queries, tokens, target_pos, True)
@@ -491,7 +513,15 @@ class MaskedMarkerModel(nn.Module):
         """Logits (B, T, A, P + 1) at input positions ``target_pos`` (B, T) or (T,);
         ``copy`` as in :meth:`encode`."""
         table = self.embed.position_table()
+        # the inputs' position vectors, once: the targets' are rows of them
+        positions = self.embed.position(marker_idx, table)  # (M, D) or (B, M, D)
         latents, tokens = self.encode(
-            alleles, marker_idx, mask, return_tokens=True, table=table, copy=copy
+            alleles,
+            marker_idx,
+            mask,
+            return_tokens=True,
+            table=table,
+            copy=copy,
+            positions=positions,
         )
-        return self.decode(latents, tokens, marker_idx, target_pos, table)
+        return self.decode(latents, tokens, marker_idx, target_pos, table, positions)
