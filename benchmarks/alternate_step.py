@@ -34,6 +34,9 @@ HERE = Path(__file__).resolve().parent
 def child(markers: int, batch: int, threads: int) -> None:
     """Build the step, then run one step per line read from stdin and answer
     with its wall and CPU seconds as a JSON line."""
+    import gperceiver  # noqa: F401  (first, as the CLI: GOMP_SPINCOUNT for torch)
+
+    # isort: split
     import torch
 
     sys.path.insert(0, str(HERE))

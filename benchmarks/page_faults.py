@@ -18,6 +18,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import gperceiver  # noqa: F401  (first, as the CLI: GOMP_SPINCOUNT for torch)
+
+# isort: split
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

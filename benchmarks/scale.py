@@ -139,6 +139,9 @@ def child(
     limit_gb: float,
     keep_freed: bool = True,
 ) -> dict:
+    import gperceiver  # noqa: F401  (first, as the CLI: GOMP_SPINCOUNT for torch)
+
+    # isort: split
     import torch
 
     from gperceiver.allocator import keep_freed_memory

@@ -195,6 +195,30 @@ def test_import_gperceiver__loads_neither_numpy_nor_torch():
     assert result.stdout.split() == ["False", "True", "False"], result.stderr
 
 
+@pytest.mark.parametrize(
+    "first, preset, want",
+    [("gperceiver", None, "20000"), ("gperceiver", "7", "7"), ("torch", None, "None")],
+)
+def test_import_gperceiver__shortens_openmp_spinning_before_torch_loads(
+    first, preset, want
+):
+    """Imported before torch, gperceiver sets GOMP_SPINCOUNT (torch's OpenMP
+    workers then stop spinning sooner); a value already set wins, and after
+    torch has loaded (too late for its OpenMP) nothing is set."""
+    code = (
+        f"import {first}, os, gperceiver, torch; "
+        "print(os.environ.get('GOMP_SPINCOUNT'))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(gp.__file__).parents[1])}
+    env.pop("GOMP_SPINCOUNT", None)
+    if preset is not None:
+        env["GOMP_SPINCOUNT"] = preset
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env
+    )
+    assert result.stdout.split() == [want], result.stderr
+
+
 def readme_python_block() -> str:
     text = README.read_text()
     section = text.split("## Python API", 1)[1].split("\n## ", 1)[0]

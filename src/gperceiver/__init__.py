@@ -12,7 +12,21 @@ first use, so ``import gperceiver`` itself imports neither numpy nor torch (the
 Perceiver loads torch when it fits or loads a model).
 """
 
+import os as _os
+import sys as _sys
+
 __version__ = "0.1.0"
+
+# torch's CPU threads are GNU OpenMP's, whose idle workers spin for
+# GOMP_SPINCOUNT iterations after each parallel region: 300,000 by default,
+# about 4 ms of a core on the session-13 box. The numba kernels' threads
+# (nn.kernels) then share a core with a spinning worker and run at serial
+# speed. 20,000 (~0.5 ms) still bridges the gaps between torch's operators: a
+# 10k-marker train step on two threads 0.121 -> 0.111 s, 100k 0.91 -> 0.88 s
+# (BENCHMARKS.md, Scale, session 13). It must be set before torch loads, so
+# here; a value in the environment wins.
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
 _API = (
     "GBLUP",
