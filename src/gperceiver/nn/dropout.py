@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import prange
+from numba import njit, prange
 from torch import Tensor, nn
 
 from gperceiver.nn.kernels import kernel
@@ -26,17 +26,30 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 _BLOCK = 1 << 14  # elements per parallel task
 
 
+@njit(fastmath=True, cache=True, nogil=True)
+def _masked_scale_block(x, out, start, seed, threshold, scale):  # pragma: no cover
+    """Elements ``start ..`` of the flat tensor: ``x`` and ``out`` their slices."""
+    for j in range(x.shape[0]):
+        z = seed + np.uint64(start + j) * _GAMMA
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        z = z ^ (z >> np.uint64(31))
+        out[j] = x[j] * scale if (z >> np.uint64(32)) >= threshold else 0.0
+
+
 @kernel
 def _masked_scale(x, out, seed, threshold, scale):  # pragma: no cover - compiled
-    """``out[i] = x[i] * scale`` where element ``i`` is kept, else 0 (flat)."""
+    """``out[i] = x[i] * scale`` where element ``i`` is kept, else 0 (flat).
+    Each block goes to the loop above as slices: written inline in the
+    ``prange`` loop, the parallel variant ran 1.5-2x slower a thread than the
+    serial one (numba's parallel loop body is not vectorized alike)."""
     n = x.shape[0]
     for block in prange((n + _BLOCK - 1) // _BLOCK):
-        for i in range(block * _BLOCK, min(n, (block + 1) * _BLOCK)):
-            z = seed + np.uint64(i) * _GAMMA
-            z = (z ^ (z >> np.uint64(30))) * _MIX1
-            z = (z ^ (z >> np.uint64(27))) * _MIX2
-            z = z ^ (z >> np.uint64(31))
-            out[i] = x[i] * scale if (z >> np.uint64(32)) >= threshold else 0.0
+        start = block * _BLOCK
+        stop = min(n, start + _BLOCK)
+        _masked_scale_block(
+            x[start:stop], out[start:stop], start, seed, threshold, scale
+        )
 
 
 def _apply(x: Tensor, seed: int, p: float) -> Tensor:
