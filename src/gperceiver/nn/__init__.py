@@ -13,12 +13,8 @@ from gperceiver.nn.attention import (
     init_weights,
 )
 from gperceiver.nn.embeddings import MarkerEmbedding, count_targets
-from gperceiver.nn.perceiver import (
-    EncoderIteration,
-    MaskedMarkerModel,
-    PerceiverConfig,
-    PerceiverEncoder,
-)
+from gperceiver.nn.encoder import EncoderIteration, PerceiverEncoder
+from gperceiver.nn.perceiver import MaskedMarkerModel, PerceiverConfig
 from gperceiver.nn.window_attention import LocalAttention
 
 __all__ = [

@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gperceiver.nn.attention import init_weights
+from gperceiver.nn.encoder import PerceiverEncoder
 from gperceiver.nn.heads import HeadConfig
 from gperceiver.nn.norm import RankSyncedBatchNorm1d
-from gperceiver.nn.perceiver import PerceiverConfig, PerceiverEncoder, marker_embedding
+from gperceiver.nn.perceiver import PerceiverConfig, marker_embedding
 
 
 @dataclass

@@ -15,10 +15,11 @@ from torch import Tensor, nn
 
 from gperceiver.device import full_precision
 from gperceiver.nn.attention import init_weights
+from gperceiver.nn.encoder import PerceiverEncoder
 from gperceiver.nn.norm import RankSyncedBatchNorm1d
 from gperceiver.nn.panel import PanelConfig
 from gperceiver.nn.panel_reference import PanelReference, n_genotypes
-from gperceiver.nn.perceiver import PerceiverConfig, PerceiverEncoder, marker_embedding
+from gperceiver.nn.perceiver import PerceiverConfig, marker_embedding
 
 HEADS = ("latent", "pool")
 
