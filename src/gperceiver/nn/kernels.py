@@ -8,9 +8,15 @@ layer, measured on the session-12 box; BENCHMARKS.md, *Scale*): a dropout of
 (32, 32, 64) took 0.17 ms parallel and 0.05 ms serial. So a call runs in
 parallel only with at least :data:`MIN_THREADS` torch threads and
 ``min_parallel`` elements of work. In a train step on two threads the parallel
-kernels cut the 100k-marker step from 1.21-1.24 to 1.10-1.12 s and left the
-10k step as it was (0.129 vs 0.130 s; ``benchmarks/kernel_launch.py``; torch's
-OpenMP workers, spinning between its operators, share the cores with them).
+kernels cut the 100k-marker step from 1.21-1.24 to 1.10-1.12 s
+(``benchmarks/kernel_launch.py``). They share the cores with torch's OpenMP
+workers, which spin for ``GOMP_SPINCOUNT`` iterations after each of torch's
+parallel regions: ~4 ms at the default, during which a parallel kernel ran at
+serial speed. ``import gperceiver`` shortens it (see ``gperceiver/__init__.py``);
+since then the parallel kernels help at 10k too (0.114 vs 0.120 s, session 13).
+Write a kernel's inner loop over slices handed to a plain ``njit`` function
+when it is a flat elementwise loop (:mod:`~gperceiver.nn.dropout`): inline in
+the ``prange`` loop it ran 1.5-2x slower a thread in the parallel variant.
 
 Threads: numba's ``workqueue`` layer unless ``NUMBA_THREADING_LAYER`` says
 otherwise. Its ``omp`` layer brings a second OpenMP runtime beside torch's,
