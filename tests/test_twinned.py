@@ -183,6 +183,38 @@ def test_decode_pairs__swapping_the_pair_gives_identical_outputs(sim, decoder_wi
     assert not torch.allclose(logits[0], other[0])  # other partners, other output
 
 
+def test_forward_pairs__targets_read_the_inputs_positions(sim):
+    """forward_pairs() hands the pair decoder the inputs' position vectors;
+    that equals encode + decode_pairs recomputing each target's position from
+    its marker index: logits and every parameter's gradient."""
+    g = sim.genotypes
+    model = tiny_model(g.subset(markers=np.arange(100)), decoder_window=4)
+    model.train()
+    alleles = torch.from_numpy(g.alleles[:4, :100].astype(np.int64))
+    targets = torch.randint(0, 60, (2, 7), generator=torch.Generator().manual_seed(1))
+    targets = targets.repeat_interleave(2, 0)
+    idx = torch.arange(20, 80)  # a subset of the map: input positions != markers
+    alleles = alleles[:, 20:80]
+
+    def run(use_forward: bool):
+        torch.manual_seed(3)  # the same dropout masks both ways
+        model.zero_grad()
+        if use_forward:
+            logits = model.forward_pairs(alleles, idx, targets)
+        else:
+            latents, tokens = model.encode(alleles, idx, return_tokens=True)
+            logits = model.decode_pairs(latents, tokens, idx, targets)
+        weights = torch.linspace(-1, 1, logits.numel()).view_as(logits)
+        (logits * weights).sum().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        return [logits.detach(), *grads]
+
+    got, want = run(True), run(False)
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_twinned_task__encodes_each_individual_once_per_batch(sim):
     g = sim.genotypes
     model = tiny_model(g).train()

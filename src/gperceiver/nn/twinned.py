@@ -55,12 +55,13 @@ class TwinnedModel(MaskedMarkerModel):
         marker_idx: Tensor,
         target_pos: Tensor,
         table: Tensor | None = None,
+        positions: Tensor | None = None,
     ) -> Tensor:
         """Shared-copy logits (K, T, P + 1) of the pairs (rows 2k, 2k + 1).
 
         ``latents`` (B, L, D) and ``tokens`` (B, M, D) come from :meth:`encode`;
         ``target_pos`` (B, T) indexes the input sequence and must be the same for
-        both rows of a pair; ``table`` as in :meth:`encode`.
+        both rows of a pair; ``table`` and ``positions`` as in :meth:`encode`.
         """
         if tokens.shape[0] % 2:
             raise ValueError(f"pairs need an even batch, got {tokens.shape[0]} rows")
@@ -72,6 +73,7 @@ class TwinnedModel(MaskedMarkerModel):
             self.pair_local,
             self.pair_decoder,
             table,
+            positions,
         )
         queries = self.pair_norm(queries).unflatten(0, (-1, 2))  # (K, 2, T, D)
         first, second = queries.unbind(1)  # (K, T, D) each
@@ -90,7 +92,15 @@ class TwinnedModel(MaskedMarkerModel):
         """Shared-copy logits (K, T, P + 1) of allele ids (B, M, P), pairs as rows
         2k and 2k + 1, at input positions ``target_pos`` (B, T)."""
         table = self.embed.position_table()
+        positions = self.embed.position(marker_idx, table)  # the targets read rows
         latents, tokens = self.encode(
-            alleles, marker_idx, mask, return_tokens=True, table=table
+            alleles,
+            marker_idx,
+            mask,
+            return_tokens=True,
+            table=table,
+            positions=positions,
         )
-        return self.decode_pairs(latents, tokens, marker_idx, target_pos, table)
+        return self.decode_pairs(
+            latents, tokens, marker_idx, target_pos, table, positions
+        )

@@ -127,8 +127,11 @@ class TwinnedTask(MaskedMarkerTask):
         device = model_device(model)  # drawn on the CPU, computed on the device
         masked, inputs, targets, valid, shared, counts = (t.to(device) for t in batch)
         table = model.embed.position_table()  # once for encoder and both decoders
-        latents, tokens = model.encode(masked, inputs, return_tokens=True, table=table)
-        logits = model.decode_pairs(latents, tokens, inputs, targets, table)
+        positions = model.embed.position(inputs, table)  # the targets read rows
+        latents, tokens = model.encode(
+            masked, inputs, return_tokens=True, table=table, positions=positions
+        )
+        logits = model.decode_pairs(latents, tokens, inputs, targets, table, positions)
         pair_valid = valid[0::2]  # (K, T)
         losses = F.cross_entropy(
             logits.flatten(0, 1), shared.flatten(), reduction="none"
@@ -140,7 +143,9 @@ class TwinnedTask(MaskedMarkerTask):
             accuracy = right.sum() / pair_valid.sum().clamp(min=1)
         metrics = {"shared_loss": loss.item(), "shared_accuracy": accuracy.item()}
         if self.masked_weight > 0:
-            count_logits = model.decode(latents, tokens, inputs, targets, table)
+            count_logits = model.decode(
+                latents, tokens, inputs, targets, table, positions
+            )
             masked_loss, masked_accuracy = allele_count_loss(
                 count_logits, counts, valid, self.complete.to(device)
             )
