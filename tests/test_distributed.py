@@ -43,6 +43,16 @@ def leave_gloo_group() -> None:
     dist.destroy_process_group()
 
 
+def end_worker() -> None:
+    """End a spawned worker whose results are written: exit at once, without the
+    C++ teardown, where gloo still aborted a worker now and then after the group
+    was left (SIGABRT, ``terminate called without an active exception``; 2 of 45
+    spawns of the batch-norm test, 0 of 45 with this exit)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 class LeastSquares:
     """Deterministic task: mean squared error of a linear model, one term per row."""
 
@@ -86,6 +96,7 @@ def _worker(rank, world, directory):
         save_file(model.state_dict(), f"{directory}-weights-{rank}.safetensors")
     finally:
         leave_gloo_group()
+    end_worker()
 
 
 def test_trainer__two_gloo_processes_equal_one_process(tmp_path):

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from gperceiver.cli import main
 from gperceiver.nn.norm import RankSyncedBatchNorm1d
 from pretrain_helpers import SLOW_STEPS
-from test_distributed import free_port, join_gloo_group, leave_gloo_group
+from test_distributed import end_worker, free_port, join_gloo_group, leave_gloo_group
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}  # float32 sums taken in another order
 # finetuned weights, one process against two ranks: a parameter whose gradient is
@@ -61,6 +61,7 @@ def _norm_worker(rank, world, out):
         )  # fmt: skip
     finally:
         leave_gloo_group()
+    end_worker()
 
 
 def test_rank_synced_batch_norm__two_ranks_equal_one_batch_norm(tmp_path):
