@@ -100,25 +100,33 @@ def test_local_attention_gradients_equal_the_per_query_definition():
 def test_marker_embedding_is_the_copy_mean_of_both_allele_tables(ploidy):
     """Tokens = position + the mean over copies of the shared allele vector and the
     marker's own allele vector (counts divided by P before the products)."""
-    from gperceiver.nn import MarkerEmbedding
-
     torch.manual_seed(0)
     m = 9
-    embed = MarkerEmbedding(
-        3,
-        W,
-        torch.rand(m),
-        torch.arange(m) % 2,
-        n_chroms=2,
-        n_fourier=3,
-        marker_allele_embedding=True,
-    ).double()
-    torch.nn.init.normal_(embed.marker_allele_embed)
+    embed = allele_embedding(m, n_chroms=2, own=True).double()
     alleles = torch.randint(0, 5, (2, m, ploidy))  # missing, 3 alleles, mask
     marker_idx = torch.tensor([0, 2, 3, 4, 5, 6, 7, 8, 1])
     got = embed(alleles, marker_idx)
     want = copy_mean_tokens(embed, alleles, marker_idx)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def allele_embedding(m: int, n_chroms: int, own: bool):
+    """A MarkerEmbedding of 3 alleles on ``m`` markers in ``n_chroms``
+    chromosomes; with ``own``, per-marker allele vectors drawn N(0, 1)."""
+    from gperceiver.nn import MarkerEmbedding
+
+    embed = MarkerEmbedding(
+        3,
+        W,
+        torch.rand(m),
+        torch.arange(m) % n_chroms,
+        n_chroms=n_chroms,
+        n_fourier=3,
+        marker_allele_embedding=own,
+    )
+    if own:
+        torch.nn.init.normal_(embed.marker_allele_embed)
+    return embed
 
 
 def copy_mean_tokens(embed, alleles, marker_idx):
@@ -141,21 +149,11 @@ def test_fused_marker_tokens_equal_the_copy_mean_in_float64(
     gradients of every table of the closed form position + mean over copies of
     (shared row + marker's own row), computed in float64 by indexing; with
     ``standardized``, of F.layer_norm of it (no affine map) in float64."""
-    from gperceiver.nn import MarkerEmbedding, embedding_kernels
+    from gperceiver.nn import embedding_kernels
 
     torch.manual_seed(1)
     m, b = 40, 3
-    embed = MarkerEmbedding(
-        3,
-        W,
-        torch.rand(m),
-        torch.arange(m) % 3,
-        n_chroms=3,
-        n_fourier=3,
-        marker_allele_embedding=own,
-    )
-    if own:
-        torch.nn.init.normal_(embed.marker_allele_embed)
+    embed = allele_embedding(m, n_chroms=3, own=own)
     marker_idx = torch.arange(m) if read == "all" else torch.randperm(m)[:25].sort()[0]
     alleles = torch.randint(0, 5, (b, len(marker_idx), ploidy))
     grad = torch.randn(b, len(marker_idx), W)
