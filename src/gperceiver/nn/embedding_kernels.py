@@ -27,6 +27,7 @@ from numba import prange
 from torch import Tensor
 
 from gperceiver.nn.kernels import kernel
+from gperceiver.nn.standardize_kernels import standardize_row, standardize_row_grad
 
 # markers are split into at most this many parts, each summing its own part
 # of the shared table's gradient (no two threads add into one row)
@@ -68,19 +69,8 @@ def _forward(
                 else:
                     for d in range(width):
                         row[d] += share * table[a, d]
-            if norm:  # as standardize_kernels._forward, on the row in cache
-                mean = np.float32(0.0)
-                for d in range(width):
-                    mean += row[d]
-                mean /= width
-                var = np.float32(0.0)
-                for d in range(width):
-                    t = row[d] - mean
-                    var += t * t
-                scale = np.float32(1.0) / np.sqrt(var / width + eps)
-                rstd[b, m] = scale
-                for d in range(width):
-                    row[d] = (row[d] - mean) * scale
+            if norm:  # on the row in cache
+                rstd[b, m] = standardize_row(row, eps, row)
 
 
 @kernel
@@ -103,18 +93,8 @@ def _backward(
             if own:
                 grad_per_marker[r] = 0.0
             for b in range(batch):
-                if norm:  # through the standardization: r (g - mean g - y mean gy)
-                    mean_g = np.float32(0.0)
-                    mean_gy = np.float32(0.0)
-                    for d in range(width):
-                        mean_g += grad[b, m, d]
-                        mean_gy += grad[b, m, d] * normed[b, m, d]
-                    mean_g /= width
-                    mean_gy /= width
-                    scale = rstd[b, m]
-                    for d in range(width):
-                        g = grad[b, m, d] - mean_g - normed[b, m, d] * mean_gy
-                        row[d] = scale * g
+                if norm:  # through the standardization, in cache
+                    standardize_row_grad(grad[b, m], normed[b, m], rstd[b, m], row)
                 else:
                     for d in range(width):
                         row[d] = grad[b, m, d]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import prange
+from numba import njit, prange
 from torch import Tensor
 
 from gperceiver.nn.kernels import kernel
@@ -23,38 +23,51 @@ def available(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32
 
 
+@njit(inline="always")
+def standardize_row(x, eps, y):  # pragma: no cover - compiled
+    """``y`` = ``x`` (D,) standardized; returns 1 / sqrt(var + eps). ``y`` may
+    be ``x`` (in place)."""
+    width = x.shape[0]
+    mean = np.float32(0.0)
+    for k in range(width):
+        mean += x[k]
+    mean /= width
+    var = np.float32(0.0)
+    for k in range(width):
+        t = x[k] - mean
+        var += t * t
+    scale = np.float32(1.0) / np.sqrt(var / width + eps)
+    for k in range(width):
+        y[k] = (x[k] - mean) * scale
+    return scale
+
+
+@njit(inline="always")
+def standardize_row_grad(grad, y, scale, out):  # pragma: no cover - compiled
+    """``out`` = the input row's gradient from the output's ``grad`` (D,), the
+    output ``y`` and ``scale`` (from :func:`standardize_row`)."""
+    width = grad.shape[0]
+    mean_g = np.float32(0.0)
+    mean_gy = np.float32(0.0)
+    for k in range(width):
+        mean_g += grad[k]
+        mean_gy += grad[k] * y[k]
+    mean_g /= width
+    mean_gy /= width
+    for k in range(width):
+        out[k] = scale * (grad[k] - mean_g - y[k] * mean_gy)
+
+
 @kernel
 def _forward(x, eps, y, rstd):  # pragma: no cover - compiled
-    rows, width = x.shape
-    for r in prange(rows):
-        mean = np.float32(0.0)
-        for k in range(width):
-            mean += x[r, k]
-        mean /= width
-        var = np.float32(0.0)
-        for k in range(width):
-            t = x[r, k] - mean
-            var += t * t
-        scale = np.float32(1.0) / np.sqrt(var / width + eps)
-        rstd[r] = scale
-        for k in range(width):
-            y[r, k] = (x[r, k] - mean) * scale
+    for r in prange(x.shape[0]):
+        rstd[r] = standardize_row(x[r], eps, y[r])
 
 
 @kernel
 def _backward(grad, y, rstd, out):  # pragma: no cover - compiled
-    rows, width = grad.shape
-    for r in prange(rows):
-        mean_g = np.float32(0.0)
-        mean_gy = np.float32(0.0)
-        for k in range(width):
-            mean_g += grad[r, k]
-            mean_gy += grad[r, k] * y[r, k]
-        mean_g /= width
-        mean_gy /= width
-        scale = rstd[r]
-        for k in range(width):
-            out[r, k] = scale * (grad[r, k] - mean_g - y[r, k] * mean_gy)
+    for r in prange(grad.shape[0]):
+        standardize_row_grad(grad[r], y[r], rstd[r], out[r])
 
 
 class Standardize(torch.autograd.Function):
