@@ -319,30 +319,36 @@ def test_encoder_token_gradient_summed_in_one_buffer_matches_finite_differences(
     assert torch.autograd.gradcheck(lambda x: encoder(x, mask), (tokens,))
 
 
-def test_tokens_standardized_in_place_give_the_same_model_gradients(monkeypatch):
-    """Above IN_PLACE_MIN_FLOATS the encoder standardizes the tokens over
-    themselves and backward reuses the summed gradient's buffer: same loss
-    gradients as torch's layer norm (here forced on a tiny model), and
-    finite differences agree on the in-place function itself."""
-    from gperceiver.nn import MaskedMarkerModel, PerceiverConfig
-    from gperceiver.nn import perceiver as perceiver_module
-    from gperceiver.nn.token_space import SharedTokens
+def token_space_config(**fields):
+    """A tiny diploid biallelic config on 2 chromosomes whose encoder reads in
+    token space (one cross head), dropout off; ``fields`` set the rest."""
+    from gperceiver.nn import PerceiverConfig
 
-    config = PerceiverConfig(
+    values = dict(
         n_alleles=2,
         ploidy=2,
-        n_markers=12,
         n_chroms=2,
         width=8,
         n_latents=3,
         cross_heads=1,
         self_heads=2,
         self_layers=1,
-        decoder_window=0,
         dropout=0.0,
-        chunk_size=5,
         n_fourier=2,
     )
+    return PerceiverConfig(**(values | fields))
+
+
+def test_tokens_standardized_in_place_give_the_same_model_gradients(monkeypatch):
+    """Above IN_PLACE_MIN_FLOATS the encoder standardizes the tokens over
+    themselves and backward reuses the summed gradient's buffer: same loss
+    gradients as torch's layer norm (here forced on a tiny model), and
+    finite differences agree on the in-place function itself."""
+    from gperceiver.nn import MaskedMarkerModel
+    from gperceiver.nn import perceiver as perceiver_module
+    from gperceiver.nn.token_space import SharedTokens
+
+    config = token_space_config(n_markers=12, decoder_window=0, chunk_size=5)
     torch.manual_seed(0)
     pos = np.tile(np.linspace(0, 1, 6), 2)
     model = MaskedMarkerModel(config, pos, np.repeat([0, 1], 6)).double()
@@ -390,23 +396,10 @@ def test_window_gradient_added_into_the_shared_buffer(recomputed, kernel_launch)
     into the encoder's shared buffer, counted once as a reader also when
     checkpointing recomputes it: every parameter's gradient equals the float64
     model's, whose torch ops share nothing."""
-    from gperceiver.nn import MaskedMarkerModel, PerceiverConfig
+    from gperceiver.nn import MaskedMarkerModel
 
-    config = PerceiverConfig(
-        n_alleles=2,
-        ploidy=2,
-        n_markers=40,
-        n_chroms=2,
-        width=8,
-        n_latents=3,
-        cross_heads=1,
-        self_heads=2,
-        self_layers=1,
-        decoder_window=3,
-        dropout=0.0,
-        chunk_size=16,
-        n_fourier=2,
-        checkpoint_attention=recomputed,
+    config = token_space_config(
+        n_markers=40, decoder_window=3, chunk_size=16, checkpoint_attention=recomputed
     )
     torch.manual_seed(0)
     pos = np.tile(np.linspace(0, 1, 20), 2)
