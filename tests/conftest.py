@@ -53,3 +53,18 @@ def kernel_launch(request, monkeypatch):
         torch.set_num_threads(threads)
     else:
         yield "serial"
+
+
+@pytest.fixture(params=["numba", "c"])
+def window_backend(request, monkeypatch):
+    """The window attention's CPU kernels as numba (``GPERCEIVER_NATIVE=0``) or
+    as C (gperceiver.nn.native; skipped where no C compiler builds them)."""
+    from gperceiver.nn import native
+
+    if request.param == "numba":
+        monkeypatch.setenv("GPERCEIVER_NATIVE", "0")
+    else:
+        monkeypatch.setenv("GPERCEIVER_NATIVE", "1")
+        if native.library("window.c", HEADS=1, WIDTH=8) is None:
+            pytest.skip("no C compiler builds gperceiver's native kernels here")
+    return request.param

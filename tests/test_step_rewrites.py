@@ -391,7 +391,9 @@ def test_tokens_standardized_in_place_give_the_same_model_gradients(monkeypatch)
 
 
 @pytest.mark.parametrize("recomputed", [False, True])
-def test_window_gradient_added_into_the_shared_buffer(recomputed, kernel_launch):
+def test_window_gradient_added_into_the_shared_buffer(
+    recomputed, kernel_launch, window_backend
+):
     """On the CPU in float32 the decoder's window adds its tokens' gradient
     into the encoder's shared buffer, counted once as a reader also when
     checkpointing recomputes it: every parameter's gradient equals the float64

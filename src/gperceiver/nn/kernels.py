@@ -58,9 +58,14 @@ class Kernel:
         self.min_parallel = min_parallel
         self.__doc__ = function.__doc__
 
-    def __call__(self, work: int, *args):
+    def threads(self, work: int) -> int:
+        """Threads a launch with ``work`` elements runs on (1: serially)."""
         threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-        if threads < MIN_THREADS or work < self.min_parallel:
+        return 1 if threads < MIN_THREADS or work < self.min_parallel else threads
+
+    def __call__(self, work: int, *args):
+        threads = self.threads(work)
+        if threads == 1:
             return self.serial(*args)
         numba.set_num_threads(threads)
         return self.parallel(*args)

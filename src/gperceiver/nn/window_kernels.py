@@ -17,9 +17,16 @@ layer's per-head einsums produce their queries and gradients, so neither is
 copied into another (BENCHMARKS.md, *Scale*, session 13).
 
 Compiled and launched as :mod:`gperceiver.nn.kernels` says (serial or parallel).
+Where a C compiler is at hand the same three kernels run as C instead
+(``csrc/window.c``, built for the layer's heads and width by
+:mod:`gperceiver.nn.native`): there the per-target tiles stay in registers,
+which numba's code does not manage (a 10k-marker train step 9% faster,
+BENCHMARKS.md, *Scale*, session 15). These numba kernels are the fallback.
 """
 
 from __future__ import annotations
+
+import ctypes
 
 import numpy as np
 import torch
@@ -27,12 +34,33 @@ from numba import prange
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
+from gperceiver.nn import native
 from gperceiver.nn.kernels import kernel
 
 
 def available(*tensors: Tensor) -> bool:
     """Whether the kernels take these tensors: float32 on the CPU."""
     return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+def _c_kernels(heads: int, width: int):
+    """The C library of these kernels for ``heads`` x ``width`` tiles, or None."""
+    lib = native.library("window.c", HEADS=heads, WIDTH=width)
+    if lib is not None and not hasattr(lib, "_typed"):
+        pointer, size = ctypes.c_void_p, ctypes.c_int64
+        lib.gp_window_scores.argtypes = [pointer] * 6 + [size] * 4
+        lib.gp_window_mix.argtypes = [pointer] * 4 + [size] * 4
+        lib.gp_window_backward.argtypes = [pointer] * 8 + [size] * 6 + [ctypes.c_int]
+        for name in ("scores", "mix", "backward"):
+            getattr(lib, f"gp_window_{name}").restype = None
+        lib._typed = True
+    return lib
+
+
+def _pointers(*tensors: Tensor) -> list[int]:
+    """Data addresses of contiguous tensors (the C kernels' arguments)."""
+    assert all(t.is_contiguous() for t in tensors)
+    return [t.data_ptr() for t in tensors]
 
 
 @kernel
@@ -120,8 +148,20 @@ def window_scores(
     and neighbour rows ``index`` (N, W); ``-inf`` where ``inside`` (N, W) is
     False (a neighbour outside the sequence)."""
     out = torch.empty_like(bias)
+    heads, n_targets, width = q.shape
+    work = out.numel() * width
+    lib = _c_kernels(heads, width)
+    if lib is not None:
+        args = _pointers(q, bias, inside, normed, index, out)
+        near = bias.shape[-1]
+        native.split(
+            lambda a, b: lib.gp_window_scores(*args, a, b, n_targets, near),
+            n_targets,
+            _scores.threads(work),
+        )
+        return out
     _scores(
-        out.numel() * q.shape[-1],
+        work,
         q.numpy(),
         bias.numpy(),
         inside.numpy(),
@@ -137,8 +177,19 @@ def window_mix(weights: Tensor, normed: Tensor, index: Tensor) -> Tensor:
     """``sum_w weights[h, n, w] normed[index[n, w]]`` (H, N, D) of weights
     (H, N, W); arguments as in :func:`window_scores`."""
     out = weights.new_empty(*weights.shape[:2], normed.shape[1])
+    heads, n_targets, near = weights.shape
+    work = out.numel() * near
+    lib = _c_kernels(heads, normed.shape[1])
+    if lib is not None:
+        args = _pointers(weights, normed, index, out)
+        native.split(
+            lambda a, b: lib.gp_window_mix(*args, a, b, n_targets, near),
+            n_targets,
+            _mix.threads(work),
+        )
+        return out
     _mix(
-        out.numel() * weights.shape[-1],
+        work,
         weights.numpy(),
         normed.numpy(),
         index.numpy(),
@@ -176,8 +227,22 @@ def window_backward(
         )
     grad_q, grad_bias = torch.empty_like(q), torch.empty_like(weights)
     arrays = (q, normed, index, weights, grad)
+    work = weights.numel() * q.shape[-1]
+    heads, _, width = q.shape
+    lib = _c_kernels(heads, width)
+    if lib is not None:
+        args = _pointers(*arrays, grad_q, grad_bias, grad_normed)
+        near, seq = weights.shape[-1], normed.shape[0] // (n_targets // per_row)
+
+        def rows(a: int, b: int) -> None:  # batch rows [a, b): disjoint token rows
+            lib.gp_window_backward(
+                *args, a * per_row, b * per_row, n_targets, near, a * seq, b * seq, zero
+            )
+
+        native.split(rows, n_targets // per_row, _backward.threads(work))
+        return grad_q, grad_bias
     _backward(
-        weights.numel() * q.shape[-1],
+        work,
         *(t.numpy() for t in arrays),
         per_row,
         zero,
