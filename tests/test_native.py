@@ -60,7 +60,7 @@ def close(got, want):
 def c_kernels(monkeypatch):
     """The C kernels for (2 heads, width 16), launched on two threads."""
     monkeypatch.setenv("GPERCEIVER_NATIVE", "1")
-    lib = window_kernels._c_kernels(HEADS, WIDTH)
+    lib = native.library("window.c", HEADS=HEADS, WIDTH=WIDTH)
     if lib is None:
         pytest.skip("no C compiler builds gperceiver's native kernels here")
     threads = torch.get_num_threads()

@@ -43,8 +43,12 @@ def available(*tensors: Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
 
 
-def _c_kernels(heads: int, width: int):
-    """The C library of these kernels for ``heads`` x ``width`` tiles, or None."""
+def _c_kernels(heads: int, width: int, *tensors: Tensor):
+    """The C library of these kernels for ``heads`` x ``width`` tiles, or None:
+    also where one of ``tensors`` is not laid out as the C code reads it
+    (contiguous; float32, ``index`` int64, ``inside`` bool), which numba takes."""
+    if not all(t.is_contiguous() and t.dtype in _C_DTYPES for t in tensors):
+        return None
     lib = native.library("window.c", HEADS=heads, WIDTH=width)
     if lib is not None and not hasattr(lib, "_typed"):
         pointer, size = ctypes.c_void_p, ctypes.c_int64
@@ -57,10 +61,7 @@ def _c_kernels(heads: int, width: int):
     return lib
 
 
-def _pointers(*tensors: Tensor) -> list[int]:
-    """Data addresses of contiguous tensors (the C kernels' arguments)."""
-    assert all(t.is_contiguous() for t in tensors)
-    return [t.data_ptr() for t in tensors]
+_C_DTYPES = (torch.float32, torch.int64, torch.bool)
 
 
 @kernel
@@ -150,9 +151,9 @@ def window_scores(
     out = torch.empty_like(bias)
     heads, n_targets, width = q.shape
     work = out.numel() * width
-    lib = _c_kernels(heads, width)
+    lib = _c_kernels(heads, width, q, bias, inside, normed, index)
     if lib is not None:
-        args = _pointers(q, bias, inside, normed, index, out)
+        args = [t.data_ptr() for t in (q, bias, inside, normed, index, out)]
         near = bias.shape[-1]
         native.split(
             lambda a, b: lib.gp_window_scores(*args, a, b, n_targets, near),
@@ -179,9 +180,9 @@ def window_mix(weights: Tensor, normed: Tensor, index: Tensor) -> Tensor:
     out = weights.new_empty(*weights.shape[:2], normed.shape[1])
     heads, n_targets, near = weights.shape
     work = out.numel() * near
-    lib = _c_kernels(heads, normed.shape[1])
+    lib = _c_kernels(heads, normed.shape[1], weights, normed, index)
     if lib is not None:
-        args = _pointers(weights, normed, index, out)
+        args = [t.data_ptr() for t in (weights, normed, index, out)]
         native.split(
             lambda a, b: lib.gp_window_mix(*args, a, b, n_targets, near),
             n_targets,
@@ -229,9 +230,9 @@ def window_backward(
     arrays = (q, normed, index, weights, grad)
     work = weights.numel() * q.shape[-1]
     heads, _, width = q.shape
-    lib = _c_kernels(heads, width)
+    lib = _c_kernels(heads, width, *arrays, grad_normed)
     if lib is not None:
-        args = _pointers(*arrays, grad_q, grad_bias, grad_normed)
+        args = [t.data_ptr() for t in (*arrays, grad_q, grad_bias, grad_normed)]
         near, seq = weights.shape[-1], normed.shape[0] // (n_targets // per_row)
 
         def rows(a: int, b: int) -> None:  # batch rows [a, b): disjoint token rows
