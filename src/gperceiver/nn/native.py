@@ -141,6 +141,10 @@ def _build(compiler: str, source: str, flags: list[str], target: Path) -> bool:
             os.unlink(partial)
 
 
+# a kernel call with less work than this (in multiply-adds of its inner
+# product, or elements) runs in one thread: a parallel launch costs more
+MIN_PARALLEL_WORK = 1 << 18
+
 _pool: ThreadPoolExecutor | None = None
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gperceiver.nn import standardize_kernels
+from gperceiver.nn import standardize_kernels, token_kernels
 from gperceiver.nn.standardize_kernels import Standardize
 
 
@@ -194,6 +194,10 @@ class TokenAttention(torch.autograd.Function):
     writes the tokens' gradient chunk by chunk into one (B, 1, M, D) tensor in
     place, both of its uses (key and value) summed there. Scores are laid out
     tokens-major, (B, C, H * L), which runs faster on a CPU than (B, H * L, C).
+
+    Where :func:`gperceiver.nn.token_kernels.available` (float32 on the CPU, a
+    C compiler), forward and backward are one fused C pass each over the
+    tokens instead, chunk and ``keep`` unused (backward recomputes the scores).
     """
 
     @staticmethod
@@ -203,6 +207,12 @@ class TokenAttention(torch.autograd.Function):
         if shared is not None:
             shared.readers += 1
         rows = q.reshape(b, h * length, d)  # heads x queries as one dimension
+        keys = None if valid is None else valid[:, 0, 0]  # (B, M)
+        ctx.native = token_kernels.available(rows, normed[:, 0], keys)
+        if ctx.native:  # one fused pass in C; backward recomputes the weights
+            mixed, top, den = token_kernels.token_forward(rows, normed[:, 0], keys)
+            ctx.save_for_backward(rows, normed, keys, top, den, mixed)
+            return mixed.view(b, h, length, d)
         parts = []
         for start in range(0, normed.shape[2], chunk):
             part = slice(start, start + chunk)
@@ -220,6 +230,8 @@ class TokenAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.native:
+            return _native_backward(ctx, grad)
         q, normed, valid, top, den, mixed = ctx.saved_tensors
         b, h, length, d = q.shape
         q_rows = q.reshape(b, h * length, d)
@@ -255,6 +267,32 @@ class TokenAttention(torch.autograd.Function):
         if shared is not None:
             grad_normed = shared.take_grad()
         return grad_q.view_as(q), grad_normed, None, None, None, None
+
+
+def _native_backward(ctx, grad: Tensor) -> tuple:
+    """:meth:`TokenAttention.backward` by the C kernel: the tokens' gradient
+    written into (or added to) the shared buffer as the torch path does."""
+    rows, normed, keys, top, den, mixed = ctx.saved_tensors
+    shared = ctx.shared
+    if shared is None:
+        grad_normed, add = torch.empty_like(normed), False
+    else:
+        add = shared.grad is not None
+        grad_normed = shared.add_grad(normed)
+    grad_q = token_kernels.token_backward(
+        rows,
+        normed[:, 0],
+        keys,
+        top,
+        den,
+        grad.reshape(rows.shape).contiguous(),
+        mixed,
+        grad_normed[:, 0],
+        add,
+    )
+    if shared is not None:
+        grad_normed = shared.take_grad()
+    return grad_q.view(grad.shape), grad_normed, None, None, None, None
 
 
 def _token_partial(
