@@ -38,15 +38,24 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(params=["serial", "parallel"])
 def kernel_launch(request, monkeypatch):
-    """Run the numba kernels (gperceiver.nn.kernels) serially, or in parallel
-    on two threads whatever their size."""
-    from gperceiver.nn import dropout, embedding_kernels, kernels, window_kernels  # noqa: F401
+    """Run the CPU kernels (numba, gperceiver.nn.kernels, and C,
+    gperceiver.nn.native) serially, or in parallel on two threads whatever
+    their size."""
+    # the kernel modules, imported so that Kernel.every lists their kernels
+    from gperceiver.nn import (  # noqa: F401
+        dropout,
+        embedding_kernels,
+        kernels,
+        native,
+        window_kernels,
+    )
     from gperceiver.nn.kernels import Kernel
 
     if request.param == "parallel":
         threads = torch.get_num_threads()
         torch.set_num_threads(2)
         monkeypatch.setattr(kernels, "MIN_THREADS", 2)
+        monkeypatch.setattr(native, "MIN_PARALLEL_WORK", 0)
         for k in Kernel.every:
             monkeypatch.setattr(k, "min_parallel", 0)
         yield "parallel"
@@ -56,9 +65,10 @@ def kernel_launch(request, monkeypatch):
 
 
 @pytest.fixture(params=["numba", "c"])
-def window_backend(request, monkeypatch):
-    """The window attention's CPU kernels as numba (``GPERCEIVER_NATIVE=0``) or
-    as C (gperceiver.nn.native; skipped where no C compiler builds them)."""
+def cpu_backend(request, monkeypatch):
+    """The CPU kernels that have a C version (window attention, marker tokens)
+    as numba (``GPERCEIVER_NATIVE=0``) or as C (gperceiver.nn.native; skipped
+    where no C compiler builds them)."""
     from gperceiver.nn import native
 
     if request.param == "numba":

@@ -225,3 +225,19 @@ def test_token_attention__c_and_torch_paths_agree(masked, monkeypatch, token_c):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for g, w in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_marker_token_c_kernels__refuse_allele_ids_outside_the_table(monkeypatch):
+    """An allele id past the embedding table raises instead of reading (or, in
+    backward, writing) memory outside it."""
+    from gperceiver.nn import embedding_kernels
+
+    monkeypatch.setenv("GPERCEIVER_NATIVE", "1")
+    if native.library("tokens.c", WIDTH=WIDTH) is None:
+        pytest.skip("no C compiler builds gperceiver's native kernels here")
+    table, position = torch.randn(4, WIDTH), torch.randn(3, WIDTH)
+    alleles = torch.tensor([[[0, 1], [2, 7], [3, 3]]])  # id 7: the table has 4
+    with pytest.raises(ValueError, match="allele ids outside"):
+        embedding_kernels.AlleleTokens.apply(
+            alleles, table, None, torch.arange(3), position, True
+        )

@@ -462,9 +462,7 @@ def _window_step(layer, queries, tokens, centers):
     return [out.detach()] + grads
 
 
-def test_local_attention__cpu_kernels_match_the_torch_ops(
-    kernel_launch, window_backend
-):
+def test_local_attention__cpu_kernels_match_the_torch_ops(kernel_launch, cpu_backend):
     """float32 on the CPU runs the numba kernels (nn.window_kernels), float64 the
     torch ops: same output and gradients, with targets at both ends of the
     sequence and a sequence of one token; FlopCounterMode counts both alike."""

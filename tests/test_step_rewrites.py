@@ -143,9 +143,9 @@ def copy_mean_tokens(embed, alleles, marker_idx):
 @pytest.mark.parametrize("ploidy", [1, 2, 4])
 @pytest.mark.parametrize("read", ["all", "subset"])
 def test_fused_marker_tokens_equal_the_copy_mean_in_float64(
-    own, ploidy, read, standardized, kernel_launch
+    own, ploidy, read, standardized, kernel_launch, cpu_backend
 ):
-    """The CPU kernels (nn.embedding_kernels, float32) give the tokens and the
+    """The CPU kernels (nn.embedding_kernels, float32; numba or C) give the tokens and the
     gradients of every table of the closed form position + mean over copies of
     (shared row + marker's own row), computed in float64 by indexing; with
     ``standardized``, of F.layer_norm of it (no affine map) in float64."""
@@ -392,7 +392,7 @@ def test_tokens_standardized_in_place_give_the_same_model_gradients(monkeypatch)
 
 @pytest.mark.parametrize("recomputed", [False, True])
 def test_window_gradient_added_into_the_shared_buffer(
-    recomputed, kernel_launch, window_backend
+    recomputed, kernel_launch, cpu_backend
 ):
     """On the CPU in float32 the decoder's window adds its tokens' gradient
     into the encoder's shared buffer, counted once as a reader also when

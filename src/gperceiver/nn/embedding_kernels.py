@@ -17,15 +17,24 @@ Shape letters: B batch, M markers of the map, M' markers read, P ploidy, K allel
 ids (A + 2), D width. Float32 and contiguous; ``alleles`` and ``index`` int64;
 ``index`` strictly increasing (each marker read once), so markers can run in
 parallel without two threads adding into the same per-marker row.
+
+Where a C compiler is at hand the same two kernels run as C
+(``csrc/tokens.c``, built for the width by :mod:`gperceiver.nn.native`), whose
+rows stay in vector registers: forward of a 10k-marker batch of 8 in 2.5-2.8
+vs 6.1-8.0 ms on two threads, forward + backward 8.6-11.6 vs 17.4-19.5 ms
+(BENCHMARKS.md, *Scale*, session 16). These numba kernels are the fallback.
 """
 
 from __future__ import annotations
+
+import ctypes
 
 import numpy as np
 import torch
 from numba import prange
 from torch import Tensor
 
+from gperceiver.nn import native
 from gperceiver.nn.kernels import kernel
 from gperceiver.nn.standardize_kernels import standardize_row, standardize_row_grad
 
@@ -109,6 +118,86 @@ def _backward(
                             grad_per_marker[r, a, d] += share * row[d]
 
 
+def _c_kernels(width: int, *tensors: Tensor):
+    """The C library of these kernels for ``width``, typed, or None: also where
+    a tensor is not contiguous float32 (numba takes those)."""
+    if width % 8 or not all(
+        t.is_contiguous() and t.dtype == torch.float32 for t in tensors
+    ):
+        return None
+    lib = native.library("tokens.c", WIDTH=width)
+    if lib is not None and not hasattr(lib, "_typed"):
+        pointer, size = ctypes.c_void_p, ctypes.c_int64
+        lib.gp_tokens_forward.argtypes = (
+            [pointer] * 5 + [ctypes.c_float] + [pointer] * 2 + [size] * 6
+        )
+        lib.gp_tokens_backward.argtypes = [pointer] * 8 + [size] * 6
+        lib._typed = True
+    return lib
+
+
+def _pointer(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _n_parts(markers: int, work: int) -> int:
+    """Marker ranges a C call is split into: one per torch thread (one below
+    ``native.MIN_PARALLEL_WORK`` elements of work)."""
+    threads = torch.get_num_threads() if work >= native.MIN_PARALLEL_WORK else 1
+    return max(1, min(threads, markers))
+
+
+def _split_markers(call, markers: int, parts: int) -> None:
+    """``call(m0, m1, part)`` for ``parts`` ranges of the markers, on torch's
+    threads; raises where one reports an allele id outside the tables."""
+    bounds = [markers * i // parts for i in range(parts + 1)]
+    failed = []
+
+    def run(a: int, b: int) -> None:
+        for i in range(a, b):
+            if not call(bounds[i], bounds[i + 1], i):
+                failed.append(i)
+
+    native.split(run, parts, parts)
+    if failed:
+        raise ValueError("allele ids outside the embedding table")
+
+
+def _c_forward(lib, alleles, table, per_marker, index, position, out, rstd) -> None:
+    """:class:`AlleleTokens`' forward by the C kernel (``rstd`` None: raw tokens)."""
+    b, m, ploidy = alleles.shape
+    args = [_pointer(t) for t in (alleles, table, per_marker, index, position)]
+    sizes = (b, m, ploidy, table.shape[0])
+    _split_markers(
+        lambda m0, m1, _: lib.gp_tokens_forward(
+            *args, 1e-5, out.data_ptr(), _pointer(rstd), m0, m1, *sizes
+        ),
+        m,
+        _n_parts(m, out.numel()),
+    )
+
+
+def _c_backward(
+    lib, grad, alleles, index, normed, rstd, ids, grad_per_marker, grad_position
+):
+    """:class:`AlleleTokens`' backward by the C kernel: writes the per-marker
+    (None: no such table) and position gradients, returns the shared table's
+    gradient in parts (parts, K, D) to be summed."""
+    b, m, ploidy = alleles.shape
+    parts = grad.new_empty(_n_parts(m, grad.numel()), ids, grad.shape[2])
+    args = [_pointer(t) for t in (alleles, index, grad, normed, rstd)]
+    outputs = (_pointer(grad_per_marker), grad_position.data_ptr())
+    sizes = (b, m, ploidy, ids)
+    _split_markers(
+        lambda m0, m1, i: lib.gp_tokens_backward(
+            *args, parts[i].data_ptr(), *outputs, m0, m1, *sizes
+        ),
+        m,
+        len(parts),
+    )
+    return parts
+
+
 class AlleleTokens(torch.autograd.Function):
     """Tokens (B, M', D) of ``alleles`` (B, M', P), the shared ``table`` (K, D),
     the per-marker vectors ``per_marker`` (M, K, D) at ``index`` (M',) or None,
@@ -126,24 +215,32 @@ class AlleleTokens(torch.autograd.Function):
         out = position.new_empty(b, m, table.shape[1])
         rstd = position.new_empty((b, m) if standardize else (0, 0))
         alleles, index = alleles.contiguous(), index.contiguous()
+        table, position = table.detach().contiguous(), position.detach().contiguous()
         own = per_marker is not None
-        if not own:  # an empty table: the kernels skip the per-marker part
-            per_marker = table.new_empty(0, *table.shape)
-        _forward(
-            out.numel(),
-            alleles.numpy(),
-            table.detach().contiguous().numpy(),
-            per_marker.detach().contiguous().numpy(),
-            index.numpy(),
-            position.detach().contiguous().numpy(),
-            np.float32(1e-5),
-            out.numpy(),
-            rstd.numpy(),
-        )
+        ctx.own, ctx.markers = own, per_marker.shape[0] if own else 0
+        ctx.ids, ctx.width = table.shape
+        if own:
+            per_marker = per_marker.detach().contiguous()
+        lib = _c_kernels(table.shape[1], table, position, out)
+        if lib is not None:
+            rows = rstd if standardize else None
+            _c_forward(lib, alleles, table, per_marker, index, position, out, rows)
+        else:
+            if not own:  # an empty table: the kernels skip the per-marker part
+                per_marker = table.new_empty(0, *table.shape)
+            _forward(
+                out.numel(),
+                alleles.numpy(),
+                table.numpy(),
+                per_marker.numpy(),
+                index.numpy(),
+                position.numpy(),
+                np.float32(1e-5),
+                out.numpy(),
+                rstd.numpy(),
+            )
         normed = out if standardize else out.new_empty(0, 0, 0)
         ctx.save_for_backward(alleles, index, normed, rstd)
-        ctx.own, ctx.markers = own, per_marker.shape[0]
-        ctx.ids, ctx.width = table.shape
         return out
 
     @staticmethod
@@ -155,17 +252,32 @@ class AlleleTokens(torch.autograd.Function):
         read_all = len(index) == ctx.markers  # then index is 0..M-1
         grad_per_marker = grad.new_empty(shape) if read_all else grad.new_zeros(shape)
         grad_position = grad.new_empty(len(index), ctx.width)
-        parts = grad.new_empty(min(_PARTS, len(index)), ctx.ids, ctx.width)
-        _backward(
-            grad.numel(),
-            alleles.numpy(),
-            index.numpy(),
-            grad.numpy(),
-            normed.numpy(),
-            rstd.numpy(),
-            parts.numpy(),
-            grad_per_marker.numpy(),
-            grad_position.numpy(),
-        )
+        lib = _c_kernels(ctx.width, grad)
+        if lib is not None:
+            standardized = rstd.numel() > 0
+            parts = _c_backward(
+                lib,
+                grad,
+                alleles,
+                index,
+                normed if standardized else None,
+                rstd if standardized else None,
+                ctx.ids,
+                grad_per_marker if ctx.own else None,
+                grad_position,
+            )
+        else:
+            parts = grad.new_empty(min(_PARTS, len(index)), ctx.ids, ctx.width)
+            _backward(
+                grad.numel(),
+                alleles.numpy(),
+                index.numpy(),
+                grad.numpy(),
+                normed.numpy(),
+                rstd.numpy(),
+                parts.numpy(),
+                grad_per_marker.numpy(),
+                grad_position.numpy(),
+            )
         grad_per_marker = grad_per_marker if ctx.own else None
         return None, parts.sum(0), grad_per_marker, None, grad_position, None
