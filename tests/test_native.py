@@ -160,14 +160,15 @@ def token_c(monkeypatch):
     torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["recomputed", "kept"])
 @pytest.mark.parametrize("queries", [8, 16])
-def test_token_c_kernels__match_float64_autograd(queries, token_c):
+def test_token_c_kernels__match_float64_autograd(queries, keep, token_c):
     """Softmax attention over the valid tokens and its two gradients agree with
     float64 autograd; ``top + log(den)`` is the scores' log-sum-exp; a query
     without valid tokens reads 0 (shift 0, denominator 1) and sends no
-    gradient; the tokens' gradient overwrites the buffer, or adds with ``add``.
-    (With AVX-512, 16 queries take the kernel's 16-float vectors, 8 its 8-float
-    ones.)"""
+    gradient; the tokens' gradient overwrites the buffer, or adds with ``add``;
+    with ``keep`` the scores come out and backward reads them. (With AVX-512,
+    16 queries take the kernel's 16-float vectors, 8 its 8-float ones.)"""
     from gperceiver.nn import token_kernels
 
     q, normed, valid, grad = _token_case(queries=queries)
@@ -177,8 +178,12 @@ def test_token_c_kernels__match_float64_autograd(queries, token_c):
     weights = torch.nan_to_num(scores.softmax(1))  # row 2: 0 / 0
     want = weights.mT @ n64
     want.backward(grad.double())
-    mixed, top, den = token_kernels.token_forward(q, normed, valid)
+    mixed, top, den, kept = token_kernels.token_forward(q, normed, valid, keep)
     close(mixed, want.detach())
+    if keep:
+        close(kept, (n64 @ q64.mT).detach())
+    else:
+        assert kept.numel() == 0
     lse = scores[:2].logsumexp(1).detach()
     close((top + den.log())[:2], lse)
     assert torch.equal(top[2], torch.zeros(queries))
@@ -186,12 +191,14 @@ def test_token_c_kernels__match_float64_autograd(queries, token_c):
     assert torch.equal(mixed[2], torch.zeros(queries, WIDTH))
     buffer = torch.full_like(normed, float("nan"))
     grad_q = token_kernels.token_backward(
-        q, normed, valid, top, den, grad, mixed, buffer, False
+        q, normed, valid, top, den, grad, mixed, kept, buffer, False
     )
     close(grad_q, q64.grad)
     close(buffer, n64.grad)
     assert torch.equal(buffer[2], torch.zeros(23, WIDTH))
-    token_kernels.token_backward(q, normed, valid, top, den, grad, mixed, buffer, True)
+    token_kernels.token_backward(
+        q, normed, valid, top, den, grad, mixed, kept, buffer, True
+    )
     close(buffer, 2 * n64.grad)
 
 

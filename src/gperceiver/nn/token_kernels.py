@@ -6,9 +6,10 @@ five or six thin matrix products over the (B, M, D) normed tokens per read
 pass over memory at 80-120 GFLOP/s on two cores whose square matmul reaches
 180 (BENCHMARKS.md, *Scale*, session 16). These kernels make one pass: each
 block of token rows is read once into registers, and forward computes its
-scores, an online softmax and the weighted sum; backward recomputes the
-weights from the forward's shift and denominator (nothing of size M x Q is
-kept) and does the scores' gradient and the queries' and tokens' gradients.
+scores, an online softmax and the weighted sum (and, with ``keep``, writes the
+scores for backward); backward recomputes the weights from those scores, or
+from the tokens again, and the forward's shift and denominator, and does the
+scores' gradient and the queries' and tokens' gradients.
 
 They are torch custom operators (``torch.ops.gperceiver.token_*``) with FLOP
 formulas, so ``FlopCounterMode`` counts them as the products they replace.
@@ -38,8 +39,8 @@ def _library(queries: int, width: int):
     lib = native.library("token.c", QUERIES=queries, WIDTH=width)
     if lib is not None and not hasattr(lib, "_typed"):
         pointer, size = ctypes.c_void_p, ctypes.c_int64
-        lib.gp_token_forward.argtypes = [pointer] * 6 + [size] * 3
-        lib.gp_token_backward.argtypes = [pointer] * 9 + [size] * 3 + [ctypes.c_int]
+        lib.gp_token_forward.argtypes = [pointer] * 7 + [size] * 3
+        lib.gp_token_backward.argtypes = [pointer] * 10 + [size] * 3 + [ctypes.c_int]
         lib.gp_token_forward.restype = lib.gp_token_backward.restype = None
         lib._typed = True
     return lib
@@ -60,7 +61,8 @@ def available(q: Tensor, normed: Tensor, valid: Tensor | None) -> bool:
 
 
 def _pointer(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
+    """The address of ``t``'s data; None (NULL) for None or an empty tensor."""
+    return None if t is None or t.numel() == 0 else t.data_ptr()
 
 
 def _run(call, batch: int, work: int) -> None:
@@ -71,26 +73,30 @@ def _run(call, batch: int, work: int) -> None:
 
 @torch.library.custom_op("gperceiver::token_forward", mutates_args=())
 def token_forward(
-    q: Tensor, normed: Tensor, valid: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor]:
+    q: Tensor, normed: Tensor, valid: Tensor | None, keep: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Softmax attention of queries ``q`` (B, Q, D) over ``normed`` (B, M, D)
     (keys and values at once; ``valid`` (B, M) masks keys): ``mixed`` (B, Q, D)
     ``= sum_m a_m n_m`` with ``a = exp(q . n - top) / den``, and ``top``,
-    ``den`` (B, Q) (0 and 1 for a query without valid keys, whose output is 0)."""
+    ``den`` (B, Q) (0 and 1 for a query without valid keys, whose output is 0);
+    with ``keep`` also the scores ``q . n`` (B, M, Q) for backward, else an
+    empty tensor."""
     b, queries, width = q.shape
+    m = normed.shape[1]
     mixed = torch.empty_like(q)
     top, den = q.new_empty(b, queries), q.new_empty(b, queries)
+    scores = q.new_empty((b, m, queries) if keep else (0,))
     lib = _library(queries, width)
-    args = [_pointer(t) for t in (q, normed, valid, mixed, top, den)]
-    m = normed.shape[1]
+    args = [_pointer(t) for t in (q, normed, valid, mixed, top, den, scores)]
     _run(lambda b0, b1: lib.gp_token_forward(*args, b0, b1, m), b, b * m * queries)
-    return mixed, top, den
+    return mixed, top, den, scores
 
 
 @token_forward.register_fake
-def _(q, normed, valid):
+def _(q, normed, valid, keep):
     b, queries, _ = q.shape
-    return torch.empty_like(q), q.new_empty(b, queries), q.new_empty(b, queries)
+    scores = q.new_empty((b, normed.shape[1], queries) if keep else (0,))
+    return torch.empty_like(q), q.new_empty(b, queries), q.new_empty(b, queries), scores
 
 
 @torch.library.custom_op("gperceiver::token_backward", mutates_args=("grad_normed",))
@@ -102,16 +108,18 @@ def token_backward(
     den: Tensor,
     grad: Tensor,
     mixed: Tensor,
+    scores: Tensor,
     grad_normed: Tensor,
     add: bool,
 ) -> Tensor:
     """Gradients of :func:`token_forward` for ``grad`` (B, Q, D) of ``mixed``:
     the queries' (returned) and the tokens' (both uses), written into
-    ``grad_normed`` (B, M, D), or added to it with ``add``."""
+    ``grad_normed`` (B, M, D), or added to it with ``add``; the forward's
+    ``scores`` (empty: computed again)."""
     b, queries, width = q.shape
     grad_q = torch.empty_like(q)
     lib = _library(queries, width)
-    tensors = (q, normed, valid, top, den, grad, mixed, grad_q, grad_normed)
+    tensors = (q, normed, valid, top, den, grad, mixed, scores, grad_q, grad_normed)
     args = [_pointer(t) for t in tensors]
     m = normed.shape[1]
     _run(
@@ -123,7 +131,7 @@ def token_backward(
 
 
 @token_backward.register_fake
-def _(q, normed, valid, top, den, grad, mixed, grad_normed, add):
+def _(q, normed, valid, top, den, grad, mixed, scores, grad_normed, add):
     return torch.empty_like(q)
 
 
@@ -140,5 +148,7 @@ def _forward_flops(q_shape, normed_shape, *args, **kwargs) -> int:
 
 @register_flop_formula(torch.ops.gperceiver.token_backward)
 def _backward_flops(q_shape, normed_shape, *args, **kwargs) -> int:
-    # scores recomputed, their gradient, the queries' and two for the tokens'
-    return 5 * _product(q_shape, normed_shape)
+    # the scores' gradient, the queries' and two for the tokens'; the scores
+    # themselves again unless kept (args[5]: the kept scores' shape)
+    kept = args[5][0] > 0
+    return (4 if kept else 5) * _product(q_shape, normed_shape)

@@ -197,7 +197,8 @@ class TokenAttention(torch.autograd.Function):
 
     Where :func:`gperceiver.nn.token_kernels.available` (float32 on the CPU, a
     C compiler), forward and backward are one fused C pass each over the
-    tokens instead, chunk and ``keep`` unused (backward recomputes the scores).
+    tokens instead, chunk unused (with ``keep`` forward writes the raw scores,
+    B x M x HL floats, and backward reads them instead of recomputing).
     """
 
     @staticmethod
@@ -209,9 +210,11 @@ class TokenAttention(torch.autograd.Function):
         rows = q.reshape(b, h * length, d)  # heads x queries as one dimension
         keys = None if valid is None else valid[:, 0, 0]  # (B, M)
         ctx.native = token_kernels.available(rows, normed[:, 0], keys)
-        if ctx.native:  # one fused pass in C; backward recomputes the weights
-            mixed, top, den = token_kernels.token_forward(rows, normed[:, 0], keys)
-            ctx.save_for_backward(rows, normed, keys, top, den, mixed)
+        if ctx.native:  # one fused pass in C (keep: the scores kept)
+            mixed, top, den, scores = token_kernels.token_forward(
+                rows, normed[:, 0], keys, keep
+            )
+            ctx.save_for_backward(rows, normed, keys, top, den, mixed, scores)
             return mixed.view(b, h, length, d)
         parts = []
         for start in range(0, normed.shape[2], chunk):
@@ -272,7 +275,7 @@ class TokenAttention(torch.autograd.Function):
 def _native_backward(ctx, grad: Tensor) -> tuple:
     """:meth:`TokenAttention.backward` by the C kernel: the tokens' gradient
     written into (or added to) the shared buffer as the torch path does."""
-    rows, normed, keys, top, den, mixed = ctx.saved_tensors
+    rows, normed, keys, top, den, mixed, scores = ctx.saved_tensors
     shared = ctx.shared
     if shared is None:
         grad_normed, add = torch.empty_like(normed), False
@@ -287,6 +290,7 @@ def _native_backward(ctx, grad: Tensor) -> tuple:
         den,
         grad.reshape(rows.shape).contiguous(),
         mixed,
+        scores,
         grad_normed[:, 0],
         add,
     )

@@ -4,8 +4,9 @@
    -DQUERIES=Q -DWIDTH=D for the layer's query rows (heads x latents) and width,
    both multiples of 8. One pass over each batch row's M normed tokens, R rows
    at a time, does every product that reads them: forward the scores, an online
-   softmax and the mixed tokens; backward the scores again, the scores'
-   gradient, the queries' gradient and the tokens' (key and value uses summed).
+   softmax and the mixed tokens; backward the scores again (or reads those the
+   forward kept), the scores' gradient, the queries' gradient and the tokens'
+   (key and value uses summed).
    The torch path of token_space.py makes five or six separate passes of thin
    matrix products over the same tokens instead. Shapes, per batch row b:
 
@@ -136,11 +137,24 @@ INLINE const float *block_rows(const float *restrict n, int64_t r0, int64_t m,
     return pad;
 }
 
+/* rows [r0, r0 + R) of a (M, Q) score table, those past m left alone */
+INLINE void block_store(float *restrict table, int64_t r0, int64_t m, const vf s[R][QV]) {
+    for (int r = 0; r < R && r0 + r < m; r++) memcpy(table + (r0 + r) * Q, s[r], sizeof s[r]);
+}
+
+INLINE void block_load(const float *restrict table, int64_t r0, int64_t m, vf s[R][QV]) {
+    for (int r = 0; r < R; r++)
+        if (r0 + r < m) memcpy(s[r], table + (r0 + r) * Q, sizeof s[r]);
+        else memset(s[r], 0, sizeof s[r]);
+}
+
 /* mixed[b] = softmax(q[b] n[b]^T) n[b], with its shift `top` (0 for a query
-   without valid tokens) and denominator `den` (1 there) */
+   without valid tokens) and denominator `den` (1 there); the raw scores
+   written into `kept` (B, M, Q) unless it is NULL, for the backward pass */
 void gp_token_forward(const float *restrict q, const float *restrict normed,
                       const uint8_t *restrict valid, float *restrict mixed,
-                      float *restrict top, float *restrict den, int64_t b0, int64_t b1,
+                      float *restrict top, float *restrict den, float *restrict kept,
+                      int64_t b0, int64_t b1,
                       int64_t m) {
     const vf minus_inf = splat(-__builtin_inff());
     for (int64_t b = b0; b < b1; b++) {
@@ -156,6 +170,7 @@ void gp_token_forward(const float *restrict q, const float *restrict normed,
             vf s[R][QV];
             vi keep[R];
             block_scores(qt, n, s);
+            if (kept) block_store(kept + b * m * Q, r0, m, s);
             block_keep(vb, r0, m, keep);
             vi grew = {0};
             vf grow[QV];
@@ -223,11 +238,13 @@ INLINE void block_token_grad(const float *restrict q, const float *restrict g,
 }
 
 /* Gradients of gp_token_forward for `grad` of its output: grad_q, and the
-   tokens' written into grad_normed (added to what it holds when add is set) */
+   tokens' written into grad_normed (added to what it holds when add is set);
+   the scores read from `kept` (the forward's) unless it is NULL */
 void gp_token_backward(const float *restrict q, const float *restrict normed,
                        const uint8_t *restrict valid, const float *restrict top,
                        const float *restrict den, const float *restrict grad,
-                       const float *restrict mixed, float *restrict grad_q,
+                       const float *restrict mixed, const float *restrict kept,
+                       float *restrict grad_q,
                        float *restrict grad_normed, int64_t b0, int64_t b1, int64_t m,
                        int add) {
     for (int64_t b = b0; b < b1; b++) {
@@ -251,7 +268,10 @@ void gp_token_backward(const float *restrict q, const float *restrict normed,
             const float *restrict n = block_rows(nb, r0, m, pad);
             vf a[R][QV], gs[R][QV];
             vi keep[R];
-            block_scores(qt, n, a);
+            if (kept) /* the forward's scores, else computed again */
+                block_load(kept + b * m * Q, r0, m, a);
+            else
+                block_scores(qt, n, a);
             block_scores(gt, n, gs);
             block_keep(vb, r0, m, keep);
             for (int r = 0; r < R; r++)
