@@ -15,7 +15,11 @@ then measures
   is counted with the same formula as its GPU kernels), and the FLOP/s they
   imply; beside them the FLOPs the step executes (the counter on a whole train
   step, recomputation included);
-- a plain fp32 2048 x 2048 matmul's FLOP/s in the same process, for reference;
+- a plain fp32 2048 x 2048 matmul's FLOP/s in the same process, for reference:
+  one product after each timed step, the median of them, so that the step and
+  its reference sample the same minutes of a machine whose speed drifts (on the
+  session-16 box one product measured once read 110-185 GFLOP/s from one run to
+  the next); its three 16 MB matrices count in the peak RSS since session 16;
 - with the allocator settings of the command line: freed memory kept up to
   ``gperceiver.allocator.MARKER_LIMIT`` markers; ``--huge-pages`` puts torch's
   large tensors on 2 MB pages (``THP_MEM_ALLOC_ENABLE=1``);
@@ -67,11 +71,17 @@ def matmul_flops(n: int = 2048, repeats: int = 10) -> tuple[float, float]:
     a @ b  # warm up
     walls, cpus = [], []
     for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        a @ b
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
+        wall, cpu = matmul_once(a, b)
+        walls.append(wall)
+        cpus.append(cpu)
     return 2 * n**3 / statistics.median(walls), 2 * n**3 / statistics.median(cpus)
+
+
+def matmul_once(a, b) -> tuple[float, float]:
+    """Wall and CPU seconds of one product ``a @ b``."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    a @ b
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def flop_counter():
@@ -184,12 +194,17 @@ def child(
 
     rss_built = peak_rss_gb()
     step(0)  # warm-up: allocator, optimizer state
-    times, cpu_times = [], []
+    n = 2048  # the reference product, one after each step
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    matmul_once(a, b)
+    times, cpu_times, products = [], [], []
     for i in range(1, steps + 1):
         t0, c0 = time.perf_counter(), time.process_time()
         step(i)
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
+        products.append(matmul_once(a, b))
+    del a, b
     rss_steps = peak_rss_gb()
     counter = flop_counter()
     with counter:
@@ -201,7 +216,8 @@ def child(
         task.loss(model, rows, torch.Generator().manual_seed(steps + 2))
     flops = 3 * counter.get_total_flops()
     median, cpu_median = statistics.median(times), statistics.median(cpu_times)
-    matmul, matmul_cpu = matmul_flops()
+    matmul = 2 * n**3 / statistics.median(wall for wall, _ in products)
+    matmul_cpu = 2 * n**3 / statistics.median(cpu for _, cpu in products)
     return {
         "markers": n_markers,
         "batch": batch,

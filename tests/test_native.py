@@ -248,3 +248,32 @@ def test_marker_token_c_kernels__refuse_allele_ids_outside_the_table(monkeypatch
         embedding_kernels.AlleleTokens.apply(
             alleles, table, None, torch.arange(3), position, True
         )
+
+
+def test_marker_token_c_kernels__table_gradient_the_same_on_any_threads(monkeypatch):
+    """The shared table's gradient is summed over a fixed split of the markers,
+    so one thread and two give the same bits (a resumed run on another thread
+    count follows the same trajectory)."""
+    from gperceiver.nn import embedding_kernels
+
+    monkeypatch.setenv("GPERCEIVER_NATIVE", "1")
+    if native.library("tokens.c", WIDTH=WIDTH) is None:
+        pytest.skip("no C compiler builds gperceiver's native kernels here")
+    monkeypatch.setattr(native, "MIN_PARALLEL_WORK", 0)
+    gen = torch.Generator().manual_seed(5)
+    alleles = torch.randint(0, 4, (3, 1000, 2), generator=gen)
+    position = torch.randn(1000, WIDTH, generator=gen)
+    grad = torch.randn(3, 1000, WIDTH, generator=gen)
+    threads = torch.get_num_threads()
+    grads = []
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        table = torch.randn(4, WIDTH, generator=torch.Generator().manual_seed(6))
+        table.requires_grad_()
+        tokens = embedding_kernels.AlleleTokens.apply(
+            alleles, table, None, torch.arange(1000), position, True
+        )
+        tokens.backward(grad)
+        grads.append(table.grad)
+    torch.set_num_threads(threads)
+    assert torch.equal(grads[0], grads[1])

@@ -131,7 +131,7 @@ def _c_kernels(width: int, *tensors: Tensor):
         lib.gp_tokens_forward.argtypes = (
             [pointer] * 5 + [ctypes.c_float] + [pointer] * 2 + [size] * 6
         )
-        lib.gp_tokens_backward.argtypes = [pointer] * 8 + [size] * 6
+        lib.gp_tokens_backward.argtypes = [pointer] * 8 + [size] * 7
         lib._typed = True
     return lib
 
@@ -140,11 +140,11 @@ def _pointer(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _n_parts(markers: int, work: int) -> int:
-    """Marker ranges a C call is split into: one per torch thread (one below
-    ``native.MIN_PARALLEL_WORK`` elements of work)."""
+def _threads(items: int, work: int) -> int:
+    """Threads a C call over ``items`` (markers, parts) runs on: torch's, one
+    below ``native.MIN_PARALLEL_WORK`` elements of work, at most one an item."""
     threads = torch.get_num_threads() if work >= native.MIN_PARALLEL_WORK else 1
-    return max(1, min(threads, markers))
+    return max(1, min(threads, items))
 
 
 def _split_markers(call, markers: int, parts: int) -> None:
@@ -173,7 +173,7 @@ def _c_forward(lib, alleles, table, per_marker, index, position, out, rstd) -> N
             *args, 1e-5, out.data_ptr(), _pointer(rstd), m0, m1, *sizes
         ),
         m,
-        _n_parts(m, out.numel()),
+        _threads(m, out.numel()),
     )
 
 
@@ -182,19 +182,24 @@ def _c_backward(
 ):
     """:class:`AlleleTokens`' backward by the C kernel: writes the per-marker
     (None: no such table) and position gradients, returns the shared table's
-    gradient in parts (parts, K, D) to be summed."""
+    gradient in parts (parts, K, D) to be summed: the numba kernel's fixed
+    split, so the sum is the same on any number of threads."""
     b, m, ploidy = alleles.shape
-    parts = grad.new_empty(_n_parts(m, grad.numel()), ids, grad.shape[2])
-    args = [_pointer(t) for t in (alleles, index, grad, normed, rstd)]
+    n_parts = min(_PARTS, m)
+    step = -(-m // n_parts)
+    parts = grad.new_empty(n_parts, ids, grad.shape[2])
+    args = [_pointer(t) for t in (alleles, index, grad, normed, rstd, parts)]
     outputs = (_pointer(grad_per_marker), grad_position.data_ptr())
-    sizes = (b, m, ploidy, ids)
-    _split_markers(
-        lambda m0, m1, i: lib.gp_tokens_backward(
-            *args, parts[i].data_ptr(), *outputs, m0, m1, *sizes
-        ),
-        m,
-        len(parts),
-    )
+    sizes = (step, b, m, ploidy, ids)
+    failed = []
+
+    def run(p0: int, p1: int) -> None:
+        if not lib.gp_tokens_backward(*args, *outputs, p0, p1, *sizes):
+            failed.append(p0)
+
+    native.split(run, n_parts, _threads(n_parts, grad.numel()))
+    if failed:
+        raise ValueError("allele ids outside the embedding table")
     return parts
 
 

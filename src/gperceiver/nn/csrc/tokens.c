@@ -90,55 +90,62 @@ int gp_tokens_forward(const int64_t *restrict alleles, const float *restrict tab
     return 1;
 }
 
-/* Gradients for markers [m0, m1) from `grad` of the tokens (of the
-   standardized ones, `normed`, when rstd is given): grad_position's rows and
-   grad_per_marker's rows index[m] written (or NULL), the shared table's
-   gradient summed over these markers into `part` (K, D), written; 1 on
-   success, 0 as gp_tokens_forward */
+/* Gradients from `grad` of the tokens (of the standardized ones, `normed`,
+   when rstd is given) for the markers of parts [p0, p1), part c holding
+   markers [c step, (c + 1) step): grad_position's rows and grad_per_marker's
+   rows index[m] written (or NULL), and part c's sum of the shared table's
+   gradient written into parts[c] (K, D). A fixed split into parts, whatever
+   the threads, makes the table's gradient the same on any number of them.
+   1 on success, 0 as gp_tokens_forward. */
 int gp_tokens_backward(const int64_t *restrict alleles, const int64_t *restrict index,
                        const float *restrict grad, const float *restrict normed,
-                       const float *restrict rstd, float *restrict part,
+                       const float *restrict rstd, float *restrict parts,
                        float *restrict grad_per_marker, float *restrict grad_position,
-                       int64_t m0, int64_t m1, int64_t batch, int64_t markers,
+                       int64_t p0, int64_t p1, int64_t step, int64_t batch, int64_t markers,
                        int64_t ploidy, int64_t ids) {
     if (ids > MAX_IDS) return 0;
     const float share = 1.0f / (float)ploidy;
-    vf shared[MAX_IDS][DV];
-    memset(shared, 0, sizeof shared);
-    for (int64_t m = m0; m < m1; m++) {
-        vf own[MAX_IDS][DV], pos[DV];
-        memset(own, 0, sizeof own);
-        memset(pos, 0, sizeof pos);
-        for (int64_t b = 0; b < batch; b++) {
-            const int64_t at = b * markers + m;
-            vf row[DV];
-            for (int v = 0; v < DV; v++) row[v] = LOAD(grad + at * D + v * LANES);
-            if (rstd) { /* through the standardization: r (g - mean g - y mean gy) */
-                vf y[DV], sg = row[0], sgy;
-                for (int v = 0; v < DV; v++) y[v] = LOAD(normed + at * D + v * LANES);
-                sgy = row[0] * y[0];
-                for (int v = 1; v < DV; v++) sg += row[v], sgy += row[v] * y[v];
-                const float mean_g = lane_sum(sg) / D, mean_gy = lane_sum(sgy) / D;
-                const float r = rstd[at];
-                for (int v = 0; v < DV; v++) row[v] = r * (row[v] - mean_g - y[v] * mean_gy);
+    for (int64_t c = p0; c < p1; c++) {
+        vf shared[MAX_IDS][DV];
+        memset(shared, 0, sizeof shared);
+        const int64_t m1 = (c + 1) * step < markers ? (c + 1) * step : markers;
+        for (int64_t m = c * step; m < m1; m++) {
+            vf own[MAX_IDS][DV], pos[DV];
+            memset(own, 0, sizeof own);
+            memset(pos, 0, sizeof pos);
+            for (int64_t b = 0; b < batch; b++) {
+                const int64_t at = b * markers + m;
+                vf row[DV];
+                for (int v = 0; v < DV; v++) row[v] = LOAD(grad + at * D + v * LANES);
+                if (rstd) { /* through the standardization: r (g - mean g - y mean gy) */
+                    vf y[DV], sg = row[0], sgy;
+                    for (int v = 0; v < DV; v++) y[v] = LOAD(normed + at * D + v * LANES);
+                    sgy = row[0] * y[0];
+                    for (int v = 1; v < DV; v++) sg += row[v], sgy += row[v] * y[v];
+                    const float mean_g = lane_sum(sg) / D, mean_gy = lane_sum(sgy) / D;
+                    const float r = rstd[at];
+                    for (int v = 0; v < DV; v++)
+                        row[v] = r * (row[v] - mean_g - y[v] * mean_gy);
+                }
+                for (int v = 0; v < DV; v++) pos[v] += row[v];
+                const int64_t *restrict ab = alleles + at * ploidy;
+                for (int64_t p = 0; p < ploidy; p++) {
+                    if ((uint64_t)ab[p] >= (uint64_t)ids) return 0;
+                    for (int v = 0; v < DV; v++) own[ab[p]][v] += row[v];
+                }
             }
-            for (int v = 0; v < DV; v++) pos[v] += row[v];
-            const int64_t *restrict ab = alleles + at * ploidy;
-            for (int64_t p = 0; p < ploidy; p++) {
-                if ((uint64_t)ab[p] >= (uint64_t)ids) return 0;
-                for (int v = 0; v < DV; v++) own[ab[p]][v] += row[v];
-            }
+            for (int v = 0; v < DV; v++) STORE(grad_position + m * D + v * LANES, pos[v]);
+            float *restrict target =
+                grad_per_marker ? grad_per_marker + index[m] * ids * D : NULL;
+            for (int64_t a = 0; a < ids; a++)
+                for (int v = 0; v < DV; v++) {
+                    const vf g = own[a][v] * share;
+                    shared[a][v] += g;
+                    if (target) STORE(target + a * D + v * LANES, g);
+                }
         }
-        for (int v = 0; v < DV; v++) STORE(grad_position + m * D + v * LANES, pos[v]);
-        float *restrict target = grad_per_marker ? grad_per_marker + index[m] * ids * D : NULL;
         for (int64_t a = 0; a < ids; a++)
-            for (int v = 0; v < DV; v++) {
-                const vf g = own[a][v] * share;
-                shared[a][v] += g;
-                if (target) STORE(target + a * D + v * LANES, g);
-            }
+            for (int v = 0; v < DV; v++) STORE(parts + (c * ids + a) * D + v * LANES, shared[a][v]);
     }
-    for (int64_t a = 0; a < ids; a++)
-        for (int v = 0; v < DV; v++) STORE(part + a * D + v * LANES, shared[a][v]);
     return 1;
 }
