@@ -222,9 +222,13 @@ def test_token_attention__c_and_torch_paths_agree(masked, monkeypatch, token_c):
     for flag in ("1", "0"):
         monkeypatch.setenv("GPERCEIVER_NATIVE", flag)
         q, x = queries.clone().requires_grad_(), tokens.clone().requires_grad_()
-        kv = layer.project_kv(x)
-        out = layer(layer(q, x, valid, kv), x, valid, kv)
-        (out * torch.linspace(-1, 1, WIDTH)).sum().backward()
+        with torch.profiler.profile() as profile:
+            kv = layer.project_kv(x)
+            out = layer(layer(q, x, valid, kv), x, valid, kv)
+            (out * torch.linspace(-1, 1, WIDTH)).sum().backward()
+        ran = {e.name for e in profile.events()}
+        native_ran = {"gperceiver::token_forward", "gperceiver::token_backward"} <= ran
+        assert native_ran == (flag == "1")  # each path is the one compared
         grads = [q.grad, x.grad] + [p.grad.clone() for p in layer.parameters()]
         layer.zero_grad()
         results.append((out.detach(), grads))

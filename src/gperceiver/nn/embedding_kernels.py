@@ -20,9 +20,10 @@ parallel without two threads adding into the same per-marker row.
 
 Where a C compiler is at hand the same two kernels run as C
 (``csrc/tokens.c``, built for the width by :mod:`gperceiver.nn.native`), whose
-rows stay in vector registers: forward of a 10k-marker batch of 8 in 2.5-2.8
-vs 6.1-8.0 ms on two threads, forward + backward 8.6-11.6 vs 17.4-19.5 ms
-(BENCHMARKS.md, *Scale*, session 16). These numba kernels are the fallback.
+rows stay in vector registers: forward of a 10k-marker batch of 8 in 2.8 vs
+5.7 ms on two threads, forward + backward 10.6 vs 18.1 ms
+(``benchmarks/native_kernels.py``; BENCHMARKS.md, *Scale*, session 16). These
+numba kernels are the fallback.
 """
 
 from __future__ import annotations
@@ -136,44 +137,27 @@ def _c_kernels(width: int, *tensors: Tensor):
     return lib
 
 
-def _pointer(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
-def _threads(items: int, work: int) -> int:
-    """Threads a C call over ``items`` (markers, parts) runs on: torch's, one
-    below ``native.MIN_PARALLEL_WORK`` elements of work, at most one an item."""
-    threads = torch.get_num_threads() if work >= native.MIN_PARALLEL_WORK else 1
-    return max(1, min(threads, items))
-
-
-def _split_markers(call, markers: int, parts: int) -> None:
-    """``call(m0, m1, part)`` for ``parts`` ranges of the markers, on torch's
-    threads; raises where one reports an allele id outside the tables."""
-    bounds = [markers * i // parts for i in range(parts + 1)]
-    failed = []
-
-    def run(a: int, b: int) -> None:
-        for i in range(a, b):
-            if not call(bounds[i], bounds[i + 1], i):
-                failed.append(i)
-
-    native.split(run, parts, parts)
-    if failed:
+def _split_checked(call, stop: int, threads: int) -> None:
+    """``call(start, end)`` over ranges of ``range(stop)`` on ``threads``
+    threads (:func:`gperceiver.nn.native.split`); raises where a call reports
+    (returns 0) an allele id outside the embedding table."""
+    results = []
+    native.split(lambda a, b: results.append(call(a, b)), stop, threads)
+    if not all(results):
         raise ValueError("allele ids outside the embedding table")
 
 
 def _c_forward(lib, alleles, table, per_marker, index, position, out, rstd) -> None:
-    """:class:`AlleleTokens`' forward by the C kernel (``rstd`` None: raw tokens)."""
+    """:class:`AlleleTokens`' forward by the C kernel (``rstd`` empty: raw tokens)."""
     b, m, ploidy = alleles.shape
-    args = [_pointer(t) for t in (alleles, table, per_marker, index, position)]
+    tensors = (alleles, table, per_marker, index, position)
+    args = [native.pointer(t) for t in tensors]
+    tail = (1e-5, out.data_ptr(), native.pointer(rstd))
     sizes = (b, m, ploidy, table.shape[0])
-    _split_markers(
-        lambda m0, m1, _: lib.gp_tokens_forward(
-            *args, 1e-5, out.data_ptr(), _pointer(rstd), m0, m1, *sizes
-        ),
+    _split_checked(
+        lambda m0, m1: lib.gp_tokens_forward(*args, *tail, m0, m1, *sizes),
         m,
-        _threads(m, out.numel()),
+        native.threads(out.numel()),
     )
 
 
@@ -181,25 +165,21 @@ def _c_backward(
     lib, grad, alleles, index, normed, rstd, ids, grad_per_marker, grad_position
 ):
     """:class:`AlleleTokens`' backward by the C kernel: writes the per-marker
-    (None: no such table) and position gradients, returns the shared table's
+    (empty: no such table) and position gradients, returns the shared table's
     gradient in parts (parts, K, D) to be summed: the numba kernel's fixed
     split, so the sum is the same on any number of threads."""
     b, m, ploidy = alleles.shape
     n_parts = min(_PARTS, m)
     step = -(-m // n_parts)
     parts = grad.new_empty(n_parts, ids, grad.shape[2])
-    args = [_pointer(t) for t in (alleles, index, grad, normed, rstd, parts)]
-    outputs = (_pointer(grad_per_marker), grad_position.data_ptr())
+    tensors = (alleles, index, grad, normed, rstd, parts, grad_per_marker)
+    args = [native.pointer(t) for t in tensors] + [grad_position.data_ptr()]
     sizes = (step, b, m, ploidy, ids)
-    failed = []
-
-    def run(p0: int, p1: int) -> None:
-        if not lib.gp_tokens_backward(*args, *outputs, p0, p1, *sizes):
-            failed.append(p0)
-
-    native.split(run, n_parts, _threads(n_parts, grad.numel()))
-    if failed:
-        raise ValueError("allele ids outside the embedding table")
+    _split_checked(
+        lambda p0, p1: lib.gp_tokens_backward(*args, p0, p1, *sizes),
+        n_parts,
+        native.threads(grad.numel()),
+    )
     return parts
 
 
@@ -227,9 +207,8 @@ class AlleleTokens(torch.autograd.Function):
         if own:
             per_marker = per_marker.detach().contiguous()
         lib = _c_kernels(table.shape[1], table, position, out)
-        if lib is not None:
-            rows = rstd if standardize else None
-            _c_forward(lib, alleles, table, per_marker, index, position, out, rows)
+        if lib is not None:  # an empty rstd: raw tokens
+            _c_forward(lib, alleles, table, per_marker, index, position, out, rstd)
         else:
             if not own:  # an empty table: the kernels skip the per-marker part
                 per_marker = table.new_empty(0, *table.shape)
@@ -258,17 +237,16 @@ class AlleleTokens(torch.autograd.Function):
         grad_per_marker = grad.new_empty(shape) if read_all else grad.new_zeros(shape)
         grad_position = grad.new_empty(len(index), ctx.width)
         lib = _c_kernels(ctx.width, grad)
-        if lib is not None:
-            standardized = rstd.numel() > 0
+        if lib is not None:  # empty normed, rstd, per-marker table: none (NULL)
             parts = _c_backward(
                 lib,
                 grad,
                 alleles,
                 index,
-                normed if standardized else None,
-                rstd if standardized else None,
+                normed,
+                rstd,
                 ctx.ids,
-                grad_per_marker if ctx.own else None,
+                grad_per_marker,
                 grad_position,
             )
         else:

@@ -148,6 +148,20 @@ MIN_PARALLEL_WORK = 1 << 18
 _pool: ThreadPoolExecutor | None = None
 
 
+def threads(work: int) -> int:
+    """Threads a kernel call with ``work`` elements runs on: torch's, or one
+    below :data:`MIN_PARALLEL_WORK`."""
+    import torch
+
+    return torch.get_num_threads() if work >= MIN_PARALLEL_WORK else 1
+
+
+def pointer(tensor) -> int | None:
+    """The address of a tensor's data for a C argument; None (NULL) for None
+    or an empty tensor."""
+    return None if tensor is None or tensor.numel() == 0 else tensor.data_ptr()
+
+
 def split(call: Callable[[int, int], object], stop: int, parts: int) -> None:
     """``call(start, end)`` over ``parts`` contiguous ranges of ``range(stop)``:
     the first in this thread, the others on a shared pool, all awaited."""
